@@ -1,0 +1,266 @@
+"""Experiment configuration: a TOML file validated by pydantic.
+
+Stability: **stable**. New keys may be added with defaults; existing keys keep their meaning.
+Unknown keys are errors that name the key, so a misspelling never goes unnoticed.
+
+A minimal experiment::
+
+    name = "ml100k-baselines"
+    [data]
+    name = "ml-100k"
+    [[models]]
+    name = "ease"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recarena.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class PreprocessConfig(_Strict):
+    """Applied in this order: rating threshold, de-duplication, k-core."""
+
+    min_rating: float | None = Field(None, description="keep interactions rated >= this (implicit feedback)")
+    dedup: Literal["none", "latest", "first"] = Field("latest", description="one interaction per user-item pair")
+    user_core: int = Field(0, ge=0, description="users need at least this many interactions")
+    item_core: int = Field(0, ge=0, description="items need at least this many interactions")
+
+
+class DataConfig(_Strict):
+    """Which data to load: a catalog ``name`` (``recarena data list``) or local files."""
+
+    name: str | None = Field(None, description="catalog data set, e.g. 'ml-100k'")
+    format: str | None = Field(None, description="loader for local files: csv, tsv, parquet, recbole, movielens-100k, ...")
+    path: str | None = Field(None, description="file or folder of the interactions")
+    items_path: str | None = Field(None, description="item table file (csv/tsv/parquet formats)")
+    users_path: str | None = Field(None, description="user table file (csv/tsv/parquet formats)")
+    columns: dict[str, str] = Field(default_factory=dict, description="user/item/timestamp/rating -> column in the file")
+    item_columns: dict[str, str] = Field(default_factory=dict, description="item table: 'item' -> id column, other keys -> text fields")
+    user_columns: dict[str, str] = Field(default_factory=dict, description="user table: 'user' -> id column, other keys -> attributes")
+    list_columns: list[str] = Field(default_factory=list, description="item fields holding several values, e.g. genres")
+    list_separator: str = Field("|", description="separator inside list fields")
+    separator: str | None = Field(None, description="field separator of csv/tsv files (default by format)")
+    encoding: str = Field("utf-8", description="text encoding of local files")
+    timestamp_unit: Literal["s", "ms", "us", "ns", "iso"] = Field("s", description="unit of the timestamp column")
+    text_template: str | None = Field(None, description="item text, e.g. 'Title: {title}. Genres: {genres}.'")
+    text_max_chars: int = Field(400, gt=0, description="longest text kept per field")
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+
+    @model_validator(mode="after")
+    def _name_or_path(self) -> DataConfig:
+        if (self.name is None) == (self.path is None):
+            raise ValueError("give exactly one of data.name (a catalog data set) or data.path (local files)")
+        if self.path is not None and self.format is None:
+            raise ValueError("data.path needs data.format (csv, tsv, parquet, recbole, movielens-100k, ...)")
+        return self
+
+
+class SplitConfig(_Strict):
+    method: Literal["leave_one_out", "temporal", "random", "cold_item"] = "leave_one_out"
+    valid_ratio: float = Field(0.1, ge=0, lt=1)
+    test_ratio: float = Field(0.1, gt=0, lt=1)
+    min_history: int = Field(1, ge=0, description="leave-one-out: training interactions a user needs to be evaluated")
+    rank_among: Literal["cold", "all"] = Field("cold", description="cold-item split: rank the new items only, or all items")
+    fallback_to_random: bool = Field(True, description="use a random split when a temporal split is asked for data without timestamps")
+
+
+class ProtocolConfig(_Strict):
+    """How lists are produced: full-catalog ranking, sampled candidates, or a first stage's top-N."""
+
+    kind: Literal["full", "sampled", "first_stage"] = "full"
+    n_negatives: int = Field(99, gt=0, description="sampled: negatives per user")
+    sampling: Literal["uniform", "popularity"] = "uniform"
+    first_stage: str | None = Field(None, description="first_stage: label of the model whose top-N are the candidates")
+    top_n: int = Field(50, gt=0, description="first_stage: candidates per user")
+
+    @model_validator(mode="after")
+    def _first_stage_named(self) -> ProtocolConfig:
+        if self.kind == "first_stage" and not self.first_stage:
+            raise ValueError("a first_stage protocol needs first_stage = '<model label>'")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.kind == "full":
+            return "full"
+        if self.kind == "sampled":
+            return f"sampled-{self.n_negatives}" + ("-pop" if self.sampling == "popularity" else "")
+        return f"first-stage-{self.first_stage}-{self.top_n}"
+
+    @property
+    def description(self) -> str:
+        if self.kind == "full":
+            return "full-catalog ranking, items seen in training excluded"
+        if self.kind == "sampled":
+            how = "popularity-sampled" if self.sampling == "popularity" else "uniformly sampled"
+            return f"held-out item(s) + {self.n_negatives} {how} negatives ({self.n_negatives + 1} candidates)"
+        return f"top-{self.top_n} of {self.first_stage} ({self.top_n} candidates)"
+
+
+class EvaluationConfig(_Strict):
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    metrics: list[str] = Field(
+        default_factory=lambda: ["hr", "recall", "precision", "f1", "ndcg", "mrr", "map",
+                                 "coverage", "novelty", "ild", "arp", "gini"]
+    )
+    protocols: list[ProtocolConfig] = Field(default_factory=lambda: [ProtocolConfig()])
+    tune_metric: str = Field("ndcg@10", description="validation metric that picks parameters")
+    refit: bool = Field(True, description="refit the chosen parameters on train + valid before testing")
+    cold_user_max: int = Field(5, ge=0, description="users with at most this many training interactions are cold")
+    head_share: float = Field(0.2, gt=0, lt=1, description="share of items (by training popularity) that form the head")
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals (0: none)")
+    confidence: float = Field(0.95, gt=0, lt=1)
+    max_eval_users: int | None = Field(None, gt=0, description="evaluate a seeded sample of this many users")
+    latency_users: int = Field(100, ge=0, description="users timed one at a time for latency percentiles")
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k <= 0 for k in ks):
+            raise ValueError("ks must be a non-empty list of positive integers")
+        return sorted(set(ks))
+
+
+class ModelConfig(_Strict):
+    name: str = Field(description="registry name ('ease') or 'package.module:Class'")
+    label: str | None = Field(None, description="name shown in results (default: name); unique per experiment")
+    params: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] | None = Field(None, description="validation grid; None = the model's default, {} = no tuning")
+    max_trials: int = Field(12, ge=1, description="largest number of grid points tried (seeded sample beyond)")
+    max_eval_users: int | None = Field(None, gt=0, description="budget: evaluate a seeded sample of this many users")
+    protocols: list[str] | None = Field(None, description="protocol labels to run on (default: all it can)")
+
+    @property
+    def display_name(self) -> str:
+        return self.label or self.name
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    seed: int = 42
+    output_dir: str = "runs"
+    cache_dir: str | None = Field(None, description="data and model cache (default: $RECARENA_CACHE or ~/.cache/recarena)")
+    data: DataConfig
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    models: list[ModelConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> ExperimentConfig:
+        seen: set[str] = set()
+        for m in self.models:
+            if m.display_name in seen:
+                raise ValueError(f"two models are labelled {m.display_name!r}; give each a unique label")
+            seen.add(m.display_name)
+        labels = {p.label for p in self.evaluation.protocols}
+        for p in self.evaluation.protocols:
+            if p.kind == "first_stage" and p.first_stage not in seen:
+                raise ValueError(f"first_stage model {p.first_stage!r} is not one of the models {sorted(seen)}")
+        for m in self.models:
+            for label in m.protocols or []:
+                if label not in labels:
+                    raise ValueError(f"model {m.display_name!r} names protocol {label!r}; protocols: {sorted(labels)}")
+        return self
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid experiment configuration"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{loc}'")
+        elif err["type"] == "missing":
+            lines.append(f"  missing required key '{loc}'")
+        else:
+            where = f"'{loc}': " if loc else ""
+            lines.append(f"  {where}{err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
+    """Read and validate an experiment TOML file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: experiment file not found") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path))
+
+
+def builtin_config_path(name: str) -> Path:
+    """Path of a configuration shipped with RecArena (``quickstart``, ...)."""
+    return Path(__file__).parent / "configs" / f"{name}.toml"
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    """The resolved configuration as TOML (every default written out)."""
+    return _to_toml(config.model_dump(mode="json", exclude_none=True))
+
+
+def _to_toml(data: dict[str, Any], prefix: str = "") -> str:
+    scalars, tables, arrays = [], [], []
+    for key, value in data.items():
+        if isinstance(value, dict) and not _is_inline(key, prefix):
+            tables.append((key, value))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            arrays.append((key, value))
+        else:
+            scalars.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    out = "\n".join(scalars) + ("\n" if scalars else "")
+    for key, value in tables:
+        name = f"{prefix}{_toml_key(key)}"
+        out += f"\n[{name}]\n" + _to_toml(value, name + ".")
+    for key, items in arrays:
+        name = f"{prefix}{_toml_key(key)}"
+        for item in items:
+            out += f"\n[[{name}]]\n" + _to_toml(item, name + ".")
+    return out
+
+
+_INLINE_TABLES = {"columns", "item_columns", "user_columns", "params", "grid"}
+
+
+def _is_inline(key: str, prefix: str) -> bool:
+    return key in _INLINE_TABLES
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

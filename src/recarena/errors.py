@@ -1,0 +1,64 @@
+"""Errors that RecArena raises for problems a user can fix.
+
+Every error here carries a message written for the person who runs RecArena: it names the
+file, the line or field, and what was expected. The CLI prints these without a traceback;
+any other exception is a bug in RecArena and is shown with its traceback.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class RecArenaError(Exception):
+    """Base class of the errors a user can act on."""
+
+
+class DataError(RecArenaError):
+    """Input data that cannot be read as expected.
+
+    Parameters
+    ----------
+    message
+        What is wrong and what was expected.
+    path
+        The file that holds the problem, when there is one.
+    line
+        1-based line number in that file, when known.
+    column
+        The column or field name, when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | PathLike[str] | None = None,
+        line: int | None = None,
+        column: str | None = None,
+    ) -> None:
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.column = column
+        self.reason = message
+        where = []
+        if self.path is not None:
+            where.append(self.path + (f":{line}" if line is not None else ""))
+        elif line is not None:
+            where.append(f"line {line}")
+        if column is not None:
+            where.append(f"column {column!r}")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class ConfigError(RecArenaError):
+    """An experiment configuration that is invalid (unknown key, bad value, missing field)."""
+
+
+class ModelNotAvailableError(RecArenaError):
+    """A model (pretrained weights or package) that is not installed here, with how to get it."""
+
+
+class ArtifactError(RecArenaError):
+    """A run directory whose saved artifacts are missing, damaged or from another setup."""

@@ -1,0 +1,389 @@
+"""The `Recommender` API that every model in RecArena implements.
+
+Stability: **frozen** (v0.1) for ``fit``, ``score``, ``recommend``, ``save``/``load``,
+``TrainingData`` and ``RankedLists``. Class attributes describing a model (``family``,
+``fusion``...) may gain new values.
+
+A model follows scikit-learn's rules: the constructor stores its keyword arguments and does
+nothing else; ``fit`` returns ``self``; what is learned ends in ``_``; ``seed`` is turned
+into a generator inside ``fit``. A model implements two methods:
+
+``_fit(data, valid)``
+    Learn from a `TrainingData`; ``valid`` (held-out interactions) is there for early
+    stopping.
+``_score(users, items)``
+    Scores for the given users: over the whole catalog when ``items`` is None, else over
+    each user's row of candidate ids.
+
+The base class builds ``recommend`` on ``_score`` (seen items excluded, ties broken at
+random with a seed, users scored in memory-bounded batches). A re-ranker that cannot score
+the full catalog sets ``scores_full_catalog = False`` and is given candidates instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import pickle
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recarena._io import atomic_open, read_json, save_npz, write_json
+from recarena.data.dataset import interactions_csr
+from recarena.ranking import top_k
+
+Family = Literal[
+    "classical",
+    "content",
+    "frozen-lm",
+    "lm-features-trained",
+    "cross-encoder",
+    "two-tower",
+    "generative-lm",
+]
+Fusion = Literal["none", "feature-extraction", "fine-tuning", "joint-training", "zero-shot"]
+
+
+@dataclass(eq=False)
+class TrainingData:
+    """What a model is fit on: interactions plus the item (and user) side information.
+
+    ``interactions`` has the `Dataset` columns (``user``, ``item``, optional ``timestamp``
+    and ``rating``) and is sorted by user then time. ``n_users``/``n_items`` span the whole
+    data set, so users and items without training interactions still have ids (cold users
+    and cold items). ``item_text`` holds one rendered text per item id (the experiment's
+    template) for text-aware models.
+    """
+
+    interactions: pd.DataFrame
+    n_users: int
+    n_items: int
+    items: pd.DataFrame = field(default_factory=pd.DataFrame)
+    item_text: list[str] | None = None
+    users: pd.DataFrame | None = None
+    dataset_name: str = ""
+
+    @cached_property
+    def _csr_cache(self) -> dict[str, sp.csr_matrix]:
+        return {}
+
+    def csr(self, weights: Literal["binary", "rating", "count"] = "binary") -> sp.csr_matrix:
+        """User x item matrix (cached)."""
+        if weights not in self._csr_cache:
+            self._csr_cache[weights] = interactions_csr(
+                self.interactions, self.n_users, self.n_items, weights
+            )
+        return self._csr_cache[weights]
+
+    @cached_property
+    def sequences(self) -> list[np.ndarray]:
+        """Each user's item ids in time order (empty arrays for users without history)."""
+        users = self.interactions["user"].to_numpy()
+        items = self.interactions["item"].to_numpy().astype(np.int64)
+        bounds = np.searchsorted(users, np.arange(self.n_users + 1))
+        return [items[bounds[u] : bounds[u + 1]] for u in range(self.n_users)]
+
+    @cached_property
+    def item_popularity(self) -> np.ndarray:
+        """Number of distinct users per item in training."""
+        return np.asarray(self.csr().sum(axis=0)).ravel().astype(np.int64)
+
+    @cached_property
+    def user_activity(self) -> np.ndarray:
+        return np.diff(self.csr().indptr).astype(np.int64)
+
+
+@dataclass(eq=False)
+class RankedLists:
+    """Top-K lists for a set of users: ``items[r]`` is user ``users[r]``'s list, best first.
+
+    Lists shorter than K are padded with -1 (score ``-inf``).
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    scores: np.ndarray
+
+    @property
+    def k(self) -> int:
+        return int(self.items.shape[1])
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        save_npz(path, users=self.users, items=self.items, scores=self.scores)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> RankedLists:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["users"], z["items"], z["scores"])
+
+    def for_user(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.flatnonzero(self.users == user)
+        if len(rows) == 0:
+            raise KeyError(f"user {user} has no saved list")
+        row = int(rows[0])
+        keep = self.items[row] >= 0
+        return self.items[row][keep], self.scores[row][keep]
+
+
+class Recommender:
+    """Base class of every RecArena model. See the module docstring for the contract."""
+
+    #: model family shown in reports
+    family: ClassVar[Family] = "classical"
+    #: which of the three ways of using a language model this is ("none" for non-LM models)
+    fusion: ClassVar[Fusion] = "none"
+    #: False for re-rankers that can only score given candidates
+    scores_full_catalog: ClassVar[bool] = True
+    #: True when the model reads ``TrainingData.item_text``
+    uses_text: ClassVar[bool] = False
+    #: default validation grid: parameter name -> values tried
+    param_grid: ClassVar[dict[str, list[Any]]] = {}
+
+    # ------------------------------------------------------------------ parameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+
+    def get_params(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        valid = set(self._param_names())
+        for key, value in params.items():
+            if key not in valid:
+                raise ValueError(
+                    f"{type(self).__name__} has no parameter {key!r}; parameters: {sorted(valid)}"
+                )
+            setattr(self, key, value)
+        return self
+
+    def clone(self, **params: Any) -> Self:
+        """A new, unfitted model with the same parameters (overridden by ``params``)."""
+        merged = {**copy.deepcopy(self.get_params()), **params}
+        return type(self)(**merged)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, data: TrainingData, valid: pd.DataFrame | None = None) -> Self:
+        """Learn from ``data``; ``valid`` holds held-out interactions for early stopping."""
+        self.n_users_ = data.n_users
+        self.n_items_ = data.n_items
+        self.seen_ = data.csr()
+        if self.uses_text and data.item_text is None:
+            raise ValueError(f"{type(self).__name__} needs item text, but none was given")
+        start = time.perf_counter()
+        self._fit(data, valid)
+        self.fit_seconds_ = time.perf_counter() - start
+        return self
+
+    def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
+        raise NotImplementedError
+
+    def refit_params(self) -> dict[str, Any]:
+        """Parameters to use when refitting without validation data (e.g. the best epoch)."""
+        return {}
+
+    # ------------------------------------------------------------------ scoring
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "n_items_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit() first")
+
+    def _check_users(self, users: np.ndarray) -> np.ndarray:
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        if len(users) and (users.min() < 0 or users.max() >= self.n_users_):
+            bad = users[(users < 0) | (users >= self.n_users_)][0]
+            raise ValueError(
+                f"user id {bad} is outside the {self.n_users_} users this model was fit on"
+            )
+        return users
+
+    def score(self, users: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
+        """Scores (float32) of items for users; higher is better.
+
+        ``items=None`` scores the whole catalog: shape (len(users), n_items). A 2-d
+        ``items`` of candidate ids per user (padding -1) gives scores of the same shape,
+        ``-inf`` at padding.
+        """
+        self._check_fitted()
+        users = self._check_users(users)
+        if items is None:
+            if not self.scores_full_catalog:
+                raise NotImplementedError(
+                    f"{type(self).__name__} re-ranks candidates and cannot score the full "
+                    "catalog; pass candidate items"
+                )
+            return np.asarray(self._score(users, None), dtype=np.float32)
+        items = np.asarray(items, dtype=np.int64)
+        if items.ndim != 2 or items.shape[0] != len(users):
+            raise ValueError(
+                f"candidate items must be (n_users, n_candidates), got shape {items.shape}"
+            )
+        if items.size and items.max() >= self.n_items_:
+            raise ValueError(f"item id {items.max()} is outside the {self.n_items_}-item catalog")
+        pad = items < 0
+        out = np.asarray(self._score(users, np.where(pad, 0, items)), dtype=np.float32)
+        out[pad] = -np.inf
+        return out
+
+    def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
+        """Default: candidates scored by picking them from full-catalog scores."""
+        raise NotImplementedError
+
+    def _gather(self, full: np.ndarray, items: np.ndarray | None) -> np.ndarray:
+        """Helper for ``_score``: full-catalog scores, or their values at candidate ids."""
+        return full if items is None else np.take_along_axis(full, items, axis=1)
+
+    def recommend(
+        self,
+        users: np.ndarray,
+        k: int,
+        *,
+        exclude_seen: bool = True,
+        candidates: np.ndarray | None = None,
+        item_pool: np.ndarray | None = None,
+        exclude: sp.csr_matrix | None = None,
+        seed: int = 0,
+        batch_size: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> RankedLists:
+        """Top-``k`` lists for ``users``.
+
+        Parameters
+        ----------
+        exclude_seen
+            Drop items the user has in the training data (``exclude`` overrides which).
+        candidates
+            (len(users), n) candidate ids per user; only these are ranked.
+        item_pool
+            Ids of the only items that may be recommended (e.g. the new items of a
+            cold-item split).
+        seed
+            Seed of the random tie-breaking.
+        batch_size
+            Users scored at once; by default as many as keep a batch of scores near 256 MB.
+        progress
+            Called with the number of users done after each batch.
+        """
+        self._check_fitted()
+        users = self._check_users(users)
+        seen = exclude if exclude is not None else self.seen_
+        if candidates is None and not self.scores_full_catalog:
+            raise ValueError(f"{type(self).__name__} needs candidate lists to rank")
+        width = self.n_items_ if candidates is None else candidates.shape[1]
+        if batch_size is None:
+            batch_size = max(1, min(4096, (64 << 20) // max(1, width)))
+        pool_mask = None
+        if item_pool is not None:
+            pool_mask = np.zeros(self.n_items_, dtype=bool)
+            pool_mask[np.asarray(item_pool, dtype=np.int64)] = True
+        out_items, out_scores = [], []
+        for start in range(0, len(users), batch_size):
+            batch = users[start : start + batch_size]
+            cand = None if candidates is None else candidates[start : start + batch_size]
+            scores = self.score(batch, cand)
+            ids = cand
+            if cand is None:
+                if exclude_seen:
+                    _mask_seen(scores, seen, batch)
+                if pool_mask is not None:
+                    scores[:, ~pool_mask] = -np.inf
+            else:
+                if exclude_seen:
+                    hit = _seen_lookup(seen, batch, cand)
+                    scores[hit] = -np.inf
+                if pool_mask is not None:
+                    scores[~pool_mask[np.where(cand < 0, 0, cand)]] = -np.inf
+            idx, top = top_k(scores, k, users=batch, seed=seed)
+            if ids is not None:
+                idx = np.where(idx >= 0, np.take_along_axis(ids, np.maximum(idx, 0), axis=1), -1)
+            out_items.append(idx)
+            out_scores.append(top)
+            if progress is not None:
+                progress(len(batch))
+        if not out_items:
+            return RankedLists(users, np.empty((0, k), np.int64), np.empty((0, k), np.float32))
+        return RankedLists(users, np.concatenate(out_items), np.concatenate(out_scores))
+
+    # ------------------------------------------------------------------ cost
+    def n_parameters(self) -> tuple[int, int]:
+        """(total, trainable) learned parameters; arrays ending in ``_`` are counted."""
+        total = 0
+        for name, value in vars(self).items():
+            if name.endswith("_") and name != "seen_":
+                if isinstance(value, np.ndarray):
+                    total += value.size
+                elif sp.issparse(value):
+                    total += value.nnz
+        return total, total
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Save the fitted model to ``folder`` (parameters as JSON, state pickled)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(
+            folder / "model.json",
+            {"class": f"{type(self).__module__}:{type(self).__qualname__}",
+             "params": _jsonable(self.get_params())},
+        )
+        state = {k: v for k, v in vars(self).items() if k.endswith("_")}
+        with atomic_open(folder / "state.pkl", "wb") as fh:
+            pickle.dump(state, fh, protocol=pickle.HIGHEST_PROTOCOL)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> Recommender:
+        """Load a model saved with `save` (the class is read from ``model.json``)."""
+        from recarena.models.registry import resolve_class
+
+        folder = Path(folder)
+        meta = read_json(folder / "model.json")
+        klass = resolve_class(meta["class"])
+        model = klass(**meta["params"])
+        with open(folder / "state.pkl", "rb") as fh:
+            state = pickle.load(fh)
+        model._restore_state(state, folder)
+        return model
+
+    def _restore_state(self, state: dict[str, Any], folder: Path) -> None:
+        vars(self).update(state)
+
+
+def _mask_seen(scores: np.ndarray, seen: sp.csr_matrix, users: np.ndarray) -> None:
+    sub = seen[users]
+    rows = np.repeat(np.arange(len(users)), np.diff(sub.indptr))
+    scores[rows, sub.indices] = -np.inf
+
+
+def _seen_lookup(seen: sp.csr_matrix, users: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    sub = seen[users].tocsr()
+    safe = np.where(cand < 0, 0, cand)
+    rows = np.repeat(np.arange(len(users)), cand.shape[1]).reshape(cand.shape)
+    hit = np.asarray(sub[rows.ravel(), safe.ravel()]).reshape(cand.shape) > 0
+    return hit & (cand >= 0)
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    return out
+

@@ -1,0 +1,113 @@
+"""Model registry: friendly names to classes, imported only when used.
+
+Stability: **stable**. A config names a model by its registry name (``"ease"``) or by an
+import path (``"my_package.my_module:MyModel"``). `register_model` adds a class of your own.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from recarena.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    target: str  # "module:Class"
+    family: str
+    summary: str
+    needs: str = ""  # optional extra needed ("lm"), shown by `recarena models list`
+
+
+_ENTRIES: dict[str, ModelEntry] = {}
+
+
+def _add(name: str, target: str, family: str, summary: str, needs: str = "") -> None:
+    _ENTRIES[name] = ModelEntry(name, target, family, summary, needs)
+
+
+# classical baselines
+_add("random", "recarena.models.baselines:RandomRecommender", "classical",
+     "uniformly random scores (a floor every model must clear)")
+_add("most_popular", "recarena.models.baselines:MostPopular", "classical",
+     "items ranked by number of training users")
+_add("itemknn", "recarena.models.itemknn:ItemKNN", "classical",
+     "item-item cosine with shrinkage, top-k neighbours")
+_add("ease", "recarena.models.ease:EASE", "classical",
+     "EASE^R closed-form linear autoencoder (Steck, 2019)")
+_add("als", "recarena.models.implicit_mf:ALS", "classical",
+     "implicit-feedback ALS matrix factorization (implicit library)")
+_add("bpr", "recarena.models.implicit_mf:BPR", "classical",
+     "Bayesian personalized ranking MF (implicit library)")
+_add("sasrec", "recarena.models.sasrec:SASRec", "classical",
+     "self-attentive sequential recommender, full softmax CE, early stopping")
+_add("tfidf", "recarena.models.text_retrieval:TfidfRecommender", "content",
+     "TF-IDF over item text; user profile = mean of history vectors")
+_add("bm25", "recarena.models.text_retrieval:BM25Recommender", "content",
+     "BM25-weighted item text; user profile = mean of history vectors")
+
+
+def register_model(name: str, target: str | type, *, family: str = "classical",
+                   summary: str = "", needs: str = "") -> None:
+    """Make ``name`` usable in experiment files.
+
+    ``target`` is a `Recommender` subclass or its import path ``"module:Class"``.
+    """
+    if isinstance(target, type):
+        path = f"{target.__module__}:{target.__qualname__}"
+        family = getattr(target, "family", family)
+    else:
+        path = target
+    _ENTRIES[name] = ModelEntry(name, path, family, summary or path, needs)
+
+
+def model_entries() -> list[ModelEntry]:
+    return list(_ENTRIES.values())
+
+
+def resolve_class(target: str) -> type:
+    """Import ``"module:Class"``."""
+    if ":" not in target:
+        raise ConfigError(f"model path {target!r} must look like 'package.module:ClassName'")
+    module_name, _, attr = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import model module {module_name!r}: {exc}") from exc
+    obj = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"module {module_name!r} has no {attr!r}") from None
+    return obj  # type: ignore[return-value]
+
+
+def get_model_class(name: str) -> type:
+    """The class of a registry name or ``"module:Class"`` path."""
+    from recarena.models.base import Recommender
+
+    if name in _ENTRIES:
+        klass = resolve_class(_ENTRIES[name].target)
+    elif ":" in name:
+        klass = resolve_class(name)
+    else:
+        known = ", ".join(sorted(_ENTRIES))
+        raise ConfigError(f"unknown model {name!r}; known models: {known} "
+                          "(or give 'package.module:ClassName')")
+    if not (isinstance(klass, type) and issubclass(klass, Recommender)):
+        raise ConfigError(f"{name!r} does not name a recarena Recommender subclass")
+    return klass
+
+
+def create_model(name: str, params: dict | None = None):  # -> Recommender
+    klass = get_model_class(name)
+    try:
+        return klass(**(params or {}))
+    except TypeError as exc:
+        valid = klass._param_names()
+        raise ConfigError(
+            f"model {name!r}: {exc}; its parameters are {sorted(valid)}"
+        ) from None

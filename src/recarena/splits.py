@@ -1,0 +1,409 @@
+"""Splits: train / validation / test interactions and the frozen candidate lists.
+
+Stability: **frozen** (v0.1) for `Split`, `CandidateSet` and the four splitters' signatures.
+
+Every splitter returns a `Split` over the dataset's dense ids. Candidate lists for re-ranking
+protocols are drawn once, from the split's seed, and saved with the split, so every model
+(and every re-run) sees the same candidates.
+
+Evaluation stages:
+
+``valid``
+    Models are fit on ``train`` and measured on ``valid`` (tuning, early stopping).
+``test``
+    Models are fit on ``train`` + ``valid`` (with the settings chosen on validation) and
+    measured on ``test``. Items a user has in the fit data are excluded from their ranking.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recarena._io import atomic_path, read_json, save_npz, write_json
+from recarena.data.dataset import Dataset, interactions_csr
+from recarena.errors import ArtifactError, DataError
+
+Stage = Literal["valid", "test"]
+
+
+@dataclass(eq=False)
+class CandidateSet:
+    """Frozen candidate items per evaluated user.
+
+    ``items[r]`` holds user ``users[r]``'s candidates in a seeded random order (held-out items
+    are not first), padded with -1 where users have fewer candidates.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    kind: Literal["sampled", "first_stage"]
+    description: str
+
+    @property
+    def size(self) -> int:
+        return int(self.items.shape[1])
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        save_npz(path, users=self.users, items=self.items, kind=np.array(self.kind),
+                 description=np.array(self.description))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CandidateSet:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["users"], z["items"], str(z["kind"]), str(z["description"]))
+
+
+@dataclass(eq=False)
+class Split:
+    """Train / validation / test interactions over one dataset's dense ids."""
+
+    method: str
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    test: pd.DataFrame
+    n_users: int
+    n_items: int
+    params: dict[str, Any] = field(default_factory=dict)
+    cold_items: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    item_pool: dict[str, np.ndarray] = field(default_factory=dict)
+    candidates: dict[str, CandidateSet] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def fit_interactions(self, stage: Stage) -> pd.DataFrame:
+        """What a model is fit on before it is measured on ``stage``."""
+        if stage == "valid":
+            return self.train
+        if stage == "test":
+            frame = pd.concat([self.train, self.valid], ignore_index=True)
+            order = ["user", "timestamp"] if "timestamp" in frame else ["user"]
+            return frame.sort_values(order, kind="stable").reset_index(drop=True)
+        raise ValueError(f"unknown stage {stage!r}; expected 'valid' or 'test'")
+
+    def held_out(self, stage: Stage) -> pd.DataFrame:
+        if stage not in ("valid", "test"):
+            raise ValueError(f"unknown stage {stage!r}; expected 'valid' or 'test'")
+        return self.valid if stage == "valid" else self.test
+
+    def eval_users(self, stage: Stage) -> np.ndarray:
+        """Users with at least one held-out interaction in ``stage`` (sorted)."""
+        return np.unique(self.held_out(stage)["user"].to_numpy()).astype(np.int64)
+
+    def seen_csr(self, stage: Stage) -> sp.csr_matrix:
+        """Items each user has in the fit data of ``stage`` (excluded from their ranking)."""
+        return interactions_csr(self.fit_interactions(stage), self.n_users, self.n_items)
+
+    def truth_csr(self, stage: Stage) -> sp.csr_matrix:
+        return interactions_csr(self.held_out(stage), self.n_users, self.n_items)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "params": self.params,
+            "train": len(self.train),
+            "valid": len(self.valid),
+            "test": len(self.test),
+            "valid_users": int(self.valid["user"].nunique()),
+            "test_users": int(self.test["user"].nunique()),
+            "cold_items": len(self.cold_items),
+            "candidates": {k: c.description for k, c in self.candidates.items()},
+            "notes": self.notes,
+        }
+
+    # ------------------------------------------------------------------ candidates
+    def draw_candidates(
+        self,
+        n_negatives: int,
+        seed: int,
+        *,
+        stages: tuple[Stage, ...] = ("valid", "test"),
+        all_interactions: pd.DataFrame | None = None,
+        popularity_weighted: bool = False,
+    ) -> None:
+        """Draw ``n_negatives`` negatives per evaluated user, once, and keep them.
+
+        Negatives are items the user never interacted with anywhere in the data set
+        (``all_interactions``, by default train + valid + test), drawn uniformly (or in
+        proportion to training popularity). Held-out items are added and the list is
+        shuffled, so a position never tells which item is the positive.
+        """
+        if all_interactions is None:
+            all_interactions = pd.concat([self.train, self.valid, self.test], ignore_index=True)
+        known = interactions_csr(all_interactions, self.n_users, self.n_items)
+        pool = self.item_pool
+        weights = None
+        if popularity_weighted:
+            weights = np.bincount(self.train["item"].to_numpy(), minlength=self.n_items) + 1.0
+        for s, stage in enumerate(stages):
+            rng = np.random.default_rng([seed, 7919, s])
+            users = self.eval_users(stage)
+            truth = self.truth_csr(stage)
+            n_pos = np.diff(truth.indptr)[users]
+            width = int(n_pos.max(initial=0)) + n_negatives
+            out = np.full((len(users), width), -1, dtype=np.int64)
+            allowed = pool.get(stage)
+            for r, u in enumerate(users):
+                pos = truth.indices[truth.indptr[u] : truth.indptr[u + 1]]
+                negs = _sample_negatives(
+                    rng, self.n_items, known.indices[known.indptr[u] : known.indptr[u + 1]],
+                    n_negatives, allowed, weights,
+                )
+                row = np.concatenate([pos, negs])
+                rng.shuffle(row)
+                out[r, : len(row)] = row
+            desc = f"{n_negatives} sampled negatives + held-out"
+            self.candidates[stage] = CandidateSet(users, out, "sampled", desc)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("train", "valid", "test"):
+            with atomic_path(folder / f"{name}.parquet") as tmp:
+                getattr(self, name).to_parquet(tmp, index=False)
+        arrays = {"cold_items": self.cold_items}
+        arrays.update({f"pool_{k}": v for k, v in self.item_pool.items()})
+        save_npz(folder / "arrays.npz", **arrays)
+        for stage, cand in self.candidates.items():
+            cand.save(folder / f"candidates_{stage}.npz")
+        write_json(
+            folder / "split.json",
+            {
+                "method": self.method,
+                "n_users": self.n_users,
+                "n_items": self.n_items,
+                "params": self.params,
+                "notes": self.notes,
+                "candidates": sorted(self.candidates),
+                "stats": self.stats(),
+            },
+        )
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> Split:
+        folder = Path(folder)
+        if not (folder / "split.json").exists():
+            raise ArtifactError(f"{folder}: no saved split here (split.json is missing)")
+        meta = read_json(folder / "split.json")
+        frames = {n: pd.read_parquet(folder / f"{n}.parquet") for n in ("train", "valid", "test")}
+        with np.load(folder / "arrays.npz", allow_pickle=False) as z:
+            cold = z["cold_items"]
+            pools = {k[5:]: z[k] for k in z.files if k.startswith("pool_")}
+        cands = {s: CandidateSet.load(folder / f"candidates_{s}.npz") for s in meta["candidates"]}
+        return cls(
+            method=meta["method"],
+            train=frames["train"],
+            valid=frames["valid"],
+            test=frames["test"],
+            n_users=meta["n_users"],
+            n_items=meta["n_items"],
+            params=meta["params"],
+            cold_items=cold,
+            item_pool=pools,
+            candidates=cands,
+            notes=meta["notes"],
+        )
+
+
+def _sample_negatives(
+    rng: np.random.Generator,
+    n_items: int,
+    known: np.ndarray,
+    n: int,
+    allowed: np.ndarray | None,
+    weights: np.ndarray | None,
+) -> np.ndarray:
+    universe = np.arange(n_items) if allowed is None else np.asarray(allowed)
+    choices = np.setdiff1d(universe, known, assume_unique=False)
+    if len(choices) == 0:
+        return np.empty(0, dtype=np.int64)
+    take = min(n, len(choices))
+    p = None
+    if weights is not None:
+        p = weights[choices] / weights[choices].sum()
+    return rng.choice(choices, size=take, replace=False, p=p).astype(np.int64)
+
+
+# ---------------------------------------------------------------------- splitters
+def _frame(dataset: Dataset) -> pd.DataFrame:
+    return dataset.interactions
+
+
+def leave_one_out_split(dataset: Dataset, *, min_history: int = 1) -> Split:
+    """Each user's last interaction (by time) to test, the one before to validation.
+
+    Users need ``min_history`` training interactions plus the two held out; users with fewer
+    stay wholly in training and are not evaluated (their number is in ``notes``). Without
+    timestamps, file order is used, and a note says so.
+    """
+    frame = _frame(dataset)
+    notes = []
+    if not dataset.has_timestamps:
+        notes.append("no timestamps in the data: leave-one-out used each user's file order")
+    # rows are sorted by user then time: position from the end within each user
+    from_end = frame.groupby("user", sort=False).cumcount(ascending=False).to_numpy()
+    count = frame.groupby("user", sort=False)["item"].transform("size").to_numpy()
+    eligible = count >= min_history + 2
+    test_mask = eligible & (from_end == 0)
+    valid_mask = eligible & (from_end == 1)
+    train_mask = ~(test_mask | valid_mask)
+    n_skipped = int(frame.loc[~eligible, "user"].nunique())
+    if n_skipped:
+        notes.append(f"{n_skipped} users with fewer than {min_history + 2} interactions are "
+                     "kept in training only and not evaluated")
+    return Split(
+        method="leave_one_out",
+        train=frame.loc[train_mask].reset_index(drop=True),
+        valid=frame.loc[valid_mask].reset_index(drop=True),
+        test=frame.loc[test_mask].reset_index(drop=True),
+        n_users=dataset.n_users,
+        n_items=dataset.n_items,
+        params={"min_history": min_history, "order": "time" if dataset.has_timestamps else "file"},
+        notes=notes,
+    )
+
+
+def temporal_split(dataset: Dataset, *, valid_ratio: float = 0.1, test_ratio: float = 0.1) -> Split:
+    """Global temporal split: the latest ``test_ratio`` of interactions (by time) to test.
+
+    No training interaction is later than any validation or test interaction, so no model
+    sees the future (Ji et al., TOIS 2023). Users and items first seen after the cut are
+    kept: they are the cold users and cold items of this protocol.
+    """
+    if not dataset.has_timestamps:
+        raise DataError(
+            f"data set {dataset.name!r} has no timestamps, so a temporal split is impossible; "
+            "use split method 'random' or 'leave_one_out' (file order)"
+        )
+    _check_ratios(valid_ratio, test_ratio)
+    frame = _frame(dataset)
+    order = np.argsort(frame["timestamp"].to_numpy(), kind="stable")
+    n = len(frame)
+    n_test = int(round(n * test_ratio))
+    n_valid = int(round(n * valid_ratio))
+    part = np.zeros(n, dtype=np.int8)
+    part[order[n - n_test :]] = 2
+    part[order[n - n_test - n_valid : n - n_test]] = 1
+    ts = frame["timestamp"].to_numpy()
+    params = {
+        "valid_ratio": valid_ratio,
+        "test_ratio": test_ratio,
+        "valid_from": int(ts[order[n - n_test - n_valid]]) if n_valid else None,
+        "test_from": int(ts[order[n - n_test]]) if n_test else None,
+    }
+    return _split_from_parts(dataset, "temporal", part, params)
+
+
+def random_split(
+    dataset: Dataset, *, valid_ratio: float = 0.1, test_ratio: float = 0.1, seed: int = 0
+) -> Split:
+    """Per-user random split: each user's interactions are shuffled and cut by the ratios.
+
+    Every user with at least 3 interactions keeps at least one in training and, where
+    rounding allows, one in validation and one in test.
+    """
+    _check_ratios(valid_ratio, test_ratio)
+    frame = _frame(dataset)
+    rng = np.random.default_rng([seed, 104729])
+    users = frame["user"].to_numpy()
+    key = rng.random(len(frame))
+    order = np.lexsort((key, users))
+    counts = np.bincount(users, minlength=dataset.n_users)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.empty(len(frame), dtype=np.int64)
+    rank[order] = np.arange(len(frame)) - starts[users[order]]
+    n_u = counts[users]
+    n_test = np.where(n_u >= 3, np.maximum(1, np.round(n_u * test_ratio)), 0)
+    n_valid = np.where(n_u >= 3, np.maximum(1, np.round(n_u * valid_ratio)), 0)
+    if test_ratio == 0:
+        n_test[:] = 0
+    if valid_ratio == 0:
+        n_valid[:] = 0
+    part = np.zeros(len(frame), dtype=np.int8)
+    part[rank < n_test] = 2
+    part[(rank >= n_test) & (rank < n_test + n_valid)] = 1
+    params = {"valid_ratio": valid_ratio, "test_ratio": test_ratio, "seed": seed}
+    return _split_from_parts(dataset, "random", part, params)
+
+
+def cold_item_split(
+    dataset: Dataset,
+    *,
+    valid_ratio: float = 0.1,
+    test_ratio: float = 0.1,
+    seed: int = 0,
+    rank_among: Literal["cold", "all"] = "cold",
+) -> Split:
+    """Hold whole items out of training: the new-item question text models answer.
+
+    A random ``test_ratio`` of items (and ``valid_ratio`` more for validation) lose all their
+    interactions from training; those interactions become the held-out set. With
+    ``rank_among="cold"`` (default) each user's ranking is over the held-out new items only
+    (the "new arrivals" shelf); with ``"all"`` it is over the whole catalog.
+    """
+    _check_ratios(valid_ratio, test_ratio)
+    rng = np.random.default_rng([seed, 15485863])
+    perm = rng.permutation(dataset.n_items)
+    n_test = max(1, int(round(dataset.n_items * test_ratio)))
+    n_valid = int(round(dataset.n_items * valid_ratio))
+    test_items = np.sort(perm[:n_test])
+    valid_items = np.sort(perm[n_test : n_test + n_valid])
+    item_part = np.zeros(dataset.n_items, dtype=np.int8)
+    item_part[test_items] = 2
+    item_part[valid_items] = 1
+    part = item_part[_frame(dataset)["item"].to_numpy()]
+    params = {"valid_ratio": valid_ratio, "test_ratio": test_ratio, "seed": seed,
+              "rank_among": rank_among}
+    split = _split_from_parts(dataset, "cold_item", part, params)
+    split.cold_items = test_items.astype(np.int64)
+    if rank_among == "cold":
+        split.item_pool = {"valid": valid_items.astype(np.int64), "test": test_items.astype(np.int64)}
+    return split
+
+
+def _check_ratios(valid_ratio: float, test_ratio: float) -> None:
+    if not (0 <= valid_ratio < 1 and 0 < test_ratio < 1 and valid_ratio + test_ratio < 1):
+        raise DataError(
+            f"split ratios valid={valid_ratio}, test={test_ratio} must be in [0, 1) with "
+            "test > 0 and valid + test < 1"
+        )
+
+
+def _split_from_parts(dataset: Dataset, method: str, part: np.ndarray, params: dict) -> Split:
+    frame = _frame(dataset)
+    split = Split(
+        method=method,
+        train=frame.loc[part == 0].reset_index(drop=True),
+        valid=frame.loc[part == 1].reset_index(drop=True),
+        test=frame.loc[part == 2].reset_index(drop=True),
+        n_users=dataset.n_users,
+        n_items=dataset.n_items,
+        params=params,
+    )
+    if len(split.test) == 0:
+        raise DataError(f"the {method} split left no test interactions; check the ratios")
+    train_users = set(np.unique(split.train["user"].to_numpy()).tolist())
+    cold_users = len(set(np.unique(split.test["user"].to_numpy()).tolist()) - train_users)
+    if cold_users:
+        split.notes.append(f"{cold_users} test users have no training interactions (cold users)")
+    train_items = np.unique(split.train["item"].to_numpy())
+    unseen = np.setdiff1d(np.unique(split.test["item"].to_numpy()), train_items)
+    if len(unseen) and method != "cold_item":
+        split.notes.append(f"{len(unseen)} test items never occur in training (cold items)")
+    if method != "cold_item":
+        split.cold_items = unseen.astype(np.int64)
+    return split
+
+
+SPLITTERS = {
+    "leave_one_out": leave_one_out_split,
+    "temporal": temporal_split,
+    "random": random_split,
+    "cold_item": cold_item_split,
+}

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recarena.data.dataset import Dataset
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="run slow tests that load real model packages and data sets")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --run-slow (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def make_planted_dataset(
+    n_clusters: int = 3,
+    items_per_cluster: int = 20,
+    users_per_cluster: int = 30,
+    history: int = 10,
+    seed: int = 0,
+) -> Dataset:
+    """Users who only like the items of their own cluster; item titles share cluster words.
+
+    Every user reads ``history`` items of their cluster in a random order over time. Text
+    models, collaborative models and sequential models can all recover the clusters.
+    """
+    rng = np.random.default_rng(seed)
+    words = ["space rocket galaxy orbit", "cooking recipe kitchen baking",
+             "football match goal league", "piano concert symphony violin",
+             "garden flowers plants soil"]
+    rows = []
+    t = 1_000_000
+    for c in range(n_clusters):
+        for u in range(users_per_cluster):
+            user = f"u{c}_{u}"
+            picks = rng.choice(items_per_cluster, size=history, replace=False)
+            for p in picks:
+                t += 60
+                rows.append((user, f"i{c}_{p}", t, 5.0))
+    inter = pd.DataFrame(rows, columns=["user", "item", "timestamp", "rating"])
+    titles = {}
+    genres = {}
+    for c in range(n_clusters):
+        for p in range(items_per_cluster):
+            titles[f"i{c}_{p}"] = f"{words[c % len(words)]} story {p}"
+            genres[f"i{c}_{p}"] = [f"genre{c}"]
+    items = pd.DataFrame({"title": titles, "genres": genres})
+    return Dataset.from_raw("planted", inter, items)
+
+
+@pytest.fixture(scope="session")
+def planted_dataset() -> Dataset:
+    return make_planted_dataset()

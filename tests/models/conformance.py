@@ -1,0 +1,167 @@
+"""The conformance suite every `Recommender` passes.
+
+A model's test class inherits `RecommenderConformance` and defines ``make_model(seed)``::
+
+    class TestEASE(RecommenderConformance):
+        def make_model(self, seed=0):
+            return EASE(l2=10.0)
+
+Checks: a planted preference structure is recovered, fitting is deterministic under a seed,
+users without history and items without interactions get finite scores, out-of-range users
+raise, seen items are never recommended, candidates are respected, and save/load keeps the
+scores.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recarena.data.dataset import Dataset
+from recarena.models.base import Recommender, TrainingData
+from recarena.splits import leave_one_out_split
+from tests.conftest import make_planted_dataset
+
+
+def _training_data(dataset: Dataset, interactions=None) -> TrainingData:
+    return TrainingData(
+        interactions=dataset.interactions if interactions is None else interactions,
+        n_users=dataset.n_users,
+        n_items=dataset.n_items,
+        items=dataset.items,
+        item_text=dataset.item_text("{title}. Genres: {genres}."),
+        dataset_name=dataset.name,
+    )
+
+
+class RecommenderConformance:
+    #: share of top-5 items that must come from the user's own cluster
+    planted_precision: float = 0.8
+    #: False for models that by design ignore the user (Random, MostPopular)
+    personalised: bool = True
+
+    def make_model(self, seed: int = 0) -> Recommender:
+        raise NotImplementedError
+
+    # -------------------------------------------------------------- fixtures
+    @pytest.fixture(scope="class")
+    @classmethod
+    def planted(cls):
+        dataset = make_planted_dataset()
+        split = leave_one_out_split(dataset)
+        return dataset, split
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def fitted(cls, planted):
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        return cls().make_model(seed=0).fit(data, valid=split.valid), data
+
+    # -------------------------------------------------------------- checks
+    def test_fit_returns_self(self, planted):
+        dataset, split = planted
+        model = self.make_model()
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        assert model.fit(data, valid=split.valid) is model
+
+    def test_score_shapes(self, fitted):
+        model, data = fitted
+        users = np.array([0, 5, 7])
+        if model.scores_full_catalog:
+            full = model.score(users)
+            assert full.shape == (3, data.n_items) and full.dtype == np.float32
+            assert np.isfinite(full).all()
+        cand = np.array([[0, 1, 2, -1], [3, 4, 5, 6], [7, 8, -1, -1]])
+        part = model.score(users, cand)
+        assert part.shape == cand.shape
+        assert np.isneginf(part[cand < 0]).all() and np.isfinite(part[cand >= 0]).all()
+        if model.scores_full_catalog:
+            np.testing.assert_allclose(part[1], full[1, cand[1]], rtol=1e-5, atol=1e-6)
+
+    def test_recovers_planted_structure(self, fitted, planted):
+        model, data = fitted
+        dataset, split = planted
+        users = split.eval_users("valid")
+        cluster_of_item = np.array([int(str(r)[1:].split("_")[0]) for r in dataset.item_ids])
+        cluster_of_user = np.array([int(str(r)[1:].split("_")[0]) for r in dataset.user_ids])
+        if model.scores_full_catalog:
+            lists = model.recommend(users, 5, seed=1)
+        else:
+            lists = model.recommend(users, 5, candidates=np.tile(np.arange(data.n_items), (len(users), 1)), seed=1)
+        same = cluster_of_item[lists.items] == cluster_of_user[lists.users][:, None]
+        precision = same[lists.items >= 0].mean()
+        if self.personalised:
+            assert precision >= self.planted_precision, f"planted precision {precision:.2f}"
+        else:
+            n_clusters = cluster_of_item.max() + 1
+            assert precision < 1.0 / n_clusters + 0.35
+
+    def test_deterministic_under_seed(self, planted):
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        users = np.arange(0, data.n_users, 7)
+        a = self._any_scores(self.make_model(seed=3).fit(data, valid=split.valid), users, data)
+        b = self._any_scores(self.make_model(seed=3).fit(data, valid=split.valid), users, data)
+        np.testing.assert_array_equal(a, b)
+
+    def test_user_without_history_and_cold_items(self, planted):
+        dataset, split = planted
+        train = split.fit_interactions("valid")
+        # user 0 loses all history, item 0 loses all interactions
+        train = train[(train["user"] != 0) & (train["item"] != 0)]
+        data = _training_data(dataset, train)
+        model = self.make_model().fit(data)
+        scores = self._any_scores(model, np.array([0, 1]), data)
+        assert np.isfinite(scores).all()
+
+    def test_out_of_range_user_raises(self, fitted):
+        model, data = fitted
+        with pytest.raises(ValueError, match="outside"):
+            model.recommend(np.array([data.n_users + 3]), 5, candidates=np.array([[0, 1]]))
+
+    def test_seen_items_never_recommended(self, fitted):
+        model, data = fitted
+        users = np.arange(data.n_users)
+        if not model.scores_full_catalog:
+            pytest.skip("re-ranker: seen exclusion is checked on candidates below")
+        lists = model.recommend(users, 10)
+        seen = data.csr()
+        for row, user in enumerate(lists.users):
+            got = lists.items[row][lists.items[row] >= 0]
+            assert not set(got) & set(seen.indices[seen.indptr[user] : seen.indptr[user + 1]])
+            assert len(got) == 10
+
+    def test_candidates_respected(self, fitted):
+        model, data = fitted
+        users = np.array([1, 2])
+        cand = np.array([[10, 11, 12, 13, 14, 15], [20, 21, 22, -1, -1, -1]])
+        lists = model.recommend(users, 4, candidates=cand, exclude_seen=False)
+        assert set(lists.items[0][lists.items[0] >= 0]) <= set(cand[0])
+        assert set(lists.items[1][lists.items[1] >= 0]) <= {20, 21, 22}
+        assert (lists.items[1] >= 0).sum() == 3
+
+    def test_save_load_roundtrip(self, fitted, tmp_path: Path):
+        model, data = fitted
+        model.save(tmp_path / "m")
+        loaded = Recommender.load(tmp_path / "m")
+        users = np.array([0, 3, 9])
+        np.testing.assert_allclose(
+            self._any_scores(loaded, users, data), self._any_scores(model, users, data), rtol=1e-5
+        )
+
+    def test_clone_is_unfitted_with_same_params(self, fitted):
+        model, _ = fitted
+        twin = model.clone()
+        assert twin.get_params() == model.get_params()
+        assert not hasattr(twin, "n_items_")
+
+    # -------------------------------------------------------------- helpers
+    @staticmethod
+    def _any_scores(model: Recommender, users: np.ndarray, data: TrainingData) -> np.ndarray:
+        if model.scores_full_catalog:
+            return model.score(users)
+        cand = np.tile(np.arange(min(data.n_items, 30)), (len(users), 1))
+        return model.score(users, cand)

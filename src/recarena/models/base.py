@@ -61,7 +61,8 @@ class TrainingData:
     and ``rating``) and is sorted by user then time. ``n_users``/``n_items`` span the whole
     data set, so users and items without training interactions still have ids (cold users
     and cold items). ``item_text`` holds one rendered text per item id (the experiment's
-    template) for text-aware models.
+    template) for text-aware models. ``cache_dir`` is where a model may keep what is
+    expensive to recompute (encoded item vectors); None means no caching.
     """
 
     interactions: pd.DataFrame
@@ -71,6 +72,8 @@ class TrainingData:
     item_text: list[str] | None = None
     users: pd.DataFrame | None = None
     dataset_name: str = ""
+    #: where models may cache expensive derived data (encoded item vectors, converted weights)
+    cache_dir: Path | None = None
 
     @cached_property
     def _csr_cache(self) -> dict[str, sp.csr_matrix]:

@@ -8,8 +8,12 @@ from recarena.data.dataset import Dataset
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--run-slow", action="store_true", default=False,
-                     help="run slow tests that load real model packages and data sets")
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        default=False,
+        help="run slow tests that load real model packages and data sets",
+    )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -34,9 +38,13 @@ def make_planted_dataset(
     models, collaborative models and sequential models can all recover the clusters.
     """
     rng = np.random.default_rng(seed)
-    words = ["space rocket galaxy orbit", "cooking recipe kitchen baking",
-             "football match goal league", "piano concert symphony violin",
-             "garden flowers plants soil"]
+    words = [
+        "space rocket galaxy orbit",
+        "cooking recipe kitchen baking",
+        "football match goal league",
+        "piano concert symphony violin",
+        "garden flowers plants soil",
+    ]
     rows = []
     t = 1_000_000
     for c in range(n_clusters):

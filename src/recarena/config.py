@@ -23,6 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from recarena.errors import ConfigError
 
+ACCURACY_METRICS = frozenset({"hr", "recall", "precision", "f1", "ndcg", "mrr", "map"})
+KNOWN_LIST_METRICS = ACCURACY_METRICS | {"coverage", "novelty", "ild", "arp", "gini"}
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -31,8 +34,12 @@ class _Strict(BaseModel):
 class PreprocessConfig(_Strict):
     """Applied in this order: rating threshold, de-duplication, k-core."""
 
-    min_rating: float | None = Field(None, description="keep interactions rated >= this (implicit feedback)")
-    dedup: Literal["none", "latest", "first"] = Field("latest", description="one interaction per user-item pair")
+    min_rating: float | None = Field(
+        None, description="keep interactions rated >= this (implicit feedback)"
+    )
+    dedup: Literal["none", "latest", "first"] = Field(
+        "latest", description="one interaction per user-item pair"
+    )
     user_core: int = Field(0, ge=0, description="users need at least this many interactions")
     item_core: int = Field(0, ge=0, description="items need at least this many interactions")
 
@@ -41,28 +48,50 @@ class DataConfig(_Strict):
     """Which data to load: a catalog ``name`` (``recarena data list``) or local files."""
 
     name: str | None = Field(None, description="catalog data set, e.g. 'ml-100k'")
-    format: str | None = Field(None, description="loader for local files: csv, tsv, parquet, recbole, movielens-100k, ...")
+    format: str | None = Field(
+        None, description="loader for local files: csv, tsv, parquet, recbole, movielens-100k, ..."
+    )
     path: str | None = Field(None, description="file or folder of the interactions")
     items_path: str | None = Field(None, description="item table file (csv/tsv/parquet formats)")
     users_path: str | None = Field(None, description="user table file (csv/tsv/parquet formats)")
-    columns: dict[str, str] = Field(default_factory=dict, description="user/item/timestamp/rating -> column in the file")
-    item_columns: dict[str, str] = Field(default_factory=dict, description="item table: 'item' -> id column, other keys -> text fields")
-    user_columns: dict[str, str] = Field(default_factory=dict, description="user table: 'user' -> id column, other keys -> attributes")
-    list_columns: list[str] = Field(default_factory=list, description="item fields holding several values, e.g. genres")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="user/item/timestamp/rating -> column in the file"
+    )
+    item_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="item table: 'item' -> id column, other keys -> text fields",
+    )
+    user_columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="user table: 'user' -> id column, other keys -> attributes",
+    )
+    list_columns: list[str] = Field(
+        default_factory=list, description="item fields holding several values, e.g. genres"
+    )
     list_separator: str = Field("|", description="separator inside list fields")
-    separator: str | None = Field(None, description="field separator of csv/tsv files (default by format)")
+    separator: str | None = Field(
+        None, description="field separator of csv/tsv files (default by format)"
+    )
     encoding: str = Field("utf-8", description="text encoding of local files")
-    timestamp_unit: Literal["s", "ms", "us", "ns", "iso"] = Field("s", description="unit of the timestamp column")
-    text_template: str | None = Field(None, description="item text, e.g. 'Title: {title}. Genres: {genres}.'")
+    timestamp_unit: Literal["s", "ms", "us", "ns", "iso"] = Field(
+        "s", description="unit of the timestamp column"
+    )
+    text_template: str | None = Field(
+        None, description="item text, e.g. 'Title: {title}. Genres: {genres}.'"
+    )
     text_max_chars: int = Field(400, gt=0, description="longest text kept per field")
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
 
     @model_validator(mode="after")
     def _name_or_path(self) -> DataConfig:
         if (self.name is None) == (self.path is None):
-            raise ValueError("give exactly one of data.name (a catalog data set) or data.path (local files)")
+            raise ValueError(
+                "give exactly one of data.name (a catalog data set) or data.path (local files)"
+            )
         if self.path is not None and self.format is None:
-            raise ValueError("data.path needs data.format (csv, tsv, parquet, recbole, movielens-100k, ...)")
+            raise ValueError(
+                "data.path needs data.format (csv, tsv, parquet, recbole, movielens-100k, ...)"
+            )
         return self
 
 
@@ -70,9 +99,16 @@ class SplitConfig(_Strict):
     method: Literal["leave_one_out", "temporal", "random", "cold_item"] = "leave_one_out"
     valid_ratio: float = Field(0.1, ge=0, lt=1)
     test_ratio: float = Field(0.1, gt=0, lt=1)
-    min_history: int = Field(1, ge=0, description="leave-one-out: training interactions a user needs to be evaluated")
-    rank_among: Literal["cold", "all"] = Field("cold", description="cold-item split: rank the new items only, or all items")
-    fallback_to_random: bool = Field(True, description="use a random split when a temporal split is asked for data without timestamps")
+    min_history: int = Field(
+        1, ge=0, description="leave-one-out: training interactions a user needs to be evaluated"
+    )
+    rank_among: Literal["cold", "all"] = Field(
+        "cold", description="cold-item split: rank the new items only, or all items"
+    )
+    fallback_to_random: bool = Field(
+        True,
+        description="use a random split when a temporal split is asked for data without timestamps",
+    )
 
 
 class ProtocolConfig(_Strict):
@@ -81,7 +117,9 @@ class ProtocolConfig(_Strict):
     kind: Literal["full", "sampled", "first_stage"] = "full"
     n_negatives: int = Field(99, gt=0, description="sampled: negatives per user")
     sampling: Literal["uniform", "popularity"] = "uniform"
-    first_stage: str | None = Field(None, description="first_stage: label of the model whose top-N are the candidates")
+    first_stage: str | None = Field(
+        None, description="first_stage: label of the model whose top-N are the candidates"
+    )
     top_n: int = Field(50, gt=0, description="first_stage: candidates per user")
 
     @model_validator(mode="after")
@@ -111,18 +149,69 @@ class ProtocolConfig(_Strict):
 class EvaluationConfig(_Strict):
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
     metrics: list[str] = Field(
-        default_factory=lambda: ["hr", "recall", "precision", "f1", "ndcg", "mrr", "map",
-                                 "coverage", "novelty", "ild", "arp", "gini"]
+        default_factory=lambda: [
+            "hr",
+            "recall",
+            "precision",
+            "f1",
+            "ndcg",
+            "mrr",
+            "map",
+            "coverage",
+            "novelty",
+            "ild",
+            "arp",
+            "gini",
+        ]
     )
     protocols: list[ProtocolConfig] = Field(default_factory=lambda: [ProtocolConfig()])
     tune_metric: str = Field("ndcg@10", description="validation metric that picks parameters")
-    refit: bool = Field(True, description="refit the chosen parameters on train + valid before testing")
-    cold_user_max: int = Field(5, ge=0, description="users with at most this many training interactions are cold")
-    head_share: float = Field(0.2, gt=0, lt=1, description="share of items (by training popularity) that form the head")
-    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for confidence intervals (0: none)")
+    refit: bool = Field(
+        True, description="refit the chosen parameters on train + valid before testing"
+    )
+    cold_user_max: int = Field(
+        5, ge=0, description="users with at most this many training interactions are cold"
+    )
+    head_share: float = Field(
+        0.2, gt=0, lt=1, description="share of items (by training popularity) that form the head"
+    )
+    bootstrap: int = Field(
+        1000, ge=0, description="bootstrap resamples for confidence intervals (0: none)"
+    )
     confidence: float = Field(0.95, gt=0, lt=1)
-    max_eval_users: int | None = Field(None, gt=0, description="evaluate a seeded sample of this many users")
-    latency_users: int = Field(100, ge=0, description="users timed one at a time for latency percentiles")
+    max_eval_users: int | None = Field(
+        None, gt=0, description="evaluate a seeded sample of this many users"
+    )
+    latency_users: int = Field(
+        100, ge=0, description="users timed one at a time for latency percentiles"
+    )
+
+    @field_validator("tune_metric", "metrics", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return value.lower()
+        if isinstance(value, list):
+            return [v.lower() if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str]) -> list[str]:
+        unknown = [m for m in metrics if m not in KNOWN_LIST_METRICS]
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; known: {sorted(KNOWN_LIST_METRICS)}")
+        return metrics
+
+    @field_validator("tune_metric")
+    @classmethod
+    def _known_tune_metric(cls, metric: str) -> str:
+        name, _, k = metric.partition("@")
+        if name not in ACCURACY_METRICS or not k.isdigit() or int(k) <= 0:
+            raise ValueError(
+                f"tune_metric {metric!r} must look like 'ndcg@10' with one of {sorted(ACCURACY_METRICS)}"
+            )
+        return metric
 
     @field_validator("ks")
     @classmethod
@@ -134,12 +223,22 @@ class EvaluationConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: str = Field(description="registry name ('ease') or 'package.module:Class'")
-    label: str | None = Field(None, description="name shown in results (default: name); unique per experiment")
+    label: str | None = Field(
+        None, description="name shown in results (default: name); unique per experiment"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
-    grid: dict[str, list[Any]] | None = Field(None, description="validation grid; None = the model's default, {} = no tuning")
-    max_trials: int = Field(12, ge=1, description="largest number of grid points tried (seeded sample beyond)")
-    max_eval_users: int | None = Field(None, gt=0, description="budget: evaluate a seeded sample of this many users")
-    protocols: list[str] | None = Field(None, description="protocol labels to run on (default: all it can)")
+    grid: dict[str, list[Any]] | None = Field(
+        None, description="validation grid; None = the model's default, {} = no tuning"
+    )
+    max_trials: int = Field(
+        12, ge=1, description="largest number of grid points tried (seeded sample beyond)"
+    )
+    max_eval_users: int | None = Field(
+        None, gt=0, description="budget: evaluate a seeded sample of this many users"
+    )
+    protocols: list[str] | None = Field(
+        None, description="protocol labels to run on (default: all it can)"
+    )
 
     @property
     def display_name(self) -> str:
@@ -150,7 +249,9 @@ class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = 42
     output_dir: str = "runs"
-    cache_dir: str | None = Field(None, description="data and model cache (default: $RECARENA_CACHE or ~/.cache/recarena)")
+    cache_dir: str | None = Field(
+        None, description="data and model cache (default: $RECARENA_CACHE or ~/.cache/recarena)"
+    )
     data: DataConfig
     split: SplitConfig = Field(default_factory=SplitConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -161,16 +262,22 @@ class ExperimentConfig(_Strict):
         seen: set[str] = set()
         for m in self.models:
             if m.display_name in seen:
-                raise ValueError(f"two models are labelled {m.display_name!r}; give each a unique label")
+                raise ValueError(
+                    f"two models are labelled {m.display_name!r}; give each a unique label"
+                )
             seen.add(m.display_name)
         labels = {p.label for p in self.evaluation.protocols}
         for p in self.evaluation.protocols:
             if p.kind == "first_stage" and p.first_stage not in seen:
-                raise ValueError(f"first_stage model {p.first_stage!r} is not one of the models {sorted(seen)}")
+                raise ValueError(
+                    f"first_stage model {p.first_stage!r} is not one of the models {sorted(seen)}"
+                )
         for m in self.models:
             for label in m.protocols or []:
                 if label not in labels:
-                    raise ValueError(f"model {m.display_name!r} names protocol {label!r}; protocols: {sorted(labels)}")
+                    raise ValueError(
+                        f"model {m.display_name!r} names protocol {label!r}; protocols: {sorted(labels)}"
+                    )
         return self
 
 
@@ -262,5 +369,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return (
+            "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        )
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -51,8 +51,13 @@ class CandidateSet:
         return int(self.items.shape[1])
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        save_npz(path, users=self.users, items=self.items, kind=np.array(self.kind),
-                 description=np.array(self.description))
+        save_npz(
+            path,
+            users=self.users,
+            items=self.items,
+            kind=np.array(self.kind),
+            description=np.array(self.description),
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CandidateSet:
@@ -125,13 +130,15 @@ class Split:
         stages: tuple[Stage, ...] = ("valid", "test"),
         all_interactions: pd.DataFrame | None = None,
         popularity_weighted: bool = False,
+        name: str | None = None,
     ) -> None:
         """Draw ``n_negatives`` negatives per evaluated user, once, and keep them.
 
         Negatives are items the user never interacted with anywhere in the data set
         (``all_interactions``, by default train + valid + test), drawn uniformly (or in
         proportion to training popularity). Held-out items are added and the list is
-        shuffled, so a position never tells which item is the positive.
+        shuffled, so a position never tells which item is the positive. The sets are kept in
+        ``candidates[stage]``, or ``candidates[f"{name}:{stage}"]`` when ``name`` is given.
         """
         if all_interactions is None:
             all_interactions = pd.concat([self.train, self.valid, self.test], ignore_index=True)
@@ -151,14 +158,19 @@ class Split:
             for r, u in enumerate(users):
                 pos = truth.indices[truth.indptr[u] : truth.indptr[u + 1]]
                 negs = _sample_negatives(
-                    rng, self.n_items, known.indices[known.indptr[u] : known.indptr[u + 1]],
-                    n_negatives, allowed, weights,
+                    rng,
+                    self.n_items,
+                    known.indices[known.indptr[u] : known.indptr[u + 1]],
+                    n_negatives,
+                    allowed,
+                    weights,
                 )
                 row = np.concatenate([pos, negs])
                 rng.shuffle(row)
                 out[r, : len(row)] = row
             desc = f"{n_negatives} sampled negatives + held-out"
-            self.candidates[stage] = CandidateSet(users, out, "sampled", desc)
+            key = stage if name is None else f"{name}:{stage}"
+            self.candidates[key] = CandidateSet(users, out, "sampled", desc)
 
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | os.PathLike[str]) -> None:
@@ -170,8 +182,8 @@ class Split:
         arrays = {"cold_items": self.cold_items}
         arrays.update({f"pool_{k}": v for k, v in self.item_pool.items()})
         save_npz(folder / "arrays.npz", **arrays)
-        for stage, cand in self.candidates.items():
-            cand.save(folder / f"candidates_{stage}.npz")
+        for key, cand in self.candidates.items():
+            cand.save(folder / _candidate_file(key))
         write_json(
             folder / "split.json",
             {
@@ -195,7 +207,7 @@ class Split:
         with np.load(folder / "arrays.npz", allow_pickle=False) as z:
             cold = z["cold_items"]
             pools = {k[5:]: z[k] for k in z.files if k.startswith("pool_")}
-        cands = {s: CandidateSet.load(folder / f"candidates_{s}.npz") for s in meta["candidates"]}
+        cands = {k: CandidateSet.load(folder / _candidate_file(k)) for k in meta["candidates"]}
         return cls(
             method=meta["method"],
             train=frames["train"],
@@ -209,6 +221,10 @@ class Split:
             candidates=cands,
             notes=meta["notes"],
         )
+
+
+def _candidate_file(key: str) -> str:
+    return "candidates_" + key.replace(":", "__") + ".npz"
 
 
 def _sample_negatives(
@@ -255,8 +271,10 @@ def leave_one_out_split(dataset: Dataset, *, min_history: int = 1) -> Split:
     train_mask = ~(test_mask | valid_mask)
     n_skipped = int(frame.loc[~eligible, "user"].nunique())
     if n_skipped:
-        notes.append(f"{n_skipped} users with fewer than {min_history + 2} interactions are "
-                     "kept in training only and not evaluated")
+        notes.append(
+            f"{n_skipped} users with fewer than {min_history + 2} interactions are "
+            "kept in training only and not evaluated"
+        )
     return Split(
         method="leave_one_out",
         train=frame.loc[train_mask].reset_index(drop=True),
@@ -358,12 +376,19 @@ def cold_item_split(
     item_part[test_items] = 2
     item_part[valid_items] = 1
     part = item_part[_frame(dataset)["item"].to_numpy()]
-    params = {"valid_ratio": valid_ratio, "test_ratio": test_ratio, "seed": seed,
-              "rank_among": rank_among}
+    params = {
+        "valid_ratio": valid_ratio,
+        "test_ratio": test_ratio,
+        "seed": seed,
+        "rank_among": rank_among,
+    }
     split = _split_from_parts(dataset, "cold_item", part, params)
     split.cold_items = test_items.astype(np.int64)
     if rank_among == "cold":
-        split.item_pool = {"valid": valid_items.astype(np.int64), "test": test_items.astype(np.int64)}
+        split.item_pool = {
+            "valid": valid_items.astype(np.int64),
+            "test": test_items.astype(np.int64),
+        }
     return split
 
 

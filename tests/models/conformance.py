@@ -90,7 +90,9 @@ class RecommenderConformance:
         if model.scores_full_catalog:
             lists = model.recommend(users, 5, seed=1)
         else:
-            lists = model.recommend(users, 5, candidates=np.tile(np.arange(data.n_items), (len(users), 1)), seed=1)
+            lists = model.recommend(
+                users, 5, candidates=np.tile(np.arange(data.n_items), (len(users), 1)), seed=1
+            )
         same = cluster_of_item[lists.items] == cluster_of_user[lists.users][:, None]
         precision = same[lists.items >= 0].mean()
         if self.personalised:

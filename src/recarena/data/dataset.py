@@ -132,7 +132,9 @@ class Dataset:
             if ts.isna().any():
                 bad = int(np.flatnonzero(ts.isna().to_numpy())[0])
                 raise DataError(
-                    f"missing timestamp in interaction row {bad + 1}", path=source, column="timestamp"
+                    f"missing timestamp in interaction row {bad + 1}",
+                    path=source,
+                    column="timestamp",
                 )
             frame["timestamp"] = ts.to_numpy().astype(np.int64)
         if "rating" in interactions.columns:
@@ -266,11 +268,15 @@ class Dataset:
             self.interactions.to_parquet(tmp, index=False)
         with atomic_path(folder / "items.parquet") as tmp:
             frame = self.items.copy()
-            frame.insert(0, "raw_item_id", [str(v) for v in self.item_ids])
+            frame.insert(0, "raw_item_id", _raw_id_column(self.item_ids))
             frame.to_parquet(tmp, index=False)
         with atomic_path(folder / "users.parquet") as tmp:
-            frame = self.users.copy() if self.users is not None else pd.DataFrame(index=range(self.n_users))
-            frame.insert(0, "raw_user_id", [str(v) for v in self.user_ids])
+            frame = (
+                self.users.copy()
+                if self.users is not None
+                else pd.DataFrame(index=range(self.n_users))
+            )
+            frame.insert(0, "raw_user_id", _raw_id_column(self.user_ids))
             frame.to_parquet(tmp, index=False)
         write_json(
             folder / "dataset.json",
@@ -286,11 +292,12 @@ class Dataset:
         inter = pd.read_parquet(folder / "interactions.parquet")
         items = pd.read_parquet(folder / "items.parquet")
         users = pd.read_parquet(folder / "users.parquet")
-        item_ids = items.pop("raw_item_id").to_numpy(object)
-        user_ids = users.pop("raw_user_id").to_numpy(object)
+        item_ids = _raw_ids_from_column(items.pop("raw_item_id"))
+        user_ids = _raw_ids_from_column(users.pop("raw_user_id"))
         for col in items.columns:
-            if len(items) and isinstance(items[col].iloc[0], np.ndarray):
-                items[col] = items[col].map(lambda v: list(v) if v is not None else [])
+            # Parquet gives list fields back as arrays; any row may be the first non-missing one
+            if items[col].map(lambda v: isinstance(v, np.ndarray)).any():
+                items[col] = items[col].map(lambda v: list(v) if isinstance(v, np.ndarray) else [])
         return cls(
             name=meta["name"],
             interactions=inter,
@@ -309,13 +316,30 @@ class Dataset:
 
 
 def _field_present(value: object) -> bool:
-    if value is None:
+    if value is None or value is pd.NA or value is pd.NaT:
         return False
     if isinstance(value, float):
         return not np.isnan(value)
     if isinstance(value, (list, tuple, np.ndarray)):
         return len(value) > 0
     return str(value).strip() != ""
+
+
+def _raw_id_column(ids: np.ndarray) -> np.ndarray:
+    """Raw ids as Parquet stores them: int64 when every id is an integer, else strings.
+
+    Keeping integer ids as integers lets `Dataset.load` give back ids of the type the loader
+    read (MovieLens ids are ints), not their text.
+    """
+    if len(ids) and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in ids):
+        return np.asarray(ids, dtype=np.int64)
+    return np.array([str(v) for v in ids], dtype=object)
+
+
+def _raw_ids_from_column(column: pd.Series) -> np.ndarray:
+    if pd.api.types.is_integer_dtype(column.dtype):
+        return np.array([int(v) for v in column], dtype=object)
+    return column.to_numpy(object)
 
 
 def _factorize_sorted(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:

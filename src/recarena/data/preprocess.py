@@ -6,12 +6,15 @@ before and after) to ``dataset.info["preprocessing"]``, which every run saves.
 
 from __future__ import annotations
 
+import logging
 from typing import Literal
 
 import numpy as np
 
 from recarena.data.dataset import Dataset
 from recarena.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def rating_threshold(dataset: Dataset, min_rating: float) -> Dataset:
@@ -34,21 +37,30 @@ def deduplicate(dataset: Dataset, keep: Literal["latest", "first"] = "latest") -
     return dataset.subset(mask, _record("deduplicate", dataset, mask, keep=keep))
 
 
-def k_core(dataset: Dataset, user_k: int = 0, item_k: int = 0, max_rounds: int = 100) -> Dataset:
+def k_core(
+    dataset: Dataset, user_k: int = 0, item_k: int = 0, max_rounds: int | None = None
+) -> Dataset:
     """Repeatedly drop users with < ``user_k`` and items with < ``item_k`` interactions.
 
-    Runs until both conditions hold at once (a true k-core), not just one pass.
+    Runs until both conditions hold at once (a true k-core), not just one pass. Every round
+    removes at least one interaction, so this ends; ``max_rounds`` (None: no limit) stops
+    early, with a warning, leaving a set that may not be a k-core.
     """
     users = dataset.interactions["user"].to_numpy()
     items = dataset.interactions["item"].to_numpy()
     mask = np.ones(len(users), dtype=bool)
-    for _ in range(max_rounds):
+    rounds = 0
+    while True:
         u_count = np.bincount(users[mask], minlength=dataset.n_users)
         i_count = np.bincount(items[mask], minlength=dataset.n_items)
         bad = mask & ((u_count[users] < user_k) | (i_count[items] < item_k))
         if not bad.any():
             break
+        if max_rounds is not None and rounds >= max_rounds:
+            log.warning("k_core stopped after %d rounds before reaching a fixed point", max_rounds)
+            break
         mask &= ~bad
+        rounds += 1
     return dataset.subset(mask, _record("k_core", dataset, mask, user_k=user_k, item_k=item_k))
 
 

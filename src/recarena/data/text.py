@@ -22,13 +22,18 @@ from recarena.errors import ConfigError
 DEFAULT_TEMPLATE = "{title}"
 
 
+def _missing(value: object) -> bool:
+    """None, NaN and pandas' NA (nullable columns such as an Int64 ``year``)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
 def _field_text(value: object, max_chars: int | None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isnan(value):
+    if _missing(value):
         return ""
     if isinstance(value, (list, tuple, np.ndarray)):
-        text = ", ".join(str(v) for v in value if v is not None and str(v) != "")
+        text = ", ".join(str(v) for v in value if not _missing(v) and str(v) != "")
     else:
         text = str(value)
     text = " ".join(text.split())

@@ -150,6 +150,11 @@ class Recommender:
     uses_text: ClassVar[bool] = False
     #: default validation grid: parameter name -> values tried
     param_grid: ClassVar[dict[str, list[Any]]] = {}
+    #: True when fit uses validation data (early stopping): the runner then always runs a
+    #: validation fit and refits with ``refit_params()``
+    uses_validation: ClassVar[bool] = False
+    #: True when scores are calibrated probabilities (pointwise metrics threshold them at 0.5)
+    calibrated_scores: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -343,8 +348,10 @@ class Recommender:
         folder.mkdir(parents=True, exist_ok=True)
         write_json(
             folder / "model.json",
-            {"class": f"{type(self).__module__}:{type(self).__qualname__}",
-             "params": _jsonable(self.get_params())},
+            {
+                "class": f"{type(self).__module__}:{type(self).__qualname__}",
+                "params": _jsonable(self.get_params()),
+            },
         )
         state = {k: v for k, v in vars(self).items() if k.endswith("_")}
         with atomic_open(folder / "state.pkl", "wb") as fh:
@@ -389,4 +396,3 @@ def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
             value = value.item()
         out[key] = value
     return out
-

@@ -54,9 +54,9 @@ class MostPopular(Recommender):
             cutoff = frame["timestamp"].max() - self.recent_days * 86400
             frame = frame[frame["timestamp"] >= cutoff]
         pairs = frame.drop_duplicates(["user", "item"])
-        self.popularity_ = np.bincount(
-            pairs["item"].to_numpy(), minlength=data.n_items
-        ).astype(np.float32)
+        self.popularity_ = np.bincount(pairs["item"].to_numpy(), minlength=data.n_items).astype(
+            np.float32
+        )
 
     def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
         if items is None:

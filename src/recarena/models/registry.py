@@ -29,28 +29,74 @@ def _add(name: str, target: str, family: str, summary: str, needs: str = "") -> 
 
 
 # classical baselines
-_add("random", "recarena.models.baselines:RandomRecommender", "classical",
-     "uniformly random scores (a floor every model must clear)")
-_add("most_popular", "recarena.models.baselines:MostPopular", "classical",
-     "items ranked by number of training users")
-_add("itemknn", "recarena.models.itemknn:ItemKNN", "classical",
-     "item-item cosine with shrinkage, top-k neighbours")
-_add("ease", "recarena.models.ease:EASE", "classical",
-     "EASE^R closed-form linear autoencoder (Steck, 2019)")
-_add("als", "recarena.models.implicit_mf:ALS", "classical",
-     "implicit-feedback ALS matrix factorization (implicit library)")
-_add("bpr", "recarena.models.implicit_mf:BPR", "classical",
-     "Bayesian personalized ranking MF (implicit library)")
-_add("sasrec", "recarena.models.sasrec:SASRec", "classical",
-     "self-attentive sequential recommender, full softmax CE, early stopping")
-_add("tfidf", "recarena.models.text_retrieval:TfidfRecommender", "content",
-     "TF-IDF over item text; user profile = mean of history vectors")
-_add("bm25", "recarena.models.text_retrieval:BM25Recommender", "content",
-     "BM25-weighted item text; user profile = mean of history vectors")
+_add(
+    "random",
+    "recarena.models.baselines:RandomRecommender",
+    "classical",
+    "uniformly random scores (a floor every model must clear)",
+)
+_add(
+    "most_popular",
+    "recarena.models.baselines:MostPopular",
+    "classical",
+    "items ranked by number of training users",
+)
+_add(
+    "itemknn",
+    "recarena.models.itemknn:ItemKNN",
+    "classical",
+    "item-item cosine with shrinkage, top-k neighbours",
+)
+_add(
+    "ease",
+    "recarena.models.ease:EASE",
+    "classical",
+    "EASE^R closed-form linear autoencoder (Steck, 2019)",
+)
+_add(
+    "als",
+    "recarena.models.implicit_mf:ALS",
+    "classical",
+    "implicit-feedback ALS matrix factorization (implicit library)",
+)
+_add(
+    "bpr",
+    "recarena.models.implicit_mf:BPR",
+    "classical",
+    "Bayesian personalized ranking MF (implicit library)",
+)
+_add(
+    "sasrec",
+    "recarena.models.sasrec:SASRec",
+    "classical",
+    "self-attentive sequential recommender, full softmax CE, early stopping",
+)
+_add(
+    "tfidf",
+    "recarena.models.text_retrieval:TfidfRecommender",
+    "content",
+    "TF-IDF over item text; user profile = mean of history vectors",
+)
+_add(
+    "bm25",
+    "recarena.models.text_retrieval:BM25Recommender",
+    "content",
+    "BM25-weighted item text; user profile = mean of history vectors",
+)
+
+# language models: frozen features
+_add(
+    "lm-frozen",
+    "recarena.models.lm_frozen:FrozenLMRecommender",
+    "frozen-lm",
+    "frozen LM item-text vectors; user = recency-weighted history mean; cosine",
+    needs="lm",
+)
 
 
-def register_model(name: str, target: str | type, *, family: str = "classical",
-                   summary: str = "", needs: str = "") -> None:
+def register_model(
+    name: str, target: str | type, *, family: str = "classical", summary: str = "", needs: str = ""
+) -> None:
     """Make ``name`` usable in experiment files.
 
     ``target`` is a `Recommender` subclass or its import path ``"module:Class"``.
@@ -95,8 +141,9 @@ def get_model_class(name: str) -> type:
         klass = resolve_class(name)
     else:
         known = ", ".join(sorted(_ENTRIES))
-        raise ConfigError(f"unknown model {name!r}; known models: {known} "
-                          "(or give 'package.module:ClassName')")
+        raise ConfigError(
+            f"unknown model {name!r}; known models: {known} (or give 'package.module:ClassName')"
+        )
     if not (isinstance(klass, type) and issubclass(klass, Recommender)):
         raise ConfigError(f"{name!r} does not name a recarena Recommender subclass")
     return klass
@@ -108,6 +155,4 @@ def create_model(name: str, params: dict | None = None):  # -> Recommender
         return klass(**(params or {}))
     except TypeError as exc:
         valid = klass._param_names()
-        raise ConfigError(
-            f"model {name!r}: {exc}; its parameters are {sorted(valid)}"
-        ) from None
+        raise ConfigError(f"model {name!r}: {exc}; its parameters are {sorted(valid)}") from None

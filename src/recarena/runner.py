@@ -1,0 +1,762 @@
+"""Running an experiment: data -> split -> for each model: tune, fit, recommend, measure.
+
+Stability: **stable** for `run_experiment`, `RunResult` and the run directory layout below.
+
+Every stage leaves an artifact in the run directory, written atomically, so a killed run
+loses nothing already written and the same command resumes where it stopped: finished
+models (``DONE.json``) are not recomputed, a half-done validation grid restarts at its first
+missing trial.
+
+Run directory layout::
+
+    RUN_DIR/
+      config.toml           the resolved experiment (every default written out)
+      environment.json      versions, git revision, CPU, memory, GPU
+      run.json              setup hash (a resumed run must match it), notes, protocols
+      dataset/              the preprocessed Dataset (parquet + dataset.json with stats)
+      split/                the Split: train/valid/test, frozen candidates per stage
+      models/LABEL/
+        tuning.json         every validation trial: params, validation metric, fit seconds
+        cost.json           parameters, fit time, throughput, latency p50/p95, peak memory
+        training_log.json   per-epoch curves, where the model logs them
+        PROTOCOL/
+          lists.npz         ranked lists of the test users (users, items, scores)
+          per_user.parquet  per-user metric values, one row per (user, segment)
+          metrics.json      global metrics (coverage, Gini), pointwise metrics, counts
+        DONE.json           written last; FAILED.json instead when the model failed
+      summary.csv / summary.json / summary.md
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recarena._io import read_json, write_json, write_text
+from recarena.cache import resolve_cache_dir
+from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig, dump_config
+from recarena.cost import PeakMemory, Stopwatch
+from recarena.data.dataset import Dataset
+from recarena.errors import ArtifactError, ConfigError, RecArenaError
+from recarena.models.base import RankedLists, Recommender, TrainingData
+from recarena.models.registry import create_model
+from recarena.splits import SPLITTERS, CandidateSet, Split
+from recarena.tuning import expand_grid, params_key
+
+log = logging.getLogger(__name__)
+
+SEGMENT_ALL = "all"
+
+
+@dataclass
+class RunResult:
+    """What `run_experiment` returns: where the artifacts are and the summary table."""
+
+    run_dir: Path
+    summary: pd.DataFrame
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- setup hashing
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def setup_hash(config: ExperimentConfig) -> str:
+    """Hash of everything that makes two runs comparable: data, split, evaluation, seed."""
+    dump = config.model_dump(mode="json")
+    return _hash({k: dump[k] for k in ("data", "split", "evaluation", "seed")})
+
+
+def model_hash(model_config: ModelConfig) -> str:
+    return _hash(model_config.model_dump(mode="json"))
+
+
+# ---------------------------------------------------------------------- data and split
+def _item_text_template(config: ExperimentConfig, dataset: Dataset) -> str:
+    if config.data.text_template:
+        return config.data.text_template
+    default = dataset.info.get("default_text_template")
+    if default:
+        return default
+    if "title" in dataset.items.columns:
+        return "{title}"
+    return ""
+
+
+def build_split(config: ExperimentConfig, dataset: Dataset) -> Split:
+    """The configured split, with candidates drawn for every sampled protocol."""
+    sc = config.split
+    method = sc.method
+    notes: list[str] = []
+    if method == "temporal" and not dataset.has_timestamps:
+        if not sc.fallback_to_random:
+            raise ConfigError(
+                f"data set {dataset.name!r} has no timestamps: a temporal split is impossible "
+                "(set split.fallback_to_random = true or choose another method)"
+            )
+        notes.append("the data has no timestamps: the temporal split fell back to a random split")
+        method = "random"
+    kwargs: dict[str, Any] = {}
+    if method == "leave_one_out":
+        kwargs = {"min_history": sc.min_history}
+    elif method == "temporal":
+        kwargs = {"valid_ratio": sc.valid_ratio, "test_ratio": sc.test_ratio}
+    elif method == "random":
+        kwargs = {"valid_ratio": sc.valid_ratio, "test_ratio": sc.test_ratio, "seed": config.seed}
+    elif method == "cold_item":
+        kwargs = {
+            "valid_ratio": sc.valid_ratio,
+            "test_ratio": sc.test_ratio,
+            "seed": config.seed,
+            "rank_among": sc.rank_among,
+        }
+    split = SPLITTERS[method](dataset, **kwargs)
+    split.notes[:0] = notes
+    if len(split.valid) == 0:
+        split.notes.append("no validation interactions: models are not tuned")
+    sampled = [p for p in config.evaluation.protocols if p.kind == "sampled"]
+    for n, proto in enumerate(sampled):
+        stages = ("valid", "test") if len(split.valid) else ("test",)
+        split.draw_candidates(
+            proto.n_negatives,
+            config.seed + n,
+            stages=stages,
+            all_interactions=dataset.interactions,
+            popularity_weighted=proto.sampling == "popularity",
+            name=proto.label,
+        )
+    return split
+
+
+def _sample_users(users: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    if limit is None or len(users) <= limit:
+        return users
+    rng = np.random.default_rng([seed, 31337])
+    return np.sort(rng.choice(users, size=limit, replace=False))
+
+
+# ---------------------------------------------------------------------- the runner
+class ExperimentRunner:
+    """Runs one experiment into one run directory. Use `run_experiment` unless you need hooks."""
+
+    def __init__(
+        self,
+        config: ExperimentConfig,
+        run_dir: Path,
+        cache_dir: Path,
+        *,
+        progress: bool = True,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self.on_event = on_event or (lambda msg: log.info(msg))
+        self.ks = config.evaluation.ks
+        self.k_max = max(self.ks)
+
+    # -------------------------------------------------------------- setup
+    def prepare(self) -> None:
+        from recarena.data import load_dataset
+        from recarena.environment import collect_environment
+
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state_path = self.run_dir / "run.json"
+        digest = setup_hash(cfg)
+        if state_path.exists():
+            state = read_json(state_path)
+            if state.get("setup_hash") != digest:
+                raise ArtifactError(
+                    f"{self.run_dir} holds a run with a different data/split/evaluation setup; "
+                    "choose another output folder (--output-dir) or start over (--overwrite)"
+                )
+        write_text(self.run_dir / "config.toml", dump_config(cfg))
+        write_json(self.run_dir / "environment.json", collect_environment())
+
+        dataset_dir = self.run_dir / "dataset"
+        if (dataset_dir / "dataset.json").exists():
+            self.on_event(f"data: reusing {dataset_dir}")
+            self.dataset = Dataset.load(dataset_dir)
+        else:
+            self.on_event(
+                "data: loading" + (f" {cfg.data.name}" if cfg.data.name else f" {cfg.data.path}")
+            )
+            self.dataset = load_dataset(cfg.data, self.cache_dir)
+            self.dataset.info["stats"] = self.dataset.stats()
+            self.dataset.save(dataset_dir)
+        ds = self.dataset
+        self.on_event(
+            f"data: {ds.n_users} users, {ds.n_items} items, {ds.n_interactions} interactions"
+        )
+
+        split_dir = self.run_dir / "split"
+        if (split_dir / "split.json").exists():
+            self.split = Split.load(split_dir)
+        else:
+            self.split = build_split(cfg, ds)
+            self.split.save(split_dir)
+        for note in self.split.notes:
+            self.on_event(f"split: {note}")
+
+        self.template = _item_text_template(cfg, ds)
+        self.item_text = ds.item_text(self.template) if self.template else None
+        self.item_features = self._item_features()
+        write_json(
+            state_path,
+            {
+                "setup_hash": digest,
+                "name": cfg.name,
+                "dataset": ds.name,
+                "split": self.split.method,
+                "protocols": {p.label: p.description for p in cfg.evaluation.protocols},
+                "item_text_template": self.template,
+                "notes": self.split.notes,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+
+    def _item_features(self) -> sp.csr_matrix | None:
+        """Item vectors for intra-list diversity: genres when there are some, else text."""
+        items = self.dataset.items
+        if "genres" in items.columns:
+            lists = items["genres"].map(
+                lambda v: list(v) if isinstance(v, (list, tuple, np.ndarray)) else []
+            )
+            vocab = sorted({g for row in lists for g in row})
+            if vocab:
+                index = {g: i for i, g in enumerate(vocab)}
+                rows = np.repeat(np.arange(len(lists)), lists.map(len).to_numpy())
+                cols = np.array([index[g] for row in lists for g in row], dtype=np.int64)
+                mat = sp.csr_matrix(
+                    (np.ones(len(cols), np.float32), (rows, cols)), shape=(len(lists), len(vocab))
+                )
+                return mat
+        if self.item_text:
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            return (
+                TfidfVectorizer(min_df=1).fit_transform(self.item_text).astype(np.float32).tocsr()
+            )
+        return None
+
+    def training_data(self, stage: str) -> TrainingData:
+        ds = self.dataset
+        return TrainingData(
+            interactions=self.split.fit_interactions(stage),  # type: ignore[arg-type]
+            n_users=ds.n_users,
+            n_items=ds.n_items,
+            items=ds.items,
+            item_text=self.item_text,
+            users=ds.users,
+            dataset_name=ds.name,
+            cache_dir=self.cache_dir,
+        )
+
+    # -------------------------------------------------------------- candidates
+    def candidates_for(self, proto: ProtocolConfig, stage: str) -> CandidateSet | None:
+        if proto.kind == "sampled":
+            return self.split.candidates.get(f"{proto.label}:{stage}")
+        if proto.kind == "first_stage":
+            path = self._first_stage_path(proto, stage)
+            if path.exists():
+                return CandidateSet.load(path)
+            return None
+        return None
+
+    def _save_first_stage_candidates(self, label: str, stage: str, lists: RankedLists) -> None:
+        for proto in self.config.evaluation.protocols:
+            if proto.kind == "first_stage" and proto.first_stage == label:
+                items = lists.items[:, : proto.top_n]
+                cand = CandidateSet(lists.users, items, "first_stage", proto.description)
+                cand.save(self._first_stage_path(proto, stage))
+
+    def _first_stage_path(self, proto: ProtocolConfig, stage: str) -> Path:
+        return self.run_dir / "split" / f"first_stage__{proto.label}__{stage}.npz"
+
+    def _is_first_stage(self, label: str) -> bool:
+        return any(
+            p.kind == "first_stage" and p.first_stage == label
+            for p in self.config.evaluation.protocols
+        )
+
+    # -------------------------------------------------------------- one model
+    def protocols_for(
+        self, mc: ModelConfig, model: Recommender
+    ) -> tuple[list[ProtocolConfig], dict[str, str]]:
+        chosen, skipped = [], {}
+        for proto in self.config.evaluation.protocols:
+            if mc.protocols is not None and proto.label not in mc.protocols:
+                continue
+            if proto.kind == "full" and not model.scores_full_catalog:
+                skipped[proto.label] = "re-ranker: cannot score the full catalog"
+                continue
+            if proto.kind == "first_stage" and proto.first_stage == mc.display_name:
+                skipped[proto.label] = "this model is the first stage of this protocol"
+                continue
+            chosen.append(proto)
+        return chosen, skipped
+
+    def _lists(
+        self,
+        model: Recommender,
+        proto: ProtocolConfig,
+        stage: str,
+        users: np.ndarray,
+        exclude: sp.csr_matrix,
+        k: int,
+    ) -> RankedLists:
+        pool = self.split.item_pool.get(stage)
+        if proto.kind == "full":
+            return model.recommend(users, k, exclude=exclude, item_pool=pool, seed=self.config.seed)
+        cand = self.candidates_for(proto, stage)
+        if cand is None:
+            raise ArtifactError(f"no {proto.label} candidates for stage {stage!r}")
+        rows = np.searchsorted(cand.users, users)
+        if not np.array_equal(cand.users[np.minimum(rows, len(cand.users) - 1)], users):
+            raise ArtifactError(f"{proto.label} candidates do not cover every {stage} user")
+        return model.recommend(
+            users,
+            k,
+            candidates=cand.items[rows],
+            exclude=exclude,
+            item_pool=pool,
+            seed=self.config.seed,
+        )
+
+    def validation_score(self, model: Recommender, proto: ProtocolConfig) -> float:
+        from recarena.metrics import ranking_metrics
+
+        metric = self.config.evaluation.tune_metric
+        name, _, k = metric.partition("@")
+        k_val = int(k) if k else 10
+        users = _sample_users(
+            self.split.eval_users("valid"), self.config.evaluation.max_eval_users, self.config.seed
+        )
+        lists = self._lists(model, proto, "valid", users, self.split.seen_csr("valid"), k_val)
+        frame = ranking_metrics(lists, self.split.truth_csr("valid"), [k_val], [name])
+        return float(frame[f"{name}@{k_val}"].mean())
+
+    def run_model(self, mc: ModelConfig) -> dict[str, Any]:
+        label = mc.display_name
+        mdir = self.run_dir / "models" / label
+        digest = model_hash(mc)
+        done = mdir / "DONE.json"
+        if done.exists() and read_json(done).get("model_hash") == digest:
+            self.on_event(f"{label}: done earlier, reusing its results")
+            return read_json(done)
+        if mdir.exists() and done.exists():
+            self.on_event(f"{label}: its configuration changed, recomputing")
+            shutil.rmtree(mdir)
+        mdir.mkdir(parents=True, exist_ok=True)
+        (mdir / "FAILED.json").unlink(missing_ok=True)
+
+        template = create_model(mc.name, mc.params)
+        protocols, skipped = self.protocols_for(mc, template)
+        for plabel, why in skipped.items():
+            self.on_event(f"{label}: not run on {plabel} ({why})")
+        if not protocols:
+            raise ConfigError(f"model {label!r} fits none of the experiment's protocols: {skipped}")
+        budget_users = mc.max_eval_users or self.config.evaluation.max_eval_users
+
+        # ---- validation: grid search and early stopping on train -> valid
+        grid = template.param_grid if mc.grid is None else mc.grid
+        grid = {k: v for k, v in grid.items() if k not in mc.params} if mc.grid is None else grid
+        points = expand_grid(grid, mc.max_trials, self.config.seed)
+        has_valid = len(self.split.valid) > 0
+        needs_validation = has_valid and (
+            len(points) > 1
+            or getattr(template, "uses_validation", False)
+            or self._is_first_stage(label)
+            or not self.config.evaluation.refit
+        )
+        tuning_path = mdir / "tuning.json"
+        trials: list[dict[str, Any]] = (
+            read_json(tuning_path)["trials"] if tuning_path.exists() else []
+        )
+        done_keys = {params_key(t["params"]) for t in trials}
+        tune_proto = protocols[0]
+        best_model: Recommender | None = None
+        tuning_seconds = sum(t["fit_seconds"] for t in trials)
+        if needs_validation:
+            train_data = self.training_data("valid")
+            for n, point in enumerate(points):
+                params = {**mc.params, **point}
+                if params_key(params) in done_keys:
+                    continue
+                self.on_event(f"{label}: validation {n + 1}/{len(points)} {point or ''}".rstrip())
+                model = template.clone(**params)
+                with Stopwatch() as sw:
+                    model.fit(train_data, valid=self.split.valid)
+                score = self.validation_score(model, tune_proto)
+                trials.append(
+                    {
+                        "params": params,
+                        "metric": self.config.evaluation.tune_metric,
+                        "protocol": tune_proto.label,
+                        "value": score,
+                        "fit_seconds": sw.seconds,
+                        "refit_params": model.refit_params(),
+                    }
+                )
+                tuning_seconds += sw.seconds
+                write_json(tuning_path, {"trials": trials})
+                best_so_far = max(trials, key=lambda t: t["value"])
+                if best_so_far["params"] == params:
+                    best_model = model
+            best = max(trials, key=lambda t: t["value"])
+            if (
+                best_model is None
+                or best_model.get_params() != template.clone(**best["params"]).get_params()
+            ):
+                best_model = None  # resumed: the best trial's model is not in memory
+            chosen = dict(best["params"])
+            refit_extra = best.get("refit_params", {})
+            self.on_event(
+                f"{label}: chose {json.dumps({k: v for k, v in chosen.items() if k in grid}) if grid else 'defaults'}"
+                f" ({best['metric']} {best['value']:.4f} on validation)"
+            )
+        else:
+            chosen, refit_extra = dict(mc.params), {}
+
+        # ---- final model: refit on train + valid (or keep the validation model)
+        data_test = self.training_data("test")
+        exclude = self.split.seen_csr("test")
+        with PeakMemory() as mem:
+            if self.config.evaluation.refit or not has_valid:
+                final = template.clone(**chosen, **refit_extra)
+                self.on_event(f"{label}: fitting on train + valid")
+                with Stopwatch() as sw:
+                    final.fit(data_test, valid=None)
+                fit_seconds = sw.seconds
+            else:
+                if best_model is None:
+                    best_model = template.clone(**chosen).fit(
+                        self.training_data("valid"), valid=self.split.valid
+                    )
+                final = best_model
+                fit_seconds = getattr(final, "fit_seconds_", float("nan"))
+            if self._is_first_stage(label) and has_valid:
+                vmodel = best_model or template.clone(**chosen).fit(
+                    self.training_data("valid"), valid=self.split.valid
+                )
+                top_n = max(
+                    p.top_n
+                    for p in self.config.evaluation.protocols
+                    if p.kind == "first_stage" and p.first_stage == label
+                )
+                vlists = vmodel.recommend(
+                    self.split.eval_users("valid"),
+                    top_n,
+                    exclude=self.split.seen_csr("valid"),
+                    seed=self.config.seed,
+                )
+                self._save_first_stage_candidates(label, "valid", vlists)
+
+            results: dict[str, Any] = {}
+            throughput = latency = None
+            test_users = _sample_users(
+                self.split.eval_users("test"), budget_users, self.config.seed
+            )
+            for proto in protocols:
+                k = self.k_max
+                if self._is_first_stage(label) and proto.kind == "full":
+                    k = max(
+                        k,
+                        max(
+                            p.top_n
+                            for p in self.config.evaluation.protocols
+                            if p.kind == "first_stage" and p.first_stage == label
+                        ),
+                    )
+                self.on_event(f"{label}: {proto.label}: ranking {len(test_users)} test users")
+                with Stopwatch() as sw:
+                    lists = self._lists(final, proto, "test", test_users, exclude, k)
+                if proto.kind == "full":
+                    self._save_first_stage_candidates(label, "test", lists)
+                if throughput is None:
+                    throughput = len(test_users) / max(sw.seconds, 1e-9)
+                    latency = self._latency(final, proto, test_users, exclude)
+                if lists.k > self.k_max:
+                    lists = RankedLists(
+                        lists.users, lists.items[:, : self.k_max], lists.scores[:, : self.k_max]
+                    )
+                results[proto.label] = self._measure(
+                    final, proto, lists, mdir / proto.label, data_test
+                )
+        n_total, n_trainable = final.n_parameters()
+        cost = {
+            "parameters_total": int(n_total),
+            "parameters_trainable": int(n_trainable),
+            "fit_seconds": fit_seconds,
+            "tuning_seconds": tuning_seconds,
+            "tuning_trials": len(trials),
+            "users_per_second": throughput,
+            "latency_ms_p50": latency[0] if latency else None,
+            "latency_ms_p95": latency[1] if latency else None,
+            "peak_memory_mib": mem.peak_mib,
+            "gpu_peak_memory_mib": None
+            if mem.gpu_peak_bytes is None
+            else mem.gpu_peak_bytes / 2**20,
+            "device": str(getattr(final, "device_", "cpu")),
+        }
+        for extra in ("encode_items_per_second_", "encode_seconds_"):
+            if hasattr(final, extra):
+                cost[extra.rstrip("_")] = getattr(final, extra)
+        write_json(mdir / "cost.json", cost)
+        if getattr(final, "training_log_", None):
+            write_json(mdir / "training_log.json", final.training_log_)
+        record = {
+            "label": label,
+            "model": mc.name,
+            "model_hash": digest,
+            "family": template.family,
+            "fusion": template.fusion,
+            "class": f"{type(template).__module__}:{type(template).__qualname__}",
+            "params": _jsonable(final.get_params()),
+            "chosen_on_validation": needs_validation,
+            "protocols": list(results),
+            "skipped_protocols": skipped,
+            "evaluated_users": int(len(test_users)),
+            "all_test_users": int(len(self.split.eval_users("test"))),
+            "user_sample": budget_users is not None
+            and len(test_users) < len(self.split.eval_users("test")),
+            "cost": cost,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json(done, record)
+        return record
+
+    def _latency(
+        self, model: Recommender, proto: ProtocolConfig, users: np.ndarray, exclude: sp.csr_matrix
+    ) -> tuple[float, float] | None:
+        n = self.config.evaluation.latency_users
+        if n == 0 or len(users) == 0:
+            return None
+        sample = _sample_users(users, n, self.config.seed + 1)
+        times = []
+        for u in sample:
+            start = time.perf_counter()
+            self._lists(model, proto, "test", np.array([u]), exclude, self.k_max)
+            times.append((time.perf_counter() - start) * 1000)
+        return float(np.percentile(times, 50)), float(np.percentile(times, 95))
+
+    # -------------------------------------------------------------- measuring
+    def _measure(
+        self,
+        model: Recommender,
+        proto: ProtocolConfig,
+        lists: RankedLists,
+        out_dir: Path,
+        data: TrainingData,
+    ) -> dict[str, Any]:
+        from recarena.metrics import (
+            evaluate_lists,
+            item_segments,
+            restrict_truth,
+            user_segments,
+        )
+
+        ev = self.config.evaluation
+        truth = self.split.truth_csr("test")
+        pop = data.item_popularity
+        n_train_users = int((data.user_activity > 0).sum())
+        kwargs = dict(
+            train_popularity=pop,
+            n_train_users=n_train_users,
+            item_features=self.item_features,
+            n_items=self.dataset.n_items,
+        )
+        lists.save(out_dir / "lists.npz")
+        per_user, global_metrics = evaluate_lists(lists, truth, ev.ks, ev.metrics, **kwargs)
+        per_user = per_user.copy()
+        frames = [per_user.assign(segment=SEGMENT_ALL)]
+        counts = {SEGMENT_ALL: len(per_user)}
+        for name, mask in user_segments(
+            lists.users,
+            self.split.fit_interactions("test"),
+            self.dataset.n_users,
+            cold_user_max=ev.cold_user_max,
+        ).items():
+            sub = per_user.loc[mask]
+            counts[name] = len(sub)
+            if len(sub):
+                frames.append(sub.assign(segment=name))
+        item_masks = item_segments(
+            pop,
+            head_share=ev.head_share,
+            cold_items=self.split.cold_items if len(self.split.cold_items) else None,
+        )
+        accuracy_metrics = [
+            m for m in ev.metrics if m in ("hr", "recall", "precision", "f1", "ndcg", "mrr", "map")
+        ]
+        for name, mask in item_masks.items():
+            seg_truth = restrict_truth(truth, mask)
+            has = np.diff(seg_truth.indptr)[lists.users] > 0
+            counts[name] = int(has.sum())
+            if not has.any() or not accuracy_metrics:
+                continue
+            sub_lists = RankedLists(lists.users[has], lists.items[has], lists.scores[has])
+            seg, _ = evaluate_lists(sub_lists, seg_truth, ev.ks, accuracy_metrics, **kwargs)
+            frames.append(seg.assign(segment=name))
+        table = pd.concat(frames)
+        table.index.name = "user"
+        table = table.reset_index()
+        from recarena._io import atomic_path
+
+        with atomic_path(out_dir / "per_user.parquet") as tmp:
+            table.to_parquet(tmp, index=False)
+        out: dict[str, Any] = {
+            "global": global_metrics,
+            "segment_users": counts,
+            "protocol": proto.label,
+            "description": proto.description,
+            "sampled_candidates": proto.kind == "sampled",
+        }
+        if proto.kind != "full":
+            out["pointwise"] = self._pointwise(model, proto, lists.users)
+        write_json(out_dir / "metrics.json", out)
+        return out
+
+    def _pointwise(
+        self, model: Recommender, proto: ProtocolConfig, users: np.ndarray
+    ) -> dict[str, Any]:
+        """Held-out positives against the protocol's other candidates, as a classifier.
+
+        Models with calibrated probabilities (``calibrated_scores``) use 0.5. For the others
+        the threshold maximising F1 is chosen on one half of the users and applied to the
+        other half (2-fold cross-fitting), so no user's threshold is tuned on that user.
+        """
+        from recarena.metrics import choose_threshold, pointwise_metrics
+
+        cand = self.candidates_for(proto, "test")
+        if cand is None:
+            return {}
+        rows = np.searchsorted(cand.users, users)
+        items = cand.items[rows]
+        scores = model.score(users, items)
+        truth = self.split.truth_csr("test")
+        labels = (
+            np.asarray(
+                truth[np.repeat(users, items.shape[1]), np.maximum(items, 0).ravel()]
+            ).reshape(items.shape)
+            > 0
+        )
+        valid = (items >= 0) & np.isfinite(scores)
+        groups = np.repeat(users, items.shape[1]).reshape(items.shape)[valid]
+        y, s = labels[valid].astype(int), scores[valid].astype(np.float64)
+        if getattr(model, "calibrated_scores", False):
+            res = pointwise_metrics(y, s, threshold=0.5, groups=groups)
+            res["threshold"] = "0.5 (calibrated probability)"
+            return res
+        rng = np.random.default_rng([self.config.seed, 271828])
+        fold_of_user = dict(
+            zip(users.tolist(), rng.integers(0, 2, len(users)).tolist(), strict=True)
+        )
+        fold = np.array([fold_of_user[g] for g in groups.tolist()])
+        predicted = np.zeros(len(y), dtype=np.float64)
+        thresholds = []
+        for f in (0, 1):
+            fit, apply = fold != f, fold == f
+            if fit.sum() == 0 or len(np.unique(y[fit])) < 2:
+                t = float(np.median(s))
+            else:
+                t = choose_threshold(y[fit], s[fit])
+            thresholds.append(t)
+            predicted[apply] = s[apply] - t
+        res = pointwise_metrics(y, predicted, threshold=0.0, groups=groups)
+        res["auc"] = pointwise_metrics(y, s, threshold=0.0)["auc"]
+        res["threshold"] = (
+            f"F1-optimal, 2-fold cross-fitted over users ({thresholds[0]:.4g}, {thresholds[1]:.4g})"
+        )
+        return res
+
+    # -------------------------------------------------------------- all models
+    def run(self) -> RunResult:
+        self.prepare()
+        failed: dict[str, str] = {}
+        order = sorted(self.config.models, key=lambda m: not self._is_first_stage(m.display_name))
+        for mc in order:
+            label = mc.display_name
+            mdir = self.run_dir / "models" / label
+            try:
+                self.run_model(mc)
+            except KeyboardInterrupt:
+                raise
+            except RecArenaError as exc:
+                failed[label] = str(exc)
+                write_json(mdir / "FAILED.json", {"error": str(exc)})
+                self.on_event(f"{label}: FAILED: {exc}")
+            except Exception as exc:  # a model bug must not lose the other models' results
+                failed[label] = f"{type(exc).__name__}: {exc}"
+                write_json(
+                    mdir / "FAILED.json",
+                    {"error": failed[label], "traceback": traceback.format_exc()},
+                )
+                self.on_event(
+                    f"{label}: FAILED: {failed[label]} (traceback in {mdir / 'FAILED.json'})"
+                )
+        from recarena.summary import write_summaries
+
+        summary = write_summaries(self.run_dir, self.config.evaluation)
+        return RunResult(self.run_dir, summary, failed)
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, Path):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+def run_directory_for(
+    config: ExperimentConfig, output_dir: str | os.PathLike[str] | None = None
+) -> Path:
+    base = Path(output_dir if output_dir is not None else config.output_dir)
+    return base / config.name
+
+
+def run_experiment(
+    config: ExperimentConfig | str | os.PathLike[str],
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_event: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Run an experiment (a config object or the path of a TOML file).
+
+    Re-running into the same run directory resumes: models with a ``DONE.json`` are reused.
+    ``overwrite`` deletes the run directory first.
+    """
+    from recarena.config import load_config
+
+    if not isinstance(config, ExperimentConfig):
+        config = load_config(config)
+    run_dir = run_directory_for(config, output_dir)
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    cache = resolve_cache_dir(cache_dir if cache_dir is not None else config.cache_dir)
+    runner = ExperimentRunner(config, run_dir, cache, progress=progress, on_event=on_event)
+    return runner.run()

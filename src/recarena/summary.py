@@ -1,0 +1,273 @@
+"""Summaries of a run directory: one table of every model x protocol x segment x metric.
+
+Built from saved artifacts only (per-user metric values, global metrics, cost), so
+``recarena report RUN_DIR`` can rebuild them, and a new summary never re-runs a model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recarena._io import atomic_path, read_json, write_json, write_text
+from recarena.config import EvaluationConfig
+from recarena.errors import ArtifactError
+
+SUMMARY_COLUMNS = [
+    "model",
+    "family",
+    "fusion",
+    "protocol",
+    "segment",
+    "metric",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n_users",
+    "user_sample",
+]
+
+# columns of the printed leaderboard, in order, when the run has them
+LEADERBOARD_METRICS = ("ndcg", "hr", "recall", "mrr", "coverage")
+
+
+def load_model_records(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """DONE records of finished models and the errors of failed ones."""
+    models_dir = run_dir / "models"
+    done, failed = [], {}
+    if not models_dir.exists():
+        return done, failed
+    for mdir in sorted(p for p in models_dir.iterdir() if p.is_dir()):
+        if (mdir / "DONE.json").exists():
+            done.append(read_json(mdir / "DONE.json"))
+        elif (mdir / "FAILED.json").exists():
+            failed[mdir.name] = read_json(mdir / "FAILED.json").get("error", "failed")
+    return done, failed
+
+
+def build_summary(run_dir: Path, evaluation: EvaluationConfig, seed: int = 0) -> pd.DataFrame:
+    """The long summary table with bootstrap confidence intervals."""
+    from recarena.metrics import summarize
+
+    records, _ = load_model_records(run_dir)
+    rows: list[dict[str, Any]] = []
+    for rec in records:
+        label = rec["label"]
+        for proto in rec["protocols"]:
+            pdir = run_dir / "models" / label / proto
+            if not (pdir / "per_user.parquet").exists():
+                raise ArtifactError(f"{pdir}: per_user.parquet is missing; re-run the model")
+            table = pd.read_parquet(pdir / "per_user.parquet")
+            metrics = read_json(pdir / "metrics.json")
+            base = {
+                "model": label,
+                "family": rec["family"],
+                "fusion": rec["fusion"],
+                "protocol": proto,
+                "user_sample": bool(rec.get("user_sample", False)),
+            }
+            for segment, frame in table.groupby("segment", sort=False):
+                values = frame.drop(columns=["user", "segment"]).dropna(axis=1, how="all")
+                summ = summarize(
+                    values, n_boot=evaluation.bootstrap, confidence=evaluation.confidence, seed=seed
+                )
+                for metric, r in summ.iterrows():
+                    rows.append(
+                        {
+                            **base,
+                            "segment": segment,
+                            "metric": metric,
+                            "mean": r["mean"],
+                            "ci_low": r["ci_low"],
+                            "ci_high": r["ci_high"],
+                            "n_users": int(r["n_users"]),
+                        }
+                    )
+            n_all = int(metrics.get("segment_users", {}).get("all", 0))
+            for metric, value in metrics.get("global", {}).items():
+                rows.append(
+                    {
+                        **base,
+                        "segment": "all",
+                        "metric": metric,
+                        "mean": value,
+                        "ci_low": math.nan,
+                        "ci_high": math.nan,
+                        "n_users": n_all,
+                    }
+                )
+            for metric, value in (metrics.get("pointwise") or {}).items():
+                if isinstance(value, (int, float)):
+                    rows.append(
+                        {
+                            **base,
+                            "segment": "all",
+                            "metric": f"pointwise_{metric}",
+                            "mean": float(value),
+                            "ci_low": math.nan,
+                            "ci_high": math.nan,
+                            "n_users": n_all,
+                        }
+                    )
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+
+
+def _cost_frame(run_dir: Path) -> pd.DataFrame:
+    records, _ = load_model_records(run_dir)
+    rows = []
+    for rec in records:
+        cost = rec.get("cost", {})
+        rows.append({"model": rec["label"], **cost})
+    return pd.DataFrame(rows)
+
+
+def leaderboard(
+    summary: pd.DataFrame,
+    run_dir: Path,
+    protocol: str,
+    *,
+    k: int = 10,
+    segment: str = "all",
+    sort_metric: str | None = None,
+) -> pd.DataFrame:
+    """One row per model: main metrics with CIs and cost, best first."""
+    sub = summary[(summary["protocol"] == protocol) & (summary["segment"] == segment)]
+    if sub.empty:
+        return pd.DataFrame()
+    cost = (
+        _cost_frame(run_dir).set_index("model") if (run_dir / "models").exists() else pd.DataFrame()
+    )
+    out = []
+    for model, frame in sub.groupby("model", sort=False):
+        row: dict[str, Any] = {
+            "model": model,
+            "family": frame["family"].iloc[0],
+            "fusion": frame["fusion"].iloc[0],
+        }
+        by_metric = frame.set_index("metric")
+        for name in LEADERBOARD_METRICS:
+            key = f"{name}@{k}"
+            if key in by_metric.index:
+                r = by_metric.loc[key]
+                row[key] = r["mean"]
+                row[f"{key} ci"] = (r["ci_low"], r["ci_high"])
+        for key in ("pointwise_accuracy", "pointwise_f1", "pointwise_auc"):
+            if key in by_metric.index:
+                row[key.replace("pointwise_", "")] = by_metric.loc[key, "mean"]
+        row["n_users"] = int(frame["n_users"].max())
+        row["user_sample"] = bool(frame["user_sample"].iloc[0])
+        if model in cost.index:
+            c = cost.loc[model]
+            row["fit_s"] = c.get("fit_seconds")
+            row["users_per_s"] = c.get("users_per_second")
+            row["latency_p50_ms"] = c.get("latency_ms_p50")
+            row["params"] = c.get("parameters_total")
+            row["peak_mib"] = c.get("peak_memory_mib")
+        out.append(row)
+    table = pd.DataFrame(out)
+    key = sort_metric or f"ndcg@{k}"
+    if key in table.columns:
+        table = table.sort_values(key, ascending=False, kind="stable")
+    return table.reset_index(drop=True)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, (int, np.integer)):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        if abs(value) >= 10:
+            return f"{value:.1f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def leaderboard_markdown(table: pd.DataFrame, k: int = 10) -> str:
+    if table.empty:
+        return "_no results_\n"
+    metric_cols = [c for c in table.columns if "@" in c and not c.endswith(" ci")]
+    extra = [c for c in ("accuracy", "f1", "auc") if c in table.columns]
+    header = [
+        "model",
+        "family",
+        *[c.upper().replace("HR@", "HR@") for c in metric_cols],
+        *extra,
+        "fit s",
+        "users/s",
+        "p50 ms",
+        "params",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, r in table.iterrows():
+        cells = [str(r["model"]) + (" *" if r.get("user_sample") else ""), str(r["family"])]
+        for c in metric_cols:
+            ci = r.get(f"{c} ci")
+            text = _fmt(r[c])
+            if isinstance(ci, tuple) and all(isinstance(x, float) and math.isfinite(x) for x in ci):
+                text += f" [{ci[0]:.4f}, {ci[1]:.4f}]"
+            cells.append(text)
+        cells += [_fmt(r.get(c)) for c in extra]
+        cells += [
+            _fmt(r.get("fit_s"), 2),
+            _fmt(r.get("users_per_s"), 1),
+            _fmt(r.get("latency_p50_ms"), 2),
+            _fmt(r.get("params")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summaries(run_dir: Path, evaluation: EvaluationConfig, seed: int = 0) -> pd.DataFrame:
+    """Write summary.csv, summary.json and summary.md into ``run_dir``; return the table."""
+    summary = build_summary(run_dir, evaluation, seed)
+    with atomic_path(run_dir / "summary.csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    write_json(run_dir / "summary.json", summary.replace({np.nan: None}).to_dict(orient="records"))
+    write_text(run_dir / "summary.md", summary_markdown(run_dir, summary, evaluation))
+    return summary
+
+
+def summary_markdown(run_dir: Path, summary: pd.DataFrame, evaluation: EvaluationConfig) -> str:
+    state = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+    _, failed = load_model_records(run_dir)
+    k = 10 if 10 in evaluation.ks else evaluation.ks[0]
+    parts = [
+        f"# {state.get('name', run_dir.name)}: results\n",
+        f"Data set: {state.get('dataset', '?')}; split: {state.get('split', '?')}.\n",
+    ]
+    for note in state.get("notes", []):
+        parts.append(f"- {note}\n")
+    for proto, desc in state.get("protocols", {}).items():
+        parts.append(f"\n## Protocol `{proto}`: {desc}\n\n")
+        if proto != "full":
+            parts.append(
+                "Results on sampled or first-stage candidates are not comparable with "
+                "full-catalog ranking.\n\n"
+            )
+        parts.append(leaderboard_markdown(leaderboard(summary, run_dir, proto, k=k), k))
+        seg = summary[(summary["protocol"] == proto) & (summary["metric"] == f"ndcg@{k}")]
+        if not seg.empty and seg["segment"].nunique() > 1:
+            parts.append(f"\nNDCG@{k} by segment (users in segment):\n\n")
+            pivot = seg.pivot_table(index="model", columns="segment", values="mean", sort=False)
+            n = seg.groupby("segment")["n_users"].max()
+            cols = list(pivot.columns)
+            parts.append("| model | " + " | ".join(f"{c} ({n[c]})" for c in cols) + " |\n")
+            parts.append("|---|" + "---|" * len(cols) + "\n")
+            for model, r in pivot.iterrows():
+                parts.append(f"| {model} | " + " | ".join(_fmt(r[c]) for c in cols) + " |\n")
+    if failed:
+        parts.append("\n## Failed models\n\n")
+        for label, err in failed.items():
+            parts.append(f"- **{label}**: {err}\n")
+    parts.append(
+        "\n`*` evaluated on a seeded sample of users (see n_users); intervals are "
+        f"{evaluation.confidence:.0%} percentile bootstrap over users.\n"
+    )
+    return "".join(parts)

@@ -1,0 +1,161 @@
+"""EASE^R: the closed-form shallow linear autoencoder of Steck (WWW 2019).
+
+One ridge regression of every item on all others, with the self-weight forced to zero,
+solved in closed form from the inverse of the regularised item-item Gram matrix. Strong
+on MovieLens-size catalogs, but it needs a dense ``n_items x n_items`` inverse, so the
+catalog size is bounded by memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+import scipy.sparse as sp
+
+from recarena.errors import ConfigError
+from recarena.models.base import Recommender, TrainingData
+
+logger = logging.getLogger(__name__)
+
+#: largest catalog whose Cholesky factorisation may use several BLAS threads (see
+#: `_potrf_threads`; 12,000 was checked to work, 16,000 crashed)
+_THREADED_POTRF_MAX = 10_000
+
+#: bytes per item^2 at the peak of `EASE.fit`: the float64 Gram matrix / inverse, inverted
+#: in place, plus the float32 weights
+_BYTES_PER_CELL = 12
+
+
+class EASE(Recommender):
+    """Embarrassingly Shallow Autoencoder (EASE^R).
+
+    With ``X`` the binary user x item training matrix,
+
+    .. math::
+
+        P = (X^\\top X + \\lambda I)^{-1}, \\qquad
+        B_{ij} = -P_{ij} / P_{jj} \\; (i \\ne j), \\qquad B_{jj} = 0,
+
+    which is ``B = I - P diag(1 / diag(P))``, the solution of
+    :math:`\\min_B \\lVert X - XB \\rVert_F^2 + \\lambda \\lVert B \\rVert_F^2` subject to
+    ``diag(B) = 0``. A user's scores are their history row times ``B``. The inverse is
+    computed in float64 (Cholesky, in place) and the weights kept in float32.
+
+    Users without history score 0 everywhere; items without interactions get a zero column
+    (score 0 for everyone).
+
+    Parameters
+    ----------
+    l2
+        The L2 regularisation ``lambda`` (default 500). Steck reports values in the hundreds
+        to a few thousands for MovieLens/Netflix-size data; larger catalogs and denser data
+        want larger values. ``param_grid`` spans 50 to 2000.
+    max_items
+        Largest catalog accepted (default 40,000). The fit needs about ``12 * n_items**2``
+        bytes (19 GB for 40k items); above this a `ConfigError` says how much and suggests
+        ItemKNN or a matrix factorisation instead. Raise it on a machine with more memory.
+
+    References
+    ----------
+    Harald Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019.
+    """
+
+    param_grid = {"l2": [50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0]}
+
+    def __init__(self, l2: float = 500.0, max_items: int = 40_000) -> None:
+        self.l2 = l2
+        self.max_items = max_items
+
+    def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
+        n = data.n_items
+        if n > self.max_items:
+            need = _BYTES_PER_CELL * n * n / 1e9
+            raise ConfigError(
+                f"EASE needs a dense {n:,} x {n:,} item-item inverse (about {need:,.1f} GB of "
+                f"memory) and this catalog has more than max_items={self.max_items:,} items. "
+                "Use 'itemknn', 'als' or 'bpr' for large catalogs, filter rare items (k-core), "
+                "or raise max_items if this machine has the memory."
+            )
+        if self.l2 <= 0:
+            raise ValueError(f"EASE l2 must be positive (it keeps X^T X invertible), got {self.l2}")
+        gram = _gram(data.csr())
+        gram[np.diag_indices(n)] += self.l2
+        # Cholesky factor and inverse in place: no second n x n float64 array
+        # (gram.T is the same symmetric matrix, in the Fortran order LAPACK works in place on)
+        with _potrf_threads(n):
+            factor, info = scipy.linalg.lapack.dpotrf(gram.T, lower=False, overwrite_a=True)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"EASE: X^T X + l2 I is not positive definite ({info})")
+        inverse, info = scipy.linalg.lapack.dpotri(factor, lower=False, overwrite_c=True)
+        if info != 0:
+            raise np.linalg.LinAlgError(f"EASE: inversion failed ({info})")
+        _symmetrize_from_upper(inverse)
+        diag = np.diag(inverse).copy()
+        inverse /= -diag[None, :]
+        inverse[np.diag_indices(n)] = 0.0
+        self.weights_ = inverse.astype(np.float32, order="C")
+        logger.debug("EASE: %d items, l2=%g", n, self.l2)
+
+    def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
+        # seen_ is the binary training matrix (set by Recommender.fit, saved with the model)
+        history = self.seen_[users]
+        if items is None:
+            return np.asarray(history @ self.weights_)
+        # score_uj = sum over the user's items i of B[i, j], only at the candidate columns
+        out = np.empty(items.shape, dtype=np.float32)
+        for row in range(len(users)):
+            known = history.indices[history.indptr[row] : history.indptr[row + 1]]
+            out[row] = self.weights_[np.ix_(known, items[row])].sum(axis=0)
+        return out
+
+    def n_parameters(self) -> tuple[int, int]:
+        """Off-diagonal weights: ``n_items * (n_items - 1)``."""
+        n = int(self.weights_.shape[0])
+        return n * (n - 1), n * (n - 1)
+
+
+def _potrf_threads(n: int) -> contextlib.AbstractContextManager[object]:
+    """BLAS threads for the Cholesky factorisation of an ``n x n`` matrix.
+
+    OpenBLAS's multi-threaded ``dpotrf`` crashes (segmentation fault in its threaded
+    ``dsyrk``) on large matrices: seen here at n = 16,000 with 2 threads, with both numpy's
+    and scipy's bundled OpenBLAS 0.3.30 (OpenBLAS issues #1413, #2821). Above
+    `_THREADED_POTRF_MAX` the factorisation runs on one thread; it is a third of the fit's
+    flops, and the inverse (``dpotri``, which does not crash) keeps every thread.
+    """
+    if n <= _THREADED_POTRF_MAX:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, "blas")
+
+
+def _gram(matrix: sp.csr_matrix) -> np.ndarray:
+    """Dense float64 ``X^T X``, built in column blocks so no large sparse product is held."""
+    matrix = sp.csr_matrix(matrix, dtype=np.float64)
+    n = matrix.shape[1]
+    out = np.empty((n, n), dtype=np.float64)
+    by_item = matrix.T.tocsr()
+    by_col = matrix.tocsc()
+    block = max(1, min(n, (32 << 20) // max(1, n)))
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        out[:, start:stop] = (by_item @ by_col[:, start:stop]).toarray()
+    return out
+
+
+def _symmetrize_from_upper(a: np.ndarray, block: int = 256) -> None:
+    """Copy the upper triangle of a square array onto its lower triangle, in place."""
+    n = a.shape[0]
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        # rows start:stop, columns < stop: lower part of these rows from the columns above
+        lower = np.tril_indices(stop - start, k=-1)
+        tile = a[start:stop, start:stop]
+        tile[lower] = tile.T[lower]
+        if start:
+            a[start:stop, :start] = a[:start, start:stop].T

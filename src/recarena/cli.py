@@ -239,7 +239,7 @@ def data_list() -> None:
     t = Table(title="data sets")
     for col in ("name", "description", "terms"):
         t.add_column(col)
-    for entry in list_catalog():
+    for entry in list_catalog(domains=True):
         t.add_row(*_entry_cells(entry))
     out.print(t)
 

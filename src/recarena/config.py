@@ -76,6 +76,11 @@ class DataConfig(_Strict):
     timestamp_unit: Literal["s", "ms", "us", "ns", "iso"] = Field(
         "s", description="unit of the timestamp column"
     )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="format-specific loader options: mind valid_days; amazon and lfm "
+        "min_timestamp; lastfm-hetrec top_tags, min_plays",
+    )
     text_template: str | None = Field(
         None, description="item text, e.g. 'Title: {title}. Genres: {genres}.'"
     )
@@ -96,7 +101,10 @@ class DataConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    method: Literal["leave_one_out", "temporal", "random", "cold_item"] = "leave_one_out"
+    method: Literal["leave_one_out", "temporal", "random", "cold_item", "predefined"] = Field(
+        "leave_one_out",
+        description="'predefined' uses the train/valid/test assignment that the data files come with",
+    )
     valid_ratio: float = Field(0.1, ge=0, lt=1)
     test_ratio: float = Field(0.1, gt=0, lt=1)
     min_history: int = Field(
@@ -114,7 +122,7 @@ class SplitConfig(_Strict):
 class ProtocolConfig(_Strict):
     """How lists are produced: full-catalog ranking, sampled candidates, or a first stage's top-N."""
 
-    kind: Literal["full", "sampled", "first_stage"] = "full"
+    kind: Literal["full", "sampled", "first_stage", "impressions"] = "full"
     n_negatives: int = Field(99, gt=0, description="sampled: negatives per user")
     sampling: Literal["uniform", "popularity"] = "uniform"
     first_stage: str | None = Field(
@@ -134,6 +142,8 @@ class ProtocolConfig(_Strict):
             return "full"
         if self.kind == "sampled":
             return f"sampled-{self.n_negatives}" + ("-pop" if self.sampling == "popularity" else "")
+        if self.kind == "impressions":
+            return "impressions"
         return f"first-stage-{self.first_stage}-{self.top_n}"
 
     @property
@@ -143,6 +153,8 @@ class ProtocolConfig(_Strict):
         if self.kind == "sampled":
             how = "popularity-sampled" if self.sampling == "popularity" else "uniformly sampled"
             return f"held-out item(s) + {self.n_negatives} {how} negatives ({self.n_negatives + 1} candidates)"
+        if self.kind == "impressions":
+            return "per impression: the items shown, clicked vs shown but not clicked"
         return f"top-{self.top_n} of {self.first_stage} ({self.top_n} candidates)"
 
 
@@ -346,7 +358,7 @@ def _to_toml(data: dict[str, Any], prefix: str = "") -> str:
     return out
 
 
-_INLINE_TABLES = {"columns", "item_columns", "user_columns", "params", "grid"}
+_INLINE_TABLES = {"columns", "item_columns", "user_columns", "params", "grid", "options"}
 
 
 def _is_inline(key: str, prefix: str) -> bool:

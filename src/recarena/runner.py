@@ -346,6 +346,10 @@ class ExperimentRunner:
         metric = self.config.evaluation.tune_metric
         name, _, k = metric.partition("@")
         k_val = int(k) if k else 10
+        if proto.kind == "impressions":
+            table, _ = self._impression_table(model, self._impression_rows("valid"))
+            column = metric if metric in table.columns else ("mrr" if name == "mrr" else "auc")
+            return float(table[column].mean())
         users = _sample_users(
             self.split.eval_users("valid"), self.config.evaluation.max_eval_users, self.config.seed
         )
@@ -485,6 +489,13 @@ class ExperimentRunner:
                             if p.kind == "first_stage" and p.first_stage == label
                         ),
                     )
+                if proto.kind == "impressions":
+                    self.on_event(f"{label}: impressions: scoring the test impression logs")
+                    sample = None if budget_users is None else test_users
+                    results[proto.label] = self._measure_impressions(
+                        final, sample, mdir / proto.label, data_test
+                    )
+                    continue
                 self.on_event(f"{label}: {proto.label}: ranking {len(test_users)} test users")
                 with Stopwatch() as sw:
                     lists = self._lists(final, proto, "test", test_users, exclude, k)
@@ -643,7 +654,6 @@ class ExperimentRunner:
         the threshold maximising F1 is chosen on one half of the users and applied to the
         other half (2-fold cross-fitting), so no user's threshold is tuned on that user.
         """
-        from recarena.metrics import choose_threshold, pointwise_metrics
 
         cand = self.candidates_for(proto, "test")
         if cand is None:
@@ -660,32 +670,125 @@ class ExperimentRunner:
         )
         valid = (items >= 0) & np.isfinite(scores)
         groups = np.repeat(users, items.shape[1]).reshape(items.shape)[valid]
-        y, s = labels[valid].astype(int), scores[valid].astype(np.float64)
-        if getattr(model, "calibrated_scores", False):
-            res = pointwise_metrics(y, s, threshold=0.5, groups=groups)
-            res["threshold"] = "0.5 (calibrated probability)"
-            return res
-        rng = np.random.default_rng([self.config.seed, 271828])
-        fold_of_user = dict(
-            zip(users.tolist(), rng.integers(0, 2, len(users)).tolist(), strict=True)
+        return classify_pointwise(
+            labels[valid].astype(int),
+            scores[valid].astype(np.float64),
+            groups,
+            calibrated=getattr(model, "calibrated_scores", False),
+            seed=self.config.seed,
         )
-        fold = np.array([fold_of_user[g] for g in groups.tolist()])
-        predicted = np.zeros(len(y), dtype=np.float64)
-        thresholds = []
-        for f in (0, 1):
-            fit, apply = fold != f, fold == f
-            if fit.sum() == 0 or len(np.unique(y[fit])) < 2:
-                t = float(np.median(s))
-            else:
-                t = choose_threshold(y[fit], s[fit])
-            thresholds.append(t)
-            predicted[apply] = s[apply] - t
-        res = pointwise_metrics(y, predicted, threshold=0.0, groups=groups)
-        res["auc"] = pointwise_metrics(y, s, threshold=0.0)["auc"]
-        res["threshold"] = (
-            f"F1-optimal, 2-fold cross-fitted over users ({thresholds[0]:.4g}, {thresholds[1]:.4g})"
+
+    # -------------------------------------------------------------- impression logs
+    def _impression_rows(self, stage: str, users: np.ndarray | None = None) -> pd.DataFrame:
+        imp = self.dataset.impressions
+        if imp is None:
+            raise ConfigError(
+                f"protocol 'impressions' needs a data set with impression logs (such as MIND); "
+                f"{self.dataset.name!r} has none"
+            )
+        rows = imp[imp["part"] == (2 if stage == "test" else 1)]
+        if users is not None:
+            rows = rows[rows["user"].isin(users)]
+        return rows
+
+    def _impression_scores(self, model: Recommender, rows: pd.DataFrame) -> np.ndarray:
+        """The model's score of every shown item, each user's items scored in one call."""
+        users = rows["user"].to_numpy(np.int64)
+        items = rows["item"].to_numpy(np.int64)
+        order = np.argsort(users, kind="stable")
+        u_sorted, i_sorted = users[order], items[order]
+        uniq, starts, counts = np.unique(u_sorted, return_index=True, return_counts=True)
+        position = np.arange(len(order)) - np.repeat(starts, counts)
+        out_sorted = np.empty(len(order), dtype=np.float32)
+        batch = max(1, (8 << 20) // max(1, int(counts.max(initial=1))))
+        for b in range(0, len(uniq), batch):
+            lo, hi = (
+                starts[b],
+                starts[min(b + batch, len(uniq)) - 1] + counts[min(b + batch, len(uniq)) - 1],
+            )
+            group = np.repeat(np.arange(min(batch, len(uniq) - b)), counts[b : b + batch])
+            cand = np.full(
+                (len(counts[b : b + batch]), int(counts[b : b + batch].max())), -1, np.int64
+            )
+            cand[group, position[lo:hi]] = i_sorted[lo:hi]
+            scores = model.score(uniq[b : b + batch], cand)
+            out_sorted[lo:hi] = scores[group, position[lo:hi]]
+        out = np.empty(len(order), dtype=np.float32)
+        out[order] = out_sorted
+        return out
+
+    def _impression_table(
+        self, model: Recommender, rows: pd.DataFrame
+    ) -> tuple[pd.DataFrame, np.ndarray]:
+        """Per-impression metrics (MIND's definitions); ties broken at random with the seed."""
+        from recarena.metrics import impression_metrics
+
+        scores = self._impression_scores(model, rows)
+        # impression_metrics breaks ties by shown order: shuffle the order within impressions
+        rng = np.random.default_rng([self.config.seed, 4242])
+        perm = rng.permutation(len(rows))
+        imp = rows["impression"].to_numpy()[perm]
+        keep = np.argsort(imp, kind="stable")
+        idx = perm[keep]
+        table = impression_metrics(
+            rows["impression"].to_numpy()[idx], rows["label"].to_numpy()[idx], scores[idx]
         )
-        return res
+        return table, scores
+
+    def _measure_impressions(
+        self, model: Recommender, users: np.ndarray | None, out_dir: Path, data: TrainingData
+    ) -> dict[str, Any]:
+        from recarena._io import atomic_path
+        from recarena.metrics import user_segments
+
+        rows = self._impression_rows("test", users)
+        table, scores = self._impression_table(model, rows)
+        user_of = rows.groupby("impression", sort=False)["user"].first()
+        table = table.copy()
+        table.insert(0, "user", user_of.reindex(table.index).to_numpy())
+        table.index.name = "impression"
+        table = table.reset_index()
+        frames = [table.assign(segment=SEGMENT_ALL)]
+        counts = {SEGMENT_ALL: len(table)}
+        eval_users = np.unique(table["user"].to_numpy())
+        masks = user_segments(
+            eval_users,
+            self.split.fit_interactions("test"),
+            self.dataset.n_users,
+            cold_user_max=self.config.evaluation.cold_user_max,
+        )
+        for name, mask in masks.items():
+            sub = table[table["user"].isin(eval_users[mask])]
+            counts[name] = len(sub)
+            if len(sub):
+                frames.append(sub.assign(segment=name))
+        with atomic_path(out_dir / "per_user.parquet") as tmp:
+            pd.concat(frames).to_parquet(tmp, index=False)
+        labels = rows["label"].to_numpy().astype(int)
+        pointwise = classify_pointwise(
+            labels,
+            scores.astype(np.float64),
+            rows["impression"].to_numpy(),
+            calibrated=getattr(model, "calibrated_scores", False),
+            seed=self.config.seed,
+        )
+        train_items = np.flatnonzero(data.item_popularity > 0)
+        out = {
+            "global": {},
+            "segment_users": counts,
+            "unit": "impressions",
+            "protocol": "impressions",
+            "description": "per impression: the items shown, clicked vs shown but not clicked",
+            "sampled_candidates": False,
+            "pointwise": pointwise,
+            "impressions": len(table),
+            "shown_items": len(rows),
+            "shown_items_never_in_training": int(
+                (~np.isin(rows["item"].to_numpy(), train_items)).sum()
+            ),
+        }
+        write_json(out_dir / "metrics.json", out)
+        return out
 
     # -------------------------------------------------------------- all models
     def run(self) -> RunResult:
@@ -716,6 +819,45 @@ class ExperimentRunner:
 
         summary = write_summaries(self.run_dir, self.config.evaluation)
         return RunResult(self.run_dir, summary, failed)
+
+
+def classify_pointwise(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    groups: np.ndarray,
+    *,
+    calibrated: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """Accuracy, precision, recall, F1 and AUC of scores as a positive/negative classifier.
+
+    Calibrated probabilities are cut at 0.5. For other scores the F1-optimal threshold is
+    chosen on one half of the groups (users or impressions) and applied to the other half
+    (2-fold cross-fitting), so no group's threshold is tuned on that group.
+    """
+    from recarena.metrics import choose_threshold, pointwise_metrics
+
+    if calibrated:
+        res = pointwise_metrics(labels, scores, threshold=0.5, groups=groups)
+        res["threshold"] = "0.5 (calibrated probability)"
+        return res
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    fold_of_group = np.random.default_rng([seed, 271828]).integers(0, 2, len(uniq))
+    fold = fold_of_group[inverse]
+    shifted = np.zeros(len(labels), dtype=np.float64)
+    thresholds = []
+    for f in (0, 1):
+        fit, apply = fold != f, fold == f
+        if fit.sum() == 0 or len(np.unique(labels[fit])) < 2:
+            t = float(np.median(scores))
+        else:
+            t = choose_threshold(labels[fit], scores[fit])
+        thresholds.append(t)
+        shifted[apply] = scores[apply] - t
+    res = pointwise_metrics(labels, shifted, threshold=0.0, groups=groups)
+    res["auc"] = pointwise_metrics(labels, scores, threshold=0.0)["auc"]
+    res["threshold"] = f"F1-optimal, 2-fold cross-fitted ({thresholds[0]:.4g}, {thresholds[1]:.4g})"
+    return res
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

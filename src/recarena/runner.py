@@ -444,7 +444,7 @@ class ExperimentRunner:
         exclude = self.split.seen_csr("test")
         with PeakMemory() as mem:
             if self.config.evaluation.refit or not has_valid:
-                final = template.clone(**chosen, **refit_extra)
+                final = template.clone(**{**chosen, **refit_extra})
                 self.on_event(f"{label}: fitting on train + valid")
                 with Stopwatch() as sw:
                     final.fit(data_test, valid=None)

@@ -1,0 +1,284 @@
+"""The numbers behind the report, per protocol: ranking, significance, segments.
+
+Everything here is computed from `ReportData` (saved summaries and per-user values) and
+holds plain values; `recarena.report.tables`, `plots` and `verdict` only present them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recarena._io import read_json
+from recarena.report.loading import ReportData
+from recarena.report.stats import PairedResult, holm_correction, paired_test
+
+#: segments in the order the report shows them; others follow in the order found
+SEGMENT_ORDER = ("all", "cold_users", "warm_users", "head_items", "tail_items", "cold_items")
+
+#: main columns of a leaderboard, at the report's cut-off
+MAIN_METRICS = ("ndcg", "hr", "recall", "mrr")
+
+#: per-unit metrics without a cut-off (impression protocols), shown when present
+BARE_METRICS = ("auc", "mrr", "gauc")
+
+#: pointwise metrics shown when a protocol has them (summary key -> display key)
+POINTWISE = {"pointwise_accuracy": "accuracy", "pointwise_f1": "f1", "pointwise_auc": "auc"}
+
+ALPHA = 0.05
+
+VS_CLASSICAL = "vs best classical"
+TOP_TWO = "best two"
+
+#: segments with fewer users than this get a caveat
+FEW_USERS = 100
+
+#: random sign flips per paired test: p-values resolve down to 1 / (1 + this)
+N_RESAMPLES = 5000
+
+
+@dataclass(frozen=True)
+class Estimate:
+    mean: float
+    low: float = math.nan
+    high: float = math.nan
+    n_users: int = 0
+
+
+@dataclass
+class Comparison:
+    a: str
+    b: str
+    kind: str  # VS_CLASSICAL, TOP_TWO or both joined by "; "
+    metric: str
+    result: PairedResult
+    p_holm: float = math.nan
+
+    @property
+    def significant(self) -> bool:
+        return bool(self.p_holm <= ALPHA) if math.isfinite(self.p_holm) else False
+
+
+@dataclass
+class SegmentWinner:
+    segment: str
+    n_users: int
+    best: str | None = None
+    best_value: Estimate | None = None
+    runner_up: str | None = None
+    test: PairedResult | None = None
+
+
+@dataclass
+class ProtocolAnalysis:
+    label: str
+    description: str
+    primary: str
+    ranking: list[str]
+    values: dict[str, dict[str, Estimate]]
+    pointwise: list[str]
+    comparisons: list[Comparison]
+    best_classical: str | None
+    segments: list[tuple[str, int]]
+    segment_values: dict[str, dict[str, Estimate]]
+    segment_winners: list[SegmentWinner]
+    not_run: dict[str, str] = field(default_factory=dict)
+    segment_users_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def sampled(self) -> bool:
+        return self.label != "full"
+
+    def comparison(self, a: str, b: str) -> tuple[Comparison, float] | None:
+        """The comparison of ``a`` and ``b`` and the sign that makes its difference a - b."""
+        for c in self.comparisons:
+            if (c.a, c.b) == (a, b):
+                return c, 1.0
+            if (c.a, c.b) == (b, a):
+                return c, -1.0
+        return None
+
+    def mark(self, label: str) -> str:
+        """``†`` significantly better than the best classical, ``‡`` worse, ``ref`` it."""
+        if label == self.best_classical:
+            return "ref"
+        for c in self.comparisons:
+            if VS_CLASSICAL in c.kind and c.a == label and c.significant:
+                return "†" if c.result.diff > 0 else "‡"
+        return ""
+
+
+def primary_metric(summary: pd.DataFrame, k: int) -> str:
+    """NDCG@k when the summary has it, else the first main metric it has at k."""
+    metrics = set(summary["metric"].unique())
+    for name in MAIN_METRICS:
+        if f"{name}@{k}" in metrics:
+            return f"{name}@{k}"
+    ranked = sorted(m for m in metrics if "@" in m)
+    return ranked[0] if ranked else "ndcg@10"
+
+
+def _estimates(frame: pd.DataFrame) -> dict[str, dict[str, Estimate]]:
+    out: dict[str, dict[str, Estimate]] = {}
+    cols = [frame[c].to_numpy() for c in ("model", "metric", "mean", "ci_low", "ci_high")]
+    n_users = frame["n_users"].to_numpy()
+    for model, metric, mean, low, high, n in zip(*cols, n_users, strict=True):
+        out.setdefault(str(model), {})[str(metric)] = Estimate(
+            float(mean), float(low), float(high), int(n) if n == n else 0
+        )
+    return out
+
+
+def _ordered_segments(names: list[str]) -> list[str]:
+    known = [s for s in SEGMENT_ORDER if s in names]
+    return known + [s for s in names if s not in known]
+
+
+def _series(data: ReportData, label: str, protocol: str, metric: str, segment: str) -> pd.Series:
+    frame = data.per_user(label, protocol, [metric])
+    if metric not in frame.columns:
+        return pd.Series(dtype=np.float64)
+    sub = frame[frame["segment"] == segment]
+    # the unit of pairing: the user, or the impression where a protocol scores impressions
+    key = "impression" if "impression" in sub.columns else "user"
+    return pd.Series(sub[metric].to_numpy(np.float64), index=sub[key].to_numpy())
+
+
+def compare(
+    data: ReportData, a: str, b: str, protocol: str, metric: str, segment: str = "all"
+) -> PairedResult:
+    """Paired test of two models on the users both were evaluated on."""
+    xa = _series(data, a, protocol, metric, segment)
+    xb = _series(data, b, protocol, metric, segment)
+    common = xa.index.intersection(xb.index)
+    return paired_test(
+        xa.loc[common].to_numpy(),
+        xb.loc[common].to_numpy(),
+        n_resamples=N_RESAMPLES,
+        confidence=data.confidence,
+        seed=0,
+    )
+
+
+def analyse_protocol(data: ReportData, protocol: str) -> ProtocolAnalysis:
+    summary = data.summary[data.summary["protocol"] == protocol]
+    primary = primary_metric(summary, data.k) if not summary.empty else f"ndcg@{data.k}"
+    on_proto = [m for m in data.done_models if protocol in m.protocols]
+    labels = {m.label for m in on_proto}
+    all_seg = summary[(summary["segment"] == "all") & summary["model"].isin(labels)]
+    values = _estimates(all_seg)
+
+    def score(label: str) -> float:
+        est = values.get(label, {}).get(primary)
+        return est.mean if est is not None and math.isfinite(est.mean) else -math.inf
+
+    ranking = sorted((m.label for m in on_proto), key=lambda x: (-score(x), x))
+    pointwise = [k for k in POINTWISE if k in set(all_seg["metric"])]
+
+    not_run: dict[str, str] = {}
+    for m in data.models:
+        if m.label in labels:
+            continue
+        if not m.done:
+            not_run[m.label] = f"failed: {m.error}"
+        elif protocol in m.skipped:
+            not_run[m.label] = f"not run: {m.skipped[protocol]}"
+        elif data.runs[m.run].protocols.get(protocol) is None:
+            not_run[m.label] = "not run: its run has no such protocol"
+        else:
+            not_run[m.label] = "not run on this protocol (excluded in the experiment)"
+
+    # ---- significance: each model vs the best classical model, and the best two
+    classical = [x for x in ranking if data.model(x).family == "classical"]
+    best_classical = classical[0] if classical else None
+    pairs: list[list[str]] = []
+    if best_classical is not None:
+        pairs += [[x, best_classical, VS_CLASSICAL] for x in ranking if x != best_classical]
+    if len(ranking) >= 2:
+        top = {ranking[0], ranking[1]}
+        same = [p for p in pairs if {p[0], p[1]} == top]
+        if same:  # the top two include the best classical model: one test serves both
+            same[0][2] = f"{VS_CLASSICAL}; {TOP_TWO}"
+        else:
+            pairs.append([ranking[0], ranking[1], TOP_TWO])
+    comparisons = [
+        Comparison(a, b, kind, primary, compare(data, a, b, protocol, primary))
+        for a, b, kind in pairs
+    ]
+    adjusted = holm_correction([c.result.p_value for c in comparisons])
+    for c, p in zip(comparisons, adjusted, strict=True):
+        c.p_holm = float(p)
+
+    # ---- segments
+    seg_users: dict[str, int] = {}
+    by_model: dict[str, dict[str, int]] = {}
+    for m in on_proto:
+        path = m.model_dir / protocol / "metrics.json"
+        counts = read_json(path).get("segment_users", {}) if path.exists() else {}
+        by_model[m.label] = {str(k): int(v) for k, v in counts.items()}
+        for seg, n in by_model[m.label].items():
+            seg_users[seg] = max(seg_users.get(seg, 0), n)
+    seg_frame = summary[(summary["metric"] == primary) & summary["model"].isin(labels)]
+    for seg, n in seg_frame.groupby("segment")["n_users"].max().items():
+        seg_users.setdefault(str(seg), int(n))
+    segments = [(s, seg_users[s]) for s in _ordered_segments(list(seg_users))]
+    segment_values: dict[str, dict[str, Estimate]] = {}
+    for seg, frame in seg_frame.groupby("segment", sort=False):
+        segment_values[str(seg)] = {
+            model: ests[primary] for model, ests in _estimates(frame).items() if primary in ests
+        }
+    winners = []
+    for seg, n in segments:
+        w = SegmentWinner(seg, n)
+        vals = segment_values.get(seg, {})
+        order = sorted(
+            (x for x in vals if math.isfinite(vals[x].mean)), key=lambda x: (-vals[x].mean, x)
+        )
+        if order:
+            w.best, w.best_value = order[0], vals[order[0]]
+            if len(order) > 1:
+                w.runner_up = order[1]
+                w.test = compare(data, order[0], order[1], protocol, primary, seg)
+        winners.append(w)
+
+    return ProtocolAnalysis(
+        label=protocol,
+        description=data.protocols.get(protocol, protocol),
+        primary=primary,
+        ranking=ranking,
+        values=values,
+        pointwise=pointwise,
+        comparisons=comparisons,
+        best_classical=best_classical,
+        segments=segments,
+        segment_values=segment_values,
+        segment_winners=winners,
+        not_run=not_run,
+        segment_users_by_model=by_model,
+    )
+
+
+def metric_at_k(data: ReportData, protocol: str, metrics: tuple[str, ...]) -> dict[str, Any]:
+    """``{metric: {model: [(k, mean, low, high), ...]}}`` over the report's ks (segment all)."""
+    sub = data.summary[(data.summary["protocol"] == protocol) & (data.summary["segment"] == "all")]
+    out: dict[str, dict[str, list[tuple[int, float, float, float]]]] = {}
+    for name in metrics:
+        keys = {f"{name}@{k}": k for k in data.ks}
+        rows = sub[sub["metric"].isin(keys)]
+        if rows.empty:
+            continue
+        per_model: dict[str, list[tuple[int, float, float, float]]] = {}
+        for model, frame in rows.groupby("model", sort=False):
+            pts = sorted(
+                (keys[m], float(mean), float(lo), float(hi))
+                for m, mean, lo, hi in zip(
+                    frame["metric"], frame["mean"], frame["ci_low"], frame["ci_high"], strict=True
+                )
+            )
+            per_model[str(model)] = pts
+        out[name] = per_model
+    return out

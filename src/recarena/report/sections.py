@@ -1,0 +1,640 @@
+"""Tables of the report built from the analysis: leaderboards, tests, segments, set-up."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from recarena.metrics import display_name
+from recarena.report.analysis import ALPHA, BARE_METRICS, POINTWISE, ProtocolAnalysis
+from recarena.report.loading import ModelRecord, ReportData, RunArtifacts
+from recarena.report.popularity import N_BINS, PopularityAnalysis
+from recarena.report.tables import (
+    Cell,
+    Table,
+    fmt_ci,
+    fmt_count,
+    fmt_diff,
+    fmt_int,
+    fmt_metric,
+    fmt_mib,
+    fmt_p,
+    fmt_rate,
+    fmt_seconds,
+    simple_table,
+)
+
+MARK_NOTE = (
+    "† significantly better and ‡ significantly worse than the best classical baseline "
+    "(ref) on {metric}, two-sided paired sign-flip randomization test on per-user values, "
+    "Holm-corrected over the comparisons of this protocol, α = {alpha}."
+)
+
+
+def protocol_title(label: str, description: str) -> str:
+    """A protocol as shown everywhere: non-full protocols carry their candidates."""
+    if label == "full":
+        return "full (full-catalog ranking)"
+    return f"{label} ({description})"
+
+
+def fusion_text(fusion: str) -> str:
+    return "—" if fusion in ("", "none", None) else fusion
+
+
+def metric_display(key: str) -> str:
+    try:
+        return display_name(key)
+    except (KeyError, ValueError):
+        return key
+
+
+def family_cell(m: ModelRecord) -> Cell:
+    fusion = fusion_text(m.fusion)
+    return Cell(m.family, sub="" if fusion == "—" else fusion)
+
+
+def model_text(data: ReportData, label: str, mark: str = "") -> str:
+    m = data.model(label)
+    text = label
+    if mark and mark != "ref":
+        text += f" {mark}"
+    if m.user_sample:
+        text += " *"
+    return text
+
+
+def cost_cells(m: ModelRecord, encode: bool, gpu: bool) -> list[Cell]:
+    """Fit time, latency (p95 under p50), throughput, parameters, memory (device under it)."""
+    c = m.cost
+    total, trainable = c.get("parameters_total"), c.get("parameters_trainable")
+    tuning = (
+        f"tuning: {fmt_seconds(c.get('tuning_seconds'))} s over {c.get('tuning_trials', 0)} trials"
+    )
+    memory_sub = str(c.get("device") or "–")
+    if gpu and _finite(c.get("gpu_peak_memory_mib")):
+        memory_sub += f", GPU {fmt_mib(c.get('gpu_peak_memory_mib'))}"
+    cells = [
+        Cell(
+            fmt_seconds(c.get("fit_seconds")),
+            sub=f"{c.get('tuning_trials', 0)} trials",
+            cls="num",
+            title=tuning,
+        ),
+        Cell(
+            fmt_seconds(c.get("latency_ms_p50")),
+            sub=f"p95 {fmt_seconds(c.get('latency_ms_p95'))}",
+            cls="num",
+        ),
+        Cell(fmt_rate(c.get("users_per_second")), cls="num"),
+        Cell(
+            fmt_count(total),
+            sub=f"{fmt_count(trainable)} trainable"
+            if trainable is not None and trainable != total
+            else "",
+            title=f"{fmt_int(total)} total, {fmt_int(trainable)} trainable",
+            cls="num",
+        ),
+        Cell(fmt_mib(c.get("peak_memory_mib")), sub=memory_sub, cls="num"),
+    ]
+    if encode:
+        cells.append(Cell(fmt_rate(c.get("encode_items_per_second")), cls="num"))
+    return cells
+
+
+COST_HEADER = ["fit s", "latency ms", "users/s", "params", "peak MiB"]
+COST_TITLES = [
+    "wall time of the final fit; validation trials under it (tuning time in the tooltip)",
+    "latency of one user's list: median, 95th percentile under it",
+    "users ranked per second in the batch run",
+    "parameters, total (trainable under it when they differ)",
+    "peak resident memory of the process while fitting and ranking; device (and peak GPU "
+    "memory) under it",
+]
+COST_RAW = [
+    "fit_seconds",
+    "tuning_seconds",
+    "tuning_trials",
+    "latency_ms_p50",
+    "latency_ms_p95",
+    "users_per_second",
+    "parameters_total",
+    "parameters_trainable",
+    "peak_memory_mib",
+    "gpu_peak_memory_mib",
+    "device",
+    "encode_items_per_second",
+]
+
+
+def leaderboard_table(data: ReportData, pa: ProtocolAnalysis) -> Table:
+    k = data.k
+    metrics = [f"{n}@{k}" for n in ("ndcg", "hr", "recall", "mrr")]
+    metrics = [m for m in metrics if any(m in v for v in pa.values.values())] or [pa.primary]
+    metrics += [m for m in BARE_METRICS if any(m in v for v in pa.values.values())]
+    coverage = f"coverage@{k}"
+    has_cov = any(coverage in v for v in pa.values.values())
+    models = [data.model(x) for x in pa.ranking]
+    encode = any(_finite(m.cost.get("encode_items_per_second")) for m in models)
+    gpu = any(_finite(m.cost.get("gpu_peak_memory_mib")) for m in models)
+    header = ["#", "model", "family · fusion", *[metric_display(m) for m in metrics]]
+    titles = [
+        "",
+        "",
+        "model family; under it, how a language model is used (fusion way)",
+        *[f"mean over users, {int(data.confidence * 100)}% bootstrap CI under it" for _ in metrics],
+    ]
+    if has_cov:
+        header.append(metric_display(coverage))
+        titles.append("share of the catalog recommended to at least one user")
+    header += [
+        POINTWISE[p].upper() if p == "pointwise_auc" else POINTWISE[p].capitalize()
+        for p in pa.pointwise
+    ]
+    titles += ["pointwise, candidates as a classifier" for _ in pa.pointwise]
+    header += ["users", *COST_HEADER]
+    titles += ["test users evaluated (impressions, on an impression protocol)", *COST_TITLES]
+    if encode:
+        header.append("encode items/s")
+        titles.append("item texts encoded per second")
+
+    rows, raw, classes = [], [], []
+    for rank, m in enumerate(models, start=1):
+        vals = pa.values.get(m.label, {})
+        mark = pa.mark(m.label)
+        name = Cell(model_text(data, m.label, mark), cls="model", attrs={"data-model": m.label})
+        if mark == "ref":
+            name.sub = "best classical (ref)"
+        row = [Cell(str(rank), cls="num"), name, family_cell(m)]
+        rec: dict[str, Any] = {
+            "protocol": pa.label,
+            "protocol_description": pa.description,
+            "rank": rank,
+            "model": m.label,
+            "run": data.runs[m.run].run_dir.name,
+            "family": m.family,
+            "fusion": m.fusion,
+            "status": "done",
+            "user_sample": m.user_sample,
+            "vs_best_classical": {"ref": "reference", "†": "better", "‡": "worse"}.get(
+                mark, "n.s." if pa.best_classical else ""
+            ),
+        }
+        for key in metrics:
+            est = vals.get(key)
+            cls = "num best" if rank == 1 else "num"
+            row.append(
+                Cell(
+                    fmt_metric(est.mean if est else None),
+                    sub=fmt_ci(est.low, est.high) if est else "",
+                    cls=cls,
+                    attrs={"data-model": m.label, "data-metric": key, "data-protocol": pa.label},
+                )
+            )
+            rec[key] = est.mean if est else math.nan
+            rec[f"{key}_ci_low"] = est.low if est else math.nan
+            rec[f"{key}_ci_high"] = est.high if est else math.nan
+        if has_cov:
+            est = vals.get(coverage)
+            row.append(
+                Cell(
+                    fmt_metric(est.mean if est else None),
+                    cls="num",
+                    attrs={
+                        "data-model": m.label,
+                        "data-metric": coverage,
+                        "data-protocol": pa.label,
+                    },
+                )
+            )
+            rec[coverage] = est.mean if est else math.nan
+        for p in pa.pointwise:
+            est = vals.get(p)
+            row.append(
+                Cell(
+                    fmt_metric(est.mean if est else None),
+                    cls="num",
+                    attrs={"data-model": m.label, "data-metric": p, "data-protocol": pa.label},
+                )
+            )
+            rec[POINTWISE[p]] = est.mean if est else math.nan
+        n_users = vals[pa.primary].n_users if pa.primary in vals else m.evaluated_users
+        row.append(
+            Cell(
+                fmt_int(n_users),
+                cls="num",
+                title=f"{fmt_int(m.evaluated_users)} of {fmt_int(m.all_test_users)} test users"
+                if m.user_sample
+                else "",
+            )
+        )
+        rec["n_users"] = n_users
+        row += cost_cells(m, encode, gpu)
+        for key in COST_RAW:
+            rec[key] = m.cost.get(key)
+        rows.append(row)
+        raw.append(rec)
+        classes.append("ref" if mark == "ref" else "")
+    width = len(header) - 3
+    for label, why in pa.not_run.items():
+        m = data.model(label)
+        failed = why.startswith("failed")
+        rows.append(
+            [
+                Cell("–", cls="num"),
+                Cell(label, cls="model", attrs={"data-model": label}),
+                family_cell(m),
+                Cell(why, cls="failed" if failed else "skipped", colspan=width),
+            ]
+        )
+        classes.append("failed" if failed else "skipped")
+        raw.append(
+            {
+                "protocol": pa.label,
+                "protocol_description": pa.description,
+                "model": label,
+                "run": data.runs[m.run].run_dir.name,
+                "family": m.family,
+                "fusion": m.fusion,
+                "status": "failed" if failed else "not run",
+                "error": why,
+            }
+        )
+    notes = []
+    if pa.best_classical:
+        notes.append(MARK_NOTE.format(metric=metric_display(pa.primary), alpha=ALPHA))
+    else:
+        notes.append("No classical baseline ran on this protocol: no † marks.")
+    if any(m.user_sample for m in models):
+        notes.append(
+            "* evaluated on a seeded sample of the test users (see users); its mean is over other users than the rest."
+        )
+    notes.append(
+        f"Intervals: {int(data.confidence * 100)}% percentile bootstrap over users, from the run's summary. "
+        "Cost: wall-clock on the run's machine (see Set-up); latency measured one user at a time on the "
+        "model's first protocol."
+    )
+    title = f"Leaderboard — {protocol_title(pa.label, pa.description)}, sorted by {metric_display(pa.primary)}"
+    return Table(
+        key=f"leaderboard_{pa.label}",
+        title=title,
+        header=header,
+        rows=rows,
+        raw=pd.DataFrame(raw),
+        notes=notes,
+        header_titles=titles,
+        row_classes=classes,
+    )
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def significance_table(data: ReportData, pa: ProtocolAnalysis) -> Table:
+    header = [
+        "model A",
+        "model B",
+        "tested as",
+        "metric",
+        "mean A",
+        "mean B",
+        "A − B [95% CI]",
+        "users",
+        "p",
+        "p (Holm)",
+        "result",
+    ]
+    rows, raw = [], []
+    for c in pa.comparisons:
+        r = c.result
+        verdict = f"{c.a if r.diff > 0 else c.b} better" if c.significant else "not significant"
+        rows.append(
+            [
+                Cell(c.a, cls="model"),
+                Cell(c.b, cls="model"),
+                Cell(c.kind),
+                Cell(metric_display(c.metric)),
+                Cell(fmt_metric(r.mean_a), cls="num"),
+                Cell(fmt_metric(r.mean_b), cls="num"),
+                Cell(fmt_diff(r.diff), sub=fmt_ci(r.ci_low, r.ci_high), cls="num"),
+                Cell(fmt_int(r.n_users), cls="num"),
+                Cell(fmt_p(r.p_value), cls="num"),
+                Cell(fmt_p(c.p_holm), cls="num"),
+                Cell(verdict, cls="sig" if c.significant else "ns"),
+            ]
+        )
+        raw.append(
+            {
+                "protocol": pa.label,
+                "protocol_description": pa.description,
+                "model_a": c.a,
+                "model_b": c.b,
+                "tested_as": c.kind,
+                "metric": c.metric,
+                "mean_a": r.mean_a,
+                "mean_b": r.mean_b,
+                "diff": r.diff,
+                "ci_low": r.ci_low,
+                "ci_high": r.ci_high,
+                "n_users": r.n_users,
+                "p_value": r.p_value,
+                "p_holm": c.p_holm,
+                "significant": c.significant,
+            }
+        )
+    from recarena.report.analysis import N_RESAMPLES
+
+    notes = [
+        f"Two-sided paired sign-flip randomization test ({N_RESAMPLES:,} random flips) on the "
+        f"per-user {metric_display(pa.primary)} differences of the users both models were "
+        f"evaluated on (segment all); p-values Holm-corrected over the {len(pa.comparisons)} "
+        f"comparisons of this table; significant at α = {ALPHA}. The interval of the difference "
+        "is a paired t-interval over users.",
+    ]
+    return Table(
+        key=f"significance_{pa.label}",
+        title=f"Paired tests — {protocol_title(pa.label, pa.description)}",
+        header=header,
+        rows=rows,
+        raw=pd.DataFrame(raw),
+        notes=notes,
+    )
+
+
+def segment_table(data: ReportData, pa: ProtocolAnalysis) -> Table:
+    segs = pa.segments
+    header = ["model", *[f"{s} (n={n:,})" for s, n in segs]]
+    best = {}
+    for w in pa.segment_winners:
+        tied = w.test is not None and w.test.diff == 0
+        if w.best and w.best_value is not None and w.best_value.mean > 0 and not tied:
+            best[w.segment] = w.best
+    rows, raw = [], []
+    for label in pa.ranking:
+        row = [Cell(model_text(data, label), cls="model", attrs={"data-model": label})]
+        rec: dict[str, Any] = {"model": label}
+        for seg, _ in segs:
+            est = pa.segment_values.get(seg, {}).get(label)
+            row.append(
+                Cell(
+                    fmt_metric(est.mean if est else None),
+                    sub=fmt_ci(est.low, est.high) if est else "",
+                    cls="num best" if best.get(seg) == label else "num",
+                    title=f"{est.n_users:,} users" if est else "no users in this segment",
+                    attrs={"data-model": label, "data-segment": seg, "data-metric": pa.primary},
+                )
+            )
+            rec[seg] = est.mean if est else math.nan
+            rec[f"{seg}_ci_low"] = est.low if est else math.nan
+            rec[f"{seg}_ci_high"] = est.high if est else math.nan
+            rec[f"{seg}_n_users"] = est.n_users if est else 0
+        rows.append(row)
+        raw.append(rec)
+    notes = [
+        "cold_users: at most evaluation.cold_user_max training items; head/tail/cold items: "
+        "hits counted on the held-out items of that popularity class only (users without one "
+        "are left out of the segment). Best per segment in bold."
+    ]
+    empty = [s for s, n in segs if n == 0]
+    if empty:
+        notes.append(f"No users in: {', '.join(empty)}.")
+    return Table(
+        key=f"segments_{pa.label}",
+        title=f"{metric_display(pa.primary)} per segment — {protocol_title(pa.label, pa.description)}",
+        header=header,
+        rows=rows,
+        raw=pd.DataFrame(raw),
+        notes=notes,
+    )
+
+
+def popularity_table(data: ReportData, pa: ProtocolAnalysis, pop: PopularityAnalysis) -> Table:
+    k = pop.k
+    header = [
+        "model",
+        f"ARP@{k}",
+        "ARP / data",
+        "top decile %",
+        "deciles 2–5 %",
+        "deciles 6–10 %",
+    ]
+    ref = pop.reference
+    rows, raw = [], []
+
+    def add(name: str, share, arp: float, cls: str = "") -> None:
+        ratio = arp / ref.data_arp if ref.data_arp else math.nan
+        rows.append(
+            [
+                Cell(name, cls=("model " + cls).strip(), attrs={"data-model": name}),
+                Cell(f"{arp:,.1f}" if _finite(arp) else "–", cls="num"),
+                Cell(f"{ratio:.2f}×" if _finite(ratio) else "–", cls="num"),
+                Cell(f"{share[0] * 100:.1f}", cls="num"),
+                Cell(f"{share[1:5].sum() * 100:.1f}", cls="num"),
+                Cell(f"{share[5:].sum() * 100:.1f}", cls="num"),
+            ]
+        )
+        rec = {"model": name, f"arp@{k}": arp, "arp_over_data": ratio}
+        rec.update({f"decile_{i + 1}_share": float(share[i]) for i in range(N_BINS)})
+        raw.append(rec)
+
+    for label in pa.ranking:
+        mp = pop.models.get(label)
+        if mp is not None:
+            add(label, mp.share, mp.arp)
+    add("data (all interactions)", ref.data_share, ref.data_arp, "reference")
+    add("held-out test items", ref.test_share, ref.test_arp, "reference")
+    notes = [
+        "Items ranked by training popularity (distinct users in train + valid) and cut into 10 "
+        "deciles of equal item count (ties by item id); shares of each model's top-"
+        f"{k} lists per decile. ARP / data: ARP over the mean training popularity of an "
+        "interaction in the data (1× matches what users consume)."
+    ]
+    if pa.sampled:
+        notes.append(
+            "On candidate protocols the lists can only hold candidates: popularity follows the "
+            "candidates as much as the model."
+        )
+    return Table(
+        key=f"popularity_{pa.label}",
+        title=f"Popularity of recommended items — {protocol_title(pa.label, pa.description)}",
+        header=header,
+        rows=rows,
+        raw=pd.DataFrame(raw),
+        notes=notes,
+    )
+
+
+def failed_table(data: ReportData) -> Table:
+    rows, raw = [], []
+    for m in data.failed_models:
+        first = (m.error or "").strip().splitlines()[0] if m.error else "failed"
+        rows.append(
+            [
+                Cell(m.label, cls="model", attrs={"data-model": m.label}),
+                Cell(m.name),
+                Cell(m.family),
+                Cell(first[:400], title=m.error or "", cls="failed"),
+            ]
+        )
+        raw.append(
+            {
+                "model": m.label,
+                "name": m.name,
+                "run": data.runs[m.run].run_dir.name,
+                "family": m.family,
+                "error": m.error,
+            }
+        )
+    return Table(
+        key="failed",
+        title="Failed models",
+        header=["model", "registry name", "family", "error"],
+        rows=rows,
+        raw=pd.DataFrame(raw, columns=["model", "name", "run", "family", "error"]),
+        notes=["The full error (and traceback) is in each model's FAILED.json."],
+    )
+
+
+# ---------------------------------------------------------------------- set-up
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    if isinstance(v, dict):
+        return ", ".join(f"{k}: {_fmt_value(x)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt_value(x) for x in v)
+    return str(v)
+
+
+def dataset_table(run: RunArtifacts) -> Table:
+    meta = run.dataset_meta
+    info = meta.get("info") or {}
+    rows: list[tuple[str, Any]] = [("name", meta.get("name", run.state.get("dataset", "?")))]
+    for key in ("catalog_name", "format", "source", "source_sha256", "note"):
+        if info.get(key):
+            rows.append((key, info[key]))
+    for key, value in (info.get("stats") or {}).items():
+        rows.append((key, _fmt_value(value)))
+    return simple_table("dataset", "Data set", rows)
+
+
+def preprocessing_table(run: RunArtifacts) -> Table | None:
+    steps = (run.dataset_meta.get("info") or {}).get("preprocessing") or []
+    if not steps:
+        return None
+    header = ["step", "settings", "interactions", "users", "items"]
+    rows, raw = [], []
+    for s in steps:
+        settings = {
+            k: v
+            for k, v in s.items()
+            if k != "step" and not k.endswith("_before") and not k.endswith("_after")
+        }
+
+        def span(name: str, s=s) -> str:
+            b, a = s.get(f"{name}_before"), s.get(f"{name}_after")
+            return f"{fmt_int(b)} → {fmt_int(a)}" if b is not None else "–"
+
+        row = [
+            s.get("step", "?"),
+            _fmt_value(settings) or "–",
+            span("interactions"),
+            span("users"),
+            span("items"),
+        ]
+        rows.append([Cell(str(x)) for x in row])
+        raw.append(dict(zip(header, row, strict=True)))
+    return Table("preprocessing", "Preprocessing (in order)", header, rows, pd.DataFrame(raw))
+
+
+def split_table(run: RunArtifacts) -> Table:
+    meta = run.split_meta
+    rows: list[tuple[str, Any]] = [("method", meta.get("method", run.state.get("split", "?")))]
+    for key, value in (meta.get("params") or {}).items():
+        rows.append((f"param: {key}", _fmt_value(value)))
+    stats = meta.get("stats") or {}
+    for key in ("train", "valid", "test", "valid_users", "test_users", "cold_items"):
+        if key in stats:
+            rows.append((key, _fmt_value(stats[key])))
+    for key, value in (stats.get("candidates") or {}).items():
+        rows.append((f"candidates {key}", value))
+    notes = list(meta.get("notes") or []) + [
+        n for n in run.state.get("notes", []) if n not in (meta.get("notes") or [])
+    ]
+    for n in notes:
+        rows.append(("note", n))
+    return simple_table("split", "Split", rows)
+
+
+def protocols_table(data: ReportData) -> Table:
+    header = ["protocol", "candidates", "models run"]
+    rows, raw = [], []
+    for label, desc in data.protocols.items():
+        models = [m.label for m in data.done_models if label in m.protocols]
+        rows.append([Cell(label), Cell(desc), Cell(", ".join(models) or "–")])
+        raw.append({"protocol": label, "description": desc, "models": ", ".join(models)})
+    return Table(
+        "protocols",
+        "Protocols",
+        header,
+        rows,
+        pd.DataFrame(raw),
+        notes=[
+            "Never compare numbers across protocols: sampled or first-stage candidates make "
+            "the task easier and can reorder models."
+        ],
+        css_class="wrap",
+    )
+
+
+def evaluation_table(data: ReportData) -> Table:
+    rows: list[tuple[str, Any]] = []
+    for run in data.runs:
+        ev = run.evaluation
+        prefix = f"{run.run_dir.name}: " if len(data.runs) > 1 else ""
+        rows.append((f"{prefix}seed", run.config.get("seed", "?")))
+        for key in (
+            "ks",
+            "tune_metric",
+            "refit",
+            "cold_user_max",
+            "head_share",
+            "bootstrap",
+            "confidence",
+            "max_eval_users",
+            "latency_users",
+        ):
+            if key in ev:
+                rows.append((f"{prefix}{key}", _fmt_value(ev[key])))
+        rows.append((f"{prefix}item text template", run.state.get("item_text_template") or "–"))
+    return simple_table("evaluation", "Seeds and evaluation settings", rows)
+
+
+def environment_table(data: ReportData) -> Table:
+    header = (
+        ["", *[r.run_dir.name for r in data.runs]] if len(data.runs) > 1 else ["field", "value"]
+    )
+    keys: list[str] = []
+    flat: list[dict[str, str]] = []
+    for run in data.runs:
+        env = run.environment
+        d: dict[str, str] = {}
+        for key in ("python", "platform", "cpu", "cpu_count", "memory_gib", "gpus", "git_revision"):
+            if key in env:
+                d[key] = _fmt_value(env[key]) if env[key] not in ([], None) else "none"
+        for pkg, ver in (env.get("packages") or {}).items():
+            d[pkg] = str(ver)
+        d["created"] = str(run.state.get("created", "?"))
+        flat.append(d)
+        keys += [k for k in d if k not in keys]
+    rows = [[Cell(k), *[Cell(d.get(k, "–")) for d in flat]] for k in keys]
+    raw = pd.DataFrame([[k, *[d.get(k, "") for d in flat]] for k in keys], columns=header)
+    return Table("environment", "Versions and hardware", header, rows, raw)

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-import pytest
+import os
 
-from recarena.data.dataset import Dataset
+# tests never reach a model hub: real weights come from the zoo's offline packages
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from recarena.data.dataset import Dataset  # noqa: E402
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

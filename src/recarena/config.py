@@ -345,6 +345,9 @@ def _to_toml(data: dict[str, Any], prefix: str = "") -> str:
             tables.append((key, value))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             arrays.append((key, value))
+        elif value is None:
+            # TOML has no null: leave the key out, which means the default
+            scalars.append(f"# {_toml_key(key)} = None (not written: TOML has no null)")
         else:
             scalars.append(f"{_toml_key(key)} = {_toml_value(value)}")
     out = "\n".join(scalars) + ("\n" if scalars else "")
@@ -382,6 +385,10 @@ def _toml_value(value: Any) -> str:
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
         return (
-            "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+            "{ "
+            + ", ".join(
+                f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None
+            )
+            + " }"
         )
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -375,7 +375,7 @@ class ExperimentRunner:
         protocols, skipped = self.protocols_for(mc, template)
         for plabel, why in skipped.items():
             self.on_event(f"{label}: not run on {plabel} ({why})")
-        if not protocols:
+        if not protocols and not self._is_first_stage(label):
             raise ConfigError(f"model {label!r} fits none of the experiment's protocols: {skipped}")
         budget_users = mc.max_eval_users or self.config.evaluation.max_eval_users
 
@@ -395,7 +395,7 @@ class ExperimentRunner:
             read_json(tuning_path)["trials"] if tuning_path.exists() else []
         )
         done_keys = {params_key(t["params"]) for t in trials}
-        tune_proto = protocols[0]
+        tune_proto = protocols[0] if protocols else ProtocolConfig(kind="full")
         best_model: Recommender | None = None
         tuning_seconds = sum(t["fit_seconds"] for t in trials)
         if needs_validation:
@@ -460,15 +460,11 @@ class ExperimentRunner:
                 vmodel = best_model or template.clone(**chosen).fit(
                     self.training_data("valid"), valid=self.split.valid
                 )
-                top_n = max(
-                    p.top_n
-                    for p in self.config.evaluation.protocols
-                    if p.kind == "first_stage" and p.first_stage == label
-                )
                 vlists = vmodel.recommend(
                     self.split.eval_users("valid"),
-                    top_n,
+                    self._first_stage_top_n(label),
                     exclude=self.split.seen_csr("valid"),
+                    item_pool=self.split.item_pool.get("valid"),
                     seed=self.config.seed,
                 )
                 self._save_first_stage_candidates(label, "valid", vlists)
@@ -478,17 +474,10 @@ class ExperimentRunner:
             test_users = _sample_users(
                 self.split.eval_users("test"), budget_users, self.config.seed
             )
+            if self._is_first_stage(label):
+                self._first_stage_test_candidates(label, final, exclude)
             for proto in protocols:
                 k = self.k_max
-                if self._is_first_stage(label) and proto.kind == "full":
-                    k = max(
-                        k,
-                        max(
-                            p.top_n
-                            for p in self.config.evaluation.protocols
-                            if p.kind == "first_stage" and p.first_stage == label
-                        ),
-                    )
                 if proto.kind == "impressions":
                     self.on_event(f"{label}: impressions: scoring the test impression logs")
                     sample = None if budget_users is None else test_users
@@ -499,15 +488,9 @@ class ExperimentRunner:
                 self.on_event(f"{label}: {proto.label}: ranking {len(test_users)} test users")
                 with Stopwatch() as sw:
                     lists = self._lists(final, proto, "test", test_users, exclude, k)
-                if proto.kind == "full":
-                    self._save_first_stage_candidates(label, "test", lists)
                 if throughput is None:
                     throughput = len(test_users) / max(sw.seconds, 1e-9)
                     latency = self._latency(final, proto, test_users, exclude)
-                if lists.k > self.k_max:
-                    lists = RankedLists(
-                        lists.users, lists.items[:, : self.k_max], lists.scores[:, : self.k_max]
-                    )
                 results[proto.label] = self._measure(
                     final, proto, lists, mdir / proto.label, data_test
                 )
@@ -527,7 +510,14 @@ class ExperimentRunner:
             else mem.gpu_peak_bytes / 2**20,
             "device": str(getattr(final, "device_", "cpu")),
         }
-        for extra in ("encode_items_per_second_", "encode_seconds_"):
+        for extra in (
+            "encode_items_per_second_",
+            "encode_seconds_",
+            "train_examples_per_second_",
+            "train_seconds_",
+            "best_step_",
+            "best_epoch_",
+        ):
             if hasattr(final, extra):
                 cost[extra.rstrip("_")] = getattr(final, extra)
         write_json(mdir / "cost.json", cost)
@@ -553,6 +543,31 @@ class ExperimentRunner:
         }
         write_json(done, record)
         return record
+
+    def _first_stage_top_n(self, label: str) -> int:
+        return max(
+            p.top_n
+            for p in self.config.evaluation.protocols
+            if p.kind == "first_stage" and p.first_stage == label
+        )
+
+    def _first_stage_test_candidates(
+        self, label: str, model: Recommender, exclude: sp.csr_matrix
+    ) -> None:
+        """The first stage's top-N for every test user, whatever this model's own budget."""
+        if not model.scores_full_catalog:
+            raise ConfigError(
+                f"model {label!r} cannot score the full catalog, so it cannot be a first stage"
+            )
+        self.on_event(f"{label}: top-{self._first_stage_top_n(label)} candidates for re-rankers")
+        lists = model.recommend(
+            self.split.eval_users("test"),
+            self._first_stage_top_n(label),
+            exclude=exclude,
+            item_pool=self.split.item_pool.get("test"),
+            seed=self.config.seed,
+        )
+        self._save_first_stage_candidates(label, "test", lists)
 
     def _latency(
         self, model: Recommender, proto: ProtocolConfig, users: np.ndarray, exclude: sp.csr_matrix
@@ -641,12 +656,12 @@ class ExperimentRunner:
             "sampled_candidates": proto.kind == "sampled",
         }
         if proto.kind != "full":
-            out["pointwise"] = self._pointwise(model, proto, lists.users)
+            out["pointwise"] = self._pointwise(model, proto, lists)
         write_json(out_dir / "metrics.json", out)
         return out
 
     def _pointwise(
-        self, model: Recommender, proto: ProtocolConfig, users: np.ndarray
+        self, model: Recommender, proto: ProtocolConfig, lists: RankedLists
     ) -> dict[str, Any]:
         """Held-out positives against the protocol's other candidates, as a classifier.
 
@@ -658,9 +673,12 @@ class ExperimentRunner:
         cand = self.candidates_for(proto, "test")
         if cand is None:
             return {}
-        rows = np.searchsorted(cand.users, users)
-        items = cand.items[rows]
-        scores = model.score(users, items)
+        users = lists.users
+        items = cand.items[np.searchsorted(cand.users, users)]
+        # the scores recommend() computed for these candidates; score again only without them
+        scores = lists.candidate_scores
+        if scores is None or scores.shape != items.shape:
+            scores = model.score(users, items)
         truth = self.split.truth_csr("test")
         labels = (
             np.asarray(

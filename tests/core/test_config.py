@@ -78,3 +78,12 @@ def test_metric_names_are_checked_and_case_insensitive():
         parse_config(_minimal(evaluation={"metrics": ["ndgc"]}))
     with pytest.raises(ConfigError, match="tune_metric"):
         parse_config(_minimal(evaluation={"tune_metric": "coverage@10"}))
+
+
+def test_dump_leaves_out_none_parameters():
+    cfg = parse_config(
+        _minimal(models=[{"name": "sasrec", "params": {"eval_every": None, "hidden": 32}}])
+    )
+    text = dump_config(cfg)
+    again = tomllib.loads(text)
+    assert again["models"][0]["params"] == {"hidden": 32}

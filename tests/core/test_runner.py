@@ -227,3 +227,16 @@ def test_impression_protocol_on_mind_logs(tmp_path):
     assert 0.3 < auc[("random", "auc")] < 0.7
     metrics = json.loads((run / "models" / "tfidf" / "impressions" / "metrics.json").read_text())
     assert metrics["unit"] == "impressions" and "f1" in metrics["pointwise"]
+
+
+def test_first_stage_without_full_protocol(tmp_path):
+    cfg = parse_config(
+        _config(
+            tmp_path,
+            [{"name": "ease", "grid": {}}, {"name": "bm25", "grid": {}}],
+            protocols=[{"kind": "first_stage", "first_stage": "ease", "top_n": 10}],
+        )
+    )
+    result = run_experiment(cfg, cache_dir=tmp_path / "cache")
+    assert not result.failed
+    assert (result.run_dir / "models" / "bm25" / "first-stage-ease-10" / "lists.npz").exists()

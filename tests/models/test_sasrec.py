@@ -1,0 +1,221 @@
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recarena.models.base import Recommender
+from recarena.models.registry import create_model
+from recarena.models.sasrec import SASRec, SASRecConfig, SASRecNetwork, softmax_cross_entropy
+from tests.conftest import make_planted_dataset
+from tests.models.conformance import RecommenderConformance, _training_data
+
+#: small enough that a fit on the planted data takes well under a second; one thread, since
+#: torch's thread pool only adds waiting on tensors this small (much more on a busy machine)
+TINY = dict(
+    max_len=12,
+    hidden=32,
+    n_blocks=2,
+    n_heads=2,
+    dropout=0.1,
+    lr=5e-3,
+    batch_size=32,
+    epochs=40,
+    patience=3,
+    num_threads=1,
+)
+
+
+def tiny(seed: int = 0, **params) -> SASRec:
+    return SASRec(**{**TINY, "seed": seed, **params})
+
+
+class TestSASRec(RecommenderConformance):
+    def make_model(self, seed: int = 0):
+        return tiny(seed)
+
+    # -------------------------------------------------------------- the network
+    def test_causal_mask(self):
+        torch.manual_seed(0)
+        net = SASRecNetwork(SASRecConfig(n_items=30, max_len=10, hidden=16, n_heads=2)).eval()
+        seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8, 9, 10], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+        later = seq.clone()
+        later[:, 6:] = torch.tensor([20, 21, 22, 23])
+        with torch.no_grad():
+            a, b = net(seq), net(later)
+        torch.testing.assert_close(a[:, :6], b[:, :6])
+        assert not torch.allclose(a[:, 6:], b[:, 6:])
+
+    def test_padding_is_invisible(self):
+        """Leading padding changes nothing: a trimmed batch gives the same states."""
+        torch.manual_seed(0)
+        net = SASRecNetwork(SASRecConfig(n_items=30, max_len=10, hidden=16)).eval()
+        padded = torch.tensor([[0, 0, 0, 0, 0, 0, 7, 3, 9, 4]])
+        with torch.no_grad():
+            full, trimmed = net(padded), net(padded[:, 6:])
+        torch.testing.assert_close(full[:, 6:], trimmed, rtol=1e-5, atol=1e-5)
+
+    def test_history_only_in_last_max_len_items(self, planted):
+        """Scores read the user's most recent max_len items, nothing older."""
+        dataset, split = planted
+        train = split.fit_interactions("valid")
+        short = tiny(epochs=3, max_len=4).fit(_training_data(dataset, train))
+        # every user has 8 training items: change the oldest, which max_len=4 never reads
+        changed = train.copy()
+        first = changed.groupby("user").head(1).index
+        changed.loc[first, "item"] = (changed.loc[first, "item"] + 1) % dataset.n_items
+        other = tiny(epochs=3, max_len=4).fit(_training_data(dataset, changed))
+        other.network_.load_state_dict(short.network_.state_dict())
+        users = np.arange(10)
+        np.testing.assert_array_equal(other.score(users), short.score(users))
+
+    def test_chunked_cross_entropy_matches_torch(self):
+        torch.manual_seed(0)
+        states = torch.randn(700, 16, requires_grad=True)
+        items = torch.randn(90, 16, requires_grad=True)
+        targets = torch.randint(0, 90, (700,))
+        expected = torch.nn.functional.cross_entropy(states @ items.T, targets)
+        want = torch.autograd.grad(2.0 * expected, [states, items])
+        got_loss = softmax_cross_entropy(states, items, targets, chunk=128)
+        got = torch.autograd.grad(2.0 * got_loss, [states, items])
+        torch.testing.assert_close(got_loss, expected)
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b)
+
+    # -------------------------------------------------------------- training
+    def test_loss_decreases(self, fitted):
+        model, _ = fitted
+        losses = [row["loss"] for row in model.training_log_]
+        assert losses[-1] < 0.8 * losses[0]
+
+    def test_early_stopping_keeps_the_best_epoch(self, planted):
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        model = tiny(epochs=200, patience=2, lr=2e-2).fit(data, valid=split.valid)
+        log = model.training_log_
+        ndcg = [row["valid_ndcg@10"] for row in log]
+        assert len(log) < 200, "patience never ran out"
+        assert model.best_epoch_ == int(np.argmax(ndcg)) + 1
+        assert model.best_valid_ndcg_ == max(ndcg)
+        # stopped `patience` measurements after the best one
+        assert len(log) == model.best_epoch_ + 2
+        assert all(set(row) == {"epoch", "loss", "valid_ndcg@10", "seconds"} for row in log)
+        assert [row["epoch"] for row in log] == list(range(1, len(log) + 1))
+
+        # the kept weights are those of the best epoch: the same model trained exactly
+        # best_epoch_ epochs without validation scores identically
+        again = tiny(lr=2e-2, **model.refit_params()).fit(data)
+        users = np.arange(data.n_users)
+        np.testing.assert_array_equal(model.score(users), again.score(users))
+
+        # the logged NDCG is the one the ranking API gives
+        valid_users = split.eval_users("valid")
+        lists = model.recommend(valid_users, 10)
+        truth = dict(zip(split.valid["user"], split.valid["item"], strict=True))
+        hits = lists.items == np.array([truth[u] for u in lists.users])[:, None]
+        ranked = (hits / np.log2(np.arange(2, 12))).sum(1)
+        assert ranked.mean() == pytest.approx(model.best_valid_ndcg_, abs=1e-9)
+
+    def test_eval_every(self, planted):
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        model = tiny(epochs=7, eval_every=3, patience=10).fit(data, valid=split.valid)
+        measured = [row["epoch"] for row in model.training_log_ if row["valid_ndcg@10"] is not None]
+        assert measured == [3, 6, 7]  # and always the last epoch
+        assert model.best_epoch_ in measured
+
+    def test_refit_params_and_no_validation(self, fitted, planted):
+        model, _ = fitted
+        assert model.refit_params() == {"epochs": model.best_epoch_}
+        assert 1 <= model.best_epoch_ <= TINY["epochs"]
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("test"))
+        refit = tiny(epochs=5).fit(data, valid=None)
+        assert refit.best_epoch_ == 5 and len(refit.training_log_) == 5
+        assert all(row["valid_ndcg@10"] is None for row in refit.training_log_)
+        assert refit.refit_params() == {"epochs": 5}
+
+    @pytest.mark.parametrize("loss", ["bce", "sampled_ce"])
+    def test_sampled_losses(self, planted, loss):
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        model = tiny(loss=loss, n_negatives=8, epochs=25, patience=25).fit(data, valid=split.valid)
+        losses = [row["loss"] for row in model.training_log_]
+        assert np.isfinite(losses).all() and losses[-1] < losses[0]
+        scores = model.score(np.arange(data.n_users))
+        assert np.isfinite(scores).all()
+        assert model.best_valid_ndcg_ > 0.2  # random ranking of 50 items gives about 0.06
+
+    def test_bad_loss_raises(self, planted):
+        dataset, split = planted
+        with pytest.raises(ValueError, match="loss"):
+            tiny(loss="hinge").fit(_training_data(dataset, split.train))
+
+    def test_different_seeds_differ(self, planted):
+        dataset, split = planted
+        data = _training_data(dataset, split.train)
+        a = tiny(seed=1, epochs=2).fit(data).score(np.arange(5))
+        b = tiny(seed=2, epochs=2).fit(data).score(np.arange(5))
+        assert not np.array_equal(a, b)
+
+    def test_global_torch_state_untouched(self, planted):
+        dataset, split = planted
+        data = _training_data(dataset, split.train)
+        rng = torch.get_rng_state()
+        threads = torch.get_num_threads()
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        tiny(epochs=2, num_threads=1 if threads != 1 else 2).fit(data).score(np.arange(3))
+        assert torch.equal(rng, torch.get_rng_state())
+        assert torch.get_num_threads() == threads
+        assert torch.are_deterministic_algorithms_enabled() == deterministic
+
+    def test_update_history(self, fitted, planted, tmp_path: Path):
+        """Test-time histories that include the validation item, same weights."""
+        model, _ = fitted
+        dataset, split = planted
+        model.save(tmp_path / "m")
+        moved = Recommender.load(tmp_path / "m")
+        users = split.eval_users("valid")
+        before = moved.score(users)
+        moved.update_history(_training_data(dataset, split.fit_interactions("test")))
+        assert not np.allclose(moved.score(users), before)
+        # each user's validation item is now seen, so never recommended
+        lists = moved.recommend(split.valid["user"].to_numpy(), 10)
+        assert not (lists.items == split.valid["item"].to_numpy()[:, None]).any()
+        np.testing.assert_array_equal(model.score(users), before)  # the original is unchanged
+        with pytest.raises(ValueError, match="users"):
+            moved.update_history(_training_data(make_planted_dataset(users_per_cluster=5)))
+
+    # -------------------------------------------------------------- cost and persistence
+    def test_n_parameters(self, fitted):
+        model, data = fitted
+        total, trainable = model.n_parameters()
+        h, blocks = TINY["hidden"], TINY["n_blocks"]
+        per_block = 2 * 2 * h + (h * 3 * h + 3 * h) + (h * h + h) + 2 * (h * h + h)
+        assert (
+            total
+            == trainable
+            == (data.n_items + 1) * h + TINY["max_len"] * h + blocks * per_block + 2 * h
+        )
+
+    def test_saved_as_state_dict(self, fitted, tmp_path: Path):
+        model, _ = fitted
+        model.save(tmp_path / "m")
+        weights = torch.load(tmp_path / "m" / "weights.pt", map_location="cpu", weights_only=True)
+        assert set(weights) == set(model.network_.state_dict())
+        with open(tmp_path / "m" / "state.pkl", "rb") as fh:
+            state = pickle.load(fh)
+        assert "network_" not in state
+        assert not any(isinstance(v, torch.nn.Module) for v in state.values())
+        assert hasattr(model, "network_")  # saving leaves the model usable
+        loaded = Recommender.load(tmp_path / "m")
+        assert loaded.best_epoch_ == model.best_epoch_
+        assert loaded.training_log_ == model.training_log_
+        assert next(loaded.network_.parameters()).device.type == "cpu"
+
+    def test_registry(self):
+        assert isinstance(create_model("sasrec", {"hidden": 32}), SASRec)
+        assert len(SASRec.param_grid) and np.prod([len(v) for v in SASRec.param_grid.values()]) <= 6

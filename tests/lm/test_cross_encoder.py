@@ -25,7 +25,7 @@ from tests.models.conformance import RecommenderConformance, _training_data
 #: pretrained encoder already can), which takes a few hundred steps at a high learning rate
 #: without dropout; the cluster is in the last history item's text, so a short pair suffices
 PLANTED = dict(
-    lr=5e-3,
+    lr=2e-3,  # 5e-3 diverged on some platforms; 2e-3 learned the clusters for seeds 0-3
     epochs=8,
     max_length=32,
     history_len=2,

@@ -59,7 +59,10 @@ def _data(titles: list[str] | None = None, *, with_title_column: bool = True, ca
 
 
 def _ranker(model_dir: Path | str, **params) -> GenerativeRanker:
-    defaults = dict(prompt=TINY_PROMPT, device="cpu", num_threads=1, progress=False)
+    # the fixture titles keep their years so the prompt tests can see them
+    defaults = dict(
+        prompt=TINY_PROMPT, device="cpu", num_threads=1, progress=False, strip_year=False
+    )
     return GenerativeRanker(model=str(model_dir), **{**defaults, **params})
 
 
@@ -463,3 +466,23 @@ def test_smollm2_prefers_the_sequel(smollm2_cache: Path):
     second = GenerativeRanker(device="cpu", progress=False).fit(data)
     np.testing.assert_allclose(second.score(np.arange(3), pairs), scores, atol=1e-3)
     assert second.lm_from_converted_  # later loads read the float copy
+
+
+def test_strip_year_drops_only_a_trailing_year():
+    titles = ["Toy Story (1995)", "Heat (1995) ", "1984", "(500) Days of Summer (2009)", "(1999)"]
+    inter = pd.DataFrame({"user": [0], "item": [0], "timestamp": [0]}).astype(
+        {"user": np.int32, "item": np.int32, "timestamp": np.int64}
+    )
+    data = TrainingData(
+        interactions=inter, n_users=1, n_items=len(titles), items=pd.DataFrame({"title": titles})
+    )
+    stripped = GenerativeRanker(strip_year=True)._item_texts(data)
+    assert stripped == ["Toy Story", "Heat", "1984", "(500) Days of Summer", "(1999)"]
+    kept = GenerativeRanker(strip_year=False)._item_texts(data)
+    assert kept == [
+        "Toy Story (1995)",
+        "Heat (1995)",
+        "1984",
+        "(500) Days of Summer (2009)",
+        "(1999)",
+    ]

@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import resource
+import sys
 import time
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def main() -> None:
         cache_dir=args.cache_dir,
         overwrite=args.overwrite,
         progress=True,
+        on_event=lambda message: print(message, file=sys.stderr, flush=True),
     )
     wall = time.perf_counter() - start
     peak = _peak_rss_mib()

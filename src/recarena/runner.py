@@ -809,7 +809,52 @@ class ExperimentRunner:
         return out
 
     # -------------------------------------------------------------- all models
+    def check_language_models(self) -> None:
+        """Stop before any work when a language model the experiment names is not here.
+
+        Every model still to run whose class takes a ``model`` parameter (the LM
+        recommenders) has that parameter (given, in its grid, or the class default)
+        resolved by `recarena.lm.zoo.resolve_model`, which downloads nothing. The error
+        lists every missing model with the command that fetches it, so a long experiment
+        does not fail at its fifth model, and nothing is fetched silently mid-run.
+        """
+        import inspect
+
+        from recarena.errors import ModelNotAvailableError
+        from recarena.models.registry import get_model_class, resolve_class
+
+        problems: list[str] = []
+        for mc in self.config.models:
+            done = self.run_dir / "models" / mc.display_name / "DONE.json"
+            if done.exists() and read_json(done).get("model_hash") == model_hash(mc):
+                continue
+            try:
+                cls = resolve_class(mc.name) if ":" in mc.name else get_model_class(mc.name)
+            except Exception:  # noqa: BLE001 - run_model reports it for this model alone
+                continue
+            parameter = inspect.signature(cls.__init__).parameters.get("model")
+            if parameter is None:
+                continue
+            names = list((mc.grid or {}).get("model", []))
+            names.append(mc.params.get("model", parameter.default))
+            for name in dict.fromkeys(n for n in names if isinstance(n, str)):
+                try:
+                    from recarena.lm.zoo import resolve_model
+                except ImportError as exc:  # the [lm] extra is missing: run_model says so
+                    log.debug("cannot check %s: %s", name, exc)
+                    break
+                try:
+                    resolve_model(name, self.cache_dir)
+                except ModelNotAvailableError as exc:
+                    problems.append(f"model {mc.display_name!r}: {exc}")
+        if problems:
+            raise ModelNotAvailableError(
+                "the experiment names language models that are not available here; "
+                "nothing was run:\n" + "\n".join(problems)
+            )
+
     def run(self) -> RunResult:
+        self.check_language_models()
         self.prepare()
         failed: dict[str, str] = {}
         order = sorted(self.config.models, key=lambda m: not self._is_first_stage(m.display_name))

@@ -240,3 +240,23 @@ def test_first_stage_without_full_protocol(tmp_path):
     result = run_experiment(cfg, cache_dir=tmp_path / "cache")
     assert not result.failed
     assert (result.run_dir / "models" / "bm25" / "first-stage-ease-10" / "lists.npz").exists()
+
+
+def test_missing_language_model_stops_the_run_before_any_work(tmp_path):
+    from recarena.errors import ModelNotAvailableError
+
+    pytest.importorskip("transformers")
+    models = [
+        {"name": "most_popular", "grid": {}},
+        {"name": "lm-frozen", "params": {"model": "minilm-l6"}, "grid": {}},
+        {"name": "lm-generative", "label": "gen", "grid": {"model": ["/no/such/folder"]}},
+    ]
+    cfg = parse_config(_config(tmp_path, models))
+    with pytest.raises(ModelNotAvailableError) as err:
+        run_experiment(cfg, cache_dir=tmp_path / "empty-cache")
+    message = str(err.value)
+    assert "nothing was run" in message
+    assert "'lm-frozen'" in message and "recarena models get minilm-l6" in message
+    assert "'gen'" in message and "/no/such/folder" in message
+    # stopped before the data was even read: no model directory was created
+    assert not (tmp_path / "runs" / "t" / "models").exists()

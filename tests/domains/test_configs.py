@@ -42,3 +42,14 @@ def test_mind_config_evaluates_per_impression():
 def test_lastfm_config_explains_the_random_split():
     text = (CONFIGS / "lastfm-hetrec.toml").read_text()
     assert "no listening times" in text and 'method = "random"' in text
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
+def test_every_config_file_is_valid_and_names_known_models(path):
+    config = load_config(path)
+    known = {e.name for e in model_entries()}
+    assert {m.name for m in config.models} <= known
+    get_entry(config.data.name)  # a catalog data set: `recarena data get` can fetch it
+    labels = [p.label for p in config.evaluation.protocols]
+    for model in config.models:
+        assert set(model.protocols or []) <= set(labels)

@@ -357,12 +357,16 @@ class ExperimentRunner:
         frame = ranking_metrics(lists, self.split.truth_csr("valid"), [k_val], [name])
         return float(frame[f"{name}@{k_val}"].mean())
 
+    def _finished(self, mc: ModelConfig) -> bool:
+        """The model has a ``DONE.json`` written for its current configuration."""
+        done = self.run_dir / "models" / mc.display_name / "DONE.json"
+        return done.exists() and read_json(done).get("model_hash") == model_hash(mc)
+
     def run_model(self, mc: ModelConfig) -> dict[str, Any]:
         label = mc.display_name
         mdir = self.run_dir / "models" / label
-        digest = model_hash(mc)
         done = mdir / "DONE.json"
-        if done.exists() and read_json(done).get("model_hash") == digest:
+        if self._finished(mc):
             self.on_event(f"{label}: done earlier, reusing its results")
             return read_json(done)
         if mdir.exists() and done.exists():
@@ -526,7 +530,7 @@ class ExperimentRunner:
         record = {
             "label": label,
             "model": mc.name,
-            "model_hash": digest,
+            "model_hash": model_hash(mc),
             "family": template.family,
             "fusion": template.fusion,
             "class": f"{type(template).__module__}:{type(template).__qualname__}",
@@ -825,8 +829,7 @@ class ExperimentRunner:
 
         problems: list[str] = []
         for mc in self.config.models:
-            done = self.run_dir / "models" / mc.display_name / "DONE.json"
-            if done.exists() and read_json(done).get("model_hash") == model_hash(mc):
+            if self._finished(mc):
                 continue
             try:
                 cls = resolve_class(mc.name) if ":" in mc.name else get_model_class(mc.name)
@@ -837,12 +840,12 @@ class ExperimentRunner:
                 continue
             names = list((mc.grid or {}).get("model", []))
             names.append(mc.params.get("model", parameter.default))
+            try:
+                from recarena.lm.zoo import resolve_model
+            except ImportError as exc:  # the [lm] extra is missing: run_model says so
+                log.debug("cannot check %s: %s", mc.display_name, exc)
+                continue
             for name in dict.fromkeys(n for n in names if isinstance(n, str)):
-                try:
-                    from recarena.lm.zoo import resolve_model
-                except ImportError as exc:  # the [lm] extra is missing: run_model says so
-                    log.debug("cannot check %s: %s", name, exc)
-                    break
                 try:
                     resolve_model(name, self.cache_dir)
                 except ModelNotAvailableError as exc:

@@ -6,29 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from recarena.data.dataset import interactions_csr
-from recarena.metrics.ranking import ranking_metrics
 from recarena.models.base import Recommender
 from recarena.models.lm_text_sasrec import MoEAdaptor, TextItemEmbedding, TextSASRec
 from recarena.models.sasrec import SASRec
 from recarena.splits import leave_one_out_split
 from tests.conftest import make_planted_dataset
-from tests.models.conformance import RecommenderConformance, _training_data
-
-#: SASRec's tiny test settings (tests/models/test_sasrec.py) plus the text encoder's
-TINY = dict(
-    max_len=12,
-    hidden=32,
-    n_blocks=2,
-    n_heads=2,
-    dropout=0.1,
-    lr=5e-3,
-    batch_size=32,
-    epochs=40,
-    patience=3,
-    num_threads=1,
-    encode_device="cpu",
+from tests.models.conformance import (
+    SASREC_TINY,
+    RecommenderConformance,
+    _training_data,
+    check_cold_validation,
 )
+
+#: SASRec's tiny test settings plus the text encoder's
+TINY = {**SASREC_TINY, "encode_device": "cpu"}
 
 
 def tiny(model_dir: Path, seed: int = 0, **params) -> TextSASRec:
@@ -174,20 +165,7 @@ def test_update_history_is_sasrec_s(tiny_bert_dir: Path, planted_dataset):
 
 def test_cold_validation_ranks_among_new_items(tiny_bert_dir: Path):
     """No validation item was trained on: early stopping ranks only the untrained items."""
-    dataset = make_planted_dataset()
-    cold = dataset.item_index(["i0_0", "i0_1"])
-    inter = dataset.interactions
-    held_out = inter["item"].isin(cold)
-    data = _training_data(dataset, inter[~held_out])
-    valid = inter[held_out]
-    model = tiny(tiny_bert_dir, epochs=2).fit(data, valid=valid)
-    # the logged NDCG is that of ranking the two untrained items only
-    users = np.unique(valid["user"].to_numpy())
-    lists = model.recommend(users, 10, item_pool=cold, seed=model.seed)
-    truth = interactions_csr(valid, data.n_users, data.n_items)
-    expected = ranking_metrics(lists, truth, [10], ["ndcg"])["ndcg@10"].mean()
-    assert model.best_valid_ndcg_ == pytest.approx(expected)
-    assert model.best_valid_ndcg_ >= 1 / np.log2(3)  # every held-out item ranks 1st or 2nd
+    check_cold_validation(lambda: tiny(tiny_bert_dir, epochs=2))
 
 
 def test_registry_entry():

@@ -11,22 +11,9 @@ from recarena.models.base import Recommender
 from recarena.models.registry import create_model
 from recarena.models.sasrec import SASRec, SASRecConfig, SASRecNetwork, softmax_cross_entropy
 from tests.conftest import make_planted_dataset
-from tests.models.conformance import RecommenderConformance, _training_data
+from tests.models.conformance import SASREC_TINY, RecommenderConformance, _training_data
 
-#: small enough that a fit on the planted data takes well under a second; one thread, since
-#: torch's thread pool only adds waiting on tensors this small (much more on a busy machine)
-TINY = dict(
-    max_len=12,
-    hidden=32,
-    n_blocks=2,
-    n_heads=2,
-    dropout=0.1,
-    lr=5e-3,
-    batch_size=32,
-    epochs=40,
-    patience=3,
-    num_threads=1,
-)
+TINY = SASREC_TINY
 
 
 def tiny(seed: int = 0, **params) -> SASRec:

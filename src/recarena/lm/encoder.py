@@ -399,6 +399,24 @@ class ItemTextEncoder:
         return _pool_numpy(np.asarray(hidden, dtype=np.float32), mask, pooling)
 
 
+def encode_catalog(
+    texts: Sequence[str], model: str | os.PathLike[str], **options: Any
+) -> tuple[np.ndarray, EncodeStats]:
+    """Encode every item text once and release the model: (vectors, how they were obtained).
+
+    ``options`` are `ItemTextEncoder`'s. Models that keep frozen item vectors call this in
+    ``fit`` and report the returned stats as their encoding cost.
+    """
+    encoder = ItemTextEncoder(model, **options)
+    try:
+        vectors = encoder.encode(list(texts))
+    finally:
+        stats = encoder.stats_
+        encoder.unload()
+    assert stats is not None
+    return vectors, stats
+
+
 def _pool_torch(hidden: Any, mask: Any, pooling: str) -> Any:
     import torch
 

@@ -428,7 +428,9 @@ def train_loop(
         shown = ", ".join(
             f"{k} {v:.4f}"
             for k, v in entry.items()
-            if k not in ("epoch", "step", "examples", "seconds", "lr") and isinstance(v, float)
+            if k not in ("epoch", "step", "examples", "seconds", "lr")
+            and isinstance(v, float)
+            and not math.isnan(v)  # e.g. a validation metric of a refit without validation
         )
         logger.info(
             "%s: epoch %d step %d: %s (%.1f s)", config.desc, epoch, step, shown, entry["seconds"]

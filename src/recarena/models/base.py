@@ -198,6 +198,11 @@ class Recommender:
         self.seen_ = data.csr()
         if self.uses_text and data.item_text is None:
             raise ValueError(f"{type(self).__name__} needs item text, but none was given")
+        if self.uses_text and len(data.item_text or ()) != data.n_items:
+            raise ValueError(
+                f"{type(self).__name__}: item_text has {len(data.item_text or ())} texts for "
+                f"{data.n_items} items"
+            )
         start = time.perf_counter()
         self._fit(data, valid)
         self.fit_seconds_ = time.perf_counter() - start

@@ -60,6 +60,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recarena.errors import ConfigError
+from recarena.models._history import History
 from recarena.models.base import Recommender, TrainingData
 
 logger = logging.getLogger(__name__)
@@ -521,9 +522,7 @@ class CrossEncoderRecommender(Recommender):
         from recarena.lm.zoo import resolve_model
 
         self._check_params()
-        assert data.item_text is not None
-        if len(data.item_text) != data.n_items:
-            raise ValueError(f"item_text has {len(data.item_text)} texts for {data.n_items} items")
+        assert data.item_text is not None  # its length is checked by Recommender.fit
         resolved = resolve_model(self.model, data.cache_dir)
         if resolved.format != "transformers":
             raise ConfigError(
@@ -546,8 +545,8 @@ class CrossEncoderRecommender(Recommender):
                     encoder.n_cut_items,
                     encoder.max_length,
                 )
-            histories = [s[-self.history_len :] for s in data.sequences]
-            self.history_items_, self.history_indptr_ = _ragged(histories)
+            history = History.from_sequences(data.sequences, self.history_len, dtype=np.int32)
+            self.history_items_, self.history_indptr_ = history.items, history.indptr
 
             pairs = sample_training_pairs(
                 data.sequences,
@@ -739,8 +738,7 @@ class CrossEncoderRecommender(Recommender):
     # ------------------------------------------------------------------ scoring
     def _history_of(self, user: int) -> np.ndarray:
         """The user's last ``history_len`` training items, newest first."""
-        lo, hi = self.history_indptr_[user], self.history_indptr_[user + 1]
-        return self.history_items_[lo:hi][::-1]
+        return History(self.history_items_, self.history_indptr_).row(user)[::-1]
 
     def _pair_encoder(self) -> PairEncoder:
         encoder = getattr(self, "_encoder", None)

@@ -75,16 +75,15 @@ class FrozenLMRecommender(Recommender):
         self.prompt = prompt
 
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
-        from recarena.lm.encoder import ItemTextEncoder
+        from recarena.lm.encoder import encode_catalog
 
         if not 0.0 < self.recency_decay <= 1.0:
             raise ValueError(f"recency_decay must be in (0, 1], got {self.recency_decay}")
         if self.history_len is not None and self.history_len < 1:
             raise ValueError(f"history_len must be at least 1 or None, got {self.history_len}")
-        assert data.item_text is not None
-        if len(data.item_text) != data.n_items:
-            raise ValueError(f"item_text has {len(data.item_text)} texts for {data.n_items} items")
-        encoder = ItemTextEncoder(
+        assert data.item_text is not None  # its length is checked by Recommender.fit
+        self.item_vectors_, stats = encode_catalog(
+            data.item_text,
             self.model,
             cache_dir=data.cache_dir,
             pooling=self.pooling,
@@ -93,10 +92,6 @@ class FrozenLMRecommender(Recommender):
             template=self.prompt,
             device=self.device,
         )
-        self.item_vectors_ = encoder.encode(data.item_text)
-        stats = encoder.stats_
-        assert stats is not None
-        encoder.unload()
         self.encode_seconds_ = stats.encode_seconds
         self.encode_items_per_second_ = stats.items_per_second
         self.encode_cache_hit_ = stats.cache_hit

@@ -81,6 +81,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from recarena.models._history import History
 from recarena.models.base import Recommender, TrainingData
 
 if TYPE_CHECKING:
@@ -326,16 +327,8 @@ class GenerativeRanker(Recommender):
         self.unscorable_items_ = np.flatnonzero(
             np.array([not t for t in self.item_texts_], dtype=bool)
         )
-        keep = self.history_len
-        lengths = np.array(
-            [len(s) if keep is None else min(len(s), keep) for s in data.sequences], np.int64
-        )
-        self.history_indptr_ = np.concatenate([[0], np.cumsum(lengths)])
-        self.history_items_ = (
-            np.concatenate([s[len(s) - n :] for s, n in zip(data.sequences, lengths, strict=True)])
-            if len(lengths)
-            else np.empty(0, np.int64)
-        ).astype(np.int64)
+        history = History.from_sequences(data.sequences, self.history_len)
+        self.history_items_, self.history_indptr_ = history.items, history.indptr
         self.cache_dir_ = None if data.cache_dir is None else str(data.cache_dir)
         self.n_unscorable_ = 0
         self.n_scored_ = 0
@@ -448,8 +441,7 @@ class GenerativeRanker(Recommender):
         return ids[-limit:]
 
     def _user_prompt_ids(self, user: int) -> list[int]:
-        lo, hi = self.history_indptr_[user], self.history_indptr_[user + 1]
-        return self._prompt_ids(self.history_items_[lo:hi])
+        return self._prompt_ids(History(self.history_items_, self.history_indptr_).row(user))
 
     def _continuation_prefix(self) -> str:
         """A space before the title unless the prompt ends in whitespace (chat templates)."""

@@ -230,12 +230,11 @@ class TextSASRec(SASRec):
 
     # ------------------------------------------------------------------ fitting
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
-        from recarena.lm.encoder import ItemTextEncoder
+        from recarena.lm.encoder import encode_catalog
 
-        assert data.item_text is not None
-        if len(data.item_text) != data.n_items:
-            raise ValueError(f"item_text has {len(data.item_text)} texts for {data.n_items} items")
-        encoder = ItemTextEncoder(
+        assert data.item_text is not None  # its length is checked by Recommender.fit
+        self._text, stats = encode_catalog(
+            data.item_text,
             self.model,
             cache_dir=data.cache_dir,
             pooling=self.pooling,
@@ -245,10 +244,6 @@ class TextSASRec(SASRec):
             device=self.encode_device,
             progress=False,
         )
-        self._text = encoder.encode(data.item_text)
-        stats = encoder.stats_
-        assert stats is not None
-        encoder.unload()
         self.encode_seconds_ = stats.encode_seconds
         self.encode_items_per_second_ = stats.items_per_second
         self.encode_cache_hit_ = stats.cache_hit

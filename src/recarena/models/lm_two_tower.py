@@ -82,6 +82,7 @@ from recarena.lm.training import (
     torch_threads,
     train_loop,
 )
+from recarena.models._history import History
 from recarena.models.base import RankedLists, Recommender, TrainingData
 
 logger = logging.getLogger(__name__)
@@ -396,9 +397,7 @@ class TwoTowerRecommender(Recommender):
         from recarena.lm.zoo import resolve_model
 
         self._check_params()
-        assert data.item_text is not None
-        if len(data.item_text) != data.n_items:
-            raise ValueError(f"item_text has {len(data.item_text)} texts for {data.n_items} items")
+        assert data.item_text is not None  # its length is checked by Recommender.fit
         resolved = resolve_model(self.model, data.cache_dir)
         if resolved.format != "transformers" or resolved.family == "decoder":
             raise ValueError(
@@ -423,7 +422,7 @@ class TwoTowerRecommender(Recommender):
         first.unload()
         if loaded.backend != "torch" or loaded.family != "encoder":
             raise ValueError(f"{resolved.name} is not a transformers encoder (BERT-style)")
-        history = _Ragged.from_sequences(data.sequences, self.history_len)
+        history = History.from_sequences(data.sequences, self.history_len)
         self.history_items_, self.history_indptr_ = history.items, history.indptr
         self.item_has_id_ = data.item_popularity > 0
 
@@ -672,7 +671,7 @@ class TwoTowerRecommender(Recommender):
         self, heads: TowerHeads, users: np.ndarray, vectors: torch.Tensor
     ) -> torch.Tensor:
         """User vectors from the last ``history_len`` training items of each user."""
-        history = _Ragged(self.history_items_, self.history_indptr_).right_aligned(users)
+        history = History(self.history_items_, self.history_indptr_).left_padded(users, pad=-1)
         valid = torch.from_numpy(history >= 0).to(vectors.device)
         ids = torch.from_numpy(np.maximum(history, 0)).to(vectors.device)
         return heads.user_vectors(vectors[ids], valid).float()
@@ -759,33 +758,6 @@ def cold_validation_pool(truth: Any, trained_items: np.ndarray) -> np.ndarray | 
     if len(held_out) == 0 or trained_items[held_out].any():
         return None
     return np.flatnonzero(~trained_items)
-
-
-class _Ragged:
-    """Per-user item sequences (the last ``keep_last`` of each) as a flat array and offsets."""
-
-    def __init__(self, items: np.ndarray, indptr: np.ndarray) -> None:
-        self.items, self.indptr = items, indptr
-
-    @classmethod
-    def from_sequences(cls, sequences: list[np.ndarray], keep_last: int) -> _Ragged:
-        tails = [seq[-keep_last:] for seq in sequences]
-        lengths = np.array([len(t) for t in tails], dtype=np.int64)
-        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        flat = np.concatenate(tails) if tails else np.empty(0, dtype=np.int64)
-        return cls(flat.astype(np.int64), indptr)
-
-    def right_aligned(self, users: np.ndarray) -> np.ndarray:
-        """(len(users), T) item ids, -1 on the left where a history is shorter; T >= 1."""
-        ends = self.indptr[users + 1]
-        lengths = ends - self.indptr[users]
-        width = max(1, int(lengths.max(initial=0)))
-        cols = np.arange(width)
-        index = ends[:, None] - width + cols[None, :]
-        real = cols[None, :] >= width - lengths[:, None]
-        if not len(self.items):
-            return np.full((len(users), width), -1, dtype=np.int64)
-        return np.where(real, self.items[np.where(real, index, 0)], -1).astype(np.int64)
 
 
 def _pairs(sequences: list[np.ndarray]) -> np.ndarray:

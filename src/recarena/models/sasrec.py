@@ -50,6 +50,7 @@ from torch import nn
 
 from recarena._io import atomic_open
 from recarena.data.dataset import interactions_csr
+from recarena.models._history import History
 from recarena.models.base import Recommender, TrainingData
 
 logger = logging.getLogger(__name__)
@@ -333,10 +334,10 @@ class SASRec(Recommender):
             raise ValueError(f"loss must be 'ce', 'bce' or 'sampled_ce', got {self.loss!r}")
         device = self._torch_device()
         # the history read when scoring: each user's last max_len items, ids shifted by one
-        history = _Ragged.from_sequences(data.sequences, self.max_len)
+        history = _shifted_history(data.sequences, self.max_len)
         self.history_items_, self.history_indptr_ = history.items, history.indptr
         # training reads one more item: inputs are items [0, n-1), targets items [1, n)
-        train = _Ragged.from_sequences(data.sequences, self.max_len + 1)
+        train = _shifted_history(data.sequences, self.max_len + 1)
         train_users = np.flatnonzero(train.lengths >= 2)
         valid_users, truth = self._validation_targets(valid, data.n_users, data.n_items)
 
@@ -403,7 +404,7 @@ class SASRec(Recommender):
         self,
         net: SASRecNetwork,
         optimizer: torch.optim.Optimizer,
-        train: _Ragged,
+        train: History,
         order: np.ndarray,
     ) -> float:
         """One pass over ``order`` (user ids); returns the mean loss per position."""
@@ -413,7 +414,7 @@ class SASRec(Recommender):
         count = 0
         for begin in range(0, len(order), self.batch_size):
             users = order[begin : begin + self.batch_size]
-            seq = torch.from_numpy(train.left_padded(users)).to(device)
+            seq = torch.from_numpy(train.left_padded(users, pad=0)).to(device)
             inputs, targets = seq[:, :-1], seq[:, 1:]
             with self._autocast(device):
                 states = net(inputs)
@@ -503,7 +504,7 @@ class SASRec(Recommender):
                 f"data has {data.n_users} users and {data.n_items} items; this model was fit "
                 f"on {self.n_users_} and {self.n_items_}"
             )
-        history = _Ragged.from_sequences(data.sequences, self.max_len)
+        history = _shifted_history(data.sequences, self.max_len)
         self.history_items_, self.history_indptr_ = history.items, history.indptr
         self.seen_ = data.csr()
         return self
@@ -529,8 +530,8 @@ class SASRec(Recommender):
         net = self.network_
         device = next(net.parameters()).device
         net.eval()
-        history = _Ragged(self.history_items_, self.history_indptr_)
-        seq = torch.from_numpy(history.left_padded(users)).to(device)
+        history = History(self.history_items_, self.history_indptr_)
+        seq = torch.from_numpy(history.left_padded(users, pad=0)).to(device)
         with self._autocast(device):
             return net(seq)[:, -1].float()
 
@@ -589,35 +590,9 @@ class SASRec(Recommender):
 
 
 # ---------------------------------------------------------------------- helpers
-@dataclass
-class _Ragged:
-    """Per-user item sequences (ids shifted by one) as one flat array and offsets."""
-
-    items: np.ndarray
-    indptr: np.ndarray
-
-    @classmethod
-    def from_sequences(cls, sequences: list[np.ndarray], keep_last: int) -> _Ragged:
-        tails = [seq[-keep_last:] if keep_last > 0 else seq[:0] for seq in sequences]
-        lengths = np.array([len(t) for t in tails], dtype=np.int64)
-        indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        flat = np.concatenate(tails) if tails else np.empty(0, dtype=np.int64)
-        return cls(flat.astype(np.int32) + 1, indptr)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.indptr)
-
-    def left_padded(self, users: np.ndarray) -> np.ndarray:
-        """(len(users), T) int64 ids, padded with 0 on the left; T is the longest row (>= 1)."""
-        ends = self.indptr[users + 1]
-        lengths = ends - self.indptr[users]
-        width = max(1, int(lengths.max(initial=0)))
-        cols = np.arange(width)
-        index = ends[:, None] - width + cols[None, :]
-        real = cols[None, :] >= width - lengths[:, None]
-        out = np.where(real, self.items[np.where(real, index, 0)] if len(self.items) else 0, 0)
-        return out.astype(np.int64)
+def _shifted_history(sequences: list[np.ndarray], keep_last: int) -> History:
+    """Each user's last ``keep_last`` items with ids shifted by one (0 is the padding id)."""
+    return History.from_sequences(sequences, keep_last, shift=1, dtype=np.int32)
 
 
 def _dense_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:

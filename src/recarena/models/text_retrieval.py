@@ -35,11 +35,7 @@ class _TextProfileRecommender(Recommender):
 
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
         texts = data.item_text
-        assert texts is not None  # checked by Recommender.fit
-        if len(texts) != data.n_items:
-            raise ValueError(
-                f"{type(self).__name__}: item_text has {len(texts)} texts for {data.n_items} items"
-            )
+        assert texts is not None  # checked, with its length, by Recommender.fit
         try:
             vectors, idf = self._item_vectors(texts)
         except ValueError as exc:

@@ -87,29 +87,18 @@ def read_movielens_100k(
     paths = require_files(folder, ML100K_FILES, ("u.user",), format_label="MovieLens 100k")
     files: dict[str, str] = {}
 
-    ratings_file = DelimitedFile.open(
-        paths["u.data"], separator="\t", encoding=encoding, has_header=False, quoted=False
-    )
-    ratings = ratings_file.read(
-        [
-            Column("user", "int", "user id"),
-            Column("item", "int", "item id"),
-            Column("rating", "float", "rating"),
-            Column("timestamp", "int", "timestamp (seconds)"),
-        ],
-        format_label="MovieLens 100k u.data",
-        example="196\t242\t3\t881250949",
-    )
-    files["u.data"] = ratings_file.sha256
+    ratings = _read_headerless(
+        paths["u.data"], "\t", _rating_columns("item id"), encoding=encoding, files=files,
+        format_label="MovieLens 100k u.data", example="196\t242\t3\t881250949",
+    )  # fmt: skip
 
-    item_file = DelimitedFile.open(
-        paths["u.item"], separator="|", encoding=encoding, has_header=False, quoted=False
-    )
     flag_columns = [
         Column(f"genre_{n}", "int", f"{genre} flag (0 or 1)")
         for n, genre in enumerate(ML100K_GENRES)
     ]
-    raw_items = item_file.read(
+    raw_items = _read_headerless(
+        paths["u.item"],
+        "|",
         [
             Column("item", "int", "movie id"),
             Column("title", "str", "title", required=False),
@@ -118,10 +107,11 @@ def read_movielens_100k(
             Column("imdb_url", "str", "IMDb URL", required=False),
             *flag_columns,
         ],
+        encoding=encoding,
+        files=files,
         format_label="MovieLens 100k u.item",
         example="1|Toy Story (1995)|01-Jan-1995||http://...|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0",
     )
-    files["u.item"] = item_file.sha256
     flags = raw_items[[c.name for c in flag_columns]].to_numpy() > 0
     genre_names = np.array(ML100K_GENRES, dtype=object)
     release = pd.to_datetime(raw_items["release_date"], format="%d-%b-%Y", errors="coerce")
@@ -144,10 +134,9 @@ def read_movielens_100k(
 
     users = None
     if "u.user" in paths:
-        user_file = DelimitedFile.open(
-            paths["u.user"], separator="|", encoding=encoding, has_header=False, quoted=False
-        )
-        raw_users = user_file.read(
+        raw_users = _read_headerless(
+            paths["u.user"],
+            "|",
             [
                 Column("user", "int", "user id"),
                 Column("age", "int", "age", required=False),
@@ -155,10 +144,11 @@ def read_movielens_100k(
                 Column("occupation", "str", "occupation", required=False),
                 Column("zip_code", "str", "zip code", required=False),
             ],
+            encoding=encoding,
+            files=files,
             format_label="MovieLens 100k u.user",
             example="1|24|M|technician|85711",
         )
-        files["u.user"] = user_file.sha256
         users = raw_users.set_index("user")
         users["age"] = users["age"].astype("Int64")
 
@@ -199,42 +189,30 @@ def read_movielens_1m(folder: str | os.PathLike[str], *, encoding: str | None = 
     paths = require_files(folder, ML1M_FILES, ("users.dat",), format_label="MovieLens 1M")
     files: dict[str, str] = {}
 
-    ratings_file = DelimitedFile.open(
-        paths["ratings.dat"], separator="::", encoding=encoding, has_header=False, quoted=False
-    )
-    ratings = ratings_file.read(
-        [
-            Column("user", "int", "user id"),
-            Column("item", "int", "movie id"),
-            Column("rating", "float", "rating"),
-            Column("timestamp", "int", "timestamp (seconds)"),
-        ],
-        format_label="MovieLens 1M ratings.dat",
-        example="1::1193::5::978300760",
-    )
-    files["ratings.dat"] = ratings_file.sha256
-
-    movie_file = DelimitedFile.open(
-        paths["movies.dat"], separator="::", encoding=encoding, has_header=False, quoted=False
-    )
-    movies = movie_file.read(
+    ratings = _read_headerless(
+        paths["ratings.dat"], "::", _rating_columns("movie id"), encoding=encoding, files=files,
+        format_label="MovieLens 1M ratings.dat", example="1::1193::5::978300760",
+    )  # fmt: skip
+    movies = _read_headerless(
+        paths["movies.dat"],
+        "::",
         [
             Column("item", "int", "movie id"),
             Column("title", "str", "title", required=False),
             Column("genres", "str", "genres", required=False),
         ],
+        encoding=encoding,
+        files=files,
         format_label="MovieLens 1M movies.dat",
         example="1::Toy Story (1995)::Animation|Children's|Comedy",
     )
-    files["movies.dat"] = movie_file.sha256
     items = movie_table(movies["item"], movies["title"], movies["genres"], genre_separator="|")
 
     users = None
     if "users.dat" in paths:
-        user_file = DelimitedFile.open(
-            paths["users.dat"], separator="::", encoding=encoding, has_header=False, quoted=False
-        )
-        raw_users = user_file.read(
+        raw_users = _read_headerless(
+            paths["users.dat"],
+            "::",
             [
                 Column("user", "int", "user id"),
                 Column("gender", "str", "gender", required=False),
@@ -242,10 +220,11 @@ def read_movielens_1m(folder: str | os.PathLike[str], *, encoding: str | None = 
                 Column("occupation", "int", "occupation code", required=False),
                 Column("zip_code", "str", "zip code", required=False),
             ],
+            encoding=encoding,
+            files=files,
             format_label="MovieLens 1M users.dat",
             example="1::F::1::10::48067",
         )
-        files["users.dat"] = user_file.sha256
         users = ml1m_user_table(
             raw_users["user"],
             raw_users["gender"],
@@ -420,6 +399,35 @@ def movie_table(
         },
         index=pd.Index(list(movie_ids), name="item"),
     )
+
+
+def _rating_columns(item_description: str) -> list[Column | None]:
+    """The four columns of a headerless MovieLens ratings file: user, item, rating, time."""
+    return [
+        Column("user", "int", "user id"),
+        Column("item", "int", item_description),
+        Column("rating", "float", "rating"),
+        Column("timestamp", "int", "timestamp (seconds)"),
+    ]
+
+
+def _read_headerless(
+    path: Path,
+    separator: str,
+    columns: list[Column | None],
+    *,
+    encoding: str | None,
+    files: dict[str, str],
+    format_label: str,
+    example: str,
+) -> pd.DataFrame:
+    """Read one headerless, unquoted MovieLens file; record its sha256 in ``files``."""
+    source = DelimitedFile.open(
+        path, separator=separator, encoding=encoding, has_header=False, quoted=False
+    )
+    frame = source.read(columns, format_label=format_label, example=example)
+    files[path.name] = source.sha256
+    return frame
 
 
 def _read_headed_csv(

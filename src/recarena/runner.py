@@ -401,6 +401,7 @@ class ExperimentRunner:
             or not refit
         )
         tuning_path = mdir / "tuning.json"
+        checkpoints = mdir / "checkpoints"
         trials: list[dict[str, Any]] = (
             read_json(tuning_path)["trials"] if tuning_path.exists() else []
         )
@@ -416,6 +417,8 @@ class ExperimentRunner:
                     continue
                 self.on_event(f"{label}: validation {n + 1}/{len(points)} {point or ''}".rstrip())
                 model = template.clone(**params)
+                # a long training stopped part-way resumes from here on the next run
+                train_data.checkpoint_dir = checkpoints / f"valid-{_hash(params)}"
                 with Stopwatch() as sw:
                     model.fit(train_data, valid=self.split.valid)
                 score = self.validation_score(model, tune_proto)
@@ -456,14 +459,16 @@ class ExperimentRunner:
             if refit or not has_valid:
                 final = template.clone(**{**chosen, **refit_extra})
                 self.on_event(f"{label}: fitting on train + valid")
+                data_test.checkpoint_dir = checkpoints / "refit"
                 with Stopwatch() as sw:
                     final.fit(data_test, valid=None)
+                data_test.checkpoint_dir = None
                 fit_seconds = sw.seconds
             else:
                 if best_model is None:
-                    best_model = template.clone(**chosen).fit(
-                        self.training_data("valid"), valid=self.split.valid
-                    )
+                    valid_data = self.training_data("valid")
+                    valid_data.checkpoint_dir = checkpoints / f"valid-{_hash(chosen)}"
+                    best_model = template.clone(**chosen).fit(valid_data, valid=self.split.valid)
                 final = best_model
                 fit_seconds = getattr(final, "fit_seconds_", float("nan"))
                 if hasattr(final, "update_history"):
@@ -557,6 +562,7 @@ class ExperimentRunner:
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         write_json(done, record)
+        shutil.rmtree(checkpoints, ignore_errors=True)
         return record
 
     def _first_stage_top_n(self, label: str) -> int:

@@ -200,6 +200,39 @@ def test_refit_can_be_turned_off_for_one_model(tmp_path):
     assert model_hash(plain) != model_hash(ModelConfig(name="ease", refit=False))
 
 
+def test_an_interrupted_training_resumes_on_the_next_run(tmp_path, monkeypatch):
+    from recarena.models.sasrec import SASRec
+    from tests.models.conformance import SASREC_TINY
+
+    params = {**SASREC_TINY, "epochs": 4, "patience": 10}
+    cfg = parse_config(_config(tmp_path, [{"name": "sasrec", "grid": {}, "params": params}]))
+    train_epoch, calls = SASRec._train_epoch, []
+
+    def counted(self, *args):
+        calls.append(1)
+        if len(calls) == 3:  # killed in the third epoch of the validation fit
+            raise KeyboardInterrupt
+        return train_epoch(self, *args)
+
+    monkeypatch.setattr(SASRec, "_train_epoch", counted)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, cache_dir=tmp_path / "cache")
+    saved = list((tmp_path / "runs").rglob("sasrec-checkpoint.pt"))
+    assert len(saved) == 1 and saved[0].parent.parent.name == "checkpoints"
+
+    calls.clear()
+    monkeypatch.setattr(
+        SASRec, "_train_epoch", lambda self, *a: calls.append(1) or train_epoch(self, *a)
+    )
+    run = run_experiment(cfg, cache_dir=tmp_path / "cache").run_dir
+    best = json.loads((run / "models" / "sasrec" / "DONE.json").read_text())["params"]["epochs"]
+    # validation resumed at epoch 3 (2 epochs left), then the refit trained best-epoch epochs
+    assert len(calls) == 2 + best
+    log = json.loads((run / "models" / "sasrec" / "training_log.json").read_text())
+    assert [r["epoch"] for r in log] == list(range(1, best + 1))
+    assert not (run / "models" / "sasrec" / "checkpoints").exists()
+
+
 def test_budgeted_model_is_evaluated_on_a_seeded_user_sample(tmp_path):
     cfg = parse_config(
         _config(tmp_path, [{"name": "most_popular", "grid": {}, "max_eval_users": 25}])

@@ -186,3 +186,33 @@ def test_dataset_without_text_fails(tiny_bert_dir: Path):
     data.item_text = None
     with pytest.raises(ValueError, match="item text"):
         tiny(tiny_bert_dir).fit(data)
+
+
+def test_a_stopped_fit_resumes_with_its_text_embedding(
+    tiny_bert_dir: Path, planted_dataset, tmp_path, monkeypatch
+):
+    """The checkpoint holds the text adaptor too: a resumed fit ends as an unbroken one."""
+    from recarena.models.sasrec import SASRec
+
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    params = dict(epochs=4, patience=10, lr=2e-2)
+    whole = tiny(tiny_bert_dir, **params).fit(data, valid=split.valid)
+
+    data.checkpoint_dir = tmp_path
+    train_epoch, calls = SASRec._train_epoch, []
+
+    def killed_in_epoch_3(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return train_epoch(self, *args)
+
+    monkeypatch.setattr(SASRec, "_train_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        tiny(tiny_bert_dir, **params).fit(data, valid=split.valid)
+    monkeypatch.setattr(SASRec, "_train_epoch", train_epoch)
+    resumed = tiny(tiny_bert_dir, **params).fit(data, valid=split.valid)
+    assert [r["loss"] for r in resumed.training_log_] == [r["loss"] for r in whole.training_log_]
+    users = np.arange(data.n_users)
+    np.testing.assert_array_equal(resumed.score(users), whole.score(users))

@@ -78,6 +78,57 @@ class TestSASRec(RecommenderConformance):
         losses = [row["loss"] for row in model.training_log_]
         assert losses[-1] < 0.8 * losses[0]
 
+    def test_a_stopped_fit_resumes_from_its_checkpoint(self, planted, tmp_path, monkeypatch):
+        """Killed after epoch 3, the fit resumes at epoch 4 and ends as an unbroken one."""
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        params = dict(epochs=6, patience=10, lr=2e-2)
+        whole = tiny(**params).fit(data, valid=split.valid)
+
+        data.checkpoint_dir = tmp_path / "ckpt"
+        calls = {"n": 0}
+        train_epoch = SASRec._train_epoch
+
+        def killed_in_epoch_4(self, *args):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt
+            return train_epoch(self, *args)
+
+        monkeypatch.setattr(SASRec, "_train_epoch", killed_in_epoch_4)
+        with pytest.raises(KeyboardInterrupt):
+            tiny(**params).fit(data, valid=split.valid)
+        assert (tmp_path / "ckpt" / "sasrec-checkpoint.pt").exists()
+        monkeypatch.setattr(SASRec, "_train_epoch", train_epoch)
+
+        trained: list[int] = []
+        monkeypatch.setattr(
+            SASRec,
+            "_train_epoch",
+            lambda self, *a: trained.append(1) or train_epoch(self, *a),
+        )
+        resumed = tiny(**params).fit(data, valid=split.valid)
+        assert len(trained) == 3  # epochs 4, 5 and 6 only
+        assert [r["epoch"] for r in resumed.training_log_] == [1, 2, 3, 4, 5, 6]
+        for a, b in zip(resumed.training_log_, whole.training_log_, strict=True):
+            assert (a["loss"], a["valid_ndcg@10"]) == (b["loss"], b["valid_ndcg@10"])
+        assert resumed.best_epoch_ == whole.best_epoch_
+        users = np.arange(data.n_users)
+        np.testing.assert_array_equal(resumed.score(users), whole.score(users))
+        # a finished fit leaves no checkpoint behind
+        assert not (tmp_path / "ckpt" / "sasrec-checkpoint.pt").exists()
+
+    def test_a_checkpoint_of_other_parameters_is_not_resumed(self, planted, tmp_path):
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        data.checkpoint_dir = tmp_path
+        path = tmp_path / "sasrec-checkpoint.pt"
+        torch.save({"key": "another configuration", "epoch": 99}, path)
+        model = tiny(epochs=2).fit(data, valid=split.valid)
+        assert [r["epoch"] for r in model.training_log_] == [1, 2]
+        path.write_bytes(b"torn write")
+        assert [r["epoch"] for r in tiny(epochs=2).fit(data).training_log_] == [1, 2]
+
     def test_early_stopping_keeps_the_best_epoch(self, planted):
         dataset, split = planted
         data = _training_data(dataset, split.fit_interactions("valid"))

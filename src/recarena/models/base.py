@@ -62,7 +62,8 @@ class TrainingData:
     data set, so users and items without training interactions still have ids (cold users
     and cold items). ``item_text`` holds one rendered text per item id (the experiment's
     template) for text-aware models. ``cache_dir`` is where a model may keep what is
-    expensive to recompute (encoded item vectors); None means no caching.
+    expensive to recompute (encoded item vectors); None means no caching. ``checkpoint_dir``
+    is where a long training may save its progress to resume from after an interruption.
     """
 
     interactions: pd.DataFrame
@@ -74,6 +75,10 @@ class TrainingData:
     dataset_name: str = ""
     #: where models may cache expensive derived data (encoded item vectors, converted weights)
     cache_dir: Path | None = None
+    #: where a long training may keep checkpoints, so that a fit stopped part-way resumes
+    #: where it stopped; one folder per fit (the runner gives each its own and removes it
+    #: once the model is done); None: no checkpoints
+    checkpoint_dir: Path | None = None
 
     @cached_property
     def _csr_cache(self) -> dict[str, sp.csr_matrix]:

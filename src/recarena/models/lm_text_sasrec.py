@@ -265,23 +265,16 @@ class TextSASRec(SASRec):
             id_embedding=self.id_embedding,
         )
 
-    def _train_epoch(
-        self,
-        net: SASRecNetwork,
-        optimizer: torch.optim.Optimizer,
-        train: Any,
-        order: np.ndarray,
-    ) -> float:
+    def _prepare_training(self, net: SASRecNetwork, optimizer: torch.optim.Optimizer) -> None:
         # SASRec builds its network (with an ID table) and optimizer in its _fit; before the
-        # first step the ID table is swapped for the text embedding, whose parameters join the
-        # optimizer (the dropped table gets no gradient, so Adam never touches it again)
-        if not isinstance(net.item_embedding, TextItemEmbedding):
-            device = next(net.parameters()).device
-            embedding = self._text_embedding()
-            embedding.set_text(self._text, self.trained_items_)
-            net.item_embedding = embedding.to(device)
-            optimizer.add_param_group({"params": list(embedding.parameters())})
-        return super()._train_epoch(net, optimizer, train, order)
+        # first step (and before a checkpoint is loaded) the ID table is swapped for the text
+        # embedding, whose parameters join the optimizer (the dropped table gets no
+        # gradient, so Adam never touches it again)
+        device = next(net.parameters()).device
+        embedding = self._text_embedding()
+        embedding.set_text(self._text, self.trained_items_)
+        net.item_embedding = embedding.to(device)
+        optimizer.add_param_group({"params": list(embedding.parameters())})
 
     # ------------------------------------------------------------------ early stopping
     def _validation_ndcg(self, users: np.ndarray, truth: Any, seen: Any) -> float:

@@ -32,6 +32,7 @@ SASRec is created, so ``recarena --help`` never loads it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -355,10 +356,33 @@ class SASRec(Recommender):
             optimizer = torch.optim.Adam(
                 net.parameters(), lr=self.lr, betas=(0.9, 0.98), weight_decay=self.weight_decay
             )
+            self._prepare_training(net, optimizer)
             self.training_log_: list[dict[str, Any]] = []
             best_ndcg, best_state, self.best_epoch_, stale = -1.0, None, 0, 0
-            start = time.perf_counter()
-            for epoch in range(1, self.epochs + 1):
+            first_epoch, stopped, seconds_before = 1, False, 0.0
+            checkpoint = (
+                None
+                if data.checkpoint_dir is None
+                else _Checkpoint(Path(data.checkpoint_dir), self._checkpoint_key(data, valid))
+            )
+            saved = None if checkpoint is None else checkpoint.load(device)
+            if saved is not None:
+                net.load_state_dict(saved["network"])
+                optimizer.load_state_dict(saved["optimizer"])
+                rng.bit_generator.state = saved["numpy_rng"]
+                torch.set_rng_state(saved["torch_rng"])
+                if cuda and saved.get("cuda_rng") is not None:
+                    torch.cuda.set_rng_state(saved["cuda_rng"], cuda[0])
+                best_ndcg, best_state = saved["best_ndcg"], saved["best_state"]
+                self.best_epoch_, stale = saved["best_epoch"], saved["stale"]
+                self.training_log_ = saved["log"]
+                first_epoch, stopped = saved["epoch"] + 1, saved["stopped"]
+                seconds_before = saved["seconds"]
+                logger.info("SASRec: resuming after epoch %d (%s)", saved["epoch"], checkpoint)
+            start = time.perf_counter() - seconds_before
+            for epoch in range(first_epoch, self.epochs + 1):
+                if stopped:
+                    break
                 loss = self._train_epoch(net, optimizer, train, rng.permutation(train_users))
                 measure = valid_users is not None and (
                     epoch % self.eval_every == 0 or epoch == self.epochs
@@ -374,12 +398,47 @@ class SASRec(Recommender):
                     stale += 1
                     if stale >= self.patience:
                         logger.info("SASRec: no gain in %d measurements", stale)
-                        break
+                        stopped = True
+                if checkpoint is not None:
+                    checkpoint.save(
+                        {
+                            "epoch": epoch,
+                            "stopped": stopped,
+                            "seconds": time.perf_counter() - start,
+                            "network": net.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "numpy_rng": rng.bit_generator.state,
+                            "torch_rng": torch.get_rng_state(),
+                            "cuda_rng": torch.cuda.get_rng_state(cuda[0]) if cuda else None,
+                            "best_ndcg": best_ndcg,
+                            "best_state": best_state,
+                            "best_epoch": self.best_epoch_,
+                            "stale": stale,
+                            "log": self.training_log_,
+                        }
+                    )
             if best_state is not None:
                 logger.info("SASRec: keeping the weights of epoch %d", self.best_epoch_)
                 net.load_state_dict(best_state)
             self.best_valid_ndcg_ = best_ndcg if valid_users is not None else None
         net.eval()
+        if checkpoint is not None:
+            checkpoint.remove()
+
+    def _prepare_training(self, net: SASRecNetwork, optimizer: torch.optim.Optimizer) -> None:
+        """Hook run once the network and optimizer exist, before training or resuming."""
+
+    def _checkpoint_key(self, data: TrainingData, valid: pd.DataFrame | None) -> str:
+        """What a checkpoint must match to be resumed: this class, its parameters, the data."""
+        items = data.interactions["item"].to_numpy()
+        fingerprint = {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "params": {k: repr(v) for k, v in sorted(self.get_params().items())},
+            "shape": [data.n_users, data.n_items, len(items)],
+            "items": int((items.astype(np.int64) * np.arange(1, len(items) + 1)).sum()),
+            "valid": 0 if valid is None else len(valid),
+        }
+        return hashlib.sha256(repr(fingerprint).encode()).hexdigest()[:16]
 
     def _log_epoch(self, epoch: int, loss: float, ndcg: float | None, seconds: float) -> None:
         self.training_log_.append(
@@ -590,6 +649,46 @@ class SASRec(Recommender):
 
 
 # ---------------------------------------------------------------------- helpers
+class _Checkpoint:
+    """One fit's training state in ``folder/sasrec-checkpoint.pt``, written atomically.
+
+    A checkpoint whose key differs (other parameters or data) is ignored and overwritten.
+    """
+
+    FILE = "sasrec-checkpoint.pt"
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.path = folder / self.FILE
+        self.key = key
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def load(self, device: torch.device) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location=device, weights_only=True)
+        except Exception as exc:  # a torn or foreign file: start over, say so
+            logger.warning("SASRec: ignoring unreadable checkpoint %s (%s)", self.path, exc)
+            return None
+        if state.get("key") != self.key:
+            logger.info("SASRec: %s belongs to another configuration; starting over", self.path)
+            return None
+        state["torch_rng"] = state["torch_rng"].cpu()
+        if state.get("cuda_rng") is not None:
+            state["cuda_rng"] = state["cuda_rng"].cpu()
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(self.path, "wb") as fh:
+            torch.save({"key": self.key, **state}, fh)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def _shifted_history(sequences: list[np.ndarray], keep_last: int) -> History:
     """Each user's last ``keep_last`` items with ids shifted by one (0 is the padding id)."""
     return History.from_sequences(sequences, keep_last, shift=1, dtype=np.int32)

@@ -1,7 +1,7 @@
 """Item-text encoding throughput: RecArena's ItemTextEncoder against sentence-transformers.
 
-Encodes the MovieLens-1M catalog (its 3,706 rated movies, text ``"{title}. Genres: {genres}."``) with
-minilm-l6 twice per round, once with ``SentenceTransformer(path).encode(texts,
+Encodes the MovieLens-1M catalog (its 3,706 rated movies, text
+``"{title}. Genres: {genres}."``) with minilm-l6 twice per round, once with ``SentenceTransformer(path).encode(texts,
 batch_size=B)`` and once with ``ItemTextEncoder("minilm-l6", cache_dir=None)`` (no vector
 cache, so it really encodes), same batch size, same 256-token truncation, same threads, in
 alternating order after a warm-up. Reports items per second (best and median of the

@@ -3,8 +3,8 @@
 Runs ``configs/ml1m-loo.toml`` through `recarena.runner.run_experiment` (each model tuned on
 the validation interaction with its default grid and refit on train + validation; SASRec
 with early stopping only and no refit, its validation weights ranking each test item after
-a history that includes the validation item; all tested on every user's last rating), then prints NDCG@10
-and HR@10 with 95% bootstrap intervals, fit and tuning time, and the peak resident memory
+a history that includes the validation item; all tested on every user's last rating),
+then prints NDCG@10 and HR@10 with 95% bootstrap intervals, fit and tuning time, and the peak resident memory
 of the whole process (``getrusage``: the figure the core issue bounds at 4 GiB).
 
 Published numbers for this protocol (ML-1M, every rating an interaction, leave-one-out by

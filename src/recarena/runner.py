@@ -455,14 +455,14 @@ class ExperimentRunner:
         # ---- final model: refit on train + valid (or keep the validation model)
         data_test = self.training_data("test")
         exclude = self.split.seen_csr("test")
+        refitted = refit or not has_valid
         with PeakMemory() as mem:
-            if refit or not has_valid:
+            if refitted:
                 final = template.clone(**{**chosen, **refit_extra})
                 self.on_event(f"{label}: fitting on train + valid")
                 data_test.checkpoint_dir = checkpoints / "refit"
                 with Stopwatch() as sw:
                     final.fit(data_test, valid=None)
-                data_test.checkpoint_dir = None
                 fit_seconds = sw.seconds
             else:
                 if best_model is None:
@@ -471,10 +471,6 @@ class ExperimentRunner:
                     best_model = template.clone(**chosen).fit(valid_data, valid=self.split.valid)
                 final = best_model
                 fit_seconds = getattr(final, "fit_seconds_", float("nan"))
-                if hasattr(final, "update_history"):
-                    # sequential models rank the test item after the validation item, as in
-                    # the SASRec paper's protocol; the weights stay those chosen on validation
-                    final.update_history(data_test)
             if self._is_first_stage(label) and has_valid:
                 vmodel = best_model or template.clone(**chosen).fit(
                     self.training_data("valid"), valid=self.split.valid
@@ -487,6 +483,11 @@ class ExperimentRunner:
                     seed=self.config.seed,
                 )
                 self._save_first_stage_candidates(label, "valid", vlists)
+            if not refitted and hasattr(final, "update_history"):
+                # only now, after any validation lists: sequential models rank the test item
+                # after the validation item, as in the SASRec paper's protocol, with the
+                # weights chosen on validation
+                final.update_history(data_test)
 
             results: dict[str, Any] = {}
             throughput = latency = None
@@ -551,7 +552,7 @@ class ExperimentRunner:
             "class": f"{type(template).__module__}:{type(template).__qualname__}",
             "params": _jsonable(final.get_params()),
             "chosen_on_validation": needs_validation,
-            "refit": bool(refit or not has_valid),
+            "refit": bool(refitted),
             "protocols": list(results),
             "skipped_protocols": skipped,
             "evaluated_users": int(len(test_users)),

@@ -200,6 +200,33 @@ def test_refit_can_be_turned_off_for_one_model(tmp_path):
     assert model_hash(plain) != model_hash(ModelConfig(name="ease", refit=False))
 
 
+def test_a_first_stage_that_is_not_refit_draws_validation_lists_before_its_history_grows(
+    tmp_path, monkeypatch
+):
+    """Validation candidates come from train-only histories; only the test sees valid items."""
+    from recarena.runner import ExperimentRunner
+
+    HistoryProbe.calls.clear()
+    save = ExperimentRunner._save_first_stage_candidates
+
+    def recorded(self, label, stage, lists):
+        HistoryProbe.calls.append(("candidates", stage))
+        return save(self, label, stage, lists)
+
+    monkeypatch.setattr(ExperimentRunner, "_save_first_stage_candidates", recorded)
+    probe = {"name": "tests.core.test_runner:HistoryProbe", "label": "probe", "refit": False}
+    cfg = parse_config(
+        _config(
+            tmp_path,
+            [probe],
+            protocols=[{"kind": "first_stage", "first_stage": "probe", "top_n": 5}],
+        )
+    )
+    run_experiment(cfg, cache_dir=tmp_path / "cache")
+    steps = [c[0] if c[0] != "candidates" else f"candidates:{c[1]}" for c in HistoryProbe.calls]
+    assert steps == ["fit", "candidates:valid", "update_history", "candidates:test"]
+
+
 def test_an_interrupted_training_resumes_on_the_next_run(tmp_path, monkeypatch):
     from recarena.models.sasrec import SASRec
     from tests.models.conformance import SASREC_TINY

@@ -218,7 +218,7 @@ def build_verdict(data: ReportData, analyses: dict[str, ProtocolAnalysis]) -> Ve
             + ", ".join(f"**{k}**" for k in kept)
             + " ranked the test items with the weights chosen on validation (histories "
             "extended by the validation items); the other models were refit, so these "
-            "trained on one interaction per user fewer."
+            "trained without the validation interactions."
         )
     trials = {m.label: int(m.cost.get("tuning_trials") or 0) for m in data.done_models}
     if len(set(trials.values())) > 1:

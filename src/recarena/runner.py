@@ -23,7 +23,9 @@ Run directory layout::
           lists.npz         ranked lists of the test users (users, items, scores)
           per_user.parquet  per-user metric values, one row per (user, segment)
           metrics.json      global metrics (coverage, Gini), pointwise metrics, counts
-        DONE.json           written last; FAILED.json instead when the model failed
+        DONE.json           written last (parameters, refit, whether the test histories
+                            took in the validation interactions); FAILED.json instead when
+                            the model failed
       summary.csv / summary.json / summary.md
 """
 
@@ -51,7 +53,7 @@ from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig, dump_
 from recarena.cost import PeakMemory, Stopwatch
 from recarena.data.dataset import Dataset
 from recarena.errors import ArtifactError, ConfigError, RecArenaError
-from recarena.models.base import RankedLists, Recommender, TrainingData
+from recarena.models.base import STALE_HISTORY_REASONS, RankedLists, Recommender, TrainingData
 from recarena.models.registry import create_model
 from recarena.splits import SPLITTERS, CandidateSet, Split
 from recarena.tuning import expand_grid, params_key
@@ -483,11 +485,22 @@ class ExperimentRunner:
                     seed=self.config.seed,
                 )
                 self._save_first_stage_candidates(label, "valid", vlists)
-            if not refitted and hasattr(final, "update_history"):
-                # only now, after any validation lists: sequential models rank the test item
-                # after the validation item, as in the SASRec paper's protocol, with the
-                # weights chosen on validation
-                final.update_history(data_test)
+            # None: refit on the test-time data, so nothing to refresh
+            history_refreshed: bool | None = None
+            if not refitted:
+                # only now, after any validation lists: the model ranks the test items from
+                # histories that hold the validation interactions (the SASRec paper's
+                # protocol), with what it learned on train; a model that cannot take them in
+                # without training is recorded, and the report names it
+                history_refreshed = final.updates_history()
+                if history_refreshed:
+                    final.update_history(data_test)
+                else:
+                    reason = STALE_HISTORY_REASONS.get(final.history_use, final.history_use)
+                    self.on_event(
+                        f"{label}: not refit, and {reason}: it ranks the test items from "
+                        "histories without the validation interactions"
+                    )
 
             results: dict[str, Any] = {}
             throughput = latency = None
@@ -553,6 +566,9 @@ class ExperimentRunner:
             "params": _jsonable(final.get_params()),
             "chosen_on_validation": needs_validation,
             "refit": bool(refitted),
+            "history_use": type(final).history_use,
+            # False: not refit and unable to read the validation interactions (stale)
+            "history_refreshed": history_refreshed,
             "protocols": list(results),
             "skipped_protocols": skipped,
             "evaluated_users": int(len(test_users)),

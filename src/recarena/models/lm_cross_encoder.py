@@ -60,7 +60,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recarena.errors import ConfigError
-from recarena.models._history import History
+from recarena.models._history import History, KeepsHistory
 from recarena.models.base import Recommender, TrainingData
 
 logger = logging.getLogger(__name__)
@@ -357,7 +357,7 @@ def sample_training_pairs(
 
 
 # ---------------------------------------------------------------------------- the model
-class CrossEncoderRecommender(Recommender):
+class CrossEncoderRecommender(KeepsHistory, Recommender):
     """Fine-tuned BERT-style cross-encoder over (user history text, candidate item text).
 
     See the module docstring for the recipe. A re-ranker: give it candidate lists.
@@ -439,6 +439,7 @@ class CrossEncoderRecommender(Recommender):
     uses_text = True
     uses_validation = True
     calibrated_scores = True
+    history_dtype = np.int32
     param_grid: dict[str, list[Any]] = {}
 
     def __init__(
@@ -545,8 +546,7 @@ class CrossEncoderRecommender(Recommender):
                     encoder.n_cut_items,
                     encoder.max_length,
                 )
-            history = History.from_sequences(data.sequences, self.history_len, dtype=np.int32)
-            self.history_items_, self.history_indptr_ = history.items, history.indptr
+            self._keep_history(data)
 
             pairs = sample_training_pairs(
                 data.sequences,

@@ -53,6 +53,7 @@ from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig, dump_
 from recarena.cost import PeakMemory, Stopwatch
 from recarena.data.dataset import Dataset
 from recarena.errors import ArtifactError, ConfigError, RecArenaError
+from recarena.metrics.pointwise import POINTWISE_THRESHOLD_RULE
 from recarena.models.base import STALE_HISTORY_REASONS, RankedLists, Recommender, TrainingData
 from recarena.models.registry import create_model
 from recarena.splits import SPLITTERS, CandidateSet, Split
@@ -703,9 +704,7 @@ class ExperimentRunner:
     ) -> dict[str, Any]:
         """Held-out positives against the protocol's other candidates, as a classifier.
 
-        Models with calibrated probabilities (``calibrated_scores``) use 0.5. For the others
-        the threshold maximising F1 is chosen on one half of the users and applied to the
-        other half (2-fold cross-fitting), so no user's threshold is tuned on that user.
+        Every model's threshold follows `POINTWISE_THRESHOLD_RULE` (see `classify_pointwise`).
         """
 
         cand = self.candidates_for(proto, "test")
@@ -730,7 +729,6 @@ class ExperimentRunner:
             labels[valid].astype(int),
             scores[valid].astype(np.float64),
             groups,
-            calibrated=getattr(model, "calibrated_scores", False),
             seed=self.config.seed,
         )
 
@@ -825,7 +823,6 @@ class ExperimentRunner:
             labels,
             scores.astype(np.float64),
             rows["impression"].to_numpy(),
-            calibrated=getattr(model, "calibrated_scores", False),
             seed=self.config.seed,
         )
         train_items = np.flatnonzero(data.item_popularity > 0)
@@ -926,21 +923,19 @@ def classify_pointwise(
     scores: np.ndarray,
     groups: np.ndarray,
     *,
-    calibrated: bool,
     seed: int,
 ) -> dict[str, Any]:
     """Accuracy, precision, recall, F1 and AUC of scores as a positive/negative classifier.
 
-    Calibrated probabilities are cut at 0.5. For other scores the F1-optimal threshold is
-    chosen on one half of the groups (users or impressions) and applied to the other half
-    (2-fold cross-fitting), so no group's threshold is tuned on that group.
+    Every model gets the same rule (`POINTWISE_THRESHOLD_RULE`), whatever its scores are
+    (probabilities or not): the F1-optimal threshold is chosen on one half of the groups
+    (users or impressions) and applied to the other half (2-fold cross-fitting), so no
+    group's threshold is tuned on that group. A fixed cut such as 0.5 for some models and a
+    tuned one for others would compare the thresholds, not the models. AUC is computed
+    from the raw scores.
     """
     from recarena.metrics import choose_threshold, pointwise_metrics
 
-    if calibrated:
-        res = pointwise_metrics(labels, scores, threshold=0.5, groups=groups)
-        res["threshold"] = "0.5 (calibrated probability)"
-        return res
     uniq, inverse = np.unique(groups, return_inverse=True)
     fold_of_group = np.random.default_rng([seed, 271828]).integers(0, 2, len(uniq))
     fold = fold_of_group[inverse]
@@ -957,6 +952,7 @@ def classify_pointwise(
     res = pointwise_metrics(labels, shifted, threshold=0.0, groups=groups)
     res["auc"] = pointwise_metrics(labels, scores, threshold=0.0)["auc"]
     res["threshold"] = f"F1-optimal, 2-fold cross-fitted ({thresholds[0]:.4g}, {thresholds[1]:.4g})"
+    res["threshold_rule"] = POINTWISE_THRESHOLD_RULE
     return res
 
 

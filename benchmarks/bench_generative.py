@@ -222,9 +222,9 @@ def report(results: dict[str, Any]) -> str:
         lines += [
             "",
             f"{LORA}: learning curve (validation users of the model's own early stopping)",
-            "| epoch | step | train loss | valid NDCG@10 (sum) | (mean) | loglik/token | "
+            "| epoch | step | train loss | valid NDCG@10 | by sum | by mean | loglik/token | "
             "no-history NDCG@10 | no-history Spearman with popularity | s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
 
         def fmt(value: Any, spec: str = ".4f") -> str:
@@ -233,7 +233,8 @@ def report(results: dict[str, Any]) -> str:
         for row in log:
             lines.append(
                 f"| {row['epoch']} | {row['step']} | {fmt(row.get('train_loss'))} | "
-                f"{fmt(row.get('valid_ndcg@10'))} | {fmt(row.get('valid_ndcg@10_mean'))} | "
+                f"{fmt(row.get('valid_ndcg@10'))} | {fmt(row.get('valid_ndcg@10_sum'))} | "
+                f"{fmt(row.get('valid_ndcg@10_mean'))} | "
                 f"{fmt(row.get('valid_loglik_per_token'))} | "
                 f"{fmt(row.get('valid_ndcg@10_no_history'))} | "
                 f"{fmt(row.get('no_history_popularity_spearman'))} | {row['seconds']:.0f} |"

@@ -485,8 +485,14 @@ def test_batched_contrastive_loss_is_the_mean_of_the_pairs_scored_alone(tiny_lla
     import torch
 
     from recarena.models.lm_generative import _NegativeSampler
+    from tests.models.conformance import _training_data
 
-    model, data = _planted_ranker(tiny_llama_dir)
+    data = _training_data(make_planted_dataset())
+    # titles of several lengths, so that "mean" and "sum" differ
+    data.items = data.items.assign(
+        title=[t + " story" * (i % 3) for i, t in enumerate(data.items["title"])]
+    )
+    model = _ranker(tiny_llama_dir, history_len=3).fit(data)
     lm = model._ensure_lm()
     pairs = model._training_pairs(data.sequences)[[0, 3, 9, 22, 31, 60]]
     pairs[0, 1] = 0  # prompts of different lengths: left padding must not change a thing
@@ -494,8 +500,7 @@ def test_batched_contrastive_loss_is_the_mean_of_the_pairs_scored_alone(tiny_lla
         pairs, data.sequences, _NegativeSampler(data, model.unscorable_items_, 0)
     )
     assert len(set(batch["prompt_mask"].sum(1).tolist())) > 1
-    loss = model._contrastive_loss(lm, batch)
-    alone = []
+    alone: dict[str, list] = {"sum": [], "mean": []}
     for r in range(len(pairs)):
         n = int(batch["prompt_mask"][r].sum())
         prompt = batch["prompt_ids"][r, -n:].tolist()
@@ -504,9 +509,14 @@ def test_batched_contrastive_loss_is_the_mean_of_the_pairs_scored_alone(tiny_lla
             for ids, mask in zip(batch["cand_ids"][r], batch["cand_mask"][r], strict=True)
         ]
         # the scoring path (full sequences, no cache) gives the same softmax
-        sums, _ = model._continuation_logprobs(prompt, conts, kv_cache=False)
-        alone.append(-torch.log_softmax(torch.tensor(sums), 0)[0])
-    assert loss.item() == pytest.approx(torch.stack(alone).mean().item(), abs=1e-4)
+        sums, counts = model._continuation_logprobs(prompt, conts, kv_cache=False)
+        assert len(set(counts)) > 1
+        for score, values in (("sum", sums), ("mean", sums / counts)):
+            alone[score].append(-torch.log_softmax(torch.tensor(values), 0)[0])
+    for score in ("mean", "sum"):
+        model.train_score = score
+        loss = model._contrastive_loss(lm, batch)
+        assert loss.item() == pytest.approx(torch.stack(alone[score]).mean().item(), abs=1e-4)
     loss.backward()  # the gradient reaches the decoder's weights through the prompt cache
     assert all(p.grad is not None for p in lm.model.layers[0].self_attn.k_proj.parameters())
 
@@ -660,7 +670,8 @@ def test_new_parameters_reach_the_model_hash():
     def key(**params):
         return model_hash(ModelConfig(name="lm-generative", params={"lora": True, **params}))
 
-    assert len({key(), key(n_train_negatives=4), key(train_loss="generative")}) == 3
+    variants = [{}, {"n_train_negatives": 4}, {"train_loss": "generative"}, {"train_score": "mean"}]
+    assert len({key(**v) for v in variants}) == len(variants)
 
 
 def test_length_buckets_cover_every_candidate_once_and_pad_little():
@@ -686,6 +697,8 @@ def test_bad_parameters_fail_fit(tiny_llama_dir: Path):
         _ranker(tiny_llama_dir, early_stopping="auc").fit(_data())
     with pytest.raises(ValueError, match="train_loss"):
         _ranker(tiny_llama_dir, lora=True, train_loss="bpr").fit(_data())
+    with pytest.raises(ValueError, match="train_score"):
+        _ranker(tiny_llama_dir, lora=True, train_score="max").fit(_data())
     with pytest.raises(ValueError, match="n_train_negatives"):
         _ranker(tiny_llama_dir, lora=True, n_train_negatives=0).fit(_data())
 
@@ -788,3 +801,27 @@ def test_strip_year_drops_only_a_trailing_year():
         "(500) Days of Summer (2009)",
         "(1999)",
     ]
+
+
+def test_article_first_moves_a_trailing_article_back_to_the_front():
+    titles = [
+        "Usual Suspects, The (1995)",
+        "City of Lost Children, The (Cité des enfants perdus, La) (1995)",
+        "Good, the Bad and the Ugly, The (1966)",
+        "Man Who Knew Too Little, A (1997)",
+        "Toy Story (1995)",
+    ]
+    inter = pd.DataFrame({"user": [0], "item": [0], "timestamp": [0]}).astype(
+        {"user": np.int32, "item": np.int32, "timestamp": np.int64}
+    )
+    data = TrainingData(
+        interactions=inter, n_users=1, n_items=len(titles), items=pd.DataFrame({"title": titles})
+    )
+    assert GenerativeRanker(article_first=True)._item_texts(data) == [
+        "The Usual Suspects",
+        "The City of Lost Children (Cité des enfants perdus, La)",
+        "The Good, the Bad and the Ugly",
+        "A Man Who Knew Too Little",
+        "Toy Story",
+    ]
+    assert GenerativeRanker()._item_texts(data)[0] == "Usual Suspects, The"

@@ -30,7 +30,8 @@ Item text
     prompt expects, and it keeps the continuation short: the run's template ("Title: X.
     Genres: Y.") would make the score mostly about how likely the genre list and the
     formatting are. ``text_field=None`` always uses the run's item text. A trailing release
-    year is dropped (``strip_year``).
+    year is dropped (``strip_year``), and ``article_first`` writes "Usual Suspects, The" as
+    "The Usual Suspects".
 
 Efficiency
     The prompt is run once per user with ``use_cache=True``; its key-value cache (a
@@ -76,13 +77,15 @@ LoRA fine-tuning (``lora=True``)
     position's title (the positive) and ``n_train_negatives`` titles drawn uniformly from
     the items the user has not interacted with in training (drawn anew every epoch), the
     way the sampled evaluation protocol draws its negatives. ``train_loss="contrastive"``
-    (default) is the cross-entropy of a softmax over the candidates' title log-likelihoods
-    (sums of token log-probabilities: the probability the decoder gives each whole title),
-    with the positive as the label: it teaches exactly what is measured, ranking the next
-    item above other items for this history. Each pair's prompt runs once; its key-value
-    cache, with gradients, serves all its candidates (the scoring code path). With
-    ``train_loss="generative"`` the loss is instead the cross-entropy of the positive
-    title's tokens (next-title language modelling; no negatives).
+    (default) is the cross-entropy of a softmax over the candidates' title scores
+    (``train_score``: the sum of the title's token log-probabilities, the probability the
+    decoder gives the whole title, or their mean), with the positive as the label: it
+    teaches what is measured, ranking the next item above other items for this history,
+    and, since positives follow the items' popularity and negatives do not, which items
+    are popular. The prompts of a batch run in one forward pass; their key-value caches,
+    with gradients, serve all the candidates (the scoring code path, checked equal in the
+    tests). With ``train_loss="generative"`` the loss is instead the cross-entropy of the
+    positive title's tokens (next-title language modelling; no negatives).
 
     AdamW on the adapter's parameters (peft ``LoraConfig``: ``lora_r``, ``lora_alpha``,
     ``lora_dropout``, ``lora_target_modules``), a linear warm-up over the first 10% of the
@@ -90,11 +93,15 @@ LoRA fine-tuning (``lora=True``)
     Accelerate, so the same loop runs on one GPU, on the CPU, or under ``accelerate
     launch``. With validation data, the held-out item of up to ``max_valid_users`` users is
     ranked among ``n_valid_negatives`` seeded negatives after every epoch by the training
-    score (title log-likelihood sums; ``early_stopping="ndcg"``, NDCG@10) or its title's
-    mean token log-likelihood is measured (``early_stopping="loglik"``); epoch 0 is the
-    zero-shot model, which training must beat. The best epoch's adapter is kept,
-    ``refit_params()`` returns it as ``epochs``, and ``training_log_`` has one row per
-    epoch (the learning curve the runner saves as ``training_log.json``).
+    score (``early_stopping="ndcg"``, NDCG@10; the NDCG by the title's log-likelihood sum
+    and by its mean are logged too) or its title's mean token log-likelihood is measured
+    (``early_stopping="loglik"``); epoch 0 is the zero-shot model, which training must
+    beat. The best epoch's adapter is kept, ``refit_params()`` returns it as ``epochs``,
+    and ``training_log_`` has one row per epoch (the learning curve the runner saves as
+    ``training_log.json``). The rows of epoch 0 and of the kept epoch also hold a sanity
+    check: NDCG@10 of the validation items when the decoder is given no history (a
+    popularity ranking) and the Spearman correlation of that no-history score with the
+    items' training popularity.
 
 Saving
     The zero-shot model saves its parameters and the histories and texts it reads (the
@@ -138,6 +145,9 @@ DEFAULT_CHAT_PROMPT = (
 )
 #: a release year at the end of a title: "Toy Story (1995)", "Heat (1995) "
 _TRAILING_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
+#: an English article moved behind the title (MovieLens, library catalogues), before any
+#: alternative title in parentheses: "City of Lost Children, The (Cité des enfants...)"
+_TRAILING_ARTICLE = re.compile(r"^(?P<main>.+?), (?P<article>The|A|An)(?P<rest>\s*\(.*\))?$")
 #: what ``{history}`` becomes for a user without history
 EMPTY_HISTORY = "nothing yet"
 #: cut-off of the validation NDCG that early stopping reads
@@ -148,7 +158,7 @@ _MONITOR = {"ndcg": f"valid_ndcg@{_EVAL_K}", "loglik": "valid_loglik_per_token"}
 #: rankers that differ only in these share a trained adapter
 _SCORING_ONLY = frozenset({"length_norm", "prior_correction", "batch_size", "kv_cache", "progress"})
 #: prompts whose candidates' log-likelihoods a shared memo keeps (oldest dropped first)
-_MEMO_PROMPTS = 100_000
+_MEMO_PROMPTS = 20_000
 
 
 class _FollowsLoRA:
@@ -224,6 +234,10 @@ class GenerativeRanker(Recommender):
         log-likelihood than the title itself (``" Toy Story 2 (1999)"`` after Toy Story
         scores below ``" Schindler's List (1993)"`` with the year, above it without), so
         they are left out by default.
+    article_first
+        Put an English article that a catalogue moved behind the title back in front
+        (``"Usual Suspects, The"`` becomes ``"The Usual Suspects"``, the way the title is
+        written in the text a decoder learned from).
     length_norm
         ``"sum"`` of the candidate's token log-probabilities (the log-likelihood of the
         whole title) or their ``"mean"`` (per token, so long titles are not penalised).
@@ -267,6 +281,10 @@ class GenerativeRanker(Recommender):
         ``"contrastive"``: softmax cross-entropy over the title log-likelihoods of the
         positive and ``n_train_negatives`` sampled items; ``"generative"``: cross-entropy
         of the positive title's tokens.
+    train_score
+        The title score the contrastive softmax and early stopping read: ``"sum"`` of its
+        token log-probabilities (the probability of the whole title) or their ``"mean"``.
+        Whatever it is, the grid's ``length_norm`` decides how the trained model scores.
     n_train_negatives
         Negatives per training pair (``train_loss="contrastive"``), drawn uniformly from
         the items the user has no training interaction with, anew every epoch.
@@ -326,6 +344,7 @@ class GenerativeRanker(Recommender):
         text_field: str | None = "title",
         chat_template: bool = False,
         strip_year: bool = True,
+        article_first: bool = False,
         length_norm: str = "sum",
         score_end: bool = False,
         prior_correction: float = 0.0,
@@ -347,6 +366,7 @@ class GenerativeRanker(Recommender):
         max_train_pairs: int = 256,
         train_loss: str = "contrastive",
         n_train_negatives: int = 9,
+        train_score: str = "sum",
         early_stopping: str = "ndcg",
         patience: int = 2,
         max_valid_users: int = 100,
@@ -362,6 +382,7 @@ class GenerativeRanker(Recommender):
         self.text_field = text_field
         self.chat_template = chat_template
         self.strip_year = strip_year
+        self.article_first = article_first
         self.length_norm = length_norm
         self.score_end = score_end
         self.prior_correction = prior_correction
@@ -383,6 +404,7 @@ class GenerativeRanker(Recommender):
         self.max_train_pairs = max_train_pairs
         self.train_loss = train_loss
         self.n_train_negatives = n_train_negatives
+        self.train_score = train_score
         self.early_stopping = early_stopping
         self.patience = patience
         self.max_valid_users = max_valid_users
@@ -408,6 +430,8 @@ class GenerativeRanker(Recommender):
         for name in ("max_prompt_tokens", "max_candidate_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.train_score not in ("sum", "mean"):
+            raise ValueError(f"train_score must be 'sum' or 'mean', got {self.train_score!r}")
         if self.lora and self.train_loss == "contrastive" and self.n_train_negatives < 1:
             raise ValueError(f"n_train_negatives must be at least 1, got {self.n_train_negatives}")
         template = self._prompt_template()
@@ -447,6 +471,8 @@ class GenerativeRanker(Recommender):
         texts = [_clean(value) for value in raw]
         if self.strip_year:
             texts = [_TRAILING_YEAR.sub("", t) or t for t in texts]
+        if self.article_first:
+            texts = [_TRAILING_ARTICLE.sub(r"\g<article> \g<main>\g<rest>", t) for t in texts]
         return texts
 
     def refit_params(self) -> dict[str, Any]:
@@ -1019,7 +1045,8 @@ class GenerativeRanker(Recommender):
                     **{_cache_kwarg(model): select_cache(prefix, pair)},
                 ).logits
                 token_lp = torch.cat([token_lp, _token_logprobs(logits, ids[:, 1:])], dim=1)
-            parts.append((token_lp * mask).sum(1))
+            total = (token_lp * mask).sum(1)
+            parts.append(total / mask.sum(1) if self.train_score == "mean" else total)
             order.append(rows)
         scores = torch.full((n_pairs * n_cand,), float("-inf"), device=first.device)
         scores = scores.index_copy(0, torch.cat(order), torch.cat(parts))
@@ -1057,9 +1084,10 @@ class GenerativeRanker(Recommender):
     def _validate(self, checks: dict[str, Any]) -> dict[str, float]:
         """Validation numbers of the current adapter (early stopping reads `_MONITOR`).
 
-        NDCG@10 of the held-out item (first candidate) by the training score, the title's
-        log-likelihood sum, and by its mean per token; the held-out title's mean token
-        log-likelihood. Pessimistic ties: a negative scored like the target ranks above it.
+        NDCG@10 of the held-out item (first candidate) by the training score
+        (``train_score``; early stopping reads it) and by each of the title's log-likelihood
+        sum and mean per token; the held-out title's mean token log-likelihood. Pessimistic
+        ties: a negative scored like the target ranks above it.
         """
         users, targets = checks["users"], checks["targets"]
         logliks: list[float] = []
@@ -1088,8 +1116,9 @@ class GenerativeRanker(Recommender):
                 logliks.append(float(sums[0] / counts[0]))
         out = {_MONITOR["loglik"]: float(np.mean(logliks)) if logliks else float("nan")}
         if ndcgs["sum"]:
-            out[_MONITOR["ndcg"]] = float(np.mean(ndcgs["sum"]))
-            out[f"{_MONITOR['ndcg']}_mean"] = float(np.mean(ndcgs["mean"]))
+            out[_MONITOR["ndcg"]] = float(np.mean(ndcgs[self.train_score]))
+            for norm in ("sum", "mean"):
+                out[f"{_MONITOR['ndcg']}_{norm}"] = float(np.mean(ndcgs[norm]))
         return out
 
     def _no_history_check(self, checks: dict[str, Any]) -> dict[str, float]:

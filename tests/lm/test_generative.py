@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from recarena.models.lm_generative import (
     _output_cache,
     expand_cache,
 )
+from tests.conftest import make_planted_dataset
 from tests.models.conformance import RecommenderConformance
 
 # a prompt short enough for the tiny Llama's 64 positions
@@ -70,11 +72,56 @@ SCORABLE = np.array([[0, 1, 2, 3, 4, 5, 7]] * 4)
 
 
 # ---------------------------------------------------------------------------- conformance
-class TestGenerativeLoRAConformance(RecommenderConformance):
-    """LoRA-tuned: a few epochs teach the random tiny model the planted clusters.
+def pretrain_on_clusters(source: Path, target: Path, *, steps: int = 60, seed: int = 0) -> Path:
+    """The tiny Llama after a little language modelling of cluster-coherent title lists.
 
-    The titles of a cluster share their words, so predicting the next title's words from
-    the history's is learnable; ``planted_precision`` keeps the suite's 0.8.
+    Lines read like the ranker's prompts and answers, "t1; t2 -> t3", with every title of
+    a line from one planted cluster: what a pretrained decoder knows about which titles go
+    together. Zero-shot log-likelihood scoring must then recover the planted clusters. The
+    lines are drawn from the cluster words alone, not from the planted users' histories.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    shutil.copytree(source, target)
+    dataset = make_planted_dataset()
+    titles = dataset.items["title"].tolist()
+    cluster = np.array([int(str(r)[1:].split("_")[0]) for r in dataset.item_ids])
+    rng = np.random.default_rng(seed)
+    lines = []
+    for _ in range(400):
+        pool = np.flatnonzero(cluster == rng.integers(cluster.max() + 1))
+        pick = rng.choice(pool, size=rng.integers(2, 5), replace=False)
+        lines.append("; ".join(titles[i] for i in pick[:-1]) + " -> " + titles[pick[-1]])
+    tok = AutoTokenizer.from_pretrained(target)
+    model = AutoModelForCausalLM.from_pretrained(target)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        enc = tok([lines[i] for i in rng.choice(len(lines), 32)], return_tensors="pt", padding=True)
+        labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        model(**enc, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval().save_pretrained(target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def cluster_llama_dir(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return pretrain_on_clusters(tiny_llama_dir, tmp_path_factory.mktemp("x") / "cluster-llama")
+
+
+#: the LoRA class's budget: the model's default recipe (loss, learning rate, schedule, LoRA
+#: rank and targets, batch size) on fewer pairs, epochs and validation users
+LORA_BUDGET = dict(epochs=2, max_train_pairs=128, max_valid_users=20, n_valid_negatives=9)
+
+
+class TestGenerativeLoRAConformance(RecommenderConformance):
+    """LoRA-tuned at the default recipe: two short epochs teach the *randomly initialised*
+    tiny Llama the planted clusters (the titles of a cluster share their words), so the
+    suite's ``planted_precision`` of 0.8 holds.
     """
 
     model_dir: Path
@@ -85,18 +132,7 @@ class TestGenerativeLoRAConformance(RecommenderConformance):
         cls.model_dir = tiny_llama_dir
 
     def make_model(self, seed: int = 0):
-        return _ranker(
-            self.model_dir,
-            history_len=3,
-            lora=True,
-            lr=1e-2,
-            epochs=2,
-            max_train_pairs=400,
-            train_batch_size=16,
-            max_valid_users=30,
-            n_valid_negatives=9,
-            seed=seed,
-        )
+        return _ranker(self.model_dir, history_len=3, lora=True, seed=seed, **LORA_BUDGET)
 
     def test_training_log_and_refit_params(self, fitted):
         model, _ = fitted
@@ -104,13 +140,19 @@ class TestGenerativeLoRAConformance(RecommenderConformance):
         log = model.training_log_
         assert [row["epoch"] for row in log] == [0, 1, 2]
         assert log[0]["train_loss"] is None  # epoch 0: the untrained adapter
-        assert log[2]["train_loss"] < log[1]["train_loss"]
-        # LoRA lowers the held-out title's loss and ranks the held-out item higher
-        best = log[model.best_epoch_]
-        assert model.best_epoch_ >= 1
-        assert best["valid_loglik_per_token"] > log[0]["valid_loglik_per_token"]
-        assert best["valid_ndcg@10"] > log[0]["valid_ndcg@10"]
+        # the contrastive loss starts near ln(1 + negatives) and falls
+        assert log[1]["train_loss"] < np.log(10) and log[2]["train_loss"] < log[1]["train_loss"]
+        # LoRA ranks the held-out item higher than the untrained model, epoch after epoch
+        ndcg = [row["valid_ndcg@10"] for row in log]
+        assert ndcg[0] < ndcg[1] < ndcg[2]
+        assert model.best_epoch_ == 2 and ndcg[2] > ndcg[0] + 0.1
         assert model.refit_params() == {"epochs": model.best_epoch_}
+        # the no-history (popularity) check: for the untrained and the kept adapter
+        for row in (log[0], log[model.best_epoch_]):
+            assert 0 <= row["valid_ndcg@10_no_history"] <= 1
+            assert -1 <= row["no_history_popularity_spearman"] <= 1
+        assert "valid_ndcg@10_no_history" not in log[1]
+        assert model.train_seconds_ > 0 and model.train_examples_per_second_ > 0
 
     def test_parameters_count_the_adapter(self, fitted):
         model, _ = fitted
@@ -124,26 +166,36 @@ class TestGenerativeLoRAConformance(RecommenderConformance):
         adapter = tmp_path / "m" / "adapter"
         assert (adapter / "adapter_config.json").is_file()
         config = json.loads((adapter / "adapter_config.json").read_text())
-        assert sorted(config["target_modules"]) == ["q_proj", "v_proj"] and config["r"] == 8
+        # "all-linear": every projection of the decoder blocks, not the output head
+        names = {str(t).rsplit(".", 1)[-1] for t in config["target_modules"]}
+        assert names == {
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        }
+        assert config["r"] == 8
         assert not list((tmp_path / "m").glob("model.safetensors"))  # no base weights
 
 
 class TestGenerativeZeroShotConformance(RecommenderConformance):
-    """Zero-shot on a randomly initialised 2-layer decoder.
+    """Zero-shot on the tiny Llama pretrained on cluster-coherent title lists.
 
-    Such a model knows nothing about the planted clusters (its top 5 are from the user's
-    cluster about 1/3 of the time, by chance), so ``planted_precision`` is 0: this class runs
-    the rest of the suite (shapes, candidates, cold users and items, determinism, save/load)
-    on the zero-shot path; the LoRA class above recovers the structure.
+    Such a decoder knows which titles go together (as a pretrained LM knows films), so
+    scoring each candidate by its log-likelihood after the history must recover the planted
+    clusters: the suite's ``planted_precision`` of 0.8 holds. (The randomly initialised
+    tiny Llama ranks by chance: its top 5 are from the user's cluster about 1/3 of the time.)
     """
 
-    planted_precision = 0.0
     model_dir: Path
 
     @pytest.fixture(scope="class", autouse=True)
     @classmethod
-    def _tiny_model(cls, tiny_llama_dir: Path) -> None:
-        cls.model_dir = tiny_llama_dir
+    def _tiny_model(cls, cluster_llama_dir: Path) -> None:
+        cls.model_dir = cluster_llama_dir
 
     def make_model(self, seed: int = 0):
         return _ranker(self.model_dir, history_len=3, seed=seed)
@@ -347,6 +399,8 @@ def test_gguf_file_scores_like_the_folder_and_is_converted_once(
     first = _ranker(tiny_gguf_file).fit(_data(cache_dir=tmp_path))
     scores = first.score(np.arange(4), SCORABLE)
     assert not first.lm_from_converted_
+    del first  # no live ranker holds the decoder now: the next one loads it again
+    gc.collect()
     second = _ranker(tiny_gguf_file).fit(_data(cache_dir=tmp_path))
     np.testing.assert_allclose(second.score(np.arange(4), SCORABLE), scores, atol=1e-5)
     assert second.lm_from_converted_
@@ -365,13 +419,12 @@ def test_fusion_and_validation_follow_lora():
 
 
 def test_lora_without_validation_trains_the_given_epochs(tiny_llama_dir: Path):
-    from tests.conftest import make_planted_dataset
     from tests.models.conformance import _training_data
 
     data = _training_data(make_planted_dataset())
-    model = _ranker(
-        tiny_llama_dir, history_len=3, lora=True, lr=1e-2, epochs=1, max_train_pairs=64
-    ).fit(data)
+    model = _ranker(tiny_llama_dir, history_len=3, lora=True, epochs=1, max_train_pairs=32).fit(
+        data
+    )
     assert model.best_epoch_ == 1 and [r["epoch"] for r in model.training_log_] == [1]
     zero = _ranker(tiny_llama_dir, history_len=3, lora=True, epochs=0).fit(data)
     assert zero.best_epoch_ == 0 and zero.training_log_ == []
@@ -381,6 +434,260 @@ def test_lora_without_validation_trains_the_given_epochs(tiny_llama_dir: Path):
     np.testing.assert_allclose(zero.score(users, cand), plain.score(users, cand), atol=1e-5)
 
 
+# ---------------------------------------------------------------------------- LoRA training
+def _planted_ranker(model_dir: Path, **params):
+    from tests.models.conformance import _training_data
+
+    data = _training_data(make_planted_dataset())
+    model = _ranker(model_dir, history_len=3, **params).fit(data)
+    model._ensure_lm()
+    return model, data
+
+
+def test_contrastive_batches_hold_the_positive_and_fresh_unseen_negatives(tiny_llama_dir: Path):
+    from recarena.models.lm_generative import _NegativeSampler
+
+    model, data = _planted_ranker(tiny_llama_dir, n_train_negatives=6)
+    pairs = model._training_pairs(data.sequences)
+    assert len(pairs) == len(data.interactions)  # every position of every history
+    chosen = pairs[[0, 5, 17, 40]]
+    chosen[0, 1] = 0  # an empty history
+    sampler = _NegativeSampler(data, model.unscorable_items_, seed=0)
+    first = model._collate(chosen, data.sequences, sampler)
+    second = model._collate(chosen, data.sequences, sampler)
+    assert first["cand_ids"].shape[:2] == (4, 7)  # the positive + n_train_negatives
+    seen = data.csr()
+    tokens_of = {tuple(model._candidate_ids(i)): i for i in range(data.n_items)}
+    for r, (user, position) in enumerate(chosen.tolist()):
+        seq = data.sequences[user]
+        # the prompt (left-padded) is the history before the position
+        n = int(first["prompt_mask"][r].sum())
+        assert first["prompt_ids"][r, -n:].tolist() == model._prompt_ids(
+            seq[max(0, position - 3) : position]
+        )
+        items = []
+        for ids, mask in zip(first["cand_ids"][r], first["cand_mask"][r], strict=True):
+            items.append(tokens_of[tuple(ids[mask.bool()].tolist())])
+        assert items[0] == seq[position]  # the positive first
+        user_items = set(seen.indices[seen.indptr[user] : seen.indptr[user + 1]].tolist())
+        assert len(set(items[1:])) == 6 and not set(items[1:]) & user_items
+    # every draw brings new negatives (a new epoch sees other items)
+    assert not torch_equal(first["cand_ids"][:, 1:], second["cand_ids"][:, 1:])
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def test_batched_contrastive_loss_is_the_mean_of_the_pairs_scored_alone(tiny_llama_dir: Path):
+    import torch
+
+    from recarena.models.lm_generative import _NegativeSampler
+    from tests.models.conformance import _training_data
+
+    data = _training_data(make_planted_dataset())
+    # titles of several lengths, so that "mean" and "sum" differ
+    data.items = data.items.assign(
+        title=[t + " story" * (i % 3) for i, t in enumerate(data.items["title"])]
+    )
+    model = _ranker(tiny_llama_dir, history_len=3).fit(data)
+    lm = model._ensure_lm()
+    pairs = model._training_pairs(data.sequences)[[0, 3, 9, 22, 31, 60]]
+    pairs[0, 1] = 0  # prompts of different lengths: left padding must not change a thing
+    batch = model._collate(
+        pairs, data.sequences, _NegativeSampler(data, model.unscorable_items_, 0)
+    )
+    assert len(set(batch["prompt_mask"].sum(1).tolist())) > 1
+    alone: dict[str, list] = {"sum": [], "mean": []}
+    for r in range(len(pairs)):
+        n = int(batch["prompt_mask"][r].sum())
+        prompt = batch["prompt_ids"][r, -n:].tolist()
+        conts = [
+            ids[mask.bool()].tolist()
+            for ids, mask in zip(batch["cand_ids"][r], batch["cand_mask"][r], strict=True)
+        ]
+        # the scoring path (full sequences, no cache) gives the same softmax
+        sums, counts = model._continuation_logprobs(prompt, conts, kv_cache=False)
+        assert len(set(counts)) > 1
+        for score, values in (("sum", sums), ("mean", sums / counts)):
+            alone[score].append(-torch.log_softmax(torch.tensor(values), 0)[0])
+    for score in ("mean", "sum"):
+        model.train_score = score
+        loss = model._contrastive_loss(lm, batch)
+        assert loss.item() == pytest.approx(torch.stack(alone[score]).mean().item(), abs=1e-4)
+    loss.backward()  # the gradient reaches the decoder's weights through the prompt cache
+    assert all(p.grad is not None for p in lm.model.layers[0].self_attn.k_proj.parameters())
+
+
+def test_generative_loss_trains_on_the_next_title(tiny_llama_dir: Path):
+    model, data = _planted_ranker(
+        tiny_llama_dir, lora=True, train_loss="generative", epochs=2, max_train_pairs=64
+    )
+    batch = model._collate(model._training_pairs(data.sequences)[:3], data.sequences, None)
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    log = model.training_log_
+    assert [r["epoch"] for r in log] == [1, 2] and log[1]["train_loss"] < log[0]["train_loss"]
+
+
+def test_default_grid_is_the_score_normalisation():
+    grid = GenerativeRanker.param_grid
+    assert grid == {"length_norm": ["sum", "mean"], "prior_correction": [0.0, 0.5, 1.0]}
+    assert GenerativeRanker(lora=True).param_grid == grid
+    defaults = GenerativeRanker().get_params()
+    assert [v[0] for v in grid.values()] == [defaults[k] for k in grid]  # defaults tried first
+
+
+def test_the_grid_costs_one_scoring_pass_and_its_choice_is_recorded(
+    cluster_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from recarena.config import parse_config
+    from recarena.runner import run_experiment
+    from tests.core.test_runner import _config
+
+    scored: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    compute = GenerativeRanker._compute_logprobs
+
+    def counting(self, prompt_ids, conts, **kwargs):
+        scored.extend((tuple(prompt_ids), tuple(c)) for c in conts)
+        return compute(self, prompt_ids, conts, **kwargs)
+
+    monkeypatch.setattr(GenerativeRanker, "_compute_logprobs", counting)
+    params = dict(
+        model=str(cluster_llama_dir),
+        prompt=TINY_PROMPT,
+        history_len=3,
+        strip_year=False,
+        device="cpu",
+        num_threads=1,
+        progress=False,
+    )
+    events: list[str] = []
+    cfg = parse_config(
+        _config(
+            tmp_path,
+            [{"name": "lm-generative", "label": "gen", "params": params}],
+            protocols=[{"kind": "sampled", "n_negatives": 9}],
+        )
+    )
+    result = run_experiment(cfg, cache_dir=tmp_path / "cache", on_event=events.append)
+    assert not result.failed
+    mdir = result.run_dir / "models" / "gen"
+    trials = json.loads((mdir / "tuning.json").read_text())["trials"]
+    assert len(trials) == 6
+    assert {(t["params"]["length_norm"], t["params"]["prior_correction"]) for t in trials} == {
+        (n, w) for n in ("sum", "mean") for w in (0.0, 0.5, 1.0)
+    }
+    best = max(trials, key=lambda t: t["value"])
+    done = json.loads((mdir / "DONE.json").read_text())
+    assert done["chosen_on_validation"]
+    for key in ("length_norm", "prior_correction"):
+        assert done["params"][key] == best["params"][key]
+    # the decoder scored each (prompt, candidate) pair once over the six grid points, the
+    # empty-history priors and the test: six grid points cost what one does
+    assert len(scored) == len(set(scored))
+    assert any("chose" in e and "length_norm" in e for e in events)
+
+
+def test_the_memo_serves_repeated_scores_and_only_equal_prompts(
+    tiny_llama_dir: Path, cluster_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    calls: list[str] = []
+    compute = GenerativeRanker._compute_logprobs
+
+    def counting(self, prompt_ids, conts, **kwargs):
+        calls.append(self.model)
+        return compute(self, prompt_ids, conts, **kwargs)
+
+    monkeypatch.setattr(GenerativeRanker, "_compute_logprobs", counting)
+    users = np.arange(4)
+    first = _ranker(tiny_llama_dir).fit(_data())
+    scores = first.score(users, SCORABLE)
+    n = len(calls)
+    assert n == 4  # one decoder pass per user
+    again = _ranker(tiny_llama_dir, length_norm="mean").fit(_data())
+    np.testing.assert_allclose(
+        again.score(users, SCORABLE) * [[len(first._candidate_ids(i)) for i in SCORABLE[0]]],
+        scores,
+        rtol=1e-5,
+    )
+    assert len(calls) == n  # read from the memo
+    assert again._lm is first._lm  # one decoder in memory
+    # another decoder, or the no-cache reference path, computes afresh
+    other = _ranker(cluster_llama_dir).fit(_data())
+    assert not np.allclose(other.score(users, SCORABLE), scores)
+    assert calls[n:] == [str(cluster_llama_dir)] * 4
+    _ranker(tiny_llama_dir, kv_cache=False).fit(_data()).score(users, SCORABLE)
+    assert len(calls) == n + 8
+
+
+def test_a_lora_twin_reuses_the_adapter_trained_with_its_training_parameters(
+    tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    import recarena.lm.training as training
+    from tests.models.conformance import _training_data
+
+    runs: list[int] = []
+    loop = training.train_loop
+
+    def counting(*args, **kwargs):
+        runs.append(1)
+        return loop(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_loop", counting)
+    dataset = make_planted_dataset()
+    from recarena.splits import leave_one_out_split
+
+    split = leave_one_out_split(dataset)
+    data = _training_data(dataset, split.fit_interactions("valid"))
+    budget = dict(history_len=3, lora=True, epochs=1, max_train_pairs=32, max_valid_users=10)
+    first = _ranker(tiny_llama_dir, **budget).fit(data, valid=split.valid)
+    twin = _ranker(tiny_llama_dir, length_norm="mean", prior_correction=0.5, **budget)
+    twin.fit(data, valid=split.valid)
+    assert len(runs) == 1 and twin._lm is first._lm
+    assert twin.training_log_ == first.training_log_ and twin.best_epoch_ == first.best_epoch_
+    users, cand = np.arange(4), np.tile(np.arange(12), (4, 1))
+    sums = first.score(users, cand)
+    counts = np.array([len(first._candidate_ids(i)) for i in range(12)])
+    prior = first._prior_logliks(np.arange(12))
+    np.testing.assert_allclose(twin.score(users, cand), (sums - 0.5 * prior) / counts, rtol=1e-4)
+    # other training parameters, or other data, train again
+    _ranker(tiny_llama_dir, **{**budget, "n_train_negatives": 4}).fit(data, valid=split.valid)
+    _ranker(tiny_llama_dir, **budget).fit(data, valid=split.valid.iloc[1:])
+    assert len(runs) == 3
+    # once no ranker holds the adapter, it is gone
+    del first, twin
+    gc.collect()
+    _ranker(tiny_llama_dir, **budget).fit(data, valid=split.valid)
+    assert len(runs) == 4
+
+
+def test_new_parameters_reach_the_model_hash():
+    from recarena.config import ModelConfig
+    from recarena.runner import model_hash
+
+    def key(**params):
+        return model_hash(ModelConfig(name="lm-generative", params={"lora": True, **params}))
+
+    variants = [{}, {"n_train_negatives": 4}, {"train_loss": "generative"}, {"train_score": "mean"}]
+    assert len({key(**v) for v in variants}) == len(variants)
+
+
+def test_length_buckets_cover_every_candidate_once_and_pad_little():
+    from recarena.models.lm_generative import length_buckets
+
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(2, 7, size=40), [17, 23]])
+    buckets = length_buckets(lengths, 16)
+    assert sorted(np.concatenate(buckets).tolist()) == list(range(len(lengths)))
+    assert all(len(b) <= 16 for b in buckets)
+    padded = sum(len(b) * lengths[b].max() for b in buckets)
+    naive = sum(16 * lengths[i : i + 16].max() for i in range(0, len(lengths), 16))
+    assert padded < 0.6 * naive
+    assert [b.tolist() for b in length_buckets(np.array([3, 3, 3]), 8)] == [[0, 1, 2]]
+
+
 def test_bad_parameters_fail_fit(tiny_llama_dir: Path):
     with pytest.raises(ValueError, match="length_norm"):
         _ranker(tiny_llama_dir, length_norm="max").fit(_data())
@@ -388,6 +695,12 @@ def test_bad_parameters_fail_fit(tiny_llama_dir: Path):
         _ranker(tiny_llama_dir, prompt="no placeholder").fit(_data())
     with pytest.raises(ValueError, match="early_stopping"):
         _ranker(tiny_llama_dir, early_stopping="auc").fit(_data())
+    with pytest.raises(ValueError, match="train_loss"):
+        _ranker(tiny_llama_dir, lora=True, train_loss="bpr").fit(_data())
+    with pytest.raises(ValueError, match="train_score"):
+        _ranker(tiny_llama_dir, lora=True, train_score="max").fit(_data())
+    with pytest.raises(ValueError, match="n_train_negatives"):
+        _ranker(tiny_llama_dir, lora=True, n_train_negatives=0).fit(_data())
 
 
 def test_only_re_ranks_candidates(tiny_llama_dir: Path):
@@ -463,6 +776,8 @@ def test_smollm2_prefers_the_sequel(smollm2_cache: Path):
     assert not first.lm_from_converted_  # the first load dequantized the GGUF file
     assert first.n_parameters() == (134_515_008, 0)
     assert (scores[:, 0] > scores[:, 1]).all(), scores
+    del first  # no live ranker holds the decoder now: the next one loads it again
+    gc.collect()
     second = GenerativeRanker(device="cpu", progress=False).fit(data)
     np.testing.assert_allclose(second.score(np.arange(3), pairs), scores, atol=1e-3)
     assert second.lm_from_converted_  # later loads read the float copy
@@ -486,3 +801,27 @@ def test_strip_year_drops_only_a_trailing_year():
         "(500) Days of Summer (2009)",
         "(1999)",
     ]
+
+
+def test_article_first_moves_a_trailing_article_back_to_the_front():
+    titles = [
+        "Usual Suspects, The (1995)",
+        "City of Lost Children, The (Cité des enfants perdus, La) (1995)",
+        "Good, the Bad and the Ugly, The (1966)",
+        "Man Who Knew Too Little, A (1997)",
+        "Toy Story (1995)",
+    ]
+    inter = pd.DataFrame({"user": [0], "item": [0], "timestamp": [0]}).astype(
+        {"user": np.int32, "item": np.int32, "timestamp": np.int64}
+    )
+    data = TrainingData(
+        interactions=inter, n_users=1, n_items=len(titles), items=pd.DataFrame({"title": titles})
+    )
+    assert GenerativeRanker(article_first=True)._item_texts(data) == [
+        "The Usual Suspects",
+        "The City of Lost Children (Cité des enfants perdus, La)",
+        "The Good, the Bad and the Ugly",
+        "A Man Who Knew Too Little",
+        "Toy Story",
+    ]
+    assert GenerativeRanker()._item_texts(data)[0] == "Usual Suspects, The"

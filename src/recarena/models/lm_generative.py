@@ -3,15 +3,25 @@
 A GPT-style decoder (a zoo name such as ``"smollm2-135m-instruct"``, a local folder or GGUF
 file, or a hub id) reads a prompt built from the user's last ``history_len`` item titles::
 
-    A user watched, in order: Toy Story (1995); Heat (1995). The next movie they will watch is:
+    A user watched, in order: Toy Story; Heat. The next movie they will watch is:
 
 and each candidate's score is the log-likelihood of its title as the continuation: the sum
 of the log-probabilities of its tokens (``length_norm="sum"``) or their mean
-(``length_norm="mean"``). Zero-shot by default; with ``lora=True`` a LoRA adapter is first
-trained on next-item titles of the training histories (fusion "fine-tuning").
+(``length_norm="mean"``), less ``prior_correction`` times the title's log-likelihood after
+an empty history. Zero-shot by default; with ``lora=True`` a LoRA adapter is first trained
+to rank each training history's next item above sampled items (fusion "fine-tuning").
 
 The model only re-ranks candidates (``scores_full_catalog = False``): the runner gives it
 the frozen candidate lists of a sampled or first-stage protocol.
+
+Score normalisation is tuned
+    How the log-likelihood is read (``length_norm`` sum or mean, ``prior_correction`` 0,
+    0.5 or 1) is the default validation grid (`GenerativeRanker.param_grid`), chosen on validation
+    like any other model's parameters. A grid point costs no extra language-model work: the
+    token log-likelihoods of a (prompt, candidate) pair are kept in a memo shared by the
+    rankers that use the same decoder weights (see "Shared decoder" below), and every
+    normalisation is read from them. A LoRA adapter is trained once for the whole grid (its
+    training does not depend on the normalisation).
 
 Item text
     Candidates and history items are named by ``text_field`` of ``TrainingData.items`` (the
@@ -19,7 +29,9 @@ Item text
     rendered item text (``TrainingData.item_text``). A bare title is what a "next movie is:"
     prompt expects, and it keeps the continuation short: the run's template ("Title: X.
     Genres: Y.") would make the score mostly about how likely the genre list and the
-    formatting are. ``text_field=None`` always uses the run's item text.
+    formatting are. ``text_field=None`` always uses the run's item text. A trailing release
+    year is dropped (``strip_year``), and ``article_first`` writes "Usual Suspects, The" as
+    "The Usual Suspects".
 
 Efficiency
     The prompt is run once per user with ``use_cache=True``; its key-value cache (a
@@ -30,9 +42,20 @@ Efficiency
     written to. Candidates are right-padded with an attention mask (prompt ones, then each
     candidate's own mask), sorted by length so a batch pads little, and identical
     candidates of a user are scored once. ``kv_cache=False`` scores full prompt + candidate
-    sequences instead (the reference the tests compare to, and the benchmark's baseline).
-    Everything runs under ``torch.inference_mode``; device ``"auto"`` is CUDA (bfloat16, or
-    float16 where unsupported) when available, else the CPU in float32.
+    sequences instead (the reference the tests compare to, and the benchmark's baseline;
+    it never reads the memo). Everything runs under ``torch.inference_mode``; device
+    ``"auto"`` is CUDA (bfloat16, or float16 where unsupported) when available, else the
+    CPU in float32.
+
+Shared decoder
+    Rankers of one process that score with the same weights (the same decoder, device and
+    dtype, zero-shot; or the same trained adapter) share one loaded model and one memo of
+    (prompt, candidate) log-likelihoods, held through a weak reference: it lives as long as
+    one of those rankers does, so the runner's validation grid and its refit load the
+    decoder once and score each validation user once. A LoRA ranker whose training
+    parameters and data equal those of a live ranker reuses that ranker's trained adapter
+    (its training log included) instead of training again. The memo is keyed by token ids
+    (and ``batch_size``), so it can never serve another prompt's numbers.
 
 Position bias
     Each candidate is scored on its own (a pointwise log-likelihood): no candidate list is
@@ -49,17 +72,36 @@ Unscorable candidates
     the unscorable candidate slots scored since ``fit`` (``n_scored_`` counts them all).
 
 LoRA fine-tuning (``lora=True``)
-    Seeded (user, position) pairs of the training histories (at most ``max_train_pairs``)
-    become (prompt of the history before the position, that position's title) examples;
-    the loss is the cross-entropy of the title's tokens only. AdamW on the adapter's
-    parameters (peft ``LoraConfig``: ``lora_r``, ``lora_alpha``, ``lora_dropout``,
-    ``lora_target_modules``), run through Hugging Face Accelerate, so the same loop runs on
-    one GPU, on the CPU, or under ``accelerate launch``. With validation data, the held-out
-    item of up to ``max_valid_users`` users is ranked among ``n_valid_negatives`` seeded
-    negatives after every epoch (``early_stopping="ndcg"``, NDCG@10) or its title's mean
-    token log-likelihood is measured (``early_stopping="loglik"``); epoch 0 is the zero-shot
-    model. The best epoch's adapter is kept, ``refit_params()`` returns it as ``epochs``,
-    and ``training_log_`` has one row per epoch.
+    Every epoch draws ``max_train_pairs`` fresh (user, position) pairs of the training
+    histories (seeded); each pair is the prompt of the history before the position, that
+    position's title (the positive) and ``n_train_negatives`` titles drawn uniformly from
+    the items the user has not interacted with in training (drawn anew every epoch), the
+    way the sampled evaluation protocol draws its negatives. ``train_loss="contrastive"``
+    (default) is the cross-entropy of a softmax over the candidates' title scores
+    (``train_score``: the sum of the title's token log-probabilities, the probability the
+    decoder gives the whole title, or their mean), with the positive as the label: it
+    teaches what is measured, ranking the next item above other items for this history,
+    and, since positives follow the items' popularity and negatives do not, which items
+    are popular. The prompts of a batch run in one forward pass; their key-value caches,
+    with gradients, serve all the candidates (the scoring code path, checked equal in the
+    tests). With ``train_loss="generative"`` the loss is instead the cross-entropy of the
+    positive title's tokens (next-title language modelling; no negatives).
+
+    AdamW on the adapter's parameters (peft ``LoraConfig``: ``lora_r``, ``lora_alpha``,
+    ``lora_dropout``, ``lora_target_modules``), a linear warm-up over the first 10% of the
+    steps then linear decay, gradients clipped to norm 1, run through Hugging Face
+    Accelerate, so the same loop runs on one GPU, on the CPU, or under ``accelerate
+    launch``. With validation data, the held-out item of up to ``max_valid_users`` users is
+    ranked among ``n_valid_negatives`` seeded negatives after every epoch by the training
+    score (``early_stopping="ndcg"``, NDCG@10; the NDCG by the title's log-likelihood sum
+    and by its mean are logged too) or its title's mean token log-likelihood is measured
+    (``early_stopping="loglik"``); epoch 0 is the zero-shot model, which training must
+    beat. The best epoch's adapter is kept, ``refit_params()`` returns it as ``epochs``,
+    and ``training_log_`` has one row per epoch (the learning curve the runner saves as
+    ``training_log.json``). The rows of epoch 0 and of the kept epoch also hold a sanity
+    check: NDCG@10 of the validation items when the decoder is given no history (a
+    popularity ranking) and the Spearman correlation of that no-history score with the
+    items' training popularity.
 
 Saving
     The zero-shot model saves its parameters and the histories and texts it reads (the
@@ -70,10 +112,13 @@ Saving
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
+import json
 import logging
 import re
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -100,12 +145,20 @@ DEFAULT_CHAT_PROMPT = (
 )
 #: a release year at the end of a title: "Toy Story (1995)", "Heat (1995) "
 _TRAILING_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
+#: an English article moved behind the title (MovieLens, library catalogues), before any
+#: alternative title in parentheses: "City of Lost Children, The (Cité des enfants...)"
+_TRAILING_ARTICLE = re.compile(r"^(?P<main>.+?), (?P<article>The|A|An)(?P<rest>\s*\(.*\))?$")
 #: what ``{history}`` becomes for a user without history
 EMPTY_HISTORY = "nothing yet"
 #: cut-off of the validation NDCG that early stopping reads
 _EVAL_K = 10
 #: the validation number each ``early_stopping`` setting keeps the best adapter by
 _MONITOR = {"ndcg": f"valid_ndcg@{_EVAL_K}", "loglik": "valid_loglik_per_token"}
+#: parameters that only change how log-likelihoods are read or batched, not the weights:
+#: rankers that differ only in these share a trained adapter
+_SCORING_ONLY = frozenset({"length_norm", "prior_correction", "batch_size", "kv_cache", "progress"})
+#: prompts whose candidates' log-likelihoods a shared memo keeps (oldest dropped first)
+_MEMO_PROMPTS = 20_000
 
 
 class _FollowsLoRA:
@@ -126,6 +179,31 @@ class _FollowsLoRA:
         else:
             lora = bool(inspect.signature(owner.__init__).parameters["lora"].default)  # type: ignore[union-attr]
         return self.tuned if lora else self.zero_shot
+
+
+class _Session:
+    """A loaded decoder (with its adapter, if any) and the memo of what it scored.
+
+    ``memo`` maps (batch size, prompt token ids) to {candidate token ids: sum of their
+    log-probabilities}; None while the weights still change (during LoRA training).
+    ``training`` holds a trained adapter's results, so a ranker that would train the same
+    adapter on the same data can take them instead.
+    """
+
+    def __init__(self, lm: Any, tokenizer: Any, loaded: Any, *, memo: bool) -> None:
+        self.lm = lm
+        self.tokenizer = tokenizer
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        self.n_parameters = loaded.n_parameters
+        self.load_seconds = loaded.load_seconds
+        self.from_converted = loaded.from_converted
+        self.memo: dict[tuple[Any, ...], dict[tuple[int, ...], float]] | None = {} if memo else None
+        self.training: dict[str, Any] | None = None
+
+
+#: live sessions by the identity of their weights; an entry lasts while a ranker holds it
+_SESSIONS: weakref.WeakValueDictionary[str, _Session] = weakref.WeakValueDictionary()
 
 
 class GenerativeRanker(KeepsHistory, Recommender):
@@ -156,9 +234,14 @@ class GenerativeRanker(KeepsHistory, Recommender):
         log-likelihood than the title itself (``" Toy Story 2 (1999)"`` after Toy Story
         scores below ``" Schindler's List (1993)"`` with the year, above it without), so
         they are left out by default.
+    article_first
+        Put an English article that a catalogue moved behind the title back in front
+        (``"Usual Suspects, The"`` becomes ``"The Usual Suspects"``, the way the title is
+        written in the text a decoder learned from).
     length_norm
         ``"sum"`` of the candidate's token log-probabilities (the log-likelihood of the
         whole title) or their ``"mean"`` (per token, so long titles are not penalised).
+        In the default validation grid.
     score_end
         Also score the end of the answer after the title (the tokenizer's end-of-sequence
         token, ``<|im_end|>`` for a chat template), so a title must be complete.
@@ -166,7 +249,8 @@ class GenerativeRanker(KeepsHistory, Recommender):
         Weight of the candidate's log-likelihood after an empty history ("nothing yet"),
         subtracted from its score: 1.0 scores the pointwise mutual information between
         history and title, which removes the model's preference for titles that are likely
-        whatever the user watched (famous or short ones). Computed once per item.
+        whatever the user watched (famous or short ones). Computed once per item. In the
+        default validation grid.
     max_prompt_tokens
         Longest prompt; the oldest titles are dropped until the prompt fits (within the
         model's positions, less ``max_candidate_tokens``).
@@ -176,33 +260,47 @@ class GenerativeRanker(KeepsHistory, Recommender):
         Candidates scored per forward pass.
     kv_cache
         Reuse the prompt's key-value cache for every candidate (False: score each full
-        prompt + candidate sequence; same scores, slower).
+        prompt + candidate sequence; same scores, slower, never memoised).
     device, dtype
         ``"auto"`` (CUDA with bfloat16 when available, else the CPU in float32), or e.g.
         ``"cpu"``/``"cuda"`` and ``"float32"``/``"bfloat16"``/``"float16"``.
     lora
-        Train a LoRA adapter on next-item titles before scoring (fusion "fine-tuning").
+        Train a LoRA adapter before scoring (fusion "fine-tuning").
     lora_r, lora_alpha, lora_dropout, lora_target_modules
-        peft ``LoraConfig`` settings (target modules: names, or ``"all-linear"``).
+        peft ``LoraConfig`` settings (target modules: names, or ``"all-linear"``: every
+        linear layer of the decoder blocks, the output head excluded).
     lr, weight_decay
-        AdamW settings.
+        AdamW settings (linear warm-up over 10% of the steps, then linear decay).
     epochs
-        Passes over the sampled training pairs (the most, with early stopping).
+        Epochs of training (the most, with early stopping); each draws fresh pairs.
     train_batch_size
-        Training examples per optimizer step.
+        Training pairs per optimizer step.
     max_train_pairs
-        Training (user, position) pairs sampled (seeded) from the training histories.
+        (user, position) pairs drawn (seeded, fresh) from the training histories per epoch.
+    train_loss
+        ``"contrastive"``: softmax cross-entropy over the title log-likelihoods of the
+        positive and ``n_train_negatives`` sampled items; ``"generative"``: cross-entropy
+        of the positive title's tokens.
+    train_score
+        The title score the contrastive softmax and early stopping read: ``"sum"`` of its
+        token log-probabilities (the probability of the whole title) or their ``"mean"``.
+        Whatever it is, the grid's ``length_norm`` decides how the trained model scores.
+    n_train_negatives
+        Negatives per training pair (``train_loss="contrastive"``), drawn uniformly from
+        the items the user has no training interaction with, anew every epoch.
     early_stopping
         ``"ndcg"``: NDCG@10 of the held-out item among ``n_valid_negatives`` sampled
-        candidates; ``"loglik"``: its title's mean token log-likelihood.
+        candidates, by title log-likelihood; ``"loglik"``: its title's mean token
+        log-likelihood.
     patience
         Epochs without a better validation value before training stops.
     max_valid_users
-        Validation users measured (a seeded sample).
+        Validation users measured after each epoch (a seeded sample).
     n_valid_negatives
         Negatives per validation user for ``early_stopping="ndcg"``.
     seed
-        Seeds the pair sample, the adapter's initialisation, the batch order and dropout.
+        Seeds the pair sample, the negatives, the adapter's initialisation, the batch order
+        and dropout.
     num_threads
         torch CPU threads while scoring and training (None: torch's setting). One thread
         is much faster for small models on a busy machine.
@@ -219,6 +317,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
         Set once the language model is loaded (at the first scoring, or in ``fit`` with LoRA).
     lora_parameters_ : parameters of the adapter (0 zero-shot)
     best_epoch_, training_log_ : LoRA training (epoch 0 is the untrained model)
+    train_seconds_, train_examples_per_second_ : LoRA training time (validation excluded)
     """
 
     family = "generative-lm"
@@ -229,8 +328,12 @@ class GenerativeRanker(KeepsHistory, Recommender):
     calibrated_scores = False
     #: a candidate's score does not depend on its position in the list or on the others
     list_position_independent: ClassVar[bool] = True
-    # no default grid: every validation trial re-runs the language model
-    param_grid: ClassVar[dict[str, list[Any]]] = {}
+    #: how the log-likelihood is read, chosen on validation; the grid's points share one
+    #: scoring pass (and one LoRA training), so tuning costs one validation pass
+    param_grid: ClassVar[dict[str, list[Any]]] = {
+        "length_norm": ["sum", "mean"],
+        "prior_correction": [0.0, 0.5, 1.0],
+    }
 
     def __init__(
         self,
@@ -241,6 +344,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
         text_field: str | None = "title",
         chat_template: bool = False,
         strip_year: bool = True,
+        article_first: bool = False,
         length_norm: str = "sum",
         score_end: bool = False,
         prior_correction: float = 0.0,
@@ -254,15 +358,18 @@ class GenerativeRanker(KeepsHistory, Recommender):
         lora_r: int = 8,
         lora_alpha: int = 16,
         lora_dropout: float = 0.05,
-        lora_target_modules: Sequence[str] | str = ("q_proj", "v_proj"),
-        lr: float = 2e-4,
+        lora_target_modules: Sequence[str] | str = "all-linear",
+        lr: float = 1e-3,
         weight_decay: float = 0.0,
-        epochs: int = 3,
+        epochs: int = 4,
         train_batch_size: int = 8,
-        max_train_pairs: int = 2000,
+        max_train_pairs: int = 256,
+        train_loss: str = "contrastive",
+        n_train_negatives: int = 9,
+        train_score: str = "sum",
         early_stopping: str = "ndcg",
-        patience: int = 1,
-        max_valid_users: int = 200,
+        patience: int = 2,
+        max_valid_users: int = 100,
         n_valid_negatives: int = 19,
         seed: int = 0,
         num_threads: int | None = None,
@@ -275,6 +382,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
         self.text_field = text_field
         self.chat_template = chat_template
         self.strip_year = strip_year
+        self.article_first = article_first
         self.length_norm = length_norm
         self.score_end = score_end
         self.prior_correction = prior_correction
@@ -294,6 +402,9 @@ class GenerativeRanker(KeepsHistory, Recommender):
         self.epochs = epochs
         self.train_batch_size = train_batch_size
         self.max_train_pairs = max_train_pairs
+        self.train_loss = train_loss
+        self.n_train_negatives = n_train_negatives
+        self.train_score = train_score
         self.early_stopping = early_stopping
         self.patience = patience
         self.max_valid_users = max_valid_users
@@ -310,11 +421,19 @@ class GenerativeRanker(KeepsHistory, Recommender):
             raise ValueError(
                 f"early_stopping must be 'ndcg' or 'loglik', got {self.early_stopping!r}"
             )
+        if self.train_loss not in ("contrastive", "generative"):
+            raise ValueError(
+                f"train_loss must be 'contrastive' or 'generative', got {self.train_loss!r}"
+            )
         if self.history_len is not None and self.history_len < 1:
             raise ValueError(f"history_len must be at least 1 or None, got {self.history_len}")
         for name in ("max_prompt_tokens", "max_candidate_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.train_score not in ("sum", "mean"):
+            raise ValueError(f"train_score must be 'sum' or 'mean', got {self.train_score!r}")
+        if self.lora and self.train_loss == "contrastive" and self.n_train_negatives < 1:
+            raise ValueError(f"n_train_negatives must be at least 1, got {self.n_train_negatives}")
         template = self._prompt_template()
         if "{history}" not in template:
             raise ValueError(f"prompt must contain '{{history}}', got {template!r}")
@@ -351,6 +470,8 @@ class GenerativeRanker(KeepsHistory, Recommender):
         texts = [_clean(value) for value in raw]
         if self.strip_year:
             texts = [_TRAILING_YEAR.sub("", t) or t for t in texts]
+        if self.article_first:
+            texts = [_TRAILING_ARTICLE.sub(r"\g<article> \g<main>\g<rest>", t) for t in texts]
         return texts
 
     def refit_params(self) -> dict[str, Any]:
@@ -361,40 +482,66 @@ class GenerativeRanker(KeepsHistory, Recommender):
 
     # ------------------------------------------------------------------ the language model
     def _release_lm(self) -> None:
+        self._session: _Session | None = None
         self._lm = None
         self._tokenizer = None
         self._candidate_memo: dict[int, list[int] | None] = {}
-        self._prior_memo: dict[int, float] = {}
+
+    def _attach(self, session: _Session) -> Any:
+        """Score with ``session``'s decoder from now on."""
+        self._session = session
+        self._lm = session.lm
+        self._tokenizer = session.tokenizer
+        self._candidate_memo = {}
+        self.device_ = session.device
+        self.dtype_ = session.dtype
+        self.lm_parameters_ = session.n_parameters
+        self.load_seconds_ = session.load_seconds
+        self.lm_from_converted_ = session.from_converted
+        if self.chat_template and not getattr(self._tokenizer, "chat_template", None):
+            raise ValueError(
+                f"chat_template=True, but the tokenizer of {self.model!r} has no chat template"
+            )
+        return self._lm
+
+    def _load(self) -> Any:
+        """A freshly loaded decoder (``LoadedCausalLM``), shared with nobody."""
+        from recarena.lm.loading import load_causal_lm
+        from recarena.lm.zoo import resolve_model
+
+        resolved = resolve_model(self.model, getattr(self, "cache_dir_", None))
+        return load_causal_lm(resolved, device=self.device, dtype=self.dtype)
+
+    def _base_key(self) -> str:
+        """The identity of the zero-shot weights: decoder, revision, device, dtype."""
+        from recarena.lm.zoo import resolve_model
+
+        resolved = resolve_model(self.model, getattr(self, "cache_dir_", None))
+        return "|".join(
+            ["base", resolved.identity, resolved.load_target, resolved.revision]
+            + [str(self.device), str(self.dtype)]
+        )
 
     def _ensure_lm(self) -> Any:
         """Load the decoder (and the saved adapter, if any) on first use."""
         if getattr(self, "_lm", None) is not None:
             return self._lm
-        from recarena.lm.loading import load_causal_lm
-        from recarena.lm.zoo import resolve_model
-
-        resolved = resolve_model(self.model, getattr(self, "cache_dir_", None))
-        loaded = load_causal_lm(resolved, device=self.device, dtype=self.dtype)
-        self._lm = loaded.model
-        self._tokenizer = loaded.tokenizer
-        self._candidate_memo = {}
-        self._prior_memo = {}
-        self.device_ = loaded.device
-        self.dtype_ = loaded.dtype
-        self.lm_parameters_ = loaded.n_parameters
-        self.load_seconds_ = loaded.load_seconds
-        self.lm_from_converted_ = loaded.from_converted
-        if self.chat_template and not getattr(self._tokenizer, "chat_template", None):
-            raise ValueError(
-                f"chat_template=True, but the tokenizer of {self.model!r} has no chat template"
-            )
         adapter = getattr(self, "_adapter_dir", None)
         if adapter is not None:
             from peft import PeftModel
 
-            self._lm = PeftModel.from_pretrained(self._lm, str(adapter)).eval()
-            self.lora_parameters_ = _count_lora(self._lm)
-        return self._lm
+            loaded = self._load()
+            lm = PeftModel.from_pretrained(loaded.model, str(adapter)).eval()
+            self._attach(_Session(lm, loaded.tokenizer, loaded, memo=True))
+            self.lora_parameters_ = _count_lora(lm)
+            return self._lm
+        key = self._base_key()
+        session = _SESSIONS.get(key)
+        if session is None:
+            loaded = self._load()
+            session = _Session(loaded.model, loaded.tokenizer, loaded, memo=True)
+            _SESSIONS[key] = session
+        return self._attach(session)
 
     def _prompt_template(self) -> str:
         if self.prompt is not None:
@@ -502,34 +649,62 @@ class GenerativeRanker(KeepsHistory, Recommender):
         scores = np.full(len(items), UNSCORABLE_SCORE, dtype=np.float64)
         if ok:
             sums, counts = self._continuation_logprobs(prompt_ids, [conts[k] for k in ok])
-            if self.prior_correction:
-                sums = sums - self.prior_correction * self._prior_logliks(items[ok])
-            values = sums / counts if self.length_norm == "mean" else sums
+            values = self._normalise(sums, counts, items[ok])
             scores[ok] = np.maximum(values, UNSCORABLE_SCORE)
         return scores.astype(np.float32)
 
+    def _normalise(self, sums: np.ndarray, counts: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """The score of (scorable) ``items`` from their log-likelihood sums and token counts."""
+        if self.prior_correction:
+            sums = sums - self.prior_correction * self._prior_logliks(items)
+        return sums / counts if self.length_norm == "mean" else sums
+
     def _prior_logliks(self, items: np.ndarray) -> np.ndarray:
-        """Log-likelihood of each (scorable) item after an empty history, memoised."""
-        memo = self._prior_memo
-        missing = [int(i) for i in dict.fromkeys(items.tolist()) if int(i) not in memo]
-        if missing:
-            null_prompt = self._prompt_ids(np.empty(0, dtype=np.int64))
-            conts = [self._candidate_ids(i) for i in missing]
-            sums, _ = self._continuation_logprobs(null_prompt, conts)  # type: ignore[arg-type]
-            memo.update(zip(missing, sums.tolist(), strict=True))
-        return np.array([memo[int(i)] for i in items], dtype=np.float64)
+        """Log-likelihood of each (scorable) item after an empty history."""
+        null_prompt = self._prompt_ids(np.empty(0, dtype=np.int64))
+        conts = [self._candidate_ids(int(i)) for i in items]
+        sums, _ = self._continuation_logprobs(null_prompt, conts)  # type: ignore[arg-type]
+        return sums
 
     def _continuation_logprobs(
         self, prompt_ids: list[int], conts: list[list[int]], *, kv_cache: bool | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(sum of token log-probabilities, number of tokens) of each continuation."""
+        """(sum of token log-probabilities, number of tokens) of each continuation.
+
+        The default path (``kv_cache`` None and the ``kv_cache`` parameter on) reads and
+        fills the shared memo of the decoder's session, when it has one.
+        """
+        self._ensure_lm()
+        counts = np.array([len(c) for c in conts], dtype=np.float64)
+        session = getattr(self, "_session", None)
+        memo = (
+            None if session is None or kv_cache is not None or not self.kv_cache else session.memo
+        )
+        if memo is None:
+            return self._compute_logprobs(prompt_ids, conts, kv_cache=kv_cache), counts
+        key = (self.batch_size, tuple(prompt_ids))
+        known = memo.get(key)
+        if known is None:
+            if len(memo) >= _MEMO_PROMPTS:
+                del memo[next(iter(memo))]  # the oldest prompt
+            known = memo[key] = {}
+        wanted = [tuple(c) for c in conts]
+        missing = list(dict.fromkeys(c for c in wanted if c not in known))
+        if missing:
+            sums = self._compute_logprobs(prompt_ids, [list(c) for c in missing])
+            known.update(zip(missing, sums.tolist(), strict=True))
+        return np.array([known[c] for c in wanted], dtype=np.float64), counts
+
+    def _compute_logprobs(
+        self, prompt_ids: list[int], conts: list[list[int]], *, kv_cache: bool | None = None
+    ) -> np.ndarray:
+        """Sum of token log-probabilities of each continuation, from the decoder."""
         import torch
 
         lm = self._ensure_lm()
         use_cache = self.kv_cache if kv_cache is None else kv_cache
         sums = np.zeros(len(conts), dtype=np.float64)
-        counts = np.array([len(c) for c in conts], dtype=np.float64)
-        order = np.argsort(-counts, kind="stable")  # longest first: little padding per batch
+        lengths = np.array([len(c) for c in conts], dtype=np.int64)
         with torch.inference_mode():
             device = _model_device(lm)
             prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
@@ -537,15 +712,14 @@ class GenerativeRanker(KeepsHistory, Recommender):
                 out = lm(input_ids=prompt, use_cache=True, logits_to_keep=1)
                 prefix = _output_cache(out)
                 first = out.logits[0, -1].float().log_softmax(-1)
-            for begin in range(0, len(conts), self.batch_size):
-                idx = order[begin : begin + self.batch_size]
+            for idx in length_buckets(lengths, self.batch_size):
                 ids, mask = self._pad([conts[k] for k in idx], device)
                 if use_cache:
                     token_lp = self._cached_batch(lm, prefix, first, prompt.shape[1], ids, mask)
                 else:
                     token_lp = self._full_batch(lm, prompt, ids, mask)
                 sums[idx] = (token_lp * mask).sum(1).double().cpu().numpy()
-        return sums, counts
+        return sums
 
     def _pad(self, conts: list[list[int]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
@@ -568,7 +742,11 @@ class GenerativeRanker(KeepsHistory, Recommender):
         ids: torch.Tensor,
         mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Token log-probabilities (B, L) of a batch of continuations after the cached prompt."""
+        """Token log-probabilities (B, L) of a batch of continuations after the cached prompt.
+
+        Differentiable: training runs the same code with gradients through the prompt's
+        cache.
+        """
         import torch
 
         batch = ids.shape[0]
@@ -604,17 +782,29 @@ class GenerativeRanker(KeepsHistory, Recommender):
 
     # ------------------------------------------------------------------ LoRA
     def _train_lora(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
-        """Train a LoRA adapter on next-item titles (`recarena.lm.training.train_loop`)."""
+        """Train a LoRA adapter (`recarena.lm.training.train_loop`), or take a live twin's."""
+        key = "lora|" + self._training_key(data, valid)
+        twin = _SESSIONS.get(key)
+        if twin is not None and twin.training is not None:
+            # a live ranker trained this very adapter on these data: score with it
+            logger.info("generative ranker: reusing the adapter trained with these parameters")
+            self._attach(twin)
+            self._take_training(twin.training)
+            return
         import torch
         from peft import LoraConfig, get_peft_model
 
         from recarena.lm.training import LoopConfig, make_accelerator, seeded, train_loop
 
-        base = self._ensure_lm()
+        loaded = self._load()  # its own copy: peft puts the adapter into the module
+        base = loaded.model
         device = _model_device(base)
         targets = self.lora_target_modules
         targets = targets if isinstance(targets, str) else list(targets)
         monitor = _MONITOR[self.early_stopping]
+        log: list[dict[str, Any]] = []
+        best_epoch = 0
+        train_seconds = examples_per_second = 0.0
         with seeded(self.seed):
             rng = np.random.default_rng(self.seed)
             config = LoraConfig(
@@ -625,36 +815,53 @@ class GenerativeRanker(KeepsHistory, Recommender):
                 task_type="CAUSAL_LM",
             )
             net = get_peft_model(base, config)
-            self._lm = net.eval()
-            self.lora_parameters_ = _count_lora(net)
-            examples = self._training_examples(data.sequences, rng)
+            # while the adapter trains, nothing is memoised
+            self._attach(_Session(net.eval(), loaded.tokenizer, loaded, memo=False))
+            lora_parameters = _count_lora(net)
+            pairs = self._training_pairs(data.sequences)
             checks = self._validation_set(data, valid, rng)
-            self.best_epoch_ = 0
             start = time.perf_counter()
             untrained = None
             if checks is not None:
                 # epoch 0, the zero-shot model (LoRA's B starts at zero): training must beat it
                 with torch.inference_mode():
                     untrained = self._validate(checks)
-                self.training_log_.append(
-                    {"epoch": 0, "step": 0, "train_loss": None, **untrained, "seconds": 0.0}
+                    sanity = self._no_history_check(checks)
+                log.append(
+                    {
+                        "epoch": 0,
+                        "step": 0,
+                        "train_loss": None,
+                        **untrained,
+                        **sanity,
+                        "seconds": 0.0,
+                    }
                 )
                 initial = {
                     n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad
                 }
-            if examples and self.epochs > 0:
-                loader = torch.utils.data.DataLoader(
-                    examples,
-                    batch_size=self.train_batch_size,
-                    shuffle=True,
-                    collate_fn=self._collate,
+            if len(pairs) and self.epochs > 0:
+                contrastive = self.train_loss == "contrastive"
+                sampler = torch.utils.data.RandomSampler(
+                    range(len(pairs)),
+                    num_samples=min(self.max_train_pairs, len(pairs)),
                     generator=torch.Generator().manual_seed(self.seed),
                 )
+                negatives = _NegativeSampler(data, self.unscorable_items_, self.seed)
+                loader = torch.utils.data.DataLoader(
+                    range(len(pairs)),
+                    batch_size=self.train_batch_size,
+                    sampler=sampler,
+                    collate_fn=lambda rows: self._collate(
+                        pairs[rows], data.sequences, negatives if contrastive else None
+                    ),
+                )
+                loss_fn = self._contrastive_loss if contrastive else _generative_loss
                 result = train_loop(
                     make_accelerator(device=device.type, mixed_precision="auto"),
                     net,
                     loader,
-                    lambda model, batch: model(**batch).loss,
+                    loss_fn,
                     LoopConfig(
                         epochs=self.epochs,
                         lr=self.lr,
@@ -669,9 +876,11 @@ class GenerativeRanker(KeepsHistory, Recommender):
                     evaluate=None if checks is None else (lambda _model: self._validate(checks)),
                 )
                 net = result.model
-                self.best_epoch_ = result.best_epoch
+                best_epoch = result.best_epoch
+                train_seconds = result.train_seconds
+                examples_per_second = result.examples_per_second
                 elapsed = time.perf_counter() - start
-                self.training_log_.extend(
+                log.extend(
                     {**row, "seconds": row["seconds"] + (elapsed - result.seconds)}
                     for row in result.log
                 )
@@ -680,46 +889,167 @@ class GenerativeRanker(KeepsHistory, Recommender):
                 ):
                     logger.info("generative ranker: LoRA did not beat the zero-shot model")
                     net.load_state_dict(initial, strict=False)
-                    self.best_epoch_ = 0
-        self._lm = net.eval()
-        self._candidate_memo = {}
-        self._prior_memo = {}
+                    best_epoch = 0
+                elif checks is not None:
+                    # the popularity check of the kept adapter, in its epoch's row
+                    net.eval()
+                    with torch.inference_mode():
+                        sanity = self._no_history_check(checks)
+                    for row in log:
+                        if row["epoch"] == best_epoch and row.get(monitor) is not None:
+                            row.update(sanity)
+        session = _Session(net.eval(), loaded.tokenizer, loaded, memo=True)
+        session.training = {
+            "log": log,
+            "best_epoch": best_epoch,
+            "lora_parameters": lora_parameters,
+            "train_seconds": train_seconds,
+            "examples_per_second": examples_per_second,
+        }
+        _SESSIONS[key] = session
+        self._attach(session)
+        self._take_training(session.training)
 
-    def _training_examples(
-        self, sequences: list[np.ndarray], rng: np.random.Generator
-    ) -> list[tuple[list[int], list[int]]]:
-        """Seeded (prompt ids, target ids) pairs: a history prefix and the next item's title."""
-        lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        total = int(offsets[-1])
-        if total == 0:
-            return []
-        flat = rng.choice(total, size=min(total, self.max_train_pairs), replace=False)
-        users = np.searchsorted(offsets, flat, side="right") - 1
-        examples = []
-        for user, position in zip(users, flat - offsets[users], strict=True):
-            seq = sequences[int(user)]
-            target = self._candidate_ids(int(seq[position]))
-            if target is None:
+    def _take_training(self, training: dict[str, Any]) -> None:
+        self.training_log_ = copy.deepcopy(training["log"])
+        self.best_epoch_ = int(training["best_epoch"])
+        self.lora_parameters_ = int(training["lora_parameters"])
+        self.train_seconds_ = float(training["train_seconds"])
+        self.train_examples_per_second_ = float(training["examples_per_second"])
+
+    def _training_key(self, data: TrainingData, valid: pd.DataFrame | None) -> str:
+        """What an adapter depends on: this class, its training parameters, the data."""
+        digest = hashlib.sha256()
+        params = {k: v for k, v in self.get_params().items() if k not in _SCORING_ONLY}
+        digest.update(f"{type(self).__module__}.{type(self).__qualname__}".encode())
+        digest.update(json.dumps(params, sort_keys=True, default=repr).encode())
+        digest.update(json.dumps([data.n_users, data.n_items, self.item_texts_]).encode())
+        for frame in (data.interactions, valid):
+            if frame is None:
+                digest.update(b"none")
                 continue
-            lo = 0 if self.history_len is None else max(0, position - self.history_len)
-            examples.append((self._prompt_ids(seq[lo:position]), target))
-        return examples
+            for column in ("user", "item", "timestamp"):
+                if column in frame.columns:
+                    values = np.ascontiguousarray(frame[column].to_numpy(np.int64))
+                    digest.update(column.encode() + values.tobytes())
+        return digest.hexdigest()
 
-    def _collate(self, batch: list[tuple[list[int], list[int]]]) -> dict[str, torch.Tensor]:
+    def _training_pairs(self, sequences: list[np.ndarray]) -> np.ndarray:
+        """(user, position) of every training interaction whose item has text."""
+        users = np.repeat(np.arange(len(sequences)), [len(s) for s in sequences])
+        positions = np.concatenate([np.arange(len(s)) for s in sequences] or [np.empty(0)])
+        pairs = np.stack([users, positions.astype(np.int64)], axis=1).astype(np.int64)
+        flat = np.concatenate(list(sequences) or [np.empty(0, dtype=np.int64)]).astype(np.int64)
+        scorable = np.ones(len(self.item_texts_), dtype=bool)
+        scorable[self.unscorable_items_] = False
+        return pairs[scorable[flat]] if len(flat) else pairs
+
+    def _collate(
+        self,
+        pairs: np.ndarray,
+        sequences: list[np.ndarray],
+        negatives: _NegativeSampler | None,
+    ) -> dict[str, torch.Tensor]:
+        """A batch of (prompt of the history before a position, that position's title).
+
+        With ``negatives`` (contrastive loss): ``prompt_ids``/``prompt_mask`` (B, P),
+        left-padded; ``cand_ids``/``cand_mask`` (B, 1 + n_train_negatives, L), right-padded,
+        the positive first (a row of zeros where a user has fewer negatives). Without: ``input_ids``, ``attention_mask`` and ``labels`` of
+        prompt + title sequences, the loss on the title's tokens only.
+        """
         import torch
 
-        width = max(len(p) + len(t) for p, t in batch)
+        prompts, targets, rows = [], [], []
+        for user, position in pairs.tolist():
+            seq = sequences[user]
+            lo = 0 if self.history_len is None else max(0, position - self.history_len)
+            prompts.append(self._prompt_ids(seq[lo:position]))
+            targets.append(self._candidate_ids(int(seq[position])))
+            rows.append(user)
         pad = self._tokenizer.pad_token_id
-        ids = torch.full((len(batch), width), 0 if pad is None else int(pad), dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), -100, dtype=torch.long)
-        for r, (p, t) in enumerate(batch):
-            seq = torch.tensor(p + t, dtype=torch.long)
-            ids[r, : len(seq)] = seq
-            mask[r, : len(seq)] = 1
-            labels[r, len(p) : len(seq)] = seq[len(p) :]  # loss on the title's tokens only
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        pad = 0 if pad is None else int(pad)
+        if negatives is None:
+            width = max(len(p) + len(t) for p, t in zip(prompts, targets, strict=True))
+            ids = torch.full((len(pairs), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(pairs), width), dtype=torch.long)
+            labels = torch.full((len(pairs), width), -100, dtype=torch.long)
+            for r, (p, t) in enumerate(zip(prompts, targets, strict=True)):
+                seq_ids = torch.tensor(p + t, dtype=torch.long)
+                ids[r, : len(seq_ids)] = seq_ids
+                mask[r, : len(seq_ids)] = 1
+                labels[r, len(p) : len(seq_ids)] = seq_ids[len(p) :]  # the title's tokens only
+            return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        n_cand = 1 + self.n_train_negatives
+        cands = [
+            [t] + [self._candidate_ids(int(i)) for i in negatives.draw(u, self.n_train_negatives)]
+            for u, t in zip(rows, targets, strict=True)
+        ]
+        p_width = max(len(p) for p in prompts)
+        c_width = max(len(c) for row in cands for c in row)
+        prompt_ids = torch.full((len(pairs), p_width), pad, dtype=torch.long)
+        prompt_mask = torch.zeros((len(pairs), p_width), dtype=torch.long)
+        cand_ids = torch.full((len(pairs), n_cand, c_width), pad, dtype=torch.long)
+        cand_mask = torch.zeros((len(pairs), n_cand, c_width), dtype=torch.long)
+        for r, (p, row) in enumerate(zip(prompts, cands, strict=True)):
+            # left-padded: every prompt ends in the last column, where its candidates begin
+            prompt_ids[r, p_width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            prompt_mask[r, p_width - len(p) :] = 1
+            for k, c in enumerate(row):
+                cand_ids[r, k, : len(c)] = torch.tensor(c, dtype=torch.long)
+                cand_mask[r, k, : len(c)] = 1
+        return {
+            "prompt_ids": prompt_ids,
+            "prompt_mask": prompt_mask,
+            "cand_ids": cand_ids,
+            "cand_mask": cand_mask,
+        }
+
+    def _contrastive_loss(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean over the batch of -log softmax(title log-likelihoods)[positive].
+
+        One forward pass runs every prompt of the batch (left-padded, so that each ends in
+        the last column; rotary positions make the padding's shift harmless), then the
+        candidates of all pairs run in length buckets on copies of their prompt's cache
+        rows. The gradient flows through the prompts' keys and values.
+        """
+        import torch
+
+        n_pairs, n_cand, _ = batch["cand_ids"].shape
+        prompt_mask = batch["prompt_mask"]
+        out = model(
+            input_ids=batch["prompt_ids"],
+            attention_mask=prompt_mask,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): each title's first token
+        prefix = _output_cache(out)
+        ids_all = batch["cand_ids"].reshape(n_pairs * n_cand, -1)
+        mask_all = batch["cand_mask"].reshape(n_pairs * n_cand, -1)
+        lengths = mask_all.sum(1)
+        real = torch.nonzero(lengths > 0).flatten()  # fewer negatives for a rare user
+        parts, order = [], []
+        for idx in length_buckets(lengths[real].cpu().numpy(), 64):
+            rows = real[torch.as_tensor(idx, device=real.device)]
+            pair = torch.div(rows, n_cand, rounding_mode="floor")
+            width = int(lengths[rows].max())
+            ids, mask = ids_all[rows, :width], mask_all[rows, :width]
+            token_lp = first[pair, ids[:, 0]].unsqueeze(1)
+            if width > 1:
+                attention = torch.cat([prompt_mask[pair], mask], dim=1)
+                logits = model(
+                    input_ids=ids[:, :-1],
+                    attention_mask=attention[:, :-1],
+                    use_cache=True,
+                    **{_cache_kwarg(model): select_cache(prefix, pair)},
+                ).logits
+                token_lp = torch.cat([token_lp, _token_logprobs(logits, ids[:, 1:])], dim=1)
+            total = (token_lp * mask).sum(1)
+            parts.append(total / mask.sum(1) if self.train_score == "mean" else total)
+            order.append(rows)
+        scores = torch.full((n_pairs * n_cand,), float("-inf"), device=first.device)
+        scores = scores.index_copy(0, torch.cat(order), torch.cat(parts))
+        return -torch.log_softmax(scores.view(n_pairs, n_cand), dim=1)[:, 0].mean()
 
     def _validation_set(
         self, data: TrainingData, valid: pd.DataFrame | None, rng: np.random.Generator
@@ -747,28 +1077,75 @@ class GenerativeRanker(KeepsHistory, Recommender):
                 negs = np.concatenate([negs, np.full(n_neg - len(negs), t)])
                 cands[r] = np.concatenate([[t], negs])
             checks["candidates"] = cands
+            checks["popularity"] = data.item_popularity
         return checks
 
     def _validate(self, checks: dict[str, Any]) -> dict[str, float]:
-        """Validation numbers of the current adapter (early stopping reads `_MONITOR`)."""
-        self._prior_memo = {}  # the adapter changed since the last measurement
+        """Validation numbers of the current adapter (early stopping reads `_MONITOR`).
+
+        NDCG@10 of the held-out item (first candidate) by the training score
+        (``train_score``; early stopping reads it) and by each of the title's log-likelihood
+        sum and mean per token; the held-out title's mean token log-likelihood. Pessimistic
+        ties: a negative scored like the target ranks above it.
+        """
         users, targets = checks["users"], checks["targets"]
-        logliks, ndcgs = [], []
+        logliks: list[float] = []
+        ndcgs: dict[str, list[float]] = {"sum": [], "mean": []}
         for r, u in enumerate(users):
             prompt = self._user_prompt_ids(int(u))
             if self.early_stopping == "ndcg":
-                scores = self._score_candidates(prompt, checks["candidates"][r])
-                # pessimistic ties: a negative scored like the target ranks above it
-                rank = int((scores[1:] >= scores[0]).sum())
-                ndcgs.append(1.0 / np.log2(rank + 2) if rank < _EVAL_K else 0.0)
+                items = checks["candidates"][r]
+                conts = [self._candidate_ids(int(i)) for i in items]
+                ok = np.array([c is not None for c in conts])
+                if not ok[0]:
+                    ndcgs["sum"].append(0.0)
+                    ndcgs["mean"].append(0.0)
+                    continue
+                sums, counts = self._continuation_logprobs(
+                    prompt, [c for c in conts if c is not None]
+                )
+                logliks.append(float(sums[0] / counts[0]))
+                for norm, scores in (("sum", sums), ("mean", sums / counts)):
+                    rank = int((scores[1:] >= scores[0]).sum())
+                    ndcgs[norm].append(1.0 / np.log2(rank + 2) if rank < _EVAL_K else 0.0)
+                continue
             target = self._candidate_ids(int(targets[r]))
             if target is not None:
                 sums, counts = self._continuation_logprobs(prompt, [target])
                 logliks.append(float(sums[0] / counts[0]))
         out = {_MONITOR["loglik"]: float(np.mean(logliks)) if logliks else float("nan")}
-        if ndcgs:
-            out[_MONITOR["ndcg"]] = float(np.mean(ndcgs))
+        if ndcgs["sum"]:
+            out[_MONITOR["ndcg"]] = float(np.mean(ndcgs[self.train_score]))
+            for norm in ("sum", "mean"):
+                out[f"{_MONITOR['ndcg']}_{norm}"] = float(np.mean(ndcgs[norm]))
         return out
+
+    def _no_history_check(self, checks: dict[str, Any]) -> dict[str, float]:
+        """What the decoder ranks first when it knows nothing of the user (a sanity check).
+
+        Every validation candidate is scored after the empty-history prompt: NDCG@10 of the
+        held-out items by those scores (a popularity ranking, learned from the titles), and
+        the Spearman correlation of those scores with the items' training popularity. A
+        tuned ranker should know the popular items: both rise when LoRA learns them.
+        """
+        if "candidates" not in checks:
+            return {}
+        cands = checks["candidates"]
+        items = np.array([i for i in np.unique(cands) if self.item_texts_[i]], dtype=np.int64)
+        null = self._prompt_ids(np.empty(0, dtype=np.int64))
+        conts = [self._candidate_ids(int(i)) for i in items]
+        sums, _ = self._continuation_logprobs(null, conts)  # type: ignore[arg-type]
+        score = np.full(len(self.item_texts_), -np.inf)
+        score[items] = sums
+        values = score[cands]
+        ranks = (values[:, 1:] >= values[:, :1]).sum(1)  # pessimistic ties
+        gains = np.where(ranks < _EVAL_K, 1.0 / np.log2(ranks + 2), 0.0)
+        popularity = pd.Series(checks["popularity"][items]).rank()
+        rho = popularity.corr(pd.Series(sums).rank()) if len(items) > 1 else float("nan")
+        return {
+            f"valid_ndcg@{_EVAL_K}_no_history": float(gains.mean()),
+            "no_history_popularity_spearman": float(rho),
+        }
 
     # ------------------------------------------------------------------ cost
     def n_parameters(self) -> tuple[int, int]:
@@ -800,6 +1177,64 @@ class GenerativeRanker(KeepsHistory, Recommender):
 
 
 # ---------------------------------------------------------------------- helpers
+class _NegativeSampler:
+    """Items a user has no training interaction with, drawn uniformly (seeded).
+
+    Items without text are never drawn (they cannot be scored). Draws continue one
+    generator, so every epoch gets new negatives and a fit is reproducible.
+    """
+
+    def __init__(self, data: TrainingData, unscorable: np.ndarray, seed: int) -> None:
+        self.seen = data.csr()
+        allowed = np.ones(data.n_items, dtype=bool)
+        allowed[unscorable] = False
+        self.pool = np.flatnonzero(allowed)
+        self.rng = np.random.default_rng([seed, 104729])
+
+    def draw(self, user: int, n: int) -> np.ndarray:
+        seen = self.seen.indices[self.seen.indptr[user] : self.seen.indptr[user + 1]]
+        if len(seen) * 2 < len(self.pool):
+            # most of the catalog is allowed: draw extra and drop seen ones and repeats
+            picks = self.rng.choice(self.pool, size=min(len(self.pool), 2 * n + len(seen) // 4))
+            picks = picks[~np.isin(picks, seen)]
+            picks = picks[np.sort(np.unique(picks, return_index=True)[1])][:n]
+            if len(picks) == n:
+                return picks
+        pool = np.setdiff1d(self.pool, seen)
+        return self.rng.choice(pool, size=min(n, len(pool)), replace=False)
+
+
+def length_buckets(lengths: np.ndarray, max_batch: int, overhead: int = 8) -> list[np.ndarray]:
+    """Batches of indices of ``lengths`` (each at most ``max_batch``) that pad little.
+
+    Sequences are sorted by length (longest first) and cut where the padded tokens saved
+    are worth another forward pass (``overhead``, in tokens): a dynamic programme over
+    the sorted lengths minimises the sum over batches of (size x longest + overhead).
+    Titles are short with a long tail, so one long title no longer pads a whole batch.
+    """
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    sorted_lengths = np.asarray(lengths)[order]
+    n = len(order)
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for j in range(1, n + 1):
+        starts = np.arange(max(0, j - max_batch), j)
+        costs = best[starts] + sorted_lengths[starts] * (j - starts) + overhead
+        k = int(np.argmin(costs))
+        best[j], cut[j] = costs[k], starts[k]
+    batches = []
+    j = n
+    while j > 0:
+        batches.append(order[cut[j] : j])
+        j = int(cut[j])
+    return batches[::-1]
+
+
+def _generative_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy of the positive title's tokens (labels mask the prompt)."""
+    return model(**batch).loss
+
+
 def expand_cache(prefix: Any, batch: int) -> Any:
     """A cache for ``batch`` continuations of one cached prompt, sharing its tensors.
 
@@ -827,6 +1262,23 @@ def expand_cache(prefix: Any, batch: int) -> Any:
     return out
 
 
+def select_cache(prefix: Any, index: torch.Tensor) -> Any:
+    """A cache whose batch row ``i`` is row ``index[i]`` of ``prefix`` (differentiable).
+
+    The layers' tensors are gathered into new ones (``batch_select_indices`` reassigns
+    them), so ``prefix`` is never modified and gradients flow back to it.
+    """
+    out = copy.copy(prefix)
+    layers = []
+    for layer in prefix.layers:
+        twin = copy.copy(layer)
+        if getattr(twin, "is_initialized", True):
+            twin.batch_select_indices(index)
+        layers.append(twin)
+    out.layers = layers
+    return out
+
+
 def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) at each position: the target's logit minus the log-sum-exp, in float32."""
     logits = logits.float()
@@ -841,7 +1293,8 @@ def _output_cache(out: Any) -> Any:
 
 def _cache_kwarg(lm: Any) -> str:
     """transformers >= 5.x names the cache argument ``cache``; before, ``past_key_values``."""
-    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+    base = getattr(lm, "module", lm)  # a DistributedDataParallel wrapper holds the model
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base
     params = inspect.signature(base.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
@@ -852,10 +1305,6 @@ def _model_device(lm: Any) -> torch.device:
 
 def _count_lora(model: Any) -> int:
     return int(sum(p.numel() for n, p in model.named_parameters() if "lora_" in n))
-
-
-def _clone_state(state: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.detach().clone() for k, v in state.items()}
 
 
 def _clean(value: Any) -> str:

@@ -26,7 +26,7 @@ two layers trained with it through LoRA), lm-two-tower (LoRA on the top two laye
 neural models get no grid (defaults and early stopping on validation NDCG@10 only), to keep
 the CPU time reasonable; the SASRec-based models share one budget (``max_len`` 50, patience
 3; the refit trains the best epoch's count); the two-tower keeps its CPU defaults (LoRA r 8,
-1,024 pairs per epoch, at most 3 epochs) with patience 2.
+1,024 pairs per epoch, at most 10 epochs, patience 2).
 
 Every trained model's validation curve (its training log: NDCG@10 per epoch, epoch 0 being
 the untrained two-tower, i.e. lm-frozen, and the stage of the joint text-SASRec) is printed
@@ -76,8 +76,8 @@ SEQUENTIAL = {"max_len": 50, "patience": 3}
 #: --quick keeps the validation models (evaluation.refit = false), so epochs may be set
 QUICK_SEQUENTIAL = {"max_len": 20, "epochs": 2, "patience": 1}
 QUICK_TWO_TOWER = {"max_train_pairs": 128, "epochs": 1}
-#: the two-tower: its CPU defaults, one more epoch of patience than its default 1
-TWO_TOWER = {"patience": 2}
+#: the two-tower: its CPU defaults
+TWO_TOWER: dict[str, Any] = {}
 #: --quick: one frozen epoch, so that the joint stage runs too
 QUICK_JOINT = {"frozen_epochs": 1}
 
@@ -283,6 +283,10 @@ def _class_name(name: str) -> str:
     return get_model_class(name).__name__
 
 
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
 def curve_lines(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
     """One line per validation fit: NDCG@10 per epoch (stage of the joint model marked)."""
     lines = []
@@ -297,8 +301,7 @@ def curve_lines(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
                 points.append(f"{stage}{row['epoch']}={value:.4f}")
             lines.append(
                 f"{label:26s} best epoch {fit['best_epoch']} "
-                f"(valid NDCG@10 {fit['best_valid_ndcg@10'] or float('nan'):.4f}): "
-                + " ".join(points)
+                f"(valid NDCG@10 {_or_nan(fit['best_valid_ndcg@10']):.4f}): " + " ".join(points)
             )
     return lines
 

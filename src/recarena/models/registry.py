@@ -108,6 +108,14 @@ _add(
     "SASRec over frozen LM text vectors through a trained adaptor (UniSRec-style), +/- IDs",
     needs="lm",
 )
+_add(
+    "lm-text-sasrec-joint",
+    "recarena.models.lm_text_sasrec:JointTextSASRec",
+    "lm-features-trained",
+    "text-SASRec, then the LM's top layers (LoRA or full) trained with it (Recformer-style), "
+    "kept only if better on validation",
+    needs="lm",
+)
 
 # language models: fine-tuned cross-encoder
 _add(

@@ -381,6 +381,7 @@ class SASRec(KeepsHistory, Recommender):
                 self.training_log_ = saved["log"]
                 first_epoch, stopped = saved["epoch"] + 1, saved["stopped"]
                 seconds_before = saved["seconds"]
+                self._resume_stage(net, saved.get("stage"))
                 logger.info("SASRec: resuming after epoch %d (%s)", saved["epoch"], checkpoint)
             start = time.perf_counter() - seconds_before
             for epoch in range(first_epoch, self.epochs + 1):
@@ -402,6 +403,8 @@ class SASRec(KeepsHistory, Recommender):
                     if stale >= self.patience:
                         logger.info("SASRec: no gain in %d measurements", stale)
                         stopped = True
+                if self._next_stage(net, optimizer, rng, epoch, stopped, best_state):
+                    stopped, stale = False, 0
                 if checkpoint is not None:
                     checkpoint.save(
                         {
@@ -418,6 +421,7 @@ class SASRec(KeepsHistory, Recommender):
                             "best_epoch": self.best_epoch_,
                             "stale": stale,
                             "log": self.training_log_,
+                            "stage": self._stage_state(),
                         }
                     )
             if best_state is not None:
@@ -430,6 +434,31 @@ class SASRec(KeepsHistory, Recommender):
 
     def _prepare_training(self, net: SASRecNetwork, optimizer: torch.optim.Optimizer) -> None:
         """Hook run once the network and optimizer exist, before training or resuming."""
+
+    def _next_stage(
+        self,
+        net: SASRecNetwork,
+        optimizer: torch.optim.Optimizer,
+        rng: np.random.Generator,
+        epoch: int,
+        stopped: bool,
+        best_state: dict[str, torch.Tensor] | None,
+    ) -> bool:
+        """Hook at the end of every epoch, after early stopping's bookkeeping.
+
+        A model trained in stages (first part of the network frozen, then all of it) starts
+        its next stage here and returns True: training goes on (even when ``stopped``, i.e.
+        patience ran out), patience counts afresh, and the best validation score so far
+        stays the one to beat. SASRec trains in one stage: False.
+        """
+        return False
+
+    def _stage_state(self) -> Any:
+        """What a checkpoint keeps of the training stage (see `_next_stage`); None here."""
+        return None
+
+    def _resume_stage(self, net: SASRecNetwork, state: Any) -> None:
+        """Hook run on resuming, after the checkpoint's weights and optimizer are loaded."""
 
     def _checkpoint_key(self, data: TrainingData, valid: pd.DataFrame | None) -> str:
         """What a checkpoint must match to be resumed: this class, its parameters, the data."""

@@ -113,49 +113,54 @@ def _print_leaderboards(run_dir: Path, ks: list[int]) -> None:
     import pandas as pd
 
     from recarena._io import read_json
-    from recarena.summary import leaderboard
+    from recarena.summary import COMMON_USERS_SEGMENT, leaderboard
 
     summary = pd.read_csv(run_dir / "summary.csv")
     state = read_json(run_dir / "run.json")
     k = 10 if 10 in ks else ks[0]
     for proto, desc in state.get("protocols", {}).items():
-        table = leaderboard(summary, run_dir, proto, k=k)
-        if table.empty:
-            continue
-        t = Table(
-            title=f"{state.get('dataset')} · {state.get('split')} · {proto}: {desc}",
-            title_justify="left",
-        )
-        t.add_column("model")
-        t.add_column("family")
-        metric_cols = [c for c in table.columns if "@" in c and not c.endswith(" ci")]
+        title = f"{state.get('dataset')} · {state.get('split')} · {proto}: {desc}"
+        _print_leaderboard(leaderboard(summary, run_dir, proto, k=k), title)
+        shared = leaderboard(summary, run_dir, proto, k=k, segment=COMMON_USERS_SEGMENT)
+        if not shared.empty:
+            n = int(shared["n_users"].max())
+            _print_leaderboard(shared, f"{proto}: on the {n:,} users every model was measured on")
+
+
+def _print_leaderboard(table: Any, title: str) -> None:
+    if table.empty:
+        return
+    t = Table(title=title, title_justify="left")
+    t.add_column("model")
+    t.add_column("family")
+    metric_cols = [c for c in table.columns if "@" in c and not c.endswith(" ci")]
+    for c in metric_cols:
+        t.add_column(c.upper(), justify="right")
+    extra = [c for c in ("accuracy", "f1", "auc") if c in table.columns]
+    for c in extra:
+        t.add_column(c, justify="right")
+    for c in ("fit s", "users/s", "p50 ms"):
+        t.add_column(c, justify="right")
+    for _, r in table.iterrows():
+        cells = [str(r["model"]) + (" *" if r.get("user_sample") else ""), str(r["family"])]
         for c in metric_cols:
-            t.add_column(c.upper(), justify="right")
-        extra = [c for c in ("accuracy", "f1", "auc") if c in table.columns]
-        for c in extra:
-            t.add_column(c, justify="right")
-        for c in ("fit s", "users/s", "p50 ms"):
-            t.add_column(c, justify="right")
-        for _, r in table.iterrows():
-            cells = [str(r["model"]) + (" *" if r.get("user_sample") else ""), str(r["family"])]
-            for c in metric_cols:
-                ci = r.get(f"{c} ci")
-                text = f"{r[c]:.4f}"
-                if (
-                    c.startswith("ndcg")
-                    and isinstance(ci, tuple)
-                    and all(math.isfinite(x) for x in ci)
-                ):
-                    text += f" ±{(ci[1] - ci[0]) / 2:.4f}"
-                cells.append(text)
-            cells += [_num(r.get(c), 3) for c in extra]
-            cells += [
-                _num(r.get("fit_s"), 2),
-                _num(r.get("users_per_s"), 0),
-                _num(r.get("latency_p50_ms"), 2),
-            ]
-            t.add_row(*cells)
-        out.print(t)
+            ci = r.get(f"{c} ci")
+            text = f"{r[c]:.4f}"
+            if c.startswith("ndcg") and isinstance(ci, tuple) and all(math.isfinite(x) for x in ci):
+                text += f" ±{(ci[1] - ci[0]) / 2:.4f}"
+            cells.append(text)
+        cells += [_num(r.get(c), 3) for c in extra]
+        cells += [
+            _num(r.get("fit_s"), 2),
+            _num(r.get("users_per_s"), 0),
+            _num(r.get("latency_p50_ms"), 2),
+        ]
+        t.add_row(*cells)
+    if extra:
+        from recarena.metrics.pointwise import POINTWISE_THRESHOLD_RULE
+
+        t.caption = f"accuracy, f1: {POINTWISE_THRESHOLD_RULE}"
+    out.print(t)
 
 
 def _num(value: Any, digits: int) -> str:

@@ -23,7 +23,9 @@ Run directory layout::
           lists.npz         ranked lists of the test users (users, items, scores)
           per_user.parquet  per-user metric values, one row per (user, segment)
           metrics.json      global metrics (coverage, Gini), pointwise metrics, counts
-        DONE.json           written last; FAILED.json instead when the model failed
+        DONE.json           written last (parameters, refit, whether the test histories
+                            took in the validation interactions); FAILED.json instead when
+                            the model failed
       summary.csv / summary.json / summary.md
 """
 
@@ -51,7 +53,8 @@ from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig, dump_
 from recarena.cost import PeakMemory, Stopwatch
 from recarena.data.dataset import Dataset
 from recarena.errors import ArtifactError, ConfigError, RecArenaError
-from recarena.models.base import RankedLists, Recommender, TrainingData
+from recarena.metrics.pointwise import POINTWISE_THRESHOLD_RULE
+from recarena.models.base import STALE_HISTORY_REASONS, RankedLists, Recommender, TrainingData
 from recarena.models.registry import create_model
 from recarena.splits import SPLITTERS, CandidateSet, Split
 from recarena.tuning import expand_grid, params_key
@@ -483,11 +486,22 @@ class ExperimentRunner:
                     seed=self.config.seed,
                 )
                 self._save_first_stage_candidates(label, "valid", vlists)
-            if not refitted and hasattr(final, "update_history"):
-                # only now, after any validation lists: sequential models rank the test item
-                # after the validation item, as in the SASRec paper's protocol, with the
-                # weights chosen on validation
-                final.update_history(data_test)
+            # None: refit on the test-time data, so nothing to refresh
+            history_refreshed: bool | None = None
+            if not refitted:
+                # only now, after any validation lists: the model ranks the test items from
+                # histories that hold the validation interactions (the SASRec paper's
+                # protocol), with what it learned on train; a model that cannot take them in
+                # without training is recorded, and the report names it
+                history_refreshed = final.updates_history()
+                if history_refreshed:
+                    final.update_history(data_test)
+                else:
+                    reason = STALE_HISTORY_REASONS.get(final.history_use, final.history_use)
+                    self.on_event(
+                        f"{label}: not refit, and {reason}: it ranks the test items from "
+                        "histories without the validation interactions"
+                    )
 
             results: dict[str, Any] = {}
             throughput = latency = None
@@ -553,6 +567,9 @@ class ExperimentRunner:
             "params": _jsonable(final.get_params()),
             "chosen_on_validation": needs_validation,
             "refit": bool(refitted),
+            "history_use": type(final).history_use,
+            # False: not refit and unable to read the validation interactions (stale)
+            "history_refreshed": history_refreshed,
             "protocols": list(results),
             "skipped_protocols": skipped,
             "evaluated_users": int(len(test_users)),
@@ -687,9 +704,7 @@ class ExperimentRunner:
     ) -> dict[str, Any]:
         """Held-out positives against the protocol's other candidates, as a classifier.
 
-        Models with calibrated probabilities (``calibrated_scores``) use 0.5. For the others
-        the threshold maximising F1 is chosen on one half of the users and applied to the
-        other half (2-fold cross-fitting), so no user's threshold is tuned on that user.
+        Every model's threshold follows `POINTWISE_THRESHOLD_RULE` (see `classify_pointwise`).
         """
 
         cand = self.candidates_for(proto, "test")
@@ -714,7 +729,6 @@ class ExperimentRunner:
             labels[valid].astype(int),
             scores[valid].astype(np.float64),
             groups,
-            calibrated=getattr(model, "calibrated_scores", False),
             seed=self.config.seed,
         )
 
@@ -809,7 +823,6 @@ class ExperimentRunner:
             labels,
             scores.astype(np.float64),
             rows["impression"].to_numpy(),
-            calibrated=getattr(model, "calibrated_scores", False),
             seed=self.config.seed,
         )
         train_items = np.flatnonzero(data.item_popularity > 0)
@@ -910,21 +923,19 @@ def classify_pointwise(
     scores: np.ndarray,
     groups: np.ndarray,
     *,
-    calibrated: bool,
     seed: int,
 ) -> dict[str, Any]:
     """Accuracy, precision, recall, F1 and AUC of scores as a positive/negative classifier.
 
-    Calibrated probabilities are cut at 0.5. For other scores the F1-optimal threshold is
-    chosen on one half of the groups (users or impressions) and applied to the other half
-    (2-fold cross-fitting), so no group's threshold is tuned on that group.
+    Every model gets the same rule (`POINTWISE_THRESHOLD_RULE`), whatever its scores are
+    (probabilities or not): the F1-optimal threshold is chosen on one half of the groups
+    (users or impressions) and applied to the other half (2-fold cross-fitting), so no
+    group's threshold is tuned on that group. A fixed cut such as 0.5 for some models and a
+    tuned one for others would compare the thresholds, not the models. AUC is computed
+    from the raw scores.
     """
     from recarena.metrics import choose_threshold, pointwise_metrics
 
-    if calibrated:
-        res = pointwise_metrics(labels, scores, threshold=0.5, groups=groups)
-        res["threshold"] = "0.5 (calibrated probability)"
-        return res
     uniq, inverse = np.unique(groups, return_inverse=True)
     fold_of_group = np.random.default_rng([seed, 271828]).integers(0, 2, len(uniq))
     fold = fold_of_group[inverse]
@@ -941,6 +952,7 @@ def classify_pointwise(
     res = pointwise_metrics(labels, shifted, threshold=0.0, groups=groups)
     res["auc"] = pointwise_metrics(labels, scores, threshold=0.0)["auc"]
     res["threshold"] = f"F1-optimal, 2-fold cross-fitted ({thresholds[0]:.4g}, {thresholds[1]:.4g})"
+    res["threshold_rule"] = POINTWISE_THRESHOLD_RULE
     return res
 
 

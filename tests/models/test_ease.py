@@ -102,3 +102,15 @@ def test_large_catalogs_factorise_on_one_blas_thread(monkeypatch):
     model = EASE(l2=2.0).fit(_data(X))
     p = np.linalg.inv(X.T @ X + 2.0 * np.eye(4))
     np.testing.assert_allclose(model.weights_, np.eye(4) - p / np.diag(p), rtol=1e-5, atol=1e-6)
+
+
+def test_update_history_scores_the_new_rows_with_the_same_weights():
+    """Not refit: B stays as learned, each user's scores are their new row times B."""
+    model = EASE(l2=2.0).fit(_data(X))
+    weights = model.weights_.copy()
+    grown = X.copy()
+    grown[0, 3] = 1.0  # user 0 gains item 3
+    model.update_history(_data(grown))
+    np.testing.assert_array_equal(model.weights_, weights)
+    np.testing.assert_allclose(model.score(np.arange(5)), grown @ weights, rtol=1e-6)
+    assert model.history_use == "interactions"

@@ -127,6 +127,31 @@ class TestALS(_PlantedMF, RecommenderConformance):
         model, data = fitted
         assert model.n_parameters()[0] == (data.n_users + data.n_items) * 8
 
+    def test_update_history_folds_in_changed_users_by_least_squares(self):
+        """A changed user's factors solve (Y^T C_u Y + reg I) x = Y^T C_u p_u, items fixed."""
+        data = _block_data()
+        model = ALS(factors=8, iterations=10, alpha=3.0, regularization=2.0, seed=0).fit(data)
+        items, before = model.item_factors_.copy(), model.user_factors_.copy()
+        frame = data.interactions
+        extra = pd.DataFrame({"user": [0, 0, 30], "item": [14, 20, 59]}).astype(np.int32)
+        grown = pd.concat([frame, extra]).sort_values("user", kind="stable")
+        new = TrainingData(grown.reset_index(drop=True), data.n_users, data.n_items)
+        model.update_history(new)
+        np.testing.assert_array_equal(model.item_factors_, items)
+        unchanged = np.setdiff1d(np.arange(data.n_users), [0, 30])
+        np.testing.assert_array_equal(model.user_factors_[unchanged], before[unchanged])
+        y = items.astype(np.float64)
+        for user in (0, 30):
+            row = new.csr()[user].indices
+            confidence = np.ones(data.n_items)
+            confidence[row] = 3.0
+            preference = np.zeros(data.n_items)
+            preference[row] = 1.0
+            a = y.T @ (confidence[:, None] * y) + 2.0 * np.eye(8)
+            expected = np.linalg.solve(a, y.T @ (confidence * preference))
+            np.testing.assert_allclose(model.user_factors_[user], expected, rtol=1e-3, atol=1e-4)
+            assert not np.allclose(model.user_factors_[user], before[user])
+
 
 class TestBPR(_PlantedMF, RecommenderConformance):
     def make_model(self, seed: int = 0):
@@ -158,6 +183,10 @@ class TestBPR(_PlantedMF, RecommenderConformance):
     def test_n_parameters_skips_constant_user_column(self, fitted):
         model, data = fitted
         assert model.n_parameters()[0] == data.n_users * 8 + data.n_items * 9
+
+    def test_cannot_take_in_new_histories_without_training(self, fitted):
+        model, data = fitted
+        assert model.history_use == "trained" and not model.updates_history()
 
     def test_single_thread_is_the_default(self):
         # several Hogwild threads race: the same seed would no longer give the same model

@@ -116,3 +116,14 @@ class TestItemKNN(RecommenderConformance):
     def test_bad_parameters(self):
         with pytest.raises(ValueError, match="k must be"):
             ItemKNN(k=0).fit(_data(X))
+
+
+def test_update_history_scores_the_new_rows_with_the_same_similarities():
+    model = ItemKNN(k=3, shrink=0.0, feature_weighting="bm25").fit(_data(X))
+    similarity = model.similarity_.toarray()
+    grown = X.copy()
+    grown[3, 0] = 1.0  # user 3 gains item 0
+    model.update_history(_data(grown))
+    np.testing.assert_array_equal(model.similarity_.toarray(), similarity)
+    expected = (grown * model.history_weights_[None, :]) @ similarity
+    np.testing.assert_allclose(model.score(np.arange(4)), expected, rtol=1e-5)

@@ -12,14 +12,25 @@
     Group AUC: the unweighted mean of per-group (per-user or per-impression) AUCs over the
     groups that have both a positive and a negative; other groups are left out of the mean.
 
-Models without calibrated probabilities get their threshold from `choose_threshold` on
-validation data (the score maximising F1) and keep it for the test data.
+The threshold comes from `choose_threshold` (the score maximising F1) on other data than
+it is applied to. The runner gives every model the same rule, probabilities or not (see
+`recarena.runner.classify_pointwise`): thresholds that differ by model would compare the
+thresholds, not the models.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+#: how the runner cuts every model's scores for accuracy, precision, recall and F1 (written
+#: into each metrics.json as ``pointwise.threshold_rule``, and named by the summary and the
+#: report wherever pointwise metrics are shown)
+POINTWISE_THRESHOLD_RULE = (
+    "one rule for every model: the F1-optimal threshold, chosen on one half of the users "
+    "(impressions, on an impression protocol) and applied to the other half (2-fold "
+    "cross-fitting); AUC needs no threshold"
+)
 
 
 def _check_inputs(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,7 +151,7 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """The score threshold that maximises F1 (predict positive when ``score >= threshold``).
 
     Every distinct score is tried; among equally good thresholds the highest is returned.
-    Meant for validation data, for models whose scores are not calibrated probabilities.
+    Meant for data held apart from the data the threshold is applied to.
 
     Raises
     ------

@@ -3,15 +3,23 @@
 Sequential and language-model recommenders keep each user's last few training items to
 build the user side at scoring time. Stored flat, a model saves them as two arrays and reads
 any batch of users as a left-padded matrix without a Python loop per user.
+
+`KeepsHistory` is the part such a model shares: its fit and `Recommender.update_history`
+both build the kept `History` with `KeepsHistory._keep_history`, from one declaration of
+how many items are kept, their id shift and dtype, so a model tested on new histories
+(without refitting) reads them exactly as a model fit on that data would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from recarena.models.base import HistoryUse, TrainingData
 
 
 @dataclass
@@ -65,3 +73,48 @@ class History:
         index = ends[:, None] - width + cols[None, :]
         real = cols[None, :] >= width - lengths[:, None]
         return np.where(real, self.items[np.where(real, index, 0)], pad).astype(np.int64)
+
+
+class KeepsHistory:
+    """Mixin for recommenders that keep each user's recent items to score from.
+
+    Put it before `Recommender` among the bases. The model's ``_fit`` calls
+    ``self._keep_history(data)`` where it used to build its history; `update_history` (the
+    ``_update_history`` hook below) calls the same function on the new data. The kept
+    items are ``history_items_`` and ``history_indptr_`` (saved with the model);
+    ``_kept_history()`` reads them back as a `History`.
+
+    Attributes
+    ----------
+    history_length_param
+        Name of the parameter holding how many recent items are kept (None: all).
+    history_shift
+        Added to every kept item id (SASRec shifts by one so that 0 is its padding id).
+    history_dtype
+        The dtype of the kept ids.
+    """
+
+    history_use: ClassVar[HistoryUse] = "rebuilt"
+    history_length_param: ClassVar[str] = "history_len"
+    history_shift: ClassVar[int] = 0
+    history_dtype: ClassVar[Any] = np.int64
+
+    history_items_: np.ndarray
+    history_indptr_: np.ndarray
+
+    def _keep_history(self, data: TrainingData) -> History:
+        """Keep each user's last items of ``data`` (``history_items_``, ``history_indptr_``)."""
+        history = History.from_sequences(
+            data.sequences,
+            getattr(self, self.history_length_param),
+            shift=self.history_shift,
+            dtype=self.history_dtype,
+        )
+        self.history_items_, self.history_indptr_ = history.items, history.indptr
+        return history
+
+    def _update_history(self, data: TrainingData) -> None:
+        self._keep_history(data)
+
+    def _kept_history(self) -> History:
+        return History(self.history_items_, self.history_indptr_)

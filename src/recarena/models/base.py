@@ -18,6 +18,11 @@ into a generator inside ``fit``. A model implements two methods:
 The base class builds ``recommend`` on ``_score`` (seen items excluded, ties broken at
 random with a seed, users scored in memory-bounded batches). A re-ranker that cannot score
 the full catalog sets ``scores_full_catalog = False`` and is given candidates instead.
+
+A model declares in ``history_use`` how it reads a user's history when scoring (see
+`Recommender`); `Recommender.update_history` then gives a fitted model new histories (the
+validation interactions, when the runner tests a model without refitting it) through the
+hook ``_update_history(data)`` of the models that keep a representation of them.
 """
 
 from __future__ import annotations
@@ -51,6 +56,17 @@ Family = Literal[
     "generative-lm",
 ]
 Fusion = Literal["none", "feature-extraction", "fine-tuning", "joint-training", "zero-shot"]
+HistoryUse = Literal["none", "interactions", "rebuilt", "fold-in", "trained", "undeclared"]
+
+#: values of ``history_use`` under which `Recommender.update_history` brings a fitted model
+#: up to date with new histories
+UPDATABLE_HISTORY_USES: frozenset[str] = frozenset({"none", "interactions", "rebuilt", "fold-in"})
+
+#: why a model whose ``history_use`` is not updatable keeps the histories it was fit on
+STALE_HISTORY_REASONS: dict[str, str] = {
+    "trained": "its per-user weights are learned and change only by training",
+    "undeclared": "it does not declare how it reads a user's history (history_use)",
+}
 
 
 @dataclass(eq=False)
@@ -145,7 +161,32 @@ class RankedLists:
 
 
 class Recommender:
-    """Base class of every RecArena model. See the module docstring for the contract."""
+    """Base class of every RecArena model. See the module docstring for the contract.
+
+    Class attributes declare what a model is and can do (scikit-learn's tags, read by the
+    runner and the report, never probed). ``history_use`` says how the model reads a user's
+    history when it scores, which decides what `update_history` does:
+
+    ``"none"``
+        Scores do not depend on the user's history (random scores, popularity).
+    ``"interactions"``
+        Scores are computed from the interaction matrix ``seen_`` at scoring time (EASE,
+        ItemKNN); new histories only replace ``seen_``.
+    ``"rebuilt"``
+        A representation of the history is built from the data (kept recent items of
+        SASRec and the language-model recommenders, TF-IDF/BM25 profiles, frozen-LM user
+        vectors); ``_update_history(data)`` rebuilds it, with the function the fit used.
+    ``"fold-in"``
+        Learned per-user weights that ``_update_history(data)`` recomputes from the new
+        rows with the item side held fixed (ALS: one least-squares solve per user).
+    ``"trained"``
+        Learned per-user weights that only training changes (BPR): `update_history`
+        refuses, and a runner that does not refit such a model records its histories as
+        stale.
+    ``"undeclared"``
+        The default of a model that says nothing; treated as ``"trained"``, unless the class
+        defines its own ``update_history`` (the earlier contract), which is then trusted.
+    """
 
     #: model family shown in reports
     family: ClassVar[Family] = "classical"
@@ -160,8 +201,11 @@ class Recommender:
     #: True when fit uses validation data (early stopping): the runner then always runs a
     #: validation fit and refits with ``refit_params()``
     uses_validation: ClassVar[bool] = False
-    #: True when scores are calibrated probabilities (pointwise metrics threshold them at 0.5)
+    #: True when scores are probabilities (descriptive only: pointwise metrics apply the same
+    #: threshold rule to every model, see `recarena.runner.classify_pointwise`)
     calibrated_scores: ClassVar[bool] = False
+    #: how the model reads a user's history when scoring (see the class docstring)
+    history_use: ClassVar[HistoryUse] = "undeclared"
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -219,6 +263,69 @@ class Recommender:
     def refit_params(self) -> dict[str, Any]:
         """Parameters to use when refitting without validation data (e.g. the best epoch)."""
         return {}
+
+    # ------------------------------------------------------------------ new histories
+    @classmethod
+    def updates_history(cls) -> bool:
+        """True when `update_history` brings a fitted model up to date with new histories."""
+        if cls.history_use == "undeclared":
+            # written against the earlier contract, where an own update_history was the
+            # declaration (the runner looked for the method)
+            return cls.update_history is not Recommender.update_history
+        return cls.history_use in UPDATABLE_HISTORY_USES
+
+    def update_history(self, data: TrainingData) -> Self:
+        """Score users from the histories in ``data``, keeping what was learned.
+
+        Used to test a model chosen on validation without a second training: the users'
+        histories then include their validation interactions. ``data`` must span the users
+        and items the model was fit on. ``seen_`` (what ``recommend`` excludes by default)
+        becomes ``data``'s interactions, and the model's ``_update_history`` hook refreshes
+        whatever it built from the histories (see ``history_use``).
+
+        Raises
+        ------
+        NotImplementedError
+            When the model cannot take in new histories without training
+            (``history_use`` ``"trained"``, or undeclared).
+        ValueError
+            When ``data`` has other users or items than the fitted model.
+        """
+        self._check_fitted()
+        cls = type(self)
+        if not cls.updates_history():
+            reason = STALE_HISTORY_REASONS.get(cls.history_use, cls.history_use)
+            raise NotImplementedError(
+                f"{cls.__name__} cannot take in new histories without training: {reason}; "
+                "refit it on the new data instead"
+            )
+        if data.n_users != self.n_users_ or data.n_items != self.n_items_:
+            raise ValueError(
+                f"data has {data.n_users} users and {data.n_items} items; this model was fit "
+                f"on {self.n_users_} users and {self.n_items_} items"
+            )
+        if self.uses_text and len(data.item_text or ()) != data.n_items:
+            raise ValueError(
+                f"{cls.__name__}: item_text has {len(data.item_text or ())} texts for "
+                f"{data.n_items} items"
+            )
+        if cls.history_use in ("rebuilt", "fold-in") and (
+            cls._update_history is Recommender._update_history
+        ):
+            raise NotImplementedError(
+                f"{cls.__name__} declares history_use = {cls.history_use!r} but does not "
+                "implement _update_history"
+            )
+        # the hook runs first, so it can compare the new histories with the old (seen_)
+        self._update_history(data)
+        self.seen_ = data.csr()
+        return self
+
+    def _update_history(self, data: TrainingData) -> None:
+        """Refresh what the model built from users' histories (models that keep some).
+
+        Called by `update_history` after its checks and before ``seen_`` changes.
+        """
 
     # ------------------------------------------------------------------ scoring
     def _check_fitted(self) -> None:

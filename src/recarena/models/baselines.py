@@ -17,6 +17,8 @@ class RandomRecommender(Recommender):
         Seed of the scores: the same seed gives the same lists.
     """
 
+    history_use = "none"
+
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
 
@@ -44,6 +46,7 @@ class MostPopular(Recommender):
     """
 
     param_grid = {"recent_days": [None, 30, 180]}
+    history_use = "none"
 
     def __init__(self, recent_days: float | None = None) -> None:
         self.recent_days = recent_days

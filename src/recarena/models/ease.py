@@ -65,6 +65,8 @@ class EASE(Recommender):
     """
 
     param_grid = {"l2": [50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0]}
+    # scores are the history row of seen_ times B, read at scoring time
+    history_use = "interactions"
 
     def __init__(self, l2: float = 500.0, max_items: int = 40_000) -> None:
         self.l2 = l2

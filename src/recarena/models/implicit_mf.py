@@ -81,6 +81,10 @@ class ALS(_ImplicitFactorModel):
     is independent). Users without training interactions get zero factors, so all their
     scores are 0 (ties broken at random by `recommend`); so do items without interactions.
 
+    Given new histories without a second training (`update_history`, a run with
+    ``refit = false``), the users whose history changed get the factors ALS would solve for
+    them with the item factors fixed (folding in); the others keep theirs.
+
     Parameters
     ----------
     factors
@@ -111,6 +115,7 @@ class ALS(_ImplicitFactorModel):
         "regularization": [1.0, 20.0],
         "alpha": [1.0, 4.0],
     }
+    history_use = "fold-in"
 
     def __init__(
         self,
@@ -147,6 +152,29 @@ class ALS(_ImplicitFactorModel):
         self.user_factors_[data.user_activity == 0] = 0.0
         self.item_factors_[data.item_popularity == 0] = 0.0
 
+    def _update_history(self, data: TrainingData) -> None:
+        """Fold in new histories: solve the factors of the users whose rows changed.
+
+        With the item factors fixed, a user's ALS factors are the exact solution of one
+        regularised weighted least-squares problem (Hu et al., eq. 4);
+        implicit's ``recalculate_user`` solves it (Cholesky). Users whose history did not
+        change keep their trained factors, so their scores do not move.
+        """
+        from threadpoolctl import threadpool_limits
+
+        new = data.csr().astype(np.float32)
+        changed = np.flatnonzero((new != self.seen_).getnnz(axis=1))
+        if len(changed) == 0:
+            return
+        klass = self._implicit_class()
+        with threadpool_limits(1, "blas"):
+            model = klass(**self._implicit_params(), random_state=self.seed)
+            model.item_factors = self.item_factors_
+            factors = model.recalculate_user(changed, new[changed])
+        self.user_factors_ = self.user_factors_.copy()
+        self.user_factors_[changed] = np.asarray(factors, dtype=np.float32)
+        self.user_factors_[data.user_activity == 0] = 0.0
+
 
 class BPR(_ImplicitFactorModel):
     """Bayesian personalised ranking matrix factorisation (Rendle et al., UAI 2009).
@@ -157,6 +185,9 @@ class BPR(_ImplicitFactorModel):
     factors have ``factors + 1`` columns (the last is the bias) and its user factors a last
     column fixed at 1, so ``user_factors_ @ item_factors_.T`` (what implicit's
     ``recommend`` ranks by) is ``x_u^T y_i + b_i``. Both are kept as they are.
+
+    A user's factors change only by training: `update_history` refuses, and a run with
+    ``refit = false`` records the model's test histories as stale.
 
     Users without training interactions keep implicit's random initial vector; here their
     latent part is set to zero, so they score each item by its learned bias (a popularity-
@@ -191,6 +222,10 @@ class BPR(_ImplicitFactorModel):
         "learning_rate": [0.005, 0.01, 0.03],
         "iterations": [30, 100],
     }
+    # a user's factors come out of the SGD over all users' triples: no closed-form solve
+    # folds in a new history (implicit's BPR has no recalculate_user), so a model that is
+    # not refit keeps its train-time user factors
+    history_use = "trained"
 
     def __init__(
         self,

@@ -75,6 +75,8 @@ class ItemKNN(Recommender):
         "k": [20, 50, 200, 800],
         "feature_weighting": ["none", "tfidf", "bm25"],
     }
+    # scores are the history row of seen_ times the similarities, read at scoring time
+    history_use = "interactions"
 
     def __init__(
         self,

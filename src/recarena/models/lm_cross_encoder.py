@@ -79,7 +79,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recarena.errors import ConfigError
-from recarena.models._history import History
+from recarena.models._history import KeepsHistory
 from recarena.models.base import Recommender, TrainingData
 
 logger = logging.getLogger(__name__)
@@ -430,7 +430,7 @@ _PairScorer: Any = None
 
 
 # ---------------------------------------------------------------------------- the model
-class CrossEncoderRecommender(Recommender):
+class CrossEncoderRecommender(KeepsHistory, Recommender):
     """Fine-tuned BERT-style cross-encoder over (candidate item text, user history text).
 
     See the module docstring for the recipe. A re-ranker: give it candidate lists.
@@ -531,6 +531,7 @@ class CrossEncoderRecommender(Recommender):
     scores_full_catalog = False
     uses_text = True
     uses_validation = True
+    history_dtype = np.int32
     param_grid: dict[str, list[Any]] = {}
 
     def __init__(
@@ -670,8 +671,7 @@ class CrossEncoderRecommender(Recommender):
                     encoder.n_cut_items,
                     encoder.max_length,
                 )
-            history = History.from_sequences(data.sequences, self.history_len, dtype=np.int32)
-            self.history_items_, self.history_indptr_ = history.items, history.indptr
+            self._keep_history(data)
 
             positives = sample_positives(
                 data.sequences,
@@ -916,7 +916,7 @@ class CrossEncoderRecommender(Recommender):
     # ------------------------------------------------------------------ scoring
     def _history_of(self, user: int) -> np.ndarray:
         """The user's last ``history_len`` training items, newest first."""
-        return History(self.history_items_, self.history_indptr_).row(user)[::-1]
+        return self._kept_history().row(user)[::-1]
 
     def _pair_encoder(self) -> PairEncoder:
         encoder = getattr(self, "_encoder", None)

@@ -52,6 +52,7 @@ class FrozenLMRecommender(Recommender):
     family = "frozen-lm"
     fusion = "feature-extraction"
     uses_text = True
+    history_use = "rebuilt"
     param_grid = {"recency_decay": [1.0, 0.9, 0.7], "history_len": [None, 50, 10]}
 
     def __init__(
@@ -97,6 +98,11 @@ class FrozenLMRecommender(Recommender):
         self.encode_cache_hit_ = stats.cache_hit
         self.lm_parameters_ = stats.n_parameters
         self.lm_device_ = stats.device
+        self._update_history(data)
+
+    def _update_history(self, data: TrainingData) -> None:
+        # the item vectors depend on the item text alone: new histories give the user
+        # vectors a fit on the new data would give
         self.user_vectors_ = self._user_vectors(data.sequences)
 
     def _user_vectors(self, sequences: list[np.ndarray]) -> np.ndarray:

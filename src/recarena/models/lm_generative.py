@@ -81,7 +81,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import pandas as pd
 
-from recarena.models._history import History
+from recarena.models._history import History, KeepsHistory
 from recarena.models.base import Recommender, TrainingData
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class _FollowsLoRA:
         return self.tuned if lora else self.zero_shot
 
 
-class GenerativeRanker(Recommender):
+class GenerativeRanker(KeepsHistory, Recommender):
     """Re-rank candidates by the log-likelihood a decoder LM gives their titles.
 
     Parameters
@@ -327,8 +327,7 @@ class GenerativeRanker(Recommender):
         self.unscorable_items_ = np.flatnonzero(
             np.array([not t for t in self.item_texts_], dtype=bool)
         )
-        history = History.from_sequences(data.sequences, self.history_len)
-        self.history_items_, self.history_indptr_ = history.items, history.indptr
+        self._keep_history(data)
         self.cache_dir_ = None if data.cache_dir is None else str(data.cache_dir)
         self.n_unscorable_ = 0
         self.n_scored_ = 0

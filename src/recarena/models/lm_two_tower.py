@@ -82,7 +82,7 @@ from recarena.lm.training import (
     torch_threads,
     train_loop,
 )
-from recarena.models._history import History
+from recarena.models._history import History, KeepsHistory
 from recarena.models.base import RankedLists, Recommender, TrainingData
 
 logger = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class TwoTowerNetwork(nn.Module):
 
 
 # ---------------------------------------------------------------------- the recommender
-class TwoTowerRecommender(Recommender):
+class TwoTowerRecommender(KeepsHistory, Recommender):
     """Two-tower model with a jointly trained LM item tower, in-batch softmax, early stopping.
 
     Parameters
@@ -422,8 +422,7 @@ class TwoTowerRecommender(Recommender):
         first.unload()
         if loaded.backend != "torch" or loaded.family != "encoder":
             raise ValueError(f"{resolved.name} is not a transformers encoder (BERT-style)")
-        history = History.from_sequences(data.sequences, self.history_len)
-        self.history_items_, self.history_indptr_ = history.items, history.indptr
+        self._keep_history(data)
         self.item_has_id_ = data.item_popularity > 0
 
         accelerator = make_accelerator(self.device, "auto" if self.mixed_precision else "no")

@@ -51,7 +51,7 @@ from torch import nn
 
 from recarena._io import atomic_open
 from recarena.data.dataset import interactions_csr
-from recarena.models._history import History
+from recarena.models._history import History, KeepsHistory
 from recarena.models.base import Recommender, TrainingData
 
 logger = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
 
 
 # ---------------------------------------------------------------------- the recommender
-class SASRec(Recommender):
+class SASRec(KeepsHistory, Recommender):
     """SASRec trained with full softmax cross-entropy and early stopping on validation.
 
     Parameters
@@ -287,6 +287,11 @@ class SASRec(Recommender):
 
     param_grid = {"hidden": [64, 128], "dropout": [0.2, 0.5]}
     uses_validation = True
+    # the history read when scoring (and rebuilt by update_history): each user's last
+    # max_len items, ids shifted by one (0 is the padding id)
+    history_length_param = "max_len"
+    history_shift = 1
+    history_dtype = np.int32
 
     def __init__(
         self,
@@ -334,9 +339,7 @@ class SASRec(Recommender):
         if self.loss not in ("ce", "bce", "sampled_ce"):
             raise ValueError(f"loss must be 'ce', 'bce' or 'sampled_ce', got {self.loss!r}")
         device = self._torch_device()
-        # the history read when scoring: each user's last max_len items, ids shifted by one
-        history = _shifted_history(data.sequences, self.max_len)
-        self.history_items_, self.history_indptr_ = history.items, history.indptr
+        self._keep_history(data)
         # training reads one more item: inputs are items [0, n-1), targets items [1, n)
         train = _shifted_history(data.sequences, self.max_len + 1)
         train_users = np.flatnonzero(train.lengths >= 2)
@@ -550,24 +553,6 @@ class SASRec(Recommender):
         """The epochs to train on train + valid without validation: the best epoch here."""
         return {"epochs": int(self.best_epoch_)}
 
-    def update_history(self, data: TrainingData) -> SASRec:
-        """Score users from the histories in ``data``, keeping the trained weights.
-
-        The original SASRec protocol: a model trained on ``train`` ranks test items after
-        histories that include the validation item, with no second training run. ``seen_``
-        (the items ``recommend`` excludes) follows the new histories too.
-        """
-        self._check_fitted()
-        if data.n_users != self.n_users_ or data.n_items != self.n_items_:
-            raise ValueError(
-                f"data has {data.n_users} users and {data.n_items} items; this model was fit "
-                f"on {self.n_users_} and {self.n_items_}"
-            )
-        history = _shifted_history(data.sequences, self.max_len)
-        self.history_items_, self.history_indptr_ = history.items, history.indptr
-        self.seen_ = data.csr()
-        return self
-
     # ------------------------------------------------------------------ scoring
     def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
         out = []
@@ -589,8 +574,7 @@ class SASRec(Recommender):
         net = self.network_
         device = next(net.parameters()).device
         net.eval()
-        history = History(self.history_items_, self.history_indptr_)
-        seq = torch.from_numpy(history.left_padded(users, pad=0)).to(device)
+        seq = torch.from_numpy(self._kept_history().left_padded(users, pad=0)).to(device)
         with self._autocast(device):
             return net(seq)[:, -1].float()
 

@@ -26,6 +26,7 @@ class _TextProfileRecommender(Recommender):
 
     family = "content"
     uses_text = True
+    history_use = "rebuilt"
 
     recency_half_life: float | None
 
@@ -47,14 +48,19 @@ class _TextProfileRecommender(Recommender):
             ) from None
         self.idf_ = idf.astype(np.float32)
         self.item_vectors_ = _l2_rows(vectors)
-        history = _history_weights(data, self.recency_half_life)
-        self.user_profiles_ = _l2_rows(history @ self.item_vectors_)
+        self._update_history(data)
         logger.debug(
             "%s: %d items, vocabulary of %d terms",
             type(self).__name__,
             data.n_items,
             len(self.idf_),
         )
+
+    def _update_history(self, data: TrainingData) -> None:
+        # item vectors come from the item text alone: new histories give the profiles a fit
+        # on the new data would give
+        history = _history_weights(data, self.recency_half_life)
+        self.user_profiles_ = _l2_rows(history @ self.item_vectors_)
 
     def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
         profiles = self.user_profiles_[users]

@@ -16,6 +16,7 @@ import pandas as pd
 from recarena._io import read_json
 from recarena.report.loading import ReportData
 from recarena.report.stats import PairedResult, holm_correction, paired_test
+from recarena.summary import CommonUsers, find_common_users
 
 #: segments in the order the report shows them; others follow in the order found
 SEGMENT_ORDER = ("all", "cold_users", "warm_users", "head_items", "tail_items", "cold_items")
@@ -74,6 +75,20 @@ class SegmentWinner:
 
 
 @dataclass
+class CommonSample:
+    """Every model of a protocol over the users all of them were measured on.
+
+    Made where some model was measured on a sample of the users, so that the all-users
+    numbers of the others do not sit beside a sample's as if they were comparable.
+    """
+
+    users: CommonUsers
+    metrics: list[str]
+    values: dict[str, dict[str, Estimate]]
+    ranking: list[str]
+
+
+@dataclass
 class ProtocolAnalysis:
     label: str
     description: str
@@ -88,6 +103,10 @@ class ProtocolAnalysis:
     segment_winners: list[SegmentWinner]
     not_run: dict[str, str] = field(default_factory=dict)
     segment_users_by_model: dict[str, dict[str, int]] = field(default_factory=dict)
+    common: CommonSample | None = None
+    #: model -> how its pointwise metrics were thresholded, where that is not the rule
+    #: every model now gets (runs made before it was one rule)
+    pointwise_exceptions: dict[str, str] = field(default_factory=dict)
 
     @property
     def sampled(self) -> bool:
@@ -245,6 +264,17 @@ def analyse_protocol(data: ReportData, protocol: str) -> ProtocolAnalysis:
                 w.test = compare(data, order[0], order[1], protocol, primary, seg)
         winners.append(w)
 
+    common = common_sample(data, protocol, ranking, primary)
+    exceptions: dict[str, str] = {}
+    if pointwise:
+        from recarena.metrics.pointwise import POINTWISE_THRESHOLD_RULE
+
+        for m in on_proto:
+            path = m.model_dir / protocol / "metrics.json"
+            found = (read_json(path).get("pointwise") or {}) if path.exists() else {}
+            if found and found.get("threshold_rule") != POINTWISE_THRESHOLD_RULE:
+                exceptions[m.label] = str(found.get("threshold", "threshold not recorded"))
+
     return ProtocolAnalysis(
         label=protocol,
         description=data.protocols.get(protocol, protocol),
@@ -259,7 +289,50 @@ def analyse_protocol(data: ReportData, protocol: str) -> ProtocolAnalysis:
         segment_winners=winners,
         not_run=not_run,
         segment_users_by_model=by_model,
+        common=common,
+        pointwise_exceptions=exceptions,
     )
+
+
+def common_sample(
+    data: ReportData, protocol: str, labels: list[str], primary: str
+) -> CommonSample | None:
+    """Each model's per-user metrics over the users every model of ``protocol`` was measured
+    on (`recarena.summary.find_common_users`), with bootstrap intervals over those users;
+    None when every model was measured on the same users."""
+    from recarena.metrics import summarize
+
+    if len(labels) < 2 or not any(data.model(x).user_sample for x in labels):
+        return None
+    user_sets = {}
+    for label in labels:
+        frame = data.per_user(label, protocol, [])
+        user_sets[label] = frame.loc[frame["segment"] == "all", "user"].to_numpy()
+    users = find_common_users(user_sets, {x: data.model(x).user_sample for x in labels})
+    if users is None:
+        return None
+    wanted = [f"{n}@{data.k}" for n in MAIN_METRICS] + list(BARE_METRICS)
+    n_boot = int(data.runs[0].evaluation.get("bootstrap", 1000))
+    values: dict[str, dict[str, Estimate]] = {}
+    for label in labels:
+        frame = data.per_user(label, protocol, wanted)
+        rows = frame[(frame["segment"] == "all") & frame["user"].isin(users.users)]
+        columns = [c for c in wanted if c in rows.columns]
+        summ = summarize(rows[columns], n_boot=n_boot, confidence=data.confidence, seed=0)
+        values[label] = {
+            str(metric): Estimate(
+                float(r["mean"]), float(r["ci_low"]), float(r["ci_high"]), int(r["n_users"])
+            )
+            for metric, r in summ.iterrows()
+        }
+    metrics = [m for m in wanted if any(m in v for v in values.values())]
+
+    def score(label: str) -> float:
+        est = values[label].get(primary)
+        return est.mean if est is not None and math.isfinite(est.mean) else -math.inf
+
+    ranking = sorted(labels, key=lambda x: (-score(x), x))
+    return CommonSample(users, metrics, values, ranking)
 
 
 def metric_at_k(data: ReportData, protocol: str, metrics: tuple[str, ...]) -> dict[str, Any]:

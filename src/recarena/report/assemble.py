@@ -12,6 +12,7 @@ from recarena.report.loading import ReportData
 from recarena.report.page import Figure, ProtocolSection, render_page
 from recarena.report.popularity import analyse_popularity, reference_for
 from recarena.report.sections import (
+    common_users_table,
     dataset_table,
     environment_table,
     evaluation_table,
@@ -111,6 +112,10 @@ def assemble(data: ReportData, out_file: Path, tables_dir: Path) -> tuple[str, s
         board = leaderboard_table(data, pa)
         section.tables.append(board)
         all_tables.append(board)
+        if pa.common is not None:
+            shared = common_users_table(data, pa)
+            section.tables.append(shared)
+            all_tables.append(shared)
         if pa.comparisons:
             sig = significance_table(data, pa)
             section.tables.append(sig)

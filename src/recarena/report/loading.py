@@ -51,6 +51,14 @@ class ModelRecord:
     user_sample: bool = False
     #: refit on train + valid before testing (None: a run from before the record said)
     refit: bool | None = None
+    #: how the model reads a user's history (``Recommender.history_use``; None: not recorded)
+    history_use: str | None = None
+    #: not refit: whether the test histories took in the validation interactions (False:
+    #: stale); None when refit, or when the run predates the record (see
+    #: ``history_recorded``)
+    history_refreshed: bool | None = None
+    #: whether the run recorded ``history_refreshed`` (runs before it did not)
+    history_recorded: bool = False
     evaluated_users: int | None = None
     all_test_users: int | None = None
     cost: dict[str, Any] = field(default_factory=dict)
@@ -209,6 +217,9 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
                     skipped=dict(rec.get("skipped_protocols") or {}),
                     user_sample=bool(rec.get("user_sample", False)),
                     refit=rec.get("refit"),
+                    history_use=rec.get("history_use"),
+                    history_refreshed=rec.get("history_refreshed"),
+                    history_recorded="history_refreshed" in rec,
                     evaluated_users=rec.get("evaluated_users"),
                     all_test_users=rec.get("all_test_users"),
                     cost=dict(cost),
@@ -268,6 +279,11 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
     summary["model"] = summary["model"].astype(str)
     summary["protocol"] = summary["protocol"].astype(str)
     summary["segment"] = summary["segment"].astype(str)
+    # the rows over the users every model was measured on are recomputed by the report
+    # over the models it shows (runs merge), so a run's own are left out here
+    from recarena.summary import COMMON_USERS_SEGMENT
+
+    summary = summary[summary["segment"] != COMMON_USERS_SEGMENT].reset_index(drop=True)
     return RunArtifacts(
         run_dir=run_dir,
         config=config,

@@ -25,6 +25,7 @@ from recarena.report.tables import (
     fmt_seconds,
     simple_table,
 )
+from recarena.summary import COMMON_USERS_SEGMENT
 
 MARK_NOTE = (
     "† significantly better and ‡ significantly worse than the best classical baseline "
@@ -268,9 +269,19 @@ def leaderboard_table(data: ReportData, pa: ProtocolAnalysis) -> Table:
     else:
         notes.append("No classical baseline ran on this protocol: no † marks.")
     if any(m.user_sample for m in models):
-        notes.append(
-            "* evaluated on a seeded sample of the test users (see users); its mean is over other users than the rest."
-        )
+        text = "* evaluated on a seeded sample of the test users (see users); its mean is over other users than the rest."
+        if pa.common is not None:
+            text += f" The next table compares every model {pa.common.users.title()}."
+        notes.append(text)
+    if pa.pointwise:
+        from recarena.metrics.pointwise import POINTWISE_THRESHOLD_RULE
+
+        notes.append(f"Pointwise accuracy and F1: {POINTWISE_THRESHOLD_RULE}.")
+        for label, how in pa.pointwise_exceptions.items():
+            notes.append(
+                f"{label}: pointwise metrics thresholded otherwise ({how}), in a run made "
+                "before one rule applied to every model; not comparable with the others'."
+            )
     notes.append(
         f"Intervals: {int(data.confidence * 100)}% percentile bootstrap over users, from the run's summary. "
         "Cost: wall-clock on the run's machine (see Set-up); latency measured one user at a time on the "
@@ -286,6 +297,78 @@ def leaderboard_table(data: ReportData, pa: ProtocolAnalysis) -> Table:
         notes=notes,
         header_titles=titles,
         row_classes=classes,
+    )
+
+
+def common_users_table(data: ReportData, pa: ProtocolAnalysis) -> Table:
+    """Every model of the protocol over the users all of them were measured on."""
+    common = pa.common
+    assert common is not None
+    header = ["#", "model", "family · fusion", *[metric_display(m) for m in common.metrics]]
+    header.append("users")
+    titles = ["", "", "model family; under it, how a language model is used (fusion way)"]
+    titles += [
+        f"mean over these users, {int(data.confidence * 100)}% bootstrap CI under it"
+        for _ in common.metrics
+    ]
+    titles.append("users (impressions, on an impression protocol) in the mean")
+    rows, raw = [], []
+    for rank, label in enumerate(common.ranking, start=1):
+        m = data.model(label)
+        vals = common.values.get(label, {})
+        row = [
+            Cell(str(rank), cls="num"),
+            Cell(model_text(data, label), cls="model", attrs={"data-model": label}),
+            family_cell(m),
+        ]
+        rec: dict[str, Any] = {
+            "protocol": pa.label,
+            "users": "common",
+            "rank": rank,
+            "model": label,
+            "run": data.runs[m.run].run_dir.name,
+            "family": m.family,
+            "fusion": m.fusion,
+            "user_sample": m.user_sample,
+        }
+        for key in common.metrics:
+            est = vals.get(key)
+            row.append(
+                Cell(
+                    fmt_metric(est.mean if est else None),
+                    sub=fmt_ci(est.low, est.high) if est else "",
+                    cls="num best" if rank == 1 else "num",
+                    attrs={
+                        "data-model": label,
+                        "data-metric": key,
+                        "data-protocol": pa.label,
+                        "data-segment": COMMON_USERS_SEGMENT,
+                    },
+                )
+            )
+            rec[key] = est.mean if est else math.nan
+            rec[f"{key}_ci_low"] = est.low if est else math.nan
+            rec[f"{key}_ci_high"] = est.high if est else math.nan
+        n = vals[pa.primary].n_users if pa.primary in vals else common.users.n_users
+        row.append(Cell(fmt_int(n), cls="num"))
+        rec["n_users"] = n
+        rows.append(row)
+        raw.append(rec)
+    notes = [
+        common.users.describe(),
+        f"Means and {int(data.confidence * 100)}% percentile bootstrap intervals over these "
+        "users only; the leaderboard above keeps each model's numbers over all the users it "
+        "was measured on. Coverage and pointwise metrics are not restricted. * the model was "
+        "measured on a seeded sample of the test users.",
+    ]
+    return Table(
+        key=f"common_users_{pa.label}",
+        title=f"Leaderboard {common.users.title()} — {protocol_title(pa.label, pa.description)}",
+        header=header,
+        rows=rows,
+        raw=pd.DataFrame(raw),
+        notes=notes,
+        header_titles=titles,
     )
 
 

@@ -201,6 +201,12 @@ def build_verdict(data: ReportData, analyses: dict[str, ProtocolAnalysis]) -> Ve
                 if m.evaluated_users is not None and m.all_test_users is not None
             )
             + "; their means are over fewer users than the others (paired tests use the users both models have)."
+            + (
+                " Each protocol's table “on the users every model was measured on” compares "
+                "all models on the same users."
+                if any(pa.common is not None for pa in analyses.values())
+                else ""
+            )
         )
     for label in labels:
         if label != "full":
@@ -216,10 +222,10 @@ def build_verdict(data: ReportData, analyses: dict[str, ProtocolAnalysis]) -> Ve
         v.caveats.append(
             "Not refit on train + validation: "
             + ", ".join(f"**{k}**" for k in kept)
-            + " ranked the test items with the weights chosen on validation (histories "
-            "extended by the validation items); the other models were refit, so these "
-            "trained without the validation interactions."
+            + " ranked the test items with what they learned on train alone; the other "
+            "models were refit, so these trained without the validation interactions."
         )
+    v.caveats += stale_history_caveats(data)
     trials = {m.label: int(m.cost.get("tuning_trials") or 0) for m in data.done_models}
     if len(set(trials.values())) > 1:
         v.caveats.append(
@@ -270,3 +276,36 @@ def build_verdict(data: ReportData, analyses: dict[str, ProtocolAnalysis]) -> Ve
             "summary.csv was missing in a run: the report rebuilt it from per-user files."
         )
     return v
+
+
+def stale_history_caveats(data: ReportData) -> list[str]:
+    """Caveats naming models that were not refit and ranked from train-only histories."""
+    from recarena.models.base import STALE_HISTORY_REASONS
+
+    out = []
+    kept = [m for m in data.done_models if m.refit is False]
+    stale = [m for m in kept if m.history_recorded and m.history_refreshed is False]
+    if stale:
+        named = "; ".join(
+            f"**{m.label}** ({STALE_HISTORY_REASONS.get(m.history_use or '', m.history_use)})"
+            for m in stale
+        )
+        one = len(stale) == 1
+        out.append(
+            f"Stale histories: {named} {'was' if one else 'were'} not refit and could not take "
+            "in the validation interactions, so each user's test items were ranked from a "
+            "history without them (the user's latest interactions before the test); the other "
+            f"models read them. Compare {'its' if one else 'their'} numbers with care, or refit "
+            f"{'it' if one else 'them'} (refit = true)."
+        )
+    unknown = [m for m in kept if not m.history_recorded]
+    if unknown:
+        out.append(
+            "Not recorded: "
+            + ", ".join(f"**{m.label}**" for m in unknown)
+            + " ran before RecArena recorded whether a model that is not refit reads the "
+            "validation interactions; runs of that time gave them only to models with an "
+            "update_history method of their own (SASRec, text-SASRec), so the others ranked "
+            "from train-only histories. Rerun them to be sure."
+        )
+    return out

@@ -20,19 +20,6 @@ from recarena.models.lm_cross_encoder import (
 )
 from tests.models.conformance import RecommenderConformance, _training_data
 
-#: settings under which the tiny, randomly initialised 2-layer BERT learns the planted
-#: clusters: it has to learn to match tokens across the two segments from scratch (a
-#: pretrained encoder already can), which takes a few hundred steps at a high learning rate
-#: without dropout; the cluster is in the last history item's text, so a short pair suffices
-PLANTED = dict(
-    lr=2e-3,  # 5e-3 diverged on some platforms; 2e-3 learned the clusters for seeds 0-3
-    epochs=8,
-    max_length=32,
-    history_len=2,
-    dropout=0.0,
-    warmup_ratio=0.1,
-    patience=None,
-)
 #: cheap settings for checks that do not need a trained model
 QUICK = dict(max_steps=3, max_length=32, history_len=2, max_valid_users=20, n_valid_negatives=3)
 
@@ -43,7 +30,13 @@ def _model(model_dir: Path, seed: int = 0, **params) -> CrossEncoderRecommender:
 
 
 class TestCrossEncoderConformance(RecommenderConformance):
-    """The suite; only the fixture whose model must recover the planted clusters trains long."""
+    """The suite on the tiny, randomly initialised BERT.
+
+    The planted clusters are recovered by the pretrained encoder at the production defaults
+    (`test_minilm_l6_recovers_the_planted_clusters`, slow, run in CI): matching a
+    candidate's words with the history's is what a pretrained encoder brings, and a random
+    2-layer one does not learn it within a unit test's budget.
+    """
 
     model_dir: Path
 
@@ -52,16 +45,119 @@ class TestCrossEncoderConformance(RecommenderConformance):
     def _tiny_model(cls, tiny_bert_dir: Path) -> None:
         cls.model_dir = tiny_bert_dir
 
-    @pytest.fixture(scope="class")
-    @classmethod
-    def fitted(cls, planted, _tiny_model):
-        dataset, split = planted
-        data = _training_data(dataset, split.fit_interactions("valid"))
-        model = cls().make_model(seed=0).set_params(max_steps=None, **PLANTED)
-        return model.fit(data, valid=split.valid), data
-
     def make_model(self, seed: int = 0):
         return _model(self.model_dir, seed, **QUICK)
+
+    def test_recovers_planted_structure(self, fitted, planted):
+        pytest.skip(
+            "a randomly initialised encoder: the pretrained one recovers the planted clusters "
+            "in test_minilm_l6_recovers_the_planted_clusters (slow, run in CI)"
+        )
+
+
+# ---------------------------------------------------------------------------- the ladder
+def popularity_dataset(n_users: int = 300, clusters: bool = False, seed: int = 0):
+    """Users drawing items by a Zipf popularity (within their own cluster, with ``clusters``).
+
+    60 items in 3 clusters whose titles share cluster words; without ``clusters`` a user's
+    items come from the whole catalog, so popularity is all there is to learn.
+    """
+    from recarena.data.dataset import Dataset
+
+    rng = np.random.default_rng(seed)
+    words = ["space rocket galaxy orbit", "cooking recipe kitchen baking", "football match goal"]
+    n_items = 60
+    weight = 1.0 / np.arange(1, n_items + 1) ** 1.1
+    rows, t = [], 1_000_000
+    for u in range(n_users):
+        pool = np.arange(n_items)
+        if clusters:
+            pool = pool[pool % 3 == u % 3]
+        p = weight[pool] / weight[pool].sum()
+        for i in rng.choice(pool, size=12, replace=False, p=p):
+            t += 60
+            rows.append((f"u{u}", f"i{i}", t, 5.0))
+    inter = pd.DataFrame(rows, columns=["user", "item", "timestamp", "rating"])
+    items = pd.DataFrame(
+        {
+            "title": {f"i{i}": f"{words[i % 3]} story {i}" for i in range(n_items)},
+            "genres": {f"i{i}": [f"genre{i % 3}"] for i in range(n_items)},
+        }
+    )
+    return Dataset.from_raw("popularity", inter, items)
+
+
+def ladder_aucs(
+    make_model, dataset, rungs=("without history", "with history"), cache_dir=None
+) -> dict:
+    """Pointwise AUC on each test user's held-out item + 9 sampled negatives: item
+    popularity, and the model of each rung (``make_model(0)`` without history,
+    ``make_model(None)`` with its default history)."""
+    from recarena.metrics.pointwise import roc_auc
+    from recarena.splits import leave_one_out_split
+
+    split = leave_one_out_split(dataset)
+    data = _training_data(dataset, split.fit_interactions("valid"))
+    data.cache_dir = cache_dir
+    users = split.eval_users("test")
+    held = split.test.groupby("user")["item"].first().reindex(users).to_numpy()
+    # negatives: items the user never interacted with (validation and test included)
+    everything = _training_data(dataset).csr()
+    negatives = sample_negatives(everything, users, 9, np.random.default_rng(1))
+    cand = np.concatenate([held[:, None], negatives], axis=1)
+    labels = np.zeros(cand.shape, dtype=int)
+    labels[:, 0] = 1
+    out = {"popularity": roc_auc(labels.ravel(), data.item_popularity[cand].ravel())}
+    for name in rungs:
+        model = make_model(0 if name == "without history" else None)
+        model.fit(data, valid=split.valid)
+        out[name] = roc_auc(labels.ravel(), model.score(users, cand).ravel())
+    return out
+
+
+def test_tiny_model_learns_item_popularity_at_the_production_defaults(tiny_bert_dir: Path):
+    """Rung 1 of the ladder on the tiny model: with the candidate alone, the production
+    recipe (learning rate, warm-up, negatives, loss, pooling) learns item popularity from
+    item text, even starting from a random 2-layer encoder (a constant output, the failure
+    the ladder is for, scores AUC .5 and no correlation).
+
+    The random encoder gets near popularity (AUC about .65-.67 against popularity's .70 here:
+    the titles of one cluster differ in one number token); the ladder's criterion itself
+    (within .03, then history beating it) is checked with the pretrained encoder in
+    `test_minilm_l6_climbs_the_ladder` (slow, run in CI).
+    """
+    from scipy.stats import spearmanr
+
+    dataset = popularity_dataset()
+    defaults = CrossEncoderRecommender().get_params()
+    models = []
+
+    def make(history_len):
+        models.append(
+            CrossEncoderRecommender(
+                **{
+                    **defaults,
+                    "model": str(tiny_bert_dir),
+                    "history_len": history_len,
+                    "epochs": 6,  # a budget, not a tuned setting
+                    "max_length": 32,  # the tiny model's limit
+                    "device": "cpu",
+                    "num_threads": 1,
+                    "progress": False,
+                }
+            )
+        )
+        return models[-1]
+
+    aucs = ladder_aucs(make, dataset, rungs=("without history",))
+    assert aucs["popularity"] > 0.65  # the data has a popularity signal to learn
+    assert aucs["without history"] > 0.6, aucs
+    (model,) = models
+    scores = model.score(np.array([0]), np.arange(dataset.n_items)[None, :])[0]
+    popularity = np.bincount(dataset.interactions["item"], minlength=dataset.n_items)
+    assert spearmanr(scores, popularity).correlation > 0.5
+    curve = [r["valid_auc"] for r in model.training_log_ if r["valid_auc"] is not None]
+    assert curve[0] < 0.55 < max(curve)  # it learned: the curve climbs from chance
 
 
 # ---------------------------------------------------------------------------- pairs
@@ -374,36 +470,56 @@ def test_registry_entry():
 
 
 # ---------------------------------------------------------------------------- real model
-@pytest.mark.slow
-def test_minilm_l6_fine_tunes_on_planted_data(tmp_path_factory: pytest.TempPathFactory):
-    """The real all-MiniLM-L6-v2 (from PyPI via the zoo) with a fresh head on mean pooling."""
+@pytest.fixture(scope="module")
+def minilm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from recarena.lm.zoo import get_model
-    from recarena.splits import leave_one_out_split
-    from tests.conftest import make_planted_dataset
 
     cache = tmp_path_factory.mktemp("recarena-cache")
     get_model("minilm-l6", cache, progress=False)
-    dataset = make_planted_dataset(users_per_cluster=12)
+    return cache
+
+
+def _minilm(cache: Path, **params) -> CrossEncoderRecommender:
+    """all-MiniLM-L6-v2 at the production defaults but for the given budgets."""
+    return CrossEncoderRecommender(
+        "minilm-l6", device="cpu", progress=False, **{"eval_every": 10, **params}
+    )
+
+
+@pytest.mark.slow
+def test_minilm_l6_recovers_the_planted_clusters(minilm_cache: Path):
+    """The conformance suite's planted clusters, by the pretrained encoder at the defaults."""
+    from recarena.splits import leave_one_out_split
+    from tests.conftest import make_planted_dataset
+
+    dataset = make_planted_dataset()
     split = leave_one_out_split(dataset)
     data = _training_data(dataset, split.fit_interactions("valid"))
-    data.cache_dir = cache
-    model = CrossEncoderRecommender(
-        "minilm-l6",
-        history_len=2,
-        max_length=48,
-        max_train_pairs=200,
-        max_steps=12,
-        batch_size=16,
-        lr=5e-5,
-        eval_every=6,
-        n_valid_negatives=5,
-        device="cpu",
-        progress=False,
-    ).fit(data, valid=split.valid)
+    data.cache_dir = minilm_cache
+    model = _minilm(minilm_cache, max_steps=30, max_valid_users=90).fit(data, valid=split.valid)
     aucs = [r["valid_auc"] for r in model.training_log_ if r["valid_auc"] is not None]
-    assert len(aucs) == 2 and model.best_valid_auc_ == max(aucs)
-    assert model.best_valid_auc_ > 0.7, aucs
+    assert aucs[0] == model.training_log_[0]["valid_auc"] and len(aucs) == 4  # steps 0..30
+    assert model.best_valid_auc_ == max(aucs[1:]) > 0.8, aucs
     assert model.n_parameters()[0] > 22_000_000 and model.pooling_ == "mean"
-    users = split.eval_users("valid")[:4]
-    scores = model.score(users, np.tile(np.arange(data.n_items), (len(users), 1)))
-    assert np.isfinite(scores).all()
+    RecommenderConformance.test_recovers_planted_structure(
+        TestCrossEncoderConformance(), (model, data), (dataset, split)
+    )
+
+
+@pytest.mark.slow
+def test_minilm_l6_climbs_the_ladder(minilm_cache: Path):
+    """Both rungs at the production defaults: without history the model learns item
+    popularity (within .03 of its AUC); with history (users keep to a cluster) it beats that."""
+    from recarena.report.analysis import LADDER_TOLERANCE
+
+    dataset = popularity_dataset(n_users=150, clusters=True)
+
+    def make(history_len):
+        params = {"max_steps": 60, "max_valid_users": 100}
+        if history_len is not None:
+            params["history_len"] = history_len
+        return _minilm(minilm_cache, **params)
+
+    aucs = ladder_aucs(make, dataset, cache_dir=minilm_cache)
+    assert aucs["without history"] >= aucs["popularity"] - LADDER_TOLERANCE, aucs
+    assert aucs["with history"] > aucs["without history"] + 0.05, aucs

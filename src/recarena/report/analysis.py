@@ -88,6 +88,92 @@ class CommonSample:
     ranking: list[str]
 
 
+@dataclass(frozen=True)
+class LadderCheck:
+    """The sanity ladder of a model that reads users' histories, on one candidate protocol.
+
+    Rung 1: its *twin* (the same model and parameters with ``history_len = 0``, so it sees
+    the candidate alone) must reach about the pointwise AUC of the popularity reference on
+    the same candidates: item popularity is all it can learn, and it can learn it from item
+    text. Rung 2: the model with history must beat its twin. A model whose twin misses rung
+    1 is set up wrong (a constant or near-constant output): its numbers measure the set-up,
+    not the method.
+    """
+
+    model: str
+    twin: str
+    reference: str
+    model_auc: float
+    twin_auc: float
+    reference_auc: float
+
+    @property
+    def learns_popularity(self) -> bool:
+        return self.twin_auc >= self.reference_auc - LADDER_TOLERANCE
+
+    @property
+    def learns_from_history(self) -> bool:
+        return self.model_auc > self.twin_auc
+
+
+#: how far below the popularity reference's AUC the history-free twin may end (rung 1)
+LADDER_TOLERANCE = 0.03
+#: registry names of the popularity reference of the ladder
+LADDER_REFERENCES = ("most_popular",)
+#: parameters a twin may differ in: the history it reads, and what the refit sets
+_TWIN_FREE = frozenset({"history_len", "epochs", "max_steps", "progress"})
+
+
+def sanity_ladders(data: ReportData, protocol: str) -> list[LadderCheck]:
+    """The `LadderCheck` of every model on ``protocol`` that has a history-free twin there.
+
+    A twin is a finished model of the same registry name whose parameters equal the
+    model's except ``history_len`` (0 for the twin, more for the model) and the step counts
+    a refit sets; the reference is MostPopular on the same protocol. Nothing is returned
+    where a piece is missing or the protocol has no pointwise AUC.
+    """
+    summary = data.summary
+    rows = summary[
+        (summary["protocol"] == protocol)
+        & (summary["segment"] == "all")
+        & (summary["metric"] == "pointwise_auc")
+    ]
+    auc = {str(r.model): float(r.mean) for r in rows.itertuples()}
+    on_proto = [m for m in data.done_models if protocol in m.protocols and m.label in auc]
+    references = [m for m in on_proto if m.name in LADDER_REFERENCES]
+    if not references:
+        return []
+    reference = references[0]
+
+    def free(params: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in params.items() if k not in _TWIN_FREE}
+
+    checks = []
+    for m in on_proto:
+        length = m.params.get("history_len")
+        if not isinstance(length, int) or length < 1:
+            continue
+        twins = [
+            t
+            for t in on_proto
+            if t.name == m.name
+            and t.params.get("history_len") == 0
+            and free(t.params) == free(m.params)
+        ]
+        if twins:
+            checks.append(
+                LadderCheck(
+                    m.label,
+                    twins[0].label,
+                    reference.label,
+                    auc[m.label],
+                    auc[twins[0].label],
+                    auc[reference.label],
+                )
+            )
+    return checks
+
+
 @dataclass
 class ProtocolAnalysis:
     label: str
@@ -107,6 +193,8 @@ class ProtocolAnalysis:
     #: model -> how its pointwise metrics were thresholded, where that is not the rule
     #: every model now gets (runs made before it was one rule)
     pointwise_exceptions: dict[str, str] = field(default_factory=dict)
+    #: sanity ladders of trained models that have a history-free twin in the report
+    ladders: list[LadderCheck] = field(default_factory=list)
 
     @property
     def sampled(self) -> bool:
@@ -282,6 +370,7 @@ def analyse_protocol(data: ReportData, protocol: str) -> ProtocolAnalysis:
         ranking=ranking,
         values=values,
         pointwise=pointwise,
+        ladders=sanity_ladders(data, protocol) if pointwise else [],
         comparisons=comparisons,
         best_classical=best_classical,
         segments=segments,

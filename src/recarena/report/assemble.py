@@ -17,6 +17,7 @@ from recarena.report.sections import (
     environment_table,
     evaluation_table,
     failed_table,
+    ladder_table,
     leaderboard_table,
     metric_display,
     popularity_table,
@@ -116,6 +117,10 @@ def assemble(data: ReportData, out_file: Path, tables_dir: Path) -> tuple[str, s
             shared = common_users_table(data, pa)
             section.tables.append(shared)
             all_tables.append(shared)
+        if pa.ladders:
+            ladder = ladder_table(data, pa)
+            section.tables.append(ladder)
+            all_tables.append(ladder)
         if pa.comparisons:
             sig = significance_table(data, pa)
             section.tables.append(sig)
@@ -169,15 +174,21 @@ def assemble(data: ReportData, out_file: Path, tables_dir: Path) -> tuple[str, s
         sections.append(section)
 
     logs = {m.label: m.training_log for m in data.done_models if m.training_log}
-    training = None
-    if logs:
-        svg = plots.training_curves(logs, "Training curves", colors)
-        training = Figure(
-            svg,
-            "Per epoch, from each model's training_log.json (validation metric where measured).",
-            "training",
-            plots.legend_html(list(logs), colors),
-        )
+    training = []
+    for axis, what in (("epoch", "per epoch"), ("step", "every few optimizer steps")):
+        group = {k: v for k, v in logs.items() if plots.training_axis(v) == axis}
+        if group:
+            svg = plots.training_curves(group, f"Training curves ({what})", colors)
+            training.append(
+                Figure(
+                    svg,
+                    f"Measured {what}, from each model's training_log.json: training loss, "
+                    "and the validation metrics where measured"
+                    + (" (the first point is before training)." if axis == "step" else "."),
+                    f"training-{axis}",
+                    plots.legend_html(list(group), colors),
+                )
+            )
     failed = failed_table(data) if data.failed_models else None
     if failed is not None:
         all_tables.append(failed)

@@ -120,7 +120,7 @@ def render_page(
     subtitle: str,
     verdict: Verdict,
     sections: list[ProtocolSection],
-    training: Figure | None,
+    training: list[Figure],
     failed: Table | None,
     setup: list[Table],
     out_file: Path,
@@ -133,7 +133,7 @@ def render_page(
         f"{escape(nav_label(s.label, s.description))}</a>"
         for s in sections
     ]
-    if training is not None:
+    if training:
         nav.append('<a href="#training">Training curves</a>')
     if failed is not None:
         nav.append('<a href="#failed">Failed models</a>')
@@ -172,9 +172,9 @@ def render_page(
             body.append(_figure_html(item) if isinstance(item, Figure) else item.to_html())
         body.append("</section>")
 
-    if training is not None:
+    if training:
         body.append('<section id="training"><h2>Training curves</h2>')
-        body.append(_figure_html(training) + "</section>")
+        body.append("".join(_figure_html(fig) for fig in training) + "</section>")
     if failed is not None:
         body.append('<section id="failed"><h2>Failed models</h2>' + failed.to_html() + "</section>")
 

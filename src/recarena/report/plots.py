@@ -418,33 +418,51 @@ def popularity(
     return to_svg(fig, title)
 
 
+#: training-log keys that hold the training loss (SASRec logs ``loss``, the LM loop
+#: ``train_loss``): both are drawn in one "training loss" panel
+_LOSS_KEYS = ("loss", "train_loss")
+
+
+def training_axis(log: Sequence[Mapping[str, Any]]) -> str:
+    """``"step"`` when every record of a training log has an optimizer step, else ``"epoch"``."""
+    return "step" if log and all(isinstance(r.get("step"), int) for r in log) else "epoch"
+
+
 def training_curves(
     logs: Mapping[str, Sequence[Mapping[str, Any]]], title: str, colors: Mapping[str, Any]
 ) -> str:
-    """Loss and validation metrics per epoch of the models that logged them."""
+    """Training loss and validation metrics of the models that logged them.
+
+    The x axis is the optimizer step when every log has one (the LM training loop measures
+    every few steps, from step 0, before training), else the epoch; give models of one kind
+    per call. Panels: the training loss and each ``valid_*`` value.
+    """
     import matplotlib
     from matplotlib.ticker import MaxNLocator
 
+    axis = "step" if all(training_axis(log) == "step" for log in logs.values()) else "epoch"
     valid_keys = sorted(
         {
             k
             for log in logs.values()
             for row in log
             for k, v in row.items()
-            if k not in ("epoch", "loss", "seconds") and isinstance(v, (int, float))
+            if k.startswith("valid_") and isinstance(v, (int, float))
         }
     )
-    panels = ["loss", *valid_keys]
+    panels = ["training loss", *valid_keys]
     with matplotlib.rc_context(_RC):
         fig = _figure(max(6.0, 4.2 * len(panels)), 3.3, wspace=0.3)
         axes = np.atleast_1d(fig.subplots(1, len(panels)))
         for ax, key in zip(axes, panels, strict=True):
+            keys = _LOSS_KEYS if key == "training loss" else (key,)
             xs, ys, labels = [], [], []
             for label, log in logs.items():
                 pts = [
-                    (row.get("epoch", i + 1), row[key])
+                    (row.get(axis, i + 1), row[k])
                     for i, row in enumerate(log)
-                    if isinstance(row.get(key), (int, float)) and math.isfinite(row[key])
+                    for k in keys
+                    if isinstance(row.get(k), (int, float)) and math.isfinite(row[k])
                 ]
                 if pts:
                     arr = np.array(pts, dtype=np.float64)
@@ -454,7 +472,7 @@ def training_curves(
             if xs:
                 _lines(ax, xs, ys, _rgba(colors, labels), marker_size=8)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_xlabel("epoch")
+            ax.set_xlabel("optimizer step" if axis == "step" else "epoch")
             ax.set_title(key.replace("_", " "))
         fig.suptitle(title, fontsize=10)
     return to_svg(fig, title)

@@ -75,6 +75,8 @@ def cost_cells(m: ModelRecord, encode: bool, gpu: bool) -> list[Cell]:
         f"tuning: {fmt_seconds(c.get('tuning_seconds'))} s over {c.get('tuning_trials', 0)} trials"
     )
     memory_sub = str(c.get("device") or "–")
+    if c.get("mixed_precision") not in (None, "no"):
+        memory_sub += f" {c['mixed_precision']}"
     if gpu and _finite(c.get("gpu_peak_memory_mib")):
         memory_sub += f", GPU {fmt_mib(c.get('gpu_peak_memory_mib'))}"
     cells = [
@@ -111,8 +113,9 @@ COST_TITLES = [
     "latency of one user's list: median, 95th percentile under it",
     "users ranked per second in the batch run",
     "parameters, total (trainable under it when they differ)",
-    "peak resident memory of the process while fitting and ranking; device (and peak GPU "
-    "memory) under it",
+    "peak resident memory of the process while fitting and ranking; device (with the "
+    "autocast precision of a language model that used one, e.g. bf16) and peak GPU memory "
+    "under it",
 ]
 COST_RAW = [
     "fit_seconds",
@@ -126,6 +129,7 @@ COST_RAW = [
     "peak_memory_mib",
     "gpu_peak_memory_mib",
     "device",
+    "mixed_precision",
     "encode_items_per_second",
 ]
 
@@ -368,6 +372,67 @@ def common_users_table(data: ReportData, pa: ProtocolAnalysis) -> Table:
         rows=rows,
         raw=pd.DataFrame(raw),
         notes=notes,
+        header_titles=titles,
+    )
+
+
+def ladder_table(data: ReportData, pa: ProtocolAnalysis) -> Table:
+    """The sanity ladder of each model with a history-free twin (see `LadderCheck`)."""
+    from recarena.report.analysis import LADDER_TOLERANCE
+
+    header = [
+        "model",
+        "AUC",
+        "without history",
+        "popularity reference",
+        "learns popularity",
+        "learns from history",
+    ]
+    titles = [
+        "",
+        "pointwise AUC of the model with users' histories",
+        "pointwise AUC of the same model and parameters with history_len = 0",
+        "pointwise AUC of MostPopular on the same candidates",
+        f"rung 1: the history-free twin within {LADDER_TOLERANCE:.2f} of the popularity AUC",
+        "rung 2: the model with history above its history-free twin",
+    ]
+    rows, raw = [], []
+    for c in pa.ladders:
+        rows.append(
+            [
+                Cell(model_text(data, c.model), cls="model", attrs={"data-model": c.model}),
+                Cell(fmt_metric(c.model_auc), cls="num"),
+                Cell(fmt_metric(c.twin_auc), sub=c.twin, cls="num"),
+                Cell(fmt_metric(c.reference_auc), sub=c.reference, cls="num"),
+                Cell("yes" if c.learns_popularity else "NO"),
+                Cell("yes" if c.learns_from_history else "no"),
+            ]
+        )
+        raw.append(
+            {
+                "protocol": pa.label,
+                "model": c.model,
+                "auc": c.model_auc,
+                "twin": c.twin,
+                "twin_auc": c.twin_auc,
+                "reference": c.reference,
+                "reference_auc": c.reference_auc,
+                "learns_popularity": c.learns_popularity,
+                "learns_from_history": c.learns_from_history,
+            }
+        )
+    return Table(
+        f"ladder-{pa.label}",
+        f"Sanity ladder — {protocol_title(pa.label, pa.description)}",
+        header,
+        rows,
+        pd.DataFrame(raw),
+        notes=[
+            "A trained model that reads histories must first learn what its history-free twin "
+            "can: item popularity, from the item alone (rung 1), then beat that twin with the "
+            "history (rung 2). A model whose twin misses rung 1 is set up wrong, and its "
+            "numbers measure the set-up, not the method."
+        ],
         header_titles=titles,
     )
 

@@ -226,6 +226,7 @@ def build_verdict(data: ReportData, analyses: dict[str, ProtocolAnalysis]) -> Ve
             "models were refit, so these trained without the validation interactions."
         )
     v.caveats += stale_history_caveats(data)
+    v.caveats += ladder_caveats(analyses)
     trials = {m.label: int(m.cost.get("tuning_trials") or 0) for m in data.done_models}
     if len(set(trials.values())) > 1:
         v.caveats.append(
@@ -308,4 +309,27 @@ def stale_history_caveats(data: ReportData) -> list[str]:
             "update_history method of their own (SASRec, text-SASRec), so the others ranked "
             "from train-only histories. Rerun them to be sure."
         )
+    return out
+
+
+def ladder_caveats(analyses: dict[str, ProtocolAnalysis]) -> list[str]:
+    """Caveats for trained models that fail a rung of their sanity ladder."""
+    out = []
+    for pa in analyses.values():
+        where = protocol_title(pa.label, pa.description)
+        for c in pa.ladders:
+            if not c.learns_popularity:
+                out.append(
+                    f"Set-up check failed: without history, **{c.twin}** reached AUC "
+                    f"{c.twin_auc:.3f} against {c.reference_auc:.3f} for **{c.reference}** "
+                    f"({where}): it does not learn even item popularity, so **{c.model}**'s "
+                    "numbers measure its set-up (training budget, learning rate, pooling, "
+                    "input order), not the method. Do not read them as a finding."
+                )
+            elif not c.learns_from_history:
+                out.append(
+                    f"**{c.model}** (AUC {c.model_auc:.3f}) does not beat its history-free "
+                    f"twin **{c.twin}** ({c.twin_auc:.3f}) on {where}: it learned item "
+                    "popularity but nothing from users' histories."
+                )
     return out

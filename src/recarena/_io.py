@@ -2,6 +2,10 @@
 
 A run that is killed must never leave a half-written file that a later run would trust:
 everything is written to a temporary file in the same folder and renamed into place.
+The temporary files are named ``.NAME.XXXXXXXX.tmp`` (`TEMPORARY_FILE_PATTERN`), so what a
+killed writer leaves behind can be recognised and removed (`remove_stale_temporaries`).
+A file renamed into place gets the mode of any newly created file (``0o666`` less the
+umask), not the ``0o600`` of its temporary file.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +22,66 @@ from typing import IO, Any
 
 import numpy as np
 
+#: the names `atomic_path` gives its temporary files: ``.`` + the target's name + ``.`` +
+#: `tempfile.mkstemp`'s 8 random characters + ``.tmp``
+TEMPORARY_FILE_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system tells (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(*, directory: bool = False) -> int:
+    """The mode ``open`` or ``mkdir`` would give a new file or folder under the umask."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
+def publish_mode(path: str | os.PathLike[str]) -> None:
+    """Give a temporary file or folder the default mode before it is renamed into place.
+
+    `tempfile.mkstemp` creates files ``0o600`` and `tempfile.mkdtemp` folders ``0o700``;
+    renamed into place they would keep that, and nobody else could read a report.
+    """
+    os.chmod(path, default_mode(directory=Path(path).is_dir()))
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporary files a killed `atomic_path` left anywhere under ``folder``.
+
+    Only regular files named like `TEMPORARY_FILE_PATTERN` are removed; every other file
+    and every folder is left alone. Call it only where no other process is writing.
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    removed = []
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            path = Path(dirpath) / name
+            if TEMPORARY_FILE_PATTERN.match(name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return sorted(removed)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    The file renamed into place has the default mode (``0o666`` less the umask).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -28,6 +89,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        publish_mode(tmp_path)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -5,7 +5,11 @@ Stability: **stable** for `run_experiment`, `RunResult` and the run directory la
 Every stage leaves an artifact in the run directory, written atomically, so a killed run
 loses nothing already written and the same command resumes where it stopped: finished
 models (``DONE.json``) are not recomputed, a half-done validation grid restarts at its first
-missing trial.
+missing trial. What is reused must come from the current configuration: the data set and
+the split carry the hash of the configuration that made them (``stage.json``), every
+validation trial the hash of its model, parameters and setup, and a model's ``DONE.json``
+the hash of its configuration; anything else is recomputed. Temporary files that a killed
+writer left (``.NAME.XXXXXXXX.tmp``) are removed when a run starts.
 
 Run directory layout::
 
@@ -13,10 +17,13 @@ Run directory layout::
       config.toml           the resolved experiment (every default written out)
       environment.json      versions, git revision, CPU, memory, GPU
       run.json              setup hash (a resumed run must match it), notes, protocols
-      dataset/              the preprocessed Dataset (parquet + dataset.json with stats)
-      split/                the Split: train/valid/test, frozen candidates per stage
+      dataset/              the preprocessed Dataset (parquet + dataset.json with stats);
+                            stage.json: the hash of the data configuration that made it
+      split/                the Split: train/valid/test, frozen candidates per stage;
+                            stage.json: the hash of the setup (data, split, evaluation, seed)
       models/LABEL/
-        tuning.json         every validation trial: params, validation metric, fit seconds
+        tuning.json         every validation trial: params, validation metric, fit seconds,
+                            the key (hash of model, params and setup) it is reused under
         cost.json           parameters, fit time, throughput, latency p50/p95, peak memory
         training_log.json   per-epoch curves, where the model logs them
         PROTOCOL/
@@ -47,7 +54,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recarena._io import read_json, write_json, write_text
+from recarena._io import read_json, remove_stale_temporaries, write_json, write_text
 from recarena.cache import resolve_cache_dir
 from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig, dump_config
 from recarena.cost import PeakMemory, Stopwatch
@@ -62,6 +69,8 @@ from recarena.tuning import expand_grid, params_key
 log = logging.getLogger(__name__)
 
 SEGMENT_ALL = "all"
+#: written into ``dataset/`` and ``split/`` last: the hash of the configuration that made them
+STAGE_FILE = "stage.json"
 
 
 @dataclass
@@ -83,6 +92,11 @@ def setup_hash(config: ExperimentConfig) -> str:
     """Hash of everything that makes two runs comparable: data, split, evaluation, seed."""
     dump = config.model_dump(mode="json")
     return _hash({k: dump[k] for k in ("data", "split", "evaluation", "seed")})
+
+
+def data_hash(config: ExperimentConfig) -> str:
+    """Hash of what the preprocessed data set depends on: the ``[data]`` table."""
+    return _hash({"data": config.model_dump(mode="json")["data"]})
 
 
 def model_hash(model_config: ModelConfig) -> str:
@@ -186,9 +200,12 @@ class ExperimentRunner:
 
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_leftovers()
         state_path = self.run_dir / "run.json"
         digest = setup_hash(cfg)
-        if state_path.exists():
+        # run.json is written once the data and the split are saved: it vouches for them
+        vouched = state_path.exists()
+        if vouched:
             state = read_json(state_path)
             if state.get("setup_hash") != digest:
                 raise ArtifactError(
@@ -199,7 +216,11 @@ class ExperimentRunner:
         write_json(self.run_dir / "environment.json", collect_environment())
 
         dataset_dir = self.run_dir / "dataset"
-        if (dataset_dir / "dataset.json").exists():
+        dataset_digest = data_hash(cfg)
+        reuse_dataset = self._reusable_stage(
+            dataset_dir, "dataset.json", "data", dataset_digest, vouched
+        )
+        if reuse_dataset:
             self.on_event(f"data: reusing {dataset_dir}")
             self.dataset = Dataset.load(dataset_dir)
         else:
@@ -209,17 +230,29 @@ class ExperimentRunner:
             self.dataset = load_dataset(cfg.data, self.cache_dir)
             self.dataset.info["stats"] = self.dataset.stats()
             self.dataset.save(dataset_dir)
+        dump = cfg.model_dump(mode="json")
+        self._stamp_stage(dataset_dir, "dataset", dataset_digest, {"data": dump["data"]})
         ds = self.dataset
         self.on_event(
             f"data: {ds.n_users} users, {ds.n_items} items, {ds.n_interactions} interactions"
         )
 
         split_dir = self.run_dir / "split"
-        if (split_dir / "split.json").exists():
+        if reuse_dataset and self._reusable_stage(
+            split_dir, "split.json", "split", digest, vouched
+        ):
             self.split = Split.load(split_dir)
         else:
+            # a split of another data set is never reused, whatever its stamp says
+            shutil.rmtree(split_dir, ignore_errors=True)
             self.split = build_split(cfg, ds)
             self.split.save(split_dir)
+        self._stamp_stage(
+            split_dir,
+            "split",
+            digest,
+            {k: dump[k] for k in ("data", "split", "evaluation", "seed")},
+        )
         for note in self.split.notes:
             self.on_event(f"split: {note}")
 
@@ -238,6 +271,51 @@ class ExperimentRunner:
                 "notes": self.split.notes,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
+        )
+
+    def _remove_leftovers(self) -> None:
+        """Remove the temporary files that writers killed mid-write left in the run folder."""
+        removed = remove_stale_temporaries(self.run_dir)
+        if removed:
+            names = ", ".join(str(p.relative_to(self.run_dir)) for p in removed[:5])
+            more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
+            self.on_event(
+                f"removed {len(removed)} temporary file(s) an interrupted run left: {names}{more}"
+            )
+
+    def _reusable_stage(
+        self, folder: Path, marker: str, what: str, digest: str, vouched: bool
+    ) -> bool:
+        """True when ``folder`` holds a complete stage artifact made by this configuration.
+
+        ``marker`` is the file the stage writes last. The stage's ``stage.json`` must carry
+        ``digest``; a folder saved before stamps existed is trusted only when ``run.json``
+        (written after the data and the split) vouches for it. A folder that does not pass
+        is deleted, with a message, so that the stage is recomputed.
+        """
+        if not folder.exists():
+            return False
+        stamp = folder / STAGE_FILE
+        if (folder / marker).exists():
+            if stamp.exists():
+                if read_json(stamp).get("config_hash") == digest:
+                    return True
+            elif vouched:
+                return True
+        why = (
+            f"was made by another {what} configuration"
+            if stamp.exists()
+            else "has no record of the configuration that made it (an interrupted run)"
+        )
+        self.on_event(f"{what}: {folder} {why}: recomputing it")
+        shutil.rmtree(folder)
+        return False
+
+    @staticmethod
+    def _stamp_stage(folder: Path, stage: str, digest: str, settings: dict[str, Any]) -> None:
+        """Write ``stage.json``: the hash (and the settings) of the configuration behind it."""
+        write_json(
+            folder / STAGE_FILE, {"stage": stage, "config_hash": digest, "settings": settings}
         )
 
     def _item_features(self) -> sp.csr_matrix | None:
@@ -370,6 +448,91 @@ class ExperimentRunner:
         done = self.run_dir / "models" / mc.display_name / "DONE.json"
         return done.exists() and read_json(done).get("model_hash") == model_hash(mc)
 
+    def grid_points(
+        self, mc: ModelConfig, template: Recommender
+    ) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+        """The model's validation grid and the points of it that are tried.
+
+        The model's default grid (``grid`` unset) leaves out the parameters fixed in
+        ``params``; a grid that is given is taken as it is.
+        """
+        if mc.grid is None:
+            grid = {k: v for k, v in template.param_grid.items() if k not in mc.params}
+        else:
+            grid = mc.grid
+        return grid, expand_grid(grid, mc.max_trials, self.config.seed)
+
+    def parameter_problems(
+        self, mc: ModelConfig, template: Recommender, points: list[dict[str, Any]]
+    ) -> list[str]:
+        """What is wrong with a model's ``params`` and grid points, as messages.
+
+        The fixed ``params`` go through `Recommender.check_params` first; when they pass,
+        every grid point does, so each message names the model, the parameter and the grid
+        point whose value is wrong. Nothing is fit.
+        """
+        label = mc.display_name
+        try:
+            template.check_params()
+        except ValueError as exc:
+            return [f"model {label!r} (params in the experiment): {exc}"]
+        names = set(template._param_names())
+        problems: dict[str, None] = {}
+        for point in points:
+            unknown = sorted(set(point) - names)
+            if unknown:
+                problems[
+                    f"model {label!r}: the grid names {', '.join(map(repr, unknown))}, which "
+                    f"{type(template).__name__} does not take; its parameters are "
+                    f"{sorted(names)}"
+                ] = None
+                continue
+            try:
+                template.clone(**point).check_params()
+            except (TypeError, ValueError) as exc:
+                problems[
+                    f"model {label!r} (grid point {json.dumps(point, default=str)}): {exc}"
+                ] = None
+        return list(problems)
+
+    def trial_key(self, mc: ModelConfig, params: dict[str, Any], proto: ProtocolConfig) -> str:
+        """What a validation trial depends on, hashed: model, parameters, setup, protocol."""
+        return _hash(
+            {
+                "model": mc.name,
+                "params": params,
+                "setup": setup_hash(self.config),
+                "protocol": proto.label,
+            }
+        )
+
+    def _saved_trials(self, label: str, path: Path, keys: dict[str, str]) -> list[dict[str, Any]]:
+        """The saved validation trials that belong to the current grid and setup.
+
+        ``keys`` maps each grid point's parameters (`params_key`) to its `trial_key`. A
+        saved trial is kept only when its parameters are a current grid point and it carries
+        that point's key; the others (another grid, setup or model, or saved before trials
+        had keys) are dropped from ``tuning.json``, with a message, and never chosen.
+        """
+        if not path.exists():
+            return []
+        saved = read_json(path).get("trials", [])
+        kept = [
+            t
+            for t in saved
+            if t.get("key") is not None and keys.get(params_key(t.get("params", {}))) == t["key"]
+        ]
+        if len(kept) < len(saved):
+            self.on_event(
+                f"{label}: dropped {len(saved) - len(kept)} saved validation trial(s) from "
+                f"another grid or setup ({path})"
+            )
+            if kept:
+                write_json(path, {"trials": kept})
+            else:
+                path.unlink()
+        return kept
+
     def run_model(self, mc: ModelConfig) -> dict[str, Any]:
         label = mc.display_name
         mdir = self.run_dir / "models" / label
@@ -392,9 +555,10 @@ class ExperimentRunner:
         budget_users = mc.max_eval_users or self.config.evaluation.max_eval_users
 
         # ---- validation: grid search and early stopping on train -> valid
-        grid = template.param_grid if mc.grid is None else mc.grid
-        grid = {k: v for k, v in grid.items() if k not in mc.params} if mc.grid is None else grid
-        points = expand_grid(grid, mc.max_trials, self.config.seed)
+        grid, points = self.grid_points(mc, template)
+        problems = self.parameter_problems(mc, template, points)
+        if problems:
+            raise ConfigError("; ".join(problems))
         has_valid = len(self.split.valid) > 0
         refit = self.config.evaluation.refit if mc.refit is None else mc.refit
         needs_validation = has_valid and (
@@ -405,11 +569,13 @@ class ExperimentRunner:
         )
         tuning_path = mdir / "tuning.json"
         checkpoints = mdir / "checkpoints"
-        trials: list[dict[str, Any]] = (
-            read_json(tuning_path)["trials"] if tuning_path.exists() else []
-        )
-        done_keys = {params_key(t["params"]) for t in trials}
         tune_proto = protocols[0] if protocols else ProtocolConfig(kind="full")
+        trial_keys = {
+            params_key(params): self.trial_key(mc, params, tune_proto)
+            for params in ({**mc.params, **point} for point in points)
+        }
+        trials = self._saved_trials(label, tuning_path, trial_keys if needs_validation else {})
+        done_keys = {params_key(t["params"]) for t in trials}
         best_model: Recommender | None = None
         tuning_seconds = sum(t["fit_seconds"] for t in trials)
         if needs_validation:
@@ -427,6 +593,7 @@ class ExperimentRunner:
                 score = self.validation_score(model, tune_proto)
                 trials.append(
                     {
+                        "key": trial_keys[params_key(params)],
                         "params": params,
                         "metric": self.config.evaluation.tune_metric,
                         "protocol": tune_proto.label,
@@ -453,7 +620,15 @@ class ExperimentRunner:
                 f" ({best['metric']} {best['value']:.4f} on validation)"
             )
         else:
-            chosen, refit_extra = dict(mc.params), {}
+            # not tuned: a grid of one point (one value per parameter, or max_trials = 1)
+            # gives the model its parameters; a larger grid without validation data is not
+            # tried, and the split's notes say so
+            point = points[0] if len(points) == 1 else {}
+            chosen, refit_extra = {**mc.params, **point}, {}
+            if point:
+                self.on_event(
+                    f"{label}: one grid point, not tuned: {json.dumps(point, default=str)}"
+                )
 
         # ---- final model: refit on train + valid (or keep the validation model)
         data_test = self.training_data("test")
@@ -888,8 +1063,37 @@ class ExperimentRunner:
                 "nothing was run:\n" + "\n".join(problems)
             )
 
+    def check_model_parameters(self) -> None:
+        """Stop before any work when a model's parameters or grid hold a value it cannot use.
+
+        Every model still to run has its ``params`` and each grid point it would try checked
+        by its `Recommender.check_params` (`parameter_problems`); the error lists every
+        problem, naming the model and the parameter. A model whose name or parameter names
+        do not resolve is left to `run_model`, which reports it for that model alone.
+        """
+        problems: list[str] = []
+        for mc in self.config.models:
+            if self._finished(mc):
+                continue
+            try:
+                template = create_model(mc.name, mc.params)
+            except Exception:  # noqa: BLE001 - run_model reports it for this model alone
+                continue
+            try:
+                _, points = self.grid_points(mc, template)
+            except ValueError as exc:
+                problems.append(f"model {mc.display_name!r}: {exc}")
+                continue
+            problems.extend(self.parameter_problems(mc, template, points))
+        if problems:
+            raise ConfigError(
+                "the experiment gives models parameter values they cannot use; nothing was "
+                "run:\n" + "\n".join(problems)
+            )
+
     def run(self) -> RunResult:
         self.check_language_models()
+        self.check_model_parameters()
         self.prepare()
         failed: dict[str, str] = {}
         order = sorted(self.config.models, key=lambda m: not self._is_first_stage(m.display_name))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from recarena._io import read_json, write_json
+from recarena._io import publish_mode, read_json, write_json
 from recarena.errors import ModelNotAvailableError
 from recarena.lm.zoo import Family, ResolvedModel, _family_from_config
 
@@ -439,6 +439,7 @@ def _save_converted(model: Any, tokenizer: Any, folder: Path, resolved: Resolved
                 "dtype": dtype_name(next(model.parameters()).dtype),
             },
         )
+        publish_mode(tmp)  # mkdtemp made it 0o700
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

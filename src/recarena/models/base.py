@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import numbers
 import os
 import pickle
 import time
@@ -160,6 +161,29 @@ class RankedLists:
         return self.items[row][keep], self.scores[row][keep]
 
 
+def is_number(value: Any) -> bool:
+    """A real number (int, float or NumPy scalar), not a bool and not NaN."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not np.isnan(value)
+
+
+def is_integer(value: Any) -> bool:
+    """An integer (int or NumPy integer), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def require_param(model: Recommender, name: str, valid: bool, expected: str) -> None:
+    """Raise `ValueError` for parameter ``name`` of ``model`` unless ``valid``.
+
+    The message names the class, the parameter, what was expected and the value given:
+    ``EASE parameter l2 must be a positive number, got -100.0``.
+    """
+    if not valid:
+        raise ValueError(
+            f"{type(model).__name__} parameter {name} must be {expected}, "
+            f"got {getattr(model, name)!r}"
+        )
+
+
 class Recommender:
     """Base class of every RecArena model. See the module docstring for the contract.
 
@@ -230,6 +254,15 @@ class Recommender:
             setattr(self, key, value)
         return self
 
+    def check_params(self) -> None:
+        """Raise `ValueError` naming the first parameter whose value this model cannot use.
+
+        `fit` calls it first, and the runner calls it on every grid point before anything
+        is fit, so an invalid value in an experiment fails at once, with the model and the
+        parameter named, instead of after the data has loaded or as a silently wrong model.
+        The base class accepts every value; a model overrides it with `require_param`.
+        """
+
     def clone(self, **params: Any) -> Self:
         """A new, unfitted model with the same parameters (overridden by ``params``)."""
         merged = {**copy.deepcopy(self.get_params()), **params}
@@ -242,6 +275,7 @@ class Recommender:
     # ------------------------------------------------------------------ fitting
     def fit(self, data: TrainingData, valid: pd.DataFrame | None = None) -> Self:
         """Learn from ``data``; ``valid`` holds held-out interactions for early stopping."""
+        self.check_params()
         self.n_users_ = data.n_users
         self.n_items_ = data.n_items
         self.seen_ = data.csr()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from recarena.models.base import Recommender, TrainingData
+from recarena.models.base import Recommender, TrainingData, is_number, require_param
 
 
 class RandomRecommender(Recommender):
@@ -50,6 +50,15 @@ class MostPopular(Recommender):
 
     def __init__(self, recent_days: float | None = None) -> None:
         self.recent_days = recent_days
+
+    def check_params(self) -> None:
+        """``recent_days`` None or a positive number."""
+        require_param(
+            self,
+            "recent_days",
+            self.recent_days is None or (is_number(self.recent_days) and self.recent_days > 0),
+            "None or a positive number of days",
+        )
 
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
         frame = data.interactions

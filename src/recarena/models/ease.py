@@ -17,7 +17,13 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from recarena.errors import ConfigError
-from recarena.models.base import Recommender, TrainingData
+from recarena.models.base import (
+    Recommender,
+    TrainingData,
+    is_integer,
+    is_number,
+    require_param,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +78,21 @@ class EASE(Recommender):
         self.l2 = l2
         self.max_items = max_items
 
+    def check_params(self) -> None:
+        """``l2`` a positive number, ``max_items`` a positive integer."""
+        require_param(
+            self,
+            "l2",
+            is_number(self.l2) and self.l2 > 0,
+            "a positive number (it keeps X^T X + l2 I invertible)",
+        )
+        require_param(
+            self,
+            "max_items",
+            is_integer(self.max_items) and self.max_items >= 1,
+            "a positive integer",
+        )
+
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
         n = data.n_items
         if n > self.max_items:
@@ -82,8 +103,6 @@ class EASE(Recommender):
                 "Use 'itemknn', 'als' or 'bpr' for large catalogs, filter rare items (k-core), "
                 "or raise max_items if this machine has the memory."
             )
-        if self.l2 <= 0:
-            raise ValueError(f"EASE l2 must be positive (it keeps X^T X invertible), got {self.l2}")
         gram = _gram(data.csr())
         gram[np.diag_indices(n)] += self.l2
         # Cholesky factor and inverse in place: no second n x n float64 array

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recarena.models.base import Recommender, TrainingData
+from recarena.models.base import (
+    Recommender,
+    TrainingData,
+    is_integer,
+    is_number,
+    require_param,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +35,32 @@ class _ImplicitFactorModel(Recommender):
 
     seed: int
     factors: int
+    iterations: int
+    regularization: float
+    num_threads: int
+
+    def check_params(self) -> None:
+        """Positive integer ``factors`` and ``iterations``, ``regularization`` >= 0, and
+        ``num_threads`` >= 0; ALS's ``alpha`` and BPR's ``learning_rate`` positive."""
+        for name in ("factors", "iterations"):
+            value = getattr(self, name)
+            require_param(self, name, is_integer(value) and value >= 1, "a positive integer")
+        require_param(
+            self,
+            "regularization",
+            is_number(self.regularization) and self.regularization >= 0,
+            "a number >= 0",
+        )
+        require_param(
+            self,
+            "num_threads",
+            is_integer(self.num_threads) and self.num_threads >= 0,
+            "an integer >= 0 (0: all cores)",
+        )
+        for name in ("alpha", "learning_rate"):
+            if hasattr(self, name):
+                value = getattr(self, name)
+                require_param(self, name, is_number(value) and value > 0, "a positive number")
 
     def _implicit_class(self) -> type:
         """The implicit model class (imported here: heavy, native code)."""

@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recarena.models.base import Recommender, TrainingData
+from recarena.models.base import (
+    Recommender,
+    TrainingData,
+    is_integer,
+    is_number,
+    require_param,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +97,18 @@ class ItemKNN(Recommender):
         self.normalise = normalise
 
     # ------------------------------------------------------------------ fitting
+    def check_params(self) -> None:
+        """``k`` a positive integer, ``shrink`` >= 0, ``feature_weighting`` a known scheme."""
+        require_param(self, "k", is_integer(self.k) and self.k >= 1, "a positive integer")
+        require_param(self, "shrink", is_number(self.shrink) and self.shrink >= 0, "a number >= 0")
+        require_param(
+            self,
+            "feature_weighting",
+            self.feature_weighting in ("none", "tfidf", "bm25"),
+            "'none', 'tfidf' or 'bm25'",
+        )
+
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
-        if self.k < 1:
-            raise ValueError(f"ItemKNN k must be at least 1, got {self.k}")
-        if self.shrink < 0:
-            raise ValueError(f"ItemKNN shrink must be >= 0, got {self.shrink}")
         binary = data.csr()
         weighted, history_weights = _weight_user_item(binary, self.feature_weighting)
         self.similarity_ = item_similarity(

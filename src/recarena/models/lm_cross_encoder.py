@@ -78,6 +78,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recarena._io import publish_mode
 from recarena.errors import ConfigError
 from recarena.models._history import KeepsHistory
 from recarena.models.base import Recommender, TrainingData
@@ -1030,6 +1031,7 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
                 (tmp / HEAD_CONFIG).write_text(
                     json.dumps({"pooling": network.pooling, "dropout": network.dropout.p})
                 )
+                publish_mode(tmp)  # mkdtemp made it 0o700
                 if target.exists():
                     shutil.rmtree(target)
                 os.replace(tmp, target)

@@ -89,7 +89,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recarena._io import atomic_open
+from recarena._io import atomic_open, publish_mode
 from recarena.data.dataset import interactions_csr
 from recarena.lm.top_layers import TopLayerEncoder, mean_pool
 from recarena.lm.training import (
@@ -1087,6 +1087,7 @@ def _save_pretrained_atomically(lm: Any, tokenizer: Any, target: Path) -> None:
     try:
         lm.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        publish_mode(tmp)  # mkdtemp made it 0o700
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

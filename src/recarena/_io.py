@@ -59,7 +59,8 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporary files a killed `atomic_path` left anywhere under ``folder``.
 
     Only regular files named like `TEMPORARY_FILE_PATTERN` are removed; every other file
-    and every folder is left alone. Call it only where no other process is writing.
+    and every folder is left alone. Call it only where no other process is writing: in a
+    run folder, with its lock held (`recarena._rundir.RunLock`).
 
     Returns
     -------

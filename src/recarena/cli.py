@@ -5,10 +5,12 @@ Errors a user can fix are printed as one clear message (no traceback) with exit 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -93,12 +95,46 @@ def run(
         cfg, output_dir=output_dir, cache_dir=cache_dir, overwrite=overwrite, on_event=event
     )
     _print_leaderboards(result.run_dir, cfg.evaluation.ks)
-    report = _build_report_if_available([result.run_dir], None)
+    with _report_locks([result.run_dir]):
+        report = _build_report_if_available([result.run_dir], None)
     event(f"artifacts in {result.run_dir}" + (f"; report: {report}" if report else ""))
     if result.failed:
         for label, err in result.failed.items():
             console.print(f"[red]model {label} failed:[/red] {err}")
         raise typer.Exit(1)
+
+
+@contextlib.contextmanager
+def _report_locks(run_dirs: list[Path]) -> Iterator[None]:
+    """Hold the lock of every free run folder while a report is written into it.
+
+    A run started meanwhile then fails at once (naming the report) instead of removing the
+    report's temporary files. A folder that a run in progress holds is reported as it
+    stands, with a notice: every artifact is written atomically, so the models it has
+    finished are read safely.
+    """
+    from recarena._rundir import RunLock
+    from recarena.errors import RunDirectoryError, RunLockedError
+
+    with contextlib.ExitStack() as stack:
+        for run_dir in dict.fromkeys(run_dirs):
+            lock = RunLock(
+                run_dir, purpose="report", on_event=lambda msg: console.print(f"[dim]{msg}[/dim]")
+            )
+            try:
+                stack.enter_context(lock)
+            except RunLockedError as exc:
+                holder = exc.holder
+                if getattr(holder, "purpose", "run") == "report":
+                    what = "another report is being written there"
+                else:
+                    what = "a run is in progress there; this report shows the models it has "
+                    what += "finished so far (run `recarena report` again once it ends)"
+                who = f" ({holder.describe()})" if hasattr(holder, "describe") else ""
+                console.print(f"[yellow]{run_dir}: {what}{who}[/yellow]", highlight=False)
+            except RunDirectoryError as exc:  # a folder we cannot lock: report it anyway
+                logging.getLogger(__name__).debug("not locking %s: %s", run_dir, exc)
+        yield
 
 
 def _build_report_if_available(run_dirs: list[Path], out_file: Path | None) -> Path | None:
@@ -183,18 +219,26 @@ def report(
         Path | None, typer.Option("--out", help="HTML file to write (default: RUN_DIR/report.html)")
     ] = None,
 ) -> None:
-    """Rebuild summaries (and the HTML report) from a run's saved artifacts; nothing re-runs."""
+    """Rebuild summaries (and the HTML report) from a run's saved artifacts; nothing re-runs.
+
+    A run folder that a run in progress holds is reported as it stands (the models finished
+    so far), with a notice; a folder whose run stopped before saving its data and split is
+    refused with a message.
+    """
+    from recarena._rundir import require_finished_setup
     from recarena.config import load_config
     from recarena.summary import write_summaries
 
     _setup_logging(False)
+    configs = []
     for run_dir in run_dirs:
-        if not (run_dir / "config.toml").exists():
-            raise RecArenaError(f"{run_dir}: not a run directory (config.toml is missing)")
-        cfg = load_config(run_dir / "config.toml")
-        write_summaries(run_dir, cfg.evaluation)
-        _print_leaderboards(run_dir, cfg.evaluation.ks)
-    path = _build_report_if_available(run_dirs, out_file)
+        require_finished_setup(run_dir)
+        configs.append(load_config(run_dir / "config.toml"))
+    with _report_locks(run_dirs):
+        for run_dir, cfg in zip(run_dirs, configs, strict=True):
+            write_summaries(run_dir, cfg.evaluation)
+            _print_leaderboards(run_dir, cfg.evaluation.ks)
+        path = _build_report_if_available(run_dirs, out_file)
     if path is not None:
         console.print(f"report: {path}")
     else:

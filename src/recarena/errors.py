@@ -62,3 +62,26 @@ class ModelNotAvailableError(RecArenaError):
 
 class ArtifactError(RecArenaError):
     """A run directory whose saved artifacts are missing, damaged or from another setup."""
+
+
+class RunDirectoryError(RecArenaError):
+    """A run directory that cannot be used: a file where a folder was expected, not writable."""
+
+
+class RunLockedError(RunDirectoryError):
+    """A run directory that another live process holds (a run in progress there).
+
+    Parameters
+    ----------
+    message
+        Which folder, who holds it (pid, host, start time) and what to do.
+    path
+        The run directory.
+    holder
+        The holder its lock file names (`recarena._rundir.LockHolder`), when it names one.
+    """
+
+    def __init__(self, message: str, *, path: str | PathLike[str], holder: object = None) -> None:
+        super().__init__(message)
+        self.path = str(path)
+        self.holder = holder

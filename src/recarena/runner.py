@@ -11,9 +11,16 @@ validation trial the hash of its model, parameters and setup, and a model's ``DO
 the hash of its configuration; anything else is recomputed. Temporary files that a killed
 writer left (``.NAME.XXXXXXXX.tmp``) are removed when a run starts.
 
+Before anything is read or written, the whole experiment is checked (model names, split
+ratios, protocols, parameters and grids: `ExperimentRunner.check_config`), and one error
+lists every problem. A run then holds its folder's lock (``run.lock``, `recarena._rundir`)
+until it ends: a second run of the same folder fails at once naming the holder, and a lock
+a killed run left is taken over with a message.
+
 Run directory layout::
 
     RUN_DIR/
+      run.lock              while a process holds the folder: its pid, host and start time
       config.toml           the resolved experiment (every default written out)
       environment.json      versions, git revision, CPU, memory, GPU
       run.json              setup hash (a resumed run must match it), notes, protocols
@@ -55,6 +62,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recarena._io import read_json, remove_stale_temporaries, write_json, write_text
+from recarena._rundir import LOCK_FILE, RunLock
 from recarena.cache import resolve_cache_dir
 from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig, dump_config
 from recarena.cost import PeakMemory, Stopwatch
@@ -165,6 +173,24 @@ def build_split(config: ExperimentConfig, dataset: Dataset) -> Split:
     return split
 
 
+def split_problems(config: ExperimentConfig) -> list[str]:
+    """What makes the configured split impossible, told without the data (as messages).
+
+    The ratios of the temporal, random and cold-item splits must leave training data
+    (``valid_ratio + test_ratio < 1``); each ratio's own range is checked by the config.
+    """
+    sc = config.split
+    if sc.method not in ("temporal", "random", "cold_item"):
+        return []
+    total = sc.valid_ratio + sc.test_ratio
+    if total < 1:
+        return []
+    return [
+        f"split: valid_ratio {sc.valid_ratio} + test_ratio {sc.test_ratio} = {total:g} leaves "
+        f"nothing to train on; the {sc.method} split expects valid_ratio + test_ratio < 1"
+    ]
+
+
 def _sample_users(users: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
     if limit is None or len(users) <= limit:
         return users
@@ -192,15 +218,20 @@ class ExperimentRunner:
         self.on_event = on_event or (lambda msg: log.info(msg))
         self.ks = config.evaluation.ks
         self.k_max = max(self.ks)
+        # True while `run(overwrite=True)` checks the experiment: saved results do not count
+        self._overwrite = False
 
     # -------------------------------------------------------------- setup
     def prepare(self) -> None:
+        """Load (or reuse) the data set and the split, and write the run's set-up files.
+
+        `run` calls it with the run folder's lock held.
+        """
         from recarena.data import load_dataset
         from recarena.environment import collect_environment
 
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._remove_leftovers()
         state_path = self.run_dir / "run.json"
         digest = setup_hash(cfg)
         # run.json is written once the data and the split are saved: it vouches for them
@@ -274,7 +305,10 @@ class ExperimentRunner:
         )
 
     def _remove_leftovers(self) -> None:
-        """Remove the temporary files that writers killed mid-write left in the run folder."""
+        """Remove the temporary files that writers killed mid-write left in the run folder.
+
+        Only with the folder's lock held: no other run is writing there.
+        """
         removed = remove_stale_temporaries(self.run_dir)
         if removed:
             names = ", ".join(str(p.relative_to(self.run_dir)) for p in removed[:5])
@@ -282,6 +316,16 @@ class ExperimentRunner:
             self.on_event(
                 f"removed {len(removed)} temporary file(s) an interrupted run left: {names}{more}"
             )
+
+    def _clear_run_dir(self) -> None:
+        """Delete everything the run folder holds but its lock file (``overwrite``)."""
+        for entry in self.run_dir.iterdir():
+            if entry.name == LOCK_FILE:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
     def _reusable_stage(
         self, folder: Path, marker: str, what: str, digest: str, vouched: bool
@@ -1035,9 +1079,7 @@ class ExperimentRunner:
         from recarena.models.registry import get_model_class, resolve_class
 
         problems: list[str] = []
-        for mc in self.config.models:
-            if self._finished(mc):
-                continue
+        for mc in self._models_to_run():
             try:
                 cls = resolve_class(mc.name) if ":" in mc.name else get_model_class(mc.name)
             except Exception:  # noqa: BLE001 - run_model reports it for this model alone
@@ -1063,21 +1105,118 @@ class ExperimentRunner:
                 "nothing was run:\n" + "\n".join(problems)
             )
 
+    def _models_to_run(self) -> list[ModelConfig]:
+        """The models without a ``DONE.json`` of their current configuration (all of them
+        when the run starts over)."""
+        return [mc for mc in self.config.models if self._overwrite or not self._finished(mc)]
+
+    def check_config(self) -> None:
+        """Stop before any work when the experiment cannot run as it is written.
+
+        Everything that can be told without the data is checked, and one `ConfigError`
+        lists every problem (`config_problems`). Nothing is read but the run folder's
+        ``DONE.json`` files (finished models are not checked again); nothing is written.
+        """
+        problems = self.config_problems()
+        if problems:
+            raise ConfigError(
+                "the experiment cannot run as it is configured; nothing was run:\n"
+                + "\n".join(problems)
+            )
+
+    def config_problems(self) -> list[str]:
+        """What is wrong with the experiment, told without its data (as messages).
+
+        - every model still to run names a registry entry or a ``module:Class`` Recommender
+          (`recarena.models.registry.model_name_problem`; a model whose optional extra is
+          not installed passes here, and running it says what is missing);
+        - the split's ratios leave training data (`split_problems`);
+        - no two protocols are the same, every model fits one of the protocols, and a
+          protocol's first stage can score the full catalog;
+        - every model's parameters and grid points (`model_parameter_problems`).
+        """
+        from recarena.models.registry import model_name_problem
+
+        problems: list[str] = []
+        to_run = self._models_to_run()
+        named = []
+        for mc in to_run:
+            problem = model_name_problem(mc.name)
+            if problem is None:
+                named.append(mc)
+            else:  # the problem names the model; a label is named as well
+                problems.append(f"model {mc.label!r}: {problem}" if mc.label else problem)
+        problems.extend(split_problems(self.config))
+        problems.extend(self._protocol_problems(named))
+        problems.extend(self.model_parameter_problems(named))
+        return problems
+
+    def _protocol_problems(self, models: list[ModelConfig]) -> list[str]:
+        protocols = self.config.evaluation.protocols
+        problems: list[str] = []
+        labels = [p.label for p in protocols]
+        for label in dict.fromkeys(x for x in labels if labels.count(x) > 1):
+            problems.append(
+                f"evaluation.protocols: protocol {label!r} is given {labels.count(label)} "
+                "times; expected each protocol once"
+            )
+        for mc in models:
+            template = self._template(mc)
+            if template is None:
+                continue
+            label = mc.display_name
+            chosen, skipped = self.protocols_for(mc, template)
+            if not chosen and not self._is_first_stage(label):
+                why = "; ".join(f"{p}: {reason}" for p, reason in skipped.items())
+                problems.append(
+                    f"model {label!r} fits none of the experiment's protocols"
+                    + (f" ({why})" if why else "")
+                )
+            if self._is_first_stage(label) and not template.scores_full_catalog:
+                problems.append(
+                    f"model {label!r} cannot score the full catalog, so it cannot be the "
+                    "first stage of protocol "
+                    + ", ".join(
+                        repr(p.label)
+                        for p in protocols
+                        if p.kind == "first_stage" and p.first_stage == label
+                    )
+                )
+        return problems
+
+    @staticmethod
+    def _template(mc: ModelConfig) -> Recommender | None:
+        """The model with its ``params``; None when it cannot be made (`run_model` says why)."""
+        try:
+            return create_model(mc.name, mc.params)
+        except Exception:  # noqa: BLE001 - run_model reports it for this model alone
+            return None
+
     def check_model_parameters(self) -> None:
         """Stop before any work when a model's parameters or grid hold a value it cannot use.
 
-        Every model still to run has its ``params`` and each grid point it would try checked
-        by its `Recommender.check_params` (`parameter_problems`); the error lists every
-        problem, naming the model and the parameter. A model whose name or parameter names
-        do not resolve is left to `run_model`, which reports it for that model alone.
+        The error lists every problem `model_parameter_problems` finds. `check_config`
+        makes this check with the others.
+        """
+        problems = self.model_parameter_problems(self._models_to_run())
+        if problems:
+            raise ConfigError(
+                "the experiment gives models parameter values they cannot use; nothing was "
+                "run:\n" + "\n".join(problems)
+            )
+
+    def model_parameter_problems(self, models: list[ModelConfig]) -> list[str]:
+        """What is wrong with the parameters and grid points of ``models``, as messages.
+
+        Each model's ``params`` and each grid point it would try are checked by its
+        `Recommender.check_params` (`parameter_problems`), naming the model and the
+        parameter. A model whose name or parameter names do not resolve is left to
+        `run_model`, which reports it for that model alone.
         """
         problems: list[str] = []
-        for mc in self.config.models:
-            if self._finished(mc):
-                continue
-            try:
-                template = create_model(mc.name, mc.params)
-            except Exception:  # noqa: BLE001 - run_model reports it for this model alone
+        for mc in models:
+            template = self._template(mc)
+            if template is None:
                 continue
             try:
                 _, points = self.grid_points(mc, template)
@@ -1085,15 +1224,42 @@ class ExperimentRunner:
                 problems.append(f"model {mc.display_name!r}: {exc}")
                 continue
             problems.extend(self.parameter_problems(mc, template, points))
-        if problems:
-            raise ConfigError(
-                "the experiment gives models parameter values they cannot use; nothing was "
-                "run:\n" + "\n".join(problems)
-            )
+        return problems
 
-    def run(self) -> RunResult:
-        self.check_language_models()
-        self.check_model_parameters()
+    def run(self, *, overwrite: bool = False) -> RunResult:
+        """Check the experiment, hold the run folder, run every model, write the summaries.
+
+        Parameters
+        ----------
+        overwrite
+            Delete what the run folder holds (once its lock is held) instead of resuming.
+
+        Raises
+        ------
+        recarena.errors.ConfigError, recarena.errors.ModelNotAvailableError
+            The experiment cannot run as configured (`check_config`) or names a language
+            model that is not here; raised before anything is read or written.
+        recarena.errors.RunLockedError
+            Another live process holds the run folder (a run in progress there).
+        recarena.errors.RunDirectoryError
+            The run folder cannot be created or written.
+        """
+        self._overwrite = overwrite
+        try:
+            self.check_language_models()
+            self.check_config()
+        finally:
+            self._overwrite = False
+        with RunLock(self.run_dir, purpose="run", on_event=self.on_event):
+            # with the lock held, nobody else writes here: what a killed writer left can go
+            if overwrite:
+                self._clear_run_dir()
+            else:
+                self._remove_leftovers()
+            return self._run_models()
+
+    def _run_models(self) -> RunResult:
+        """Data, split, every model (first stages first), summaries: the lock is held."""
         self.prepare()
         failed: dict[str, str] = {}
         order = sorted(self.config.models, key=lambda m: not self._is_first_stage(m.display_name))
@@ -1191,15 +1357,15 @@ def run_experiment(
     """Run an experiment (a config object or the path of a TOML file).
 
     Re-running into the same run directory resumes: models with a ``DONE.json`` are reused.
-    ``overwrite`` deletes the run directory first.
+    ``overwrite`` empties the run directory first (once its lock is held, so never under a
+    run in progress). The experiment is checked before anything is read or written, and
+    the run directory is locked while the run lasts (`ExperimentRunner.run`).
     """
     from recarena.config import load_config
 
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     run_dir = run_directory_for(config, output_dir)
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
     cache = resolve_cache_dir(cache_dir if cache_dir is not None else config.cache_dir)
     runner = ExperimentRunner(config, run_dir, cache, progress=progress, on_event=on_event)
-    return runner.run()
+    return runner.run(overwrite=overwrite)

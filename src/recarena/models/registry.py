@@ -7,6 +7,7 @@ import path (``"my_package.my_module:MyModel"``). `register_model` adds a class 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 
 from recarena.errors import ConfigError
@@ -190,6 +191,39 @@ def get_model_class(name: str) -> type:
     if not (isinstance(klass, type) and issubclass(klass, Recommender)):
         raise ConfigError(f"{name!r} does not name a recarena Recommender subclass")
     return klass
+
+
+def model_name_problem(name: str) -> str | None:
+    """Why ``name`` names no model, or None when it does; no optional extra is needed.
+
+    A registry name passes without importing its module. A ``package.module:ClassName``
+    path must name a module that exists and, when it imports, a `Recommender` subclass in
+    it; a module whose own imports fail (an optional extra that is not installed) passes,
+    and running the model says what is missing.
+    """
+    if name in _ENTRIES:
+        return None
+    if ":" not in name:
+        return (
+            f"unknown model {name!r}; known models: {', '.join(sorted(_ENTRIES))} "
+            "(or give 'package.module:ClassName')"
+        )
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        return f"model path {name!r} must look like 'package.module:ClassName'"
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return f"model path {name!r}: there is no module {module_name!r}"
+    try:
+        get_model_class(name)
+    except ConfigError as exc:
+        if isinstance(exc.__cause__, ImportError):
+            return None
+        return str(exc)
+    return None
 
 
 def create_model(name: str, params: dict | None = None):  # -> Recommender

@@ -177,10 +177,11 @@ def _registry_family(name: str) -> str:
 
 
 def load_run(run_dir: str | Path) -> RunArtifacts:
-    """Read a run directory (raises `ArtifactError` when it is not one)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").exists():
-        raise ArtifactError(f"{run_dir}: not a run directory (config.toml is missing)")
+    """Read a run directory (raises `ArtifactError` when it is not one, or when its run
+    stopped before saving the data and the split: `recarena._rundir.require_finished_setup`)."""
+    from recarena._rundir import require_finished_setup
+
+    run_dir = require_finished_setup(run_dir)
     try:
         config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:

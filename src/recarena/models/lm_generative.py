@@ -837,6 +837,10 @@ class GenerativeRanker(KeepsHistory, Recommender):
                         "seconds": 0.0,
                     }
                 )
+                logger.info(
+                    "generative ranker LoRA: before training (the zero-shot model): %s",
+                    ", ".join(f"{k} {v:.4f}" for k, v in {**untrained, **sanity}.items()),
+                )
                 initial = {
                     n: p.detach().clone() for n, p in net.named_parameters() if p.requires_grad
                 }

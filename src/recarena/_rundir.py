@@ -392,3 +392,192 @@ def require_finished_setup(run_dir: str | os.PathLike[str]) -> Path:
         "data and the split were saved): run `recarena run CONFIG` with the experiment's "
         f"config first (the config it was started with is {run_dir / 'config.toml'})"
     )
+
+
+def check_run_folder(run_dir: str | os.PathLike[str]) -> Any:
+    """Check a run folder before a report reads it or writes anything into it.
+
+    The folder must hold a finished setup (`require_finished_setup`), and what it holds
+    must be what its ``config.toml`` describes, undamaged:
+
+    - ``config.toml`` is a valid experiment whose data/split/evaluation/seed setup hash is
+      the one ``run.json`` records (another experiment's config, or one edited since, would
+      relabel the saved results: the message names the first setting that differs, read
+      from the split's ``stage.json``), and the data set's and the split's ``stage.json``
+      carry that configuration's hashes;
+    - every file whose sha256 the data set's or the split's ``stage.json`` or a model's
+      ``DONE.json`` records still has it; a folder written before they recorded checksums
+      has its files checked for being readable (`recarena._artifacts.unreadable`);
+    - every ``DONE.json`` of a model that ``config.toml`` names was made by that model's
+      configuration, and every ``DONE.json``, ``FAILED.json``, ``run.json`` and
+      ``environment.json`` is valid JSON.
+
+    Reads only; nothing is written.
+
+    Returns
+    -------
+    recarena.config.ExperimentConfig
+        The experiment of ``config.toml``.
+
+    Raises
+    ------
+    recarena.errors.ConfigError
+        ``config.toml`` is not a valid experiment (the message names it).
+    recarena.errors.DamagedArtifactError
+        A file is damaged: the message names it and what is wrong.
+    recarena.errors.ArtifactError
+        The folder is not a finished run folder, or ``config.toml`` does not describe it:
+        the message names the file and what differs.
+    """
+    from recarena._artifacts import (
+        damaged_error,
+        find_damage,
+        folder_files,
+        read_json_artifact,
+        unreadable,
+    )
+    from recarena.config import load_config
+    from recarena.runner import (
+        FIRST_STAGE_PREFIX,
+        MODEL_FOLDER_EXCLUDE,
+        STAGE_FILE,
+        data_hash,
+        model_hash,
+        setup_hash,
+    )
+
+    run_dir = require_finished_setup(run_dir)
+    config_path = run_dir / "config.toml"
+    config = load_config(config_path)
+    dump = config.model_dump(mode="json")
+    state = read_json_artifact(run_dir / "run.json")
+    if not isinstance(state, dict):
+        raise damaged_error(run_dir / "run.json", "not a JSON object")
+    stamps: dict[str, Any] = {}
+    for stage in ("dataset", "split"):
+        path = run_dir / stage / STAGE_FILE
+        stamps[stage] = read_json_artifact(path) if path.exists() else None
+        if stamps[stage] is not None and not isinstance(stamps[stage], dict):
+            raise damaged_error(path, "not a JSON object")
+    redo = "run the experiment again with its own config (`recarena run CONFIG`)"
+
+    setup = setup_hash(config)
+    if state.get("setup_hash") != setup:
+        settings = (stamps["split"] or {}).get("settings")
+        current = {k: dump[k] for k in ("data", "split", "evaluation", "seed")}
+        diff = _first_difference(settings, current) if isinstance(settings, dict) else None
+        raise ArtifactError(
+            f"{config_path} does not describe the run in {run_dir}: its data/split/evaluation "
+            "setup differs from the one run.json records"
+            + (f" ({diff})" if diff else "")
+            + "; the saved results would be reported under the wrong settings. Put back the "
+            f"config the run was made with, or {redo}"
+        )
+    for stage, digest in (("dataset", data_hash(config)), ("split", setup)):
+        stamp = stamps[stage]
+        if stamp is not None and stamp.get("config_hash") != digest:
+            raise ArtifactError(
+                f"{run_dir / stage / STAGE_FILE} records another configuration than "
+                f"{config_path}: the {stage} was not made by this experiment; {redo}"
+            )
+    if (run_dir / "environment.json").exists():
+        read_json_artifact(run_dir / "environment.json")
+
+    def verify(base: Path, recorded: Any, recorded_in: str, paths: list[Path]) -> None:
+        """``recorded``: ``{path relative to base: sha256}``, or None for a folder written
+        before checksums were recorded: then each of ``paths`` must be readable at least."""
+        if isinstance(recorded, dict):
+            damaged = find_damage(base, recorded, recorded_in)
+            if damaged:
+                rel, why = damaged[0]
+                raise damaged_error(base / rel, why)
+            return
+        for path in paths:
+            why = unreadable(path)
+            if why is not None:
+                raise damaged_error(path, why)
+
+    for stage in ("dataset", "split"):
+        folder = run_dir / stage
+        verify(
+            folder,
+            (stamps[stage] or {}).get("files"),
+            f"{stage}/{STAGE_FILE}",
+            folder_files(folder, exclude=(STAGE_FILE,)),
+        )
+
+    models = {mc.display_name: mc for mc in config.models}
+    running = lock_holder(run_dir)
+    models_dir = run_dir / "models"
+    folders = sorted(p for p in models_dir.iterdir() if p.is_dir()) if models_dir.is_dir() else []
+    for mdir in folders:
+        done, failed = mdir / "DONE.json", mdir / "FAILED.json"
+        if not done.exists():
+            if failed.exists():
+                read_json_artifact(failed)
+            continue
+        record = read_json_artifact(done)
+        if not isinstance(record, dict):
+            raise damaged_error(done, "not a JSON object")
+        mc = models.get(mdir.name)
+        if mc is not None and record.get("model_hash") not in (None, model_hash(mc)):
+            saved = record.get("model_config")
+            diff = (
+                _first_difference(saved, mc.model_dump(mode="json", exclude_none=True))
+                if isinstance(saved, dict)
+                else None
+            )
+            hint = (
+                f" (the run in progress there, {running.describe()}, has not recomputed it yet)"
+                if running is not None and running.purpose == "run"
+                else ""
+            )
+            raise ArtifactError(
+                f"{done} holds the results of another configuration of model {mdir.name!r} "
+                f"than {config_path} gives"
+                + (f" ({diff})" if diff else "")
+                + hint
+                + f"; {redo} to recompute it"
+            )
+        first_stage = [
+            p
+            for p in (run_dir / "split").glob(f"{FIRST_STAGE_PREFIX}*.npz")
+            if any(
+                p.name.startswith(f"{FIRST_STAGE_PREFIX}{proto.label}__")
+                for proto in config.evaluation.protocols
+                if proto.kind == "first_stage" and proto.first_stage == mdir.name
+            )
+        ]
+        verify(
+            run_dir,  # a model's checksums are keyed by the path from the run folder
+            record.get("artifacts"),
+            done.relative_to(run_dir).as_posix(),
+            folder_files(mdir, exclude=MODEL_FOLDER_EXCLUDE, recursive=True) + first_stage,
+        )
+    return config
+
+
+def _first_difference(recorded: Any, current: Any, path: str = "") -> str | None:
+    """The first setting where the run's record and config.toml differ, with both values."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        for key in sorted(set(recorded) | set(current), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in current:
+                return f"{sub}: {_short(recorded[key])} when the run was made, unset in config.toml"
+            if key not in recorded:
+                return f"{sub}: unset when the run was made, {_short(current[key])} in config.toml"
+            found = _first_difference(recorded[key], current[key], sub)
+            if found:
+                return found
+        return None
+    if recorded != current:
+        return (
+            f"{path or 'value'}: {_short(recorded)} when the run was made, "
+            f"{_short(current)} in config.toml"
+        )
+    return None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -221,19 +221,18 @@ def report(
 ) -> None:
     """Rebuild summaries (and the HTML report) from a run's saved artifacts; nothing re-runs.
 
-    A run folder that a run in progress holds is reported as it stands (the models finished
+    Every folder is checked before anything is written (`recarena._rundir.check_run_folder`):
+    its config.toml must describe the run (run.json's setup hash, the models' DONE.json)
+    and no recorded file may be damaged; the message names the file and what differs. A
+    run folder that a run in progress holds is reported as it stands (the models finished
     so far), with a notice; a folder whose run stopped before saving its data and split is
     refused with a message.
     """
-    from recarena._rundir import require_finished_setup
-    from recarena.config import load_config
+    from recarena._rundir import check_run_folder
     from recarena.summary import write_summaries
 
     _setup_logging(False)
-    configs = []
-    for run_dir in run_dirs:
-        require_finished_setup(run_dir)
-        configs.append(load_config(run_dir / "config.toml"))
+    configs = [check_run_folder(run_dir) for run_dir in run_dirs]
     with _report_locks(run_dirs):
         for run_dir, cfg in zip(run_dirs, configs, strict=True):
             write_summaries(run_dir, cfg.evaluation)

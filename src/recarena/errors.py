@@ -64,6 +64,25 @@ class ArtifactError(RecArenaError):
     """A run directory whose saved artifacts are missing, damaged or from another setup."""
 
 
+class DamagedArtifactError(ArtifactError):
+    """A run artifact that is damaged: cut short, altered, or not readable as its type.
+
+    Parameters
+    ----------
+    message
+        The file, what is wrong with it and how to repair it.
+    path
+        The damaged file.
+    reason
+        What is wrong, without the path (``its sha256 differs from ...``).
+    """
+
+    def __init__(self, message: str, *, path: str | PathLike[str], reason: str) -> None:
+        super().__init__(message)
+        self.path = str(path)
+        self.reason = reason
+
+
 class RunDirectoryError(RecArenaError):
     """A run directory that cannot be used: a file where a folder was expected, not writable."""
 

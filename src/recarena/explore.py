@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recarena._io import read_json
+from recarena._artifacts import load_npz_artifact, read_json_artifact, read_parquet_artifact
 from recarena.errors import ArtifactError, RecArenaError
 from recarena.models.base import RankedLists
 
@@ -51,22 +51,24 @@ def recommendations_for_user(
         raise RecArenaError(
             f"model {model!r} has no lists for protocol {protocol!r}; it has {protos}"
         )
-    items = pd.read_parquet(ds_dir / "items.parquet")
-    users = pd.read_parquet(ds_dir / "users.parquet", columns=["raw_user_id"])
+    # a damaged file raises DamagedArtifactError naming it
+    items = read_parquet_artifact(ds_dir / "items.parquet")
+    users = read_parquet_artifact(ds_dir / "users.parquet", columns=["raw_user_id"])
     lookup = {str(v): i for i, v in enumerate(users["raw_user_id"])}
     if str(user) not in lookup:
         raise RecArenaError(f"user {user!r} is not in this run's data set")
     uid = lookup[str(user)]
-    lists = RankedLists.load(lists_path)
+    z = load_npz_artifact(lists_path)
+    lists = RankedLists(z["users"], z["items"], z["scores"])
     try:
         ids, scores = lists.for_user(uid)
     except KeyError:
         raise RecArenaError(
             f"user {user!r} has no saved list: only the {len(lists.users)} evaluated test users have one"
         ) from None
-    state = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+    state = read_json_artifact(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
     template = state.get("item_text_template")
-    test = pd.read_parquet(run_dir / "split" / "test.parquet")
+    test = read_parquet_artifact(run_dir / "split" / "test.parquet")
     held = set(test.loc[test["user"] == uid, "item"].tolist())
     raw_items = items["raw_item_id"].tolist()
     table = items.drop(columns=["raw_item_id"])
@@ -81,7 +83,7 @@ def recommendations_for_user(
         for r, (i, s) in enumerate(zip(ids[:k].tolist(), scores[:k].tolist(), strict=True))
     ]
     history_frame = pd.concat(
-        [pd.read_parquet(run_dir / "split" / f"{n}.parquet") for n in ("train", "valid")]
+        [read_parquet_artifact(run_dir / "split" / f"{n}.parquet") for n in ("train", "valid")]
     )
     hist = history_frame.loc[history_frame["user"] == uid]
     if "timestamp" in hist:

@@ -8,8 +8,12 @@ models (``DONE.json``) are not recomputed, a half-done validation grid restarts 
 missing trial. What is reused must come from the current configuration: the data set and
 the split carry the hash of the configuration that made them (``stage.json``), every
 validation trial the hash of its model, parameters and setup, and a model's ``DONE.json``
-the hash of its configuration; anything else is recomputed. Temporary files that a killed
-writer left (``.NAME.XXXXXXXX.tmp``) are removed when a run starts.
+the hash of its configuration; anything else is recomputed. What is reused must also be
+undamaged: ``stage.json`` and ``DONE.json`` record the sha256 of every file of their stage
+or model, and a file that is missing, cut short or altered is named and its stage or model
+recomputed (an intact ``tuning.json`` keeps its trials; a folder written before checksums
+were recorded is trusted, its files only checked for being readable). Temporary files that
+a killed writer left (``.NAME.XXXXXXXX.tmp``) are removed when a run starts.
 
 Before anything is read or written, the whole experiment is checked (model names, split
 ratios, protocols, parameters and grids: `ExperimentRunner.check_config`), and one error
@@ -26,8 +30,11 @@ Run directory layout::
       run.json              setup hash (a resumed run must match it), notes, protocols
       dataset/              the preprocessed Dataset (parquet + dataset.json with stats);
                             stage.json: the hash of the data configuration that made it
+                            and the sha256 of every file (``files``)
       split/                the Split: train/valid/test, frozen candidates per stage;
                             stage.json: the hash of the setup (data, split, evaluation, seed)
+                            and the sha256 of every file but the first stages' candidates'
+                            (``first_stage__*.npz``, recorded by their model's DONE.json)
       models/LABEL/
         tuning.json         every validation trial: params, validation metric, fit seconds,
                             the key (hash of model, params and setup) it is reused under
@@ -38,8 +45,9 @@ Run directory layout::
           per_user.parquet  per-user metric values, one row per (user, segment)
           metrics.json      global metrics (coverage, Gini), pointwise metrics, counts
         DONE.json           written last (parameters, refit, whether the test histories
-                            took in the validation interactions); FAILED.json instead when
-                            the model failed
+                            took in the validation interactions, its [[models]] entry, the
+                            sha256 of every file the model wrote: ``artifacts``);
+                            FAILED.json instead when the model failed
       summary.csv / summary.json / summary.md
 """
 
@@ -61,13 +69,23 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recarena._artifacts import (
+    describe_damage,
+    file_checksums,
+    find_damage,
+    folder_files,
+    json_or_damage,
+    load_npz_artifact,
+    read_errors,
+    unreadable,
+)
 from recarena._io import read_json, remove_stale_temporaries, write_json, write_text
 from recarena._rundir import LOCK_FILE, RunLock
 from recarena.cache import resolve_cache_dir
 from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig, dump_config
 from recarena.cost import PeakMemory, Stopwatch
 from recarena.data.dataset import Dataset
-from recarena.errors import ArtifactError, ConfigError, RecArenaError
+from recarena.errors import ArtifactError, ConfigError, DamagedArtifactError, RecArenaError
 from recarena.metrics.pointwise import POINTWISE_THRESHOLD_RULE
 from recarena.models.base import STALE_HISTORY_REASONS, RankedLists, Recommender, TrainingData
 from recarena.models.registry import create_model
@@ -77,8 +95,14 @@ from recarena.tuning import expand_grid, params_key
 log = logging.getLogger(__name__)
 
 SEGMENT_ALL = "all"
-#: written into ``dataset/`` and ``split/`` last: the hash of the configuration that made them
+#: written into ``dataset/`` and ``split/`` last: the hash of the configuration that made
+#: them and the sha256 of every file in them
 STAGE_FILE = "stage.json"
+#: the names of the first-stage candidate files a first-stage model writes into ``split/``
+FIRST_STAGE_PREFIX = "first_stage__"
+#: what a model folder holds that its DONE.json does not record: itself, a failure record,
+#: the checkpoints of long trainings (removed once the model is done)
+MODEL_FOLDER_EXCLUDE = ("DONE.json", "FAILED.json", "checkpoints")
 
 
 @dataclass
@@ -220,6 +244,10 @@ class ExperimentRunner:
         self.k_max = max(self.ks)
         # True while `run(overwrite=True)` checks the experiment: saved results do not count
         self._overwrite = False
+        # the checksums of the dataset/split files verified by `_reusable_stage`
+        self._stage_checksums: dict[Path, dict[str, str] | None] = {}
+        # label -> (DONE.json's mtime, size, inode) and what `done_status` found
+        self._done_checks: dict[str, tuple[tuple[int, int, int], Any]] = {}
 
     # -------------------------------------------------------------- setup
     def prepare(self) -> None:
@@ -237,8 +265,10 @@ class ExperimentRunner:
         # run.json is written once the data and the split are saved: it vouches for them
         vouched = state_path.exists()
         if vouched:
-            state = read_json(state_path)
-            if state.get("setup_hash") != digest:
+            state, damage = json_or_damage(state_path)
+            if damage is not None:
+                self._recover_run_state(state_path, damage, digest)
+            elif not isinstance(state, dict) or state.get("setup_hash") != digest:
                 raise ArtifactError(
                     f"{self.run_dir} holds a run with a different data/split/evaluation setup; "
                     "choose another output folder (--output-dir) or start over (--overwrite)"
@@ -253,8 +283,11 @@ class ExperimentRunner:
         )
         if reuse_dataset:
             self.on_event(f"data: reusing {dataset_dir}")
-            self.dataset = Dataset.load(dataset_dir)
-        else:
+            loaded = self._load_stage(dataset_dir, "data", Dataset.load)
+            reuse_dataset = loaded is not None
+            if loaded is not None:
+                self.dataset = loaded
+        if not reuse_dataset:
             self.on_event(
                 "data: loading" + (f" {cfg.data.name}" if cfg.data.name else f" {cfg.data.path}")
             )
@@ -262,27 +295,33 @@ class ExperimentRunner:
             self.dataset.info["stats"] = self.dataset.stats()
             self.dataset.save(dataset_dir)
         dump = cfg.model_dump(mode="json")
-        self._stamp_stage(dataset_dir, "dataset", dataset_digest, {"data": dump["data"]})
+        self._stamp_stage(
+            dataset_dir, "dataset", dataset_digest, {"data": dump["data"]}, reuse_dataset
+        )
         ds = self.dataset
         self.on_event(
             f"data: {ds.n_users} users, {ds.n_items} items, {ds.n_interactions} interactions"
         )
 
         split_dir = self.run_dir / "split"
+        split = None
         if reuse_dataset and self._reusable_stage(
             split_dir, "split.json", "split", digest, vouched
         ):
-            self.split = Split.load(split_dir)
-        else:
+            split = self._load_stage(split_dir, "split", Split.load)
+        reuse_split = split is not None
+        if split is None:
             # a split of another data set is never reused, whatever its stamp says
             shutil.rmtree(split_dir, ignore_errors=True)
-            self.split = build_split(cfg, ds)
-            self.split.save(split_dir)
+            split = build_split(cfg, ds)
+            split.save(split_dir)
+        self.split = split
         self._stamp_stage(
             split_dir,
             "split",
             digest,
             {k: dump[k] for k in ("data", "split", "evaluation", "seed")},
+            reuse_split,
         )
         for note in self.split.notes:
             self.on_event(f"split: {note}")
@@ -330,36 +369,105 @@ class ExperimentRunner:
     def _reusable_stage(
         self, folder: Path, marker: str, what: str, digest: str, vouched: bool
     ) -> bool:
-        """True when ``folder`` holds a complete stage artifact made by this configuration.
+        """True when ``folder`` holds a complete, undamaged stage made by this configuration.
 
         ``marker`` is the file the stage writes last. The stage's ``stage.json`` must carry
-        ``digest``; a folder saved before stamps existed is trusted only when ``run.json``
-        (written after the data and the split) vouches for it. A folder that does not pass
-        is deleted, with a message, so that the stage is recomputed.
+        ``digest``, and every file whose checksum it records must still have it; a folder
+        saved before stamps existed is trusted only when ``run.json`` (written after the
+        data and the split) vouches for it, and one stamped before stamps held checksums is
+        trusted as it is. A folder that does not pass is deleted, with a message naming the
+        reason (a damaged file by name), so that the stage is recomputed.
         """
         if not folder.exists():
             return False
-        stamp = folder / STAGE_FILE
-        if (folder / marker).exists():
-            if stamp.exists():
-                if read_json(stamp).get("config_hash") == digest:
+        stamp_path = folder / STAGE_FILE
+        stamp, why = None, None
+        if stamp_path.exists():
+            stamp, damage = json_or_damage(stamp_path)
+            if damage is not None or not isinstance(stamp, dict):
+                stamp = None
+                why = describe_damage(stamp_path, damage or "not a JSON object")
+        if why is None and (folder / marker).exists():
+            if stamp is not None and stamp.get("config_hash") == digest:
+                recorded = stamp.get("files")
+                damaged = find_damage(folder, recorded or {}, f"{folder.name}/{STAGE_FILE}")
+                if not damaged:
+                    self._stage_checksums[folder] = dict(recorded) if recorded else None
                     return True
-            elif vouched:
+                why = describe_damage(folder / damaged[0][0], damaged[0][1])
+            elif not stamp_path.exists() and vouched:
+                self._stage_checksums[folder] = None
                 return True
-        why = (
-            f"was made by another {what} configuration"
-            if stamp.exists()
-            else "has no record of the configuration that made it (an interrupted run)"
-        )
-        self.on_event(f"{what}: {folder} {why}: recomputing it")
+        if why is None:
+            why = f"{folder} " + (
+                f"was made by another {what} configuration"
+                if stamp_path.exists()
+                else "has no record of the configuration that made it (an interrupted run)"
+            )
+        self.on_event(f"{what}: {why}: recomputing it")
         shutil.rmtree(folder)
         return False
 
-    @staticmethod
-    def _stamp_stage(folder: Path, stage: str, digest: str, settings: dict[str, Any]) -> None:
-        """Write ``stage.json``: the hash (and the settings) of the configuration behind it."""
+    def _load_stage(self, folder: Path, what: str, load: Callable[[Path], Any]) -> Any:
+        """``load(folder)``, or None (the folder deleted, with a message) when it cannot be
+        read: a folder written before stages recorded checksums may hold a damaged file."""
+        try:
+            return load(folder)
+        except read_errors() as exc:
+            damaged = [(p, why) for p in folder_files(folder) if (why := unreadable(p))]
+            if damaged:
+                why = describe_damage(*damaged[0])
+            else:
+                detail = " ".join(str(exc).split()) or type(exc).__name__
+                why = f"{folder} cannot be read ({type(exc).__name__}: {detail})"
+            self.on_event(f"{what}: {why}: recomputing it")
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+
+    def _recover_run_state(self, state_path: Path, damage: str, digest: str) -> None:
+        """Go on past a damaged ``run.json`` when the split's stamp vouches for the setup.
+
+        ``run.json`` holds the setup hash a resumed run must match. The split's
+        ``stage.json`` records the same hash (both are written by one set-up), so when it
+        is intact and matches, the folder holds this setup and ``run.json`` is rewritten at
+        the end of `prepare`. Otherwise the setup that made the folder cannot be told.
+        """
+        stamp_path = self.run_dir / "split" / STAGE_FILE
+        stamp, stamp_damage = (None, "missing")
+        if stamp_path.exists():
+            stamp, stamp_damage = json_or_damage(stamp_path)
+        if stamp_damage is None and isinstance(stamp, dict) and stamp.get("config_hash") == digest:
+            self.on_event(
+                f"{state_path} is damaged ({damage}); {stamp_path} records this setup: rewriting it"
+            )
+            return
+        raise DamagedArtifactError(
+            f"{state_path} is damaged ({damage}): it records the setup that made the run "
+            f"folder, and {stamp_path} does not record this experiment's either, so the folder "
+            "cannot be resumed; start over (--overwrite) or choose another output folder "
+            "(--output-dir)",
+            path=state_path,
+            reason=damage,
+        )
+
+    def _stamp_stage(
+        self, folder: Path, stage: str, digest: str, settings: dict[str, Any], reused: bool
+    ) -> None:
+        """Write ``stage.json``: the hash (and the settings) of the configuration behind it,
+        and the sha256 of every file the stage wrote (the checksums verified when it was
+        ``reused``, else those of the files just written)."""
+        files = self._stage_checksums.get(folder) if reused else None
+        if files is None:
+            # the first-stage candidates in split/ are a model's: its DONE.json records them
+            paths = [
+                p
+                for p in folder_files(folder, exclude=(STAGE_FILE,))
+                if not p.name.startswith(FIRST_STAGE_PREFIX)
+            ]
+            files = file_checksums(folder, paths)
         write_json(
-            folder / STAGE_FILE, {"stage": stage, "config_hash": digest, "settings": settings}
+            folder / STAGE_FILE,
+            {"stage": stage, "config_hash": digest, "settings": settings, "files": files},
         )
 
     def _item_features(self) -> sp.csr_matrix | None:
@@ -406,7 +514,8 @@ class ExperimentRunner:
         if proto.kind == "first_stage":
             path = self._first_stage_path(proto, stage)
             if path.exists():
-                return CandidateSet.load(path)
+                z = load_npz_artifact(path)
+                return CandidateSet(z["users"], z["items"], str(z["kind"]), str(z["description"]))
             return None
         return None
 
@@ -418,7 +527,7 @@ class ExperimentRunner:
                 cand.save(self._first_stage_path(proto, stage))
 
     def _first_stage_path(self, proto: ProtocolConfig, stage: str) -> Path:
-        return self.run_dir / "split" / f"first_stage__{proto.label}__{stage}.npz"
+        return self.run_dir / "split" / f"{FIRST_STAGE_PREFIX}{proto.label}__{stage}.npz"
 
     def _is_first_stage(self, label: str) -> bool:
         return any(
@@ -488,9 +597,87 @@ class ExperimentRunner:
         return float(frame[f"{name}@{k_val}"].mean())
 
     def _finished(self, mc: ModelConfig) -> bool:
-        """The model has a ``DONE.json`` written for its current configuration."""
+        """The model has a ``DONE.json`` written for its current configuration, and the
+        files it records are undamaged (`done_status`)."""
+        return self.done_status(mc)[0] == "done"
+
+    def done_status(self, mc: ModelConfig) -> tuple[str, list[tuple[str, str]]]:
+        """Whether the model finished earlier, and whether what it left can be reused.
+
+        Returns
+        -------
+        tuple of (str, list of (str, str))
+            ``"done"`` (reuse it), ``"absent"`` (no ``DONE.json``), ``"changed"`` (made
+            by another configuration of the model) or ``"damaged"``, with the damaged files
+            (path relative to the run folder, what is wrong). ``DONE.json`` records the
+            sha256 of every file the model wrote (``artifacts``); a ``DONE.json`` written
+            before it did is trusted as before, its files only checked for being readable
+            (`recarena._artifacts.unreadable`). Each check is made once per ``DONE.json``.
+        """
         done = self.run_dir / "models" / mc.display_name / "DONE.json"
-        return done.exists() and read_json(done).get("model_hash") == model_hash(mc)
+        try:
+            st = done.stat()
+        except OSError:  # not there, or the run folder is not a folder (said when locking)
+            return "absent", []
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        cached = self._done_checks.get(mc.display_name)
+        if cached is None or cached[0] != key:
+            cached = (key, self._check_done(mc, done))
+            self._done_checks[mc.display_name] = cached
+        return cached[1]
+
+    def _check_done(self, mc: ModelConfig, done: Path) -> tuple[str, list[tuple[str, str]]]:
+        rel = done.relative_to(self.run_dir).as_posix()
+        record, damage = json_or_damage(done)
+        if damage is not None or not isinstance(record, dict):
+            return "damaged", [(rel, damage or "not a JSON object")]
+        if record.get("model_hash") != model_hash(mc):
+            return "changed", []
+        recorded = record.get("artifacts")
+        if isinstance(recorded, dict):
+            return _status(find_damage(self.run_dir, recorded, rel))
+        # written before DONE.json recorded checksums: trusted, if its files can be read
+        # (and a first stage's test candidates are there: a recomputed split drops them)
+        paths = folder_files(done.parent, exclude=MODEL_FOLDER_EXCLUDE, recursive=True)
+        paths += self._first_stage_files(mc.display_name, required=("test",))
+        found = [(p.relative_to(self.run_dir).as_posix(), unreadable(p)) for p in paths]
+        return _status([(p, why) for p, why in found if why is not None])
+
+    def _first_stage_files(self, label: str, required: tuple[str, ...] = ()) -> list[Path]:
+        """The candidate files ``label`` wrote as the first stage of some protocol (those
+        of the ``required`` stages whether they exist or not)."""
+        return [
+            path
+            for proto in self.config.evaluation.protocols
+            if proto.kind == "first_stage" and proto.first_stage == label
+            for stage in ("valid", "test")
+            if (path := self._first_stage_path(proto, stage)).exists() or stage in required
+        ]
+
+    def _model_artifacts(self, label: str, mdir: Path) -> dict[str, str]:
+        """``{path relative to the run folder: sha256}`` of every file the model wrote."""
+        paths = folder_files(mdir, exclude=MODEL_FOLDER_EXCLUDE, recursive=True)
+        return file_checksums(self.run_dir, paths + self._first_stage_files(label))
+
+    def _discard_damaged_model(self, mdir: Path, damaged: list[tuple[str, str]]) -> None:
+        """Delete what a damaged model left but its validation trials, when they are intact.
+
+        Each saved trial carries the key it is reused under (`_saved_trials`), so an intact
+        ``tuning.json`` spares the grid search; it goes too when it is one of the damaged.
+        """
+        names = {self.run_dir / rel for rel, _ in damaged}
+        keep = mdir / "tuning.json"
+        if keep in names or (keep.exists() and unreadable(keep) is not None):
+            keep = None
+        # first: a report reading the folder meanwhile must not see a DONE.json without files
+        (mdir / "DONE.json").unlink(missing_ok=True)
+        for entry in mdir.iterdir():
+            if entry == keep:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
     def grid_points(
         self, mc: ModelConfig, template: Recommender
@@ -560,7 +747,15 @@ class ExperimentRunner:
         """
         if not path.exists():
             return []
-        saved = read_json(path).get("trials", [])
+        content, damage = json_or_damage(path)
+        if damage is not None or not isinstance(content, dict):
+            self.on_event(
+                f"{label}: {path} is damaged ({damage or 'not a JSON object'}): its validation "
+                "trials are recomputed"
+            )
+            path.unlink()
+            return []
+        saved = content.get("trials", [])
         kept = [
             t
             for t in saved
@@ -581,12 +776,20 @@ class ExperimentRunner:
         label = mc.display_name
         mdir = self.run_dir / "models" / label
         done = mdir / "DONE.json"
-        if self._finished(mc):
+        status, damaged = self.done_status(mc)
+        if status == "done":
             self.on_event(f"{label}: done earlier, reusing its results")
             return read_json(done)
-        if mdir.exists() and done.exists():
+        if status == "changed":
             self.on_event(f"{label}: its configuration changed, recomputing")
             shutil.rmtree(mdir)
+        elif status == "damaged":
+            rel, why = damaged[0]
+            more = f" (and {len(damaged) - 1} more damaged file(s))" if len(damaged) > 1 else ""
+            self.on_event(
+                f"{label}: {describe_damage(self.run_dir / rel, why)}{more}: recomputing the model"
+            )
+            self._discard_damaged_model(mdir, damaged)
         mdir.mkdir(parents=True, exist_ok=True)
         (mdir / "FAILED.json").unlink(missing_ok=True)
 
@@ -781,6 +984,8 @@ class ExperimentRunner:
             "label": label,
             "model": mc.name,
             "model_hash": model_hash(mc),
+            # the [[models]] entry, so that a report can name what differs from config.toml
+            "model_config": mc.model_dump(mode="json", exclude_none=True),
             "family": template.family,
             "fusion": template.fusion,
             "class": f"{type(template).__module__}:{type(template).__qualname__}",
@@ -798,6 +1003,8 @@ class ExperimentRunner:
             and len(test_users) < len(self.split.eval_users("test")),
             "cost": cost,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            # verified before the model is reused (done_status) or reported
+            "artifacts": self._model_artifacts(label, mdir),
         }
         write_json(done, record)
         shutil.rmtree(checkpoints, ignore_errors=True)
@@ -1261,6 +1468,8 @@ class ExperimentRunner:
     def _run_models(self) -> RunResult:
         """Data, split, every model (first stages first), summaries: the lock is held."""
         self.prepare()
+        # a recomputed split has dropped the first stages' candidate files: check again
+        self._done_checks.clear()
         failed: dict[str, str] = {}
         order = sorted(self.config.models, key=lambda m: not self._is_first_stage(m.display_name))
         for mc in order:
@@ -1325,6 +1534,10 @@ def classify_pointwise(
     res["threshold"] = f"F1-optimal, 2-fold cross-fitted ({thresholds[0]:.4g}, {thresholds[1]:.4g})"
     res["threshold_rule"] = POINTWISE_THRESHOLD_RULE
     return res
+
+
+def _status(damaged: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:
+    return ("damaged", damaged) if damaged else ("done", [])
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recarena._io import atomic_path, read_json, write_json, write_text
+from recarena._artifacts import read_json_artifact, read_parquet_artifact
+from recarena._io import atomic_path, write_json, write_text
 from recarena.config import EvaluationConfig
 from recarena.errors import ArtifactError
 from recarena.metrics.pointwise import POINTWISE_THRESHOLD_RULE
@@ -151,9 +152,9 @@ def load_model_records(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, s
         return done, failed
     for mdir in sorted(p for p in models_dir.iterdir() if p.is_dir()):
         if (mdir / "DONE.json").exists():
-            done.append(read_json(mdir / "DONE.json"))
+            done.append(read_json_artifact(mdir / "DONE.json"))
         elif (mdir / "FAILED.json").exists():
-            failed[mdir.name] = read_json(mdir / "FAILED.json").get("error", "failed")
+            failed[mdir.name] = read_json_artifact(mdir / "FAILED.json").get("error", "failed")
     return done, failed
 
 
@@ -176,8 +177,8 @@ def build_summary(run_dir: Path, evaluation: EvaluationConfig, seed: int = 0) ->
             pdir = run_dir / "models" / label / proto
             if not (pdir / "per_user.parquet").exists():
                 raise ArtifactError(f"{pdir}: per_user.parquet is missing; re-run the model")
-            table = pd.read_parquet(pdir / "per_user.parquet")
-            metrics = read_json(pdir / "metrics.json")
+            table = read_parquet_artifact(pdir / "per_user.parquet")
+            metrics = read_json_artifact(pdir / "metrics.json")
             base = {
                 "model": label,
                 "family": rec["family"],
@@ -278,7 +279,7 @@ def common_users_by_protocol(run_dir: Path) -> dict[str, CommonUsers]:
             path = run_dir / "models" / rec["label"] / proto / "per_user.parquet"
             if not path.exists():
                 raise ArtifactError(f"{path.parent}: per_user.parquet is missing; re-run the model")
-            table = pd.read_parquet(path, columns=["user", "segment"])
+            table = read_parquet_artifact(path, columns=["user", "segment"])
             user_sets[rec["label"]] = _evaluated_users(table)
             flags[rec["label"]] = bool(rec.get("user_sample", False))
         common = find_common_users(user_sets, flags)
@@ -406,7 +407,7 @@ def write_summaries(run_dir: Path, evaluation: EvaluationConfig, seed: int = 0) 
 
 
 def summary_markdown(run_dir: Path, summary: pd.DataFrame, evaluation: EvaluationConfig) -> str:
-    state = read_json(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
+    state = read_json_artifact(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
     _, failed = load_model_records(run_dir)
     k = 10 if 10 in evaluation.ks else evaluation.ks[0]
     parts = [

@@ -13,6 +13,33 @@ from recarena.errors import ArtifactError
 from recarena.report import build_report, load_report_data, load_run, merge_runs
 
 
+def _as_run_wrote(run: Path, changed: str) -> None:
+    """Record the checksum of a file a test edited, as a run that wrote it so would have."""
+    from recarena._io import sha256_file
+
+    stage, name = changed.split("/")
+    stamp_path = run / stage / "stage.json"
+    stamp = json.loads(stamp_path.read_text())
+    stamp["files"][name] = sha256_file(run / changed)
+    stamp_path.write_text(json.dumps(stamp))
+
+
+def _with_setup(run: Path, config_text: str) -> None:
+    """Give ``run`` the config ``config_text``, as a run of that config would have."""
+    from recarena.config import load_config
+    from recarena.runner import setup_hash
+
+    (run / "config.toml").write_text(config_text)
+    config = load_config(run / "config.toml")
+    dump = config.model_dump(mode="json")
+    for name in ("run.json", "split/stage.json"):
+        record = json.loads((run / name).read_text())
+        record["setup_hash" if name == "run.json" else "config_hash"] = setup_hash(config)
+        if name != "run.json":
+            record["settings"] = {k: dump[k] for k in ("data", "split", "evaluation", "seed")}
+        (run / name).write_text(json.dumps(record))
+
+
 def _copy_run(run: Path, dest: Path) -> Path:
     target = dest / run.name
     shutil.copytree(run, target)
@@ -85,6 +112,7 @@ def test_refuses_runs_with_another_data_set(main_run, tmp_path):
     meta = json.loads(meta_path.read_text())
     meta["info"]["stats"]["interactions"] += 1
     meta_path.write_text(json.dumps(meta))
+    _as_run_wrote(copy, "dataset/dataset.json")
     with pytest.raises(ArtifactError, match=r"different data sets: stats\.interactions"):
         merge_runs([load_run(main_run), load_run(copy)])
 
@@ -92,7 +120,7 @@ def test_refuses_runs_with_another_data_set(main_run, tmp_path):
 def test_refuses_runs_with_other_segments(main_run, tmp_path):
     copy = _copy_run(main_run, tmp_path)
     config = (copy / "config.toml").read_text()
-    (copy / "config.toml").write_text(config.replace("cold_user_max = 5", "cold_user_max = 3"))
+    _with_setup(copy, config.replace("cold_user_max = 5", "cold_user_max = 3"))
     with pytest.raises(ArtifactError, match=r"evaluation\.cold_user_max \(5 vs 3\)"):
         load_report_data([main_run, copy])
 
@@ -103,6 +131,7 @@ def test_same_files_in_another_folder_merge(main_run, tmp_path):
     meta = json.loads(meta_path.read_text())
     meta["info"]["source"] = "/elsewhere/interactions.csv"  # same file hashes, other place
     meta_path.write_text(json.dumps(meta))
+    _as_run_wrote(copy, "dataset/dataset.json")
     data = load_report_data([main_run, copy])
     assert "ease (run1)" in {m.label for m in data.models}  # both folders are named "main"
 

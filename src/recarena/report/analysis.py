@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recarena._io import read_json
+from recarena._artifacts import read_json_artifact
 from recarena.report.loading import ReportData
 from recarena.report.stats import PairedResult, holm_correction, paired_test
 from recarena.summary import CommonUsers, find_common_users
@@ -325,7 +325,7 @@ def analyse_protocol(data: ReportData, protocol: str) -> ProtocolAnalysis:
     by_model: dict[str, dict[str, int]] = {}
     for m in on_proto:
         path = m.model_dir / protocol / "metrics.json"
-        counts = read_json(path).get("segment_users", {}) if path.exists() else {}
+        counts = read_json_artifact(path).get("segment_users", {}) if path.exists() else {}
         by_model[m.label] = {str(k): int(v) for k, v in counts.items()}
         for seg, n in by_model[m.label].items():
             seg_users[seg] = max(seg_users.get(seg, 0), n)
@@ -359,7 +359,7 @@ def analyse_protocol(data: ReportData, protocol: str) -> ProtocolAnalysis:
 
         for m in on_proto:
             path = m.model_dir / protocol / "metrics.json"
-            found = (read_json(path).get("pointwise") or {}) if path.exists() else {}
+            found = (read_json_artifact(path).get("pointwise") or {}) if path.exists() else {}
             if found and found.get("threshold_rule") != POINTWISE_THRESHOLD_RULE:
                 exceptions[m.label] = str(found.get("threshold", "threshold not recorded"))
 

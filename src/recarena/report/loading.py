@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recarena._io import read_json
+from recarena._artifacts import (
+    damaged_error,
+    load_npz_artifact,
+    read_errors,
+    read_json_artifact,
+    read_parquet_artifact,
+)
 from recarena.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -143,13 +149,16 @@ class ReportData:
             raise ArtifactError(f"{path} is missing; re-run the model or `recarena report`")
         import pyarrow.parquet as pq
 
-        present = set(pq.read_schema(path).names)
+        try:
+            present = set(pq.read_schema(path).names)
+        except read_errors() as exc:
+            raise damaged_error(path, f"not a readable parquet file: {exc}") from None
         # impression protocols keep one row per impression (column ``impression``)
         keys = [c for c in ("user", "impression", "segment") if c in present]
         wanted = [*keys, *[c for c in columns if c in present]]
         if cached is not None:
             wanted = list(dict.fromkeys([*wanted, *[c for c in cached.columns if c in present]]))
-        frame = pd.read_parquet(path, columns=wanted)
+        frame = read_parquet_artifact(path, columns=wanted)
         self._per_user_cache[key] = frame
         return frame
 
@@ -157,11 +166,9 @@ class ReportData:
 # ---------------------------------------------------------------------- one run
 def _read_json_if(path: Path, default: Any) -> Any:
     try:
-        return read_json(path)
+        return read_json_artifact(path)
     except FileNotFoundError:
         return default
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
 
 
 def _registry_family(name: str) -> str:
@@ -177,11 +184,16 @@ def _registry_family(name: str) -> str:
 
 
 def load_run(run_dir: str | Path) -> RunArtifacts:
-    """Read a run directory (raises `ArtifactError` when it is not one, or when its run
-    stopped before saving the data and the split: `recarena._rundir.require_finished_setup`)."""
-    from recarena._rundir import require_finished_setup
+    """Read a run directory, once `recarena._rundir.check_run_folder` has checked it.
 
-    run_dir = require_finished_setup(run_dir)
+    Raises `ArtifactError` when it is not one, when its run stopped before saving the data
+    and the split, when its ``config.toml`` does not describe the run, or when a file is
+    damaged (`recarena.errors.DamagedArtifactError`, naming the file).
+    """
+    from recarena._rundir import check_run_folder
+
+    run_dir = Path(run_dir)
+    check_run_folder(run_dir)
     try:
         config = tomllib.loads((run_dir / "config.toml").read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -201,7 +213,7 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
     for mdir in dirs:
         done_path, failed_path = mdir / "DONE.json", mdir / "FAILED.json"
         if done_path.exists():
-            rec = read_json(done_path)
+            rec = read_json_artifact(done_path)
             cost = rec.get("cost") or _read_json_if(mdir / "cost.json", {})
             log_path = mdir / "training_log.json"
             training_log = _read_json_if(log_path, None)
@@ -265,7 +277,10 @@ def load_run(run_dir: str | Path) -> RunArtifacts:
     summary_path = run_dir / "summary.csv"
     rebuilt = False
     if summary_path.exists():
-        summary = pd.read_csv(summary_path)
+        try:
+            summary = pd.read_csv(summary_path)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise damaged_error(summary_path, f"not a readable CSV file: {exc}") from None
     else:
         from recarena.config import EvaluationConfig
         from recarena.summary import build_summary
@@ -352,10 +367,8 @@ def _candidate_arrays(run: RunArtifacts, protocol: str) -> tuple[np.ndarray, np.
     for name in (f"candidates_{protocol}__test.npz", f"first_stage__{protocol}__test.npz"):
         path = split_dir / name
         if path.exists():
-            with np.load(path, allow_pickle=False) as z:
-                users = z["users"] if "users" in z.files else np.array([])
-                items = z["items"] if "items" in z.files else np.array([])
-            return users, items
+            z = load_npz_artifact(path)
+            return z.get("users", np.array([])), z.get("items", np.array([]))
     return None
 
 

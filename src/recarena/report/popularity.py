@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from recarena._artifacts import load_npz_artifact, read_parquet_artifact
 from recarena.report.loading import ReportData, RunArtifacts
 
 N_BINS = 10
@@ -62,9 +63,10 @@ def reference_for(run: RunArtifacts) -> PopularityReference | None:
         return None
     n_items = int(run.split_meta.get("n_items") or 0)
     fit = pd.concat(
-        [pd.read_parquet(p, columns=["user", "item"]) for p in paths[:2]], ignore_index=True
+        [read_parquet_artifact(p, columns=["user", "item"]) for p in paths[:2]],
+        ignore_index=True,
     )
-    test = pd.read_parquet(paths[2], columns=["item"])["item"].to_numpy(np.int64)
+    test = read_parquet_artifact(paths[2], columns=["item"])["item"].to_numpy(np.int64)
     if not n_items:
         n_items = int(max(fit["item"].max(initial=-1), test.max(initial=-1))) + 1
     pairs = fit.drop_duplicates()
@@ -74,7 +76,7 @@ def reference_for(run: RunArtifacts) -> PopularityReference | None:
     decile[order] = np.minimum(np.arange(n_items) * N_BINS // max(1, n_items), N_BINS - 1)
     inter_path = run.run_dir / "dataset" / "interactions.parquet"
     if inter_path.exists():
-        data_items = pd.read_parquet(inter_path, columns=["item"])["item"].to_numpy(np.int64)
+        data_items = read_parquet_artifact(inter_path, columns=["item"])["item"].to_numpy(np.int64)
     else:
         data_items = np.concatenate([fit["item"].to_numpy(np.int64), test])
     data_items = data_items[(data_items >= 0) & (data_items < n_items)]
@@ -98,8 +100,7 @@ def analyse_popularity(
         path = data.model(label).model_dir / protocol / "lists.npz"
         if not path.exists():
             continue
-        with np.load(path, allow_pickle=False) as z:
-            items = np.asarray(z["items"])[:, : data.k].astype(np.int64).ravel()
+        items = np.asarray(load_npz_artifact(path)["items"])[:, : data.k].astype(np.int64).ravel()
         valid = items[(items >= 0) & (items < len(reference.decile))]
         out.models[label] = ModelPopularity(
             share=_shares(valid, reference.decile),

@@ -557,25 +557,43 @@ def check_run_folder(run_dir: str | os.PathLike[str]) -> Any:
     return config
 
 
-def _first_difference(recorded: Any, current: Any, path: str = "") -> str | None:
-    """The first setting where the run's record and config.toml differ, with both values."""
-    if isinstance(recorded, dict) and isinstance(current, dict):
-        for key in sorted(set(recorded) | set(current), key=str):
+#: what `first_difference` gives for a key one side does not have
+MISSING = object()
+
+
+def first_difference(
+    a: Any, b: Any, path: str = "", *, close: Any = None
+) -> tuple[str, Any, Any] | None:
+    """The first key path where two JSON-like values differ, and the value on each side.
+
+    Dict keys are walked in sorted order; a key one side lacks gives `MISSING` there.
+    ``close(x, y)``, when given, decides whether two floats count as equal.
+    """
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b), key=str):
             sub = f"{path}.{key}" if path else str(key)
-            if key not in current:
-                return f"{sub}: {_short(recorded[key])} when the run was made, unset in config.toml"
-            if key not in recorded:
-                return f"{sub}: unset when the run was made, {_short(current[key])} in config.toml"
-            found = _first_difference(recorded[key], current[key], sub)
+            if key not in a or key not in b:
+                return sub, a.get(key, MISSING), b.get(key, MISSING)
+            found = first_difference(a[key], b[key], sub, close=close)
             if found:
                 return found
         return None
-    if recorded != current:
-        return (
-            f"{path or 'value'}: {_short(recorded)} when the run was made, "
-            f"{_short(current)} in config.toml"
-        )
-    return None
+    if close is not None and isinstance(a, float) and isinstance(b, float) and close(a, b):
+        return None
+    return None if a == b else (path or "value", a, b)
+
+
+def _first_difference(recorded: Any, current: Any) -> str | None:
+    """The first setting where the run's record and config.toml differ, with both values."""
+    found = first_difference(recorded, current)
+    if found is None:
+        return None
+    path, before, now = found
+    if now is MISSING:
+        return f"{path}: {_short(before)} when the run was made, unset in config.toml"
+    if before is MISSING:
+        return f"{path}: unset when the run was made, {_short(now)} in config.toml"
+    return f"{path}: {_short(before)} when the run was made, {_short(now)} in config.toml"
 
 
 def _short(value: Any, limit: int = 80) -> str:

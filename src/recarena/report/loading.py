@@ -337,24 +337,19 @@ def _split_identity(run: RunArtifacts) -> dict[str, Any]:
     }
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+def _first_difference(a: Any, b: Any) -> str | None:
     """The first key path where two JSON-like values differ, with both values."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b), key=str):
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in a:
-                return f"{sub} (only in the second run: {_short(b[key])})"
-            if key not in b:
-                return f"{sub} (only in the first run: {_short(a[key])})"
-            found = _first_difference(a[key], b[key], sub)
-            if found:
-                return found
+    from recarena._rundir import MISSING, first_difference
+
+    found = first_difference(a, b, close=lambda x, y: np.isclose(x, y, rtol=1e-9, atol=0))
+    if found is None:
         return None
-    if isinstance(a, float) and isinstance(b, float) and np.isclose(a, b, rtol=1e-9, atol=0):
-        return None
-    if a != b:
-        return f"{path or 'value'} ({_short(a)} vs {_short(b)})"
-    return None
+    path, first, second = found
+    if first is MISSING:
+        return f"{path} (only in the second run: {_short(second)})"
+    if second is MISSING:
+        return f"{path} (only in the first run: {_short(first)})"
+    return f"{path} ({_short(first)} vs {_short(second)})"
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -35,6 +35,7 @@ from recarena.data.loaders._reading import (
     RawTables,
     TimestampUnit,
     build_info,
+    check_distinct_columns,
     find_column,
     guess_separator,
     id_column,
@@ -150,6 +151,7 @@ def read_recbole(
             f"{list(DEFAULT_FIELDS)}",
             path=inter_path,
         )
+    check_distinct_columns(roles, path=inter_path)
 
     frame, source = read_atomic_file(inter_path, encoding=encoding, seq_separator=seq_separator)
     files[inter_path.name] = source.sha256

@@ -12,6 +12,8 @@ from __future__ import annotations
 import bz2
 import codecs
 import csv
+import datetime
+import decimal
 import difflib
 import gzip
 import hashlib
@@ -21,6 +23,7 @@ import lzma
 import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +54,13 @@ _TIMESTAMP_FACTORS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 # an integer id written as a decimal ("22.0", as a float column exported to text reads)
 _DECIMAL_INT = re.compile(r"(-?(?:0|[1-9][0-9]{0,17}))\.0+")
 # texts that spreadsheets and pandas write for a missing value; never an id
-_MISSING_MARKERS = frozenset(
+MISSING_MARKERS = frozenset(
     {"nan", "-nan", "nat", "na", "n/a", "#n/a", "<na>", "null", "none", "#null!"}
 )
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_LINE_ENDS = re.compile(r"\r\n|\r|\n")
+# an ISO 8601 date starts with its four-digit year
+_ISO_START = re.compile(r"\s*\d{4}")
 
 #: The longest line a delimited file may hold, in bytes. Interaction and item files have
 #: lines of a few hundred bytes; a longer one is almost always a quote left open or a file
@@ -420,7 +426,14 @@ class DelimitedFile:
             raise DataError("the file is empty; expected a header line", path=self.path, line=1)
         number, text = first
         if self.quoted and len(self.separator) == 1:
-            names = next(csv.reader([text], delimiter=self.separator))
+            try:
+                names = next(csv.reader([text], delimiter=self.separator))
+            except csv.Error as exc:  # a carriage return inside the line, for one
+                raise DataError(
+                    f"cannot split the header line into fields ({exc}): {_clip(text)!r}",
+                    path=self.path,
+                    line=number,
+                ) from None
         else:
             names = text.split(self.separator)
         return number, [name.strip() for name in names]
@@ -431,12 +444,23 @@ class DelimitedFile:
         if self.quoted and len(self.separator) == 1:
             reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.separator)
             start = 1
-            for fields in reader:
+            while True:
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:  # a stray carriage return, a field over csv's limit
+                    raise DataError(
+                        f"cannot split line {start} into fields: {exc}",
+                        path=self.path,
+                        line=start,
+                    ) from None
                 if fields and any(f.strip() for f in fields):
                     yield start, fields
                 start = reader.line_num + 1
         else:
-            for number, line in enumerate(text.splitlines(), start=1):
+            # the line ends pandas splits on; str.splitlines() would also split on \x1c, \x85...
+            for number, line in enumerate(_LINE_ENDS.split(text), start=1):
                 if line.strip():
                     yield number, line.split(self.separator)
 
@@ -486,21 +510,15 @@ class DelimitedFile:
         used = [c for c in columns if c is not None]
         dtypes: dict[str, Any] = {c.name: _PANDAS_DTYPES[c.kind] for c in used}
         try:
-            frame = pd.read_csv(
-                io.BytesIO(data),
-                sep=separator,
-                header=0 if self.has_header else None,
-                names=names,
-                # no usecols: it would silently accept lines with extra fields
-                dtype=dtypes,
-                encoding=self.encoding,
-                quoting=csv.QUOTE_MINIMAL if self.quoted else csv.QUOTE_NONE,
-                keep_default_na=False,
-                na_values=[""],
-                index_col=False,
-                engine="c",
-            )
-        except (ValueError, OverflowError, pd.errors.ParserError) as exc:
+            with warnings.catch_warnings():
+                # with index_col=False pandas only warns, and drops the extra fields, when the
+                # first data line has more fields than the header: an error like any other line
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                # NumPy warns while pandas tries to cast "inf" to int64; that value is
+                # then reported with its line below
+                warnings.simplefilter("ignore", RuntimeWarning)
+                frame = self._parse(data, separator, names, dtypes)
+        except (ValueError, OverflowError, pd.errors.ParserError, pd.errors.ParserWarning) as exc:
             raise self._locate_problem(columns, format_label) or DataError(
                 f"cannot read the file as {format_label}: {exc}", path=self.path
             ) from None
@@ -516,6 +534,24 @@ class DelimitedFile:
                     f"missing {column.described}", path=self.path, column=column.name
                 )
         return frame
+
+    def _parse(
+        self, data: bytes, separator: str, names: list[str], dtypes: dict[str, Any]
+    ) -> pd.DataFrame:
+        return pd.read_csv(
+            io.BytesIO(data),
+            sep=separator,
+            header=0 if self.has_header else None,
+            names=names,
+            # no usecols: it would silently accept lines with extra fields
+            dtype=dtypes,
+            encoding=self.encoding,
+            quoting=csv.QUOTE_MINIMAL if self.quoted else csv.QUOTE_NONE,
+            keep_default_na=False,
+            na_values=[""],
+            index_col=False,
+            engine="c",
+        )
 
     def _locate_problem(
         self, columns: Sequence[Column | None], format_label: str
@@ -595,6 +631,9 @@ def _value_problem(value: str, column: Column) -> str | None:
     text = value.strip()
     if text == "":
         return f"missing {column.described}" if column.required else None
+    if column.kind != "str" and ("_" in text or not text.isascii()):
+        # Python reads "1_000" and non-ASCII digits as numbers; pandas does not
+        return f"cannot read {value!r} as the {column.described}"
     try:
         if column.kind == "int":
             number = int(text)
@@ -764,6 +803,9 @@ def id_column(
         where = "" if line is not None else f" (row {row + 1})"
         return DataError(message + where, path=path, line=line, column=column)
 
+    odd = first_odd_value(values)
+    if odd is not None:
+        raise _odd_value_error(values, odd, meaning, fail)
     missing = values.isna().to_numpy()
     marker = np.zeros(len(values), dtype=bool)
     if not (pd.api.types.is_numeric_dtype(values.dtype)):
@@ -772,7 +814,7 @@ def id_column(
         if blank.any():
             missing = missing | blank[codes]
         markers = np.array(
-            [isinstance(u, str) and u.strip().lower() in _MISSING_MARKERS for u in uniques],
+            [isinstance(u, str) and u.strip().lower() in MISSING_MARKERS for u in uniques],
             dtype=bool,
         )
         if markers.any():
@@ -792,6 +834,60 @@ def id_column(
             row = int(np.flatnonzero(infinite)[0])
             raise fail(row, f"cannot read {_shown(values.iloc[row])} as a {meaning}")
     return natural_ids(values, path=path, column=column, meaning=meaning, line_of_row=line_of_row)
+
+
+#: What `pandas.api.types.infer_dtype` says of a column of text and numbers only.
+_PLAIN_KINDS = frozenset(
+    {"string", "integer", "floating", "mixed-integer-float", "decimal", "empty"}
+)
+_DATE_KINDS = frozenset({"datetime", "datetime64", "date"})
+
+
+def first_odd_value(
+    values: pd.Series, *, accept_bool: bool = False, accept_dates: bool = False
+) -> int | None:
+    """The row of the first value that is neither text nor a number, or None.
+
+    Parquet and JSON columns may hold lists, mappings, bytes, dates or true/false values:
+    such a column is not an id, time or rating column (a list is not even hashable), and
+    reading it as one would fail inside pandas or give ids such as ``"b'x'"``. The type
+    check runs in C; rows are visited only when some value is of another type.
+    ``accept_bool`` and ``accept_dates`` let true/false values and dates through.
+    """
+    dtype = values.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return None if accept_bool or not len(values) else 0
+    if pd.api.types.is_numeric_dtype(dtype):
+        return None
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return None if accept_dates or not len(values) else 0
+    sample = values.cat.categories if isinstance(dtype, pd.CategoricalDtype) else values
+    kinds = _PLAIN_KINDS | (_DATE_KINDS if accept_dates else frozenset())
+    if pd.api.types.infer_dtype(sample, skipna=True) in kinds | (
+        {"boolean"} if accept_bool else set()
+    ):
+        return None
+    plain: tuple[type, ...] = (str, int, float, np.integer, np.floating, decimal.Decimal)
+    if accept_dates:
+        plain += (datetime.date, np.datetime64)
+    for row, value in enumerate(values):
+        if value is None or value is pd.NA or value is pd.NaT:
+            continue
+        if isinstance(value, (bool, np.bool_)):
+            if not accept_bool:
+                return row
+        elif not isinstance(value, plain):
+            return row
+    return None
+
+
+def _odd_value_error(values: pd.Series, row: int, meaning: str, fail: Any) -> DataError:
+    value = values.iloc[row]
+    return fail(
+        row,
+        f"cannot read {_clip(_shown(value))} ({type(value).__name__}) as a {meaning}: "
+        "expected text or a number; is this the right column?",
+    )
 
 
 def year_from_title(title: object) -> int | None:
@@ -855,6 +951,9 @@ def to_epoch_seconds(
         where = "" if line is not None else f" (row {row + 1})"
         return DataError(message + where, path=path, line=line, column=column)
 
+    odd = first_odd_value(values, accept_dates=True)
+    if odd is not None:
+        raise _odd_value_error(values, odd, "timestamp", fail)
     missing = values.isna().to_numpy()
     if missing.any():
         raise fail(int(np.flatnonzero(missing)[0]), "missing timestamp")
@@ -862,7 +961,10 @@ def to_epoch_seconds(
         if pd.api.types.is_datetime64_any_dtype(values.dtype):
             parsed = pd.to_datetime(values, utc=True)
         else:
-            parsed = pd.to_datetime(values.astype(str), utc=True, format="ISO8601", errors="coerce")
+            texts = values.astype(str)
+            parsed = pd.to_datetime(texts, utc=True, format="ISO8601", errors="coerce")
+            # pandas reads "now" and "today" as the current time, even as ISO 8601
+            parsed[~texts.str.match(_ISO_START).to_numpy(dtype=bool)] = pd.NaT
         bad = parsed.isna().to_numpy()
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
@@ -1026,8 +1128,20 @@ def numeric_column(
 ) -> np.ndarray:
     """Parse a column of numbers (ratings, counts), reporting the first unreadable value.
 
-    Missing values and numbers that are not finite (``inf``, ``NaN``) are errors.
+    Missing values, numbers that are not finite (``inf``, ``NaN``) and values that are not
+    numbers or text (lists, dates) are errors; true/false count as 1 and 0.
     """
+    odd = first_odd_value(values, accept_bool=True)
+    if odd is not None:
+        line = line_of_row(odd) if line_of_row is not None else None
+        value = values.iloc[odd]
+        raise DataError(
+            f"cannot read {_clip(_shown(value))} ({type(value).__name__}) as the {meaning}: "
+            "expected a number" + ("" if line is not None else f" (row {odd + 1})"),
+            path=path,
+            line=line,
+            column=column,
+        )
     numbers = pd.to_numeric(values, errors="coerce")
     bad = numbers.isna().to_numpy() | ~np.isfinite(numbers.to_numpy(np.float64))
     if bad.any():

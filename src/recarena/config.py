@@ -87,6 +87,19 @@ class DataConfig(_Strict):
     text_max_chars: int = Field(400, gt=0, description="longest text kept per field")
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
 
+    @field_validator("columns")
+    @classmethod
+    def _one_column_per_role(cls, columns: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for role, column in columns.items():
+            if column in seen:
+                raise ValueError(
+                    f"data.columns reads both the {seen[column]} and the {role} from column "
+                    f"{column!r}; each role needs its own column"
+                )
+            seen[column] = role
+        return columns
+
     @model_validator(mode="after")
     def _name_or_path(self) -> DataConfig:
         if (self.name is None) == (self.path is None):

@@ -28,7 +28,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recarena._io import atomic_path, read_json, save_npz, write_json
-from recarena.data.dataset import Dataset, interactions_csr
+from recarena.data.dataset import Dataset, interactions_csr, tie_order_keys
 from recarena.errors import ArtifactError, DataError
 
 Stage = Literal["valid", "test"]
@@ -257,7 +257,14 @@ def leave_one_out_split(dataset: Dataset, *, min_history: int = 1) -> Split:
 
     Users need ``min_history`` training interactions plus the two held out; users with fewer
     stay wholly in training and are not evaluated (their number is in ``notes``). Without
-    timestamps, file order is used, and a note says so.
+    timestamps, file order is used, and a note says so. Equal timestamps are ordered by the
+    data set's fixed tie key, not file order (see `recarena.data.dataset`); a note says for
+    how many users a tie decided the held-out item.
+
+    Raises
+    ------
+    DataError
+        When no user has enough interactions, so nobody could be evaluated.
     """
     frame = _frame(dataset)
     notes = []
@@ -267,6 +274,14 @@ def leave_one_out_split(dataset: Dataset, *, min_history: int = 1) -> Split:
     from_end = frame.groupby("user", sort=False).cumcount(ascending=False).to_numpy()
     count = frame.groupby("user", sort=False)["item"].transform("size").to_numpy()
     eligible = count >= min_history + 2
+    if not eligible.any():
+        raise DataError(
+            f"data set {dataset.name!r}: no user has at least {min_history + 2} interactions"
+            f"{_after_preprocessing(dataset)} (the most any user has is "
+            f"{int(count.max(initial=0))}), so leave-one-out has no test users: it holds out "
+            f"two interactions per user and keeps min_history={min_history} for training; "
+            "lower split.min_history or loosen the filters"
+        )
     test_mask = eligible & (from_end == 0)
     valid_mask = eligible & (from_end == 1)
     train_mask = ~(test_mask | valid_mask)
@@ -276,6 +291,8 @@ def leave_one_out_split(dataset: Dataset, *, min_history: int = 1) -> Split:
             f"{n_skipped} users with fewer than {min_history + 2} interactions are "
             "kept in training only and not evaluated"
         )
+    if dataset.has_timestamps:
+        notes.extend(_tie_notes(frame, test_mask, valid_mask))
     return Split(
         method="leave_one_out",
         train=frame.loc[train_mask].reset_index(drop=True),
@@ -286,6 +303,33 @@ def leave_one_out_split(dataset: Dataset, *, min_history: int = 1) -> Split:
         params={"min_history": min_history, "order": "time" if dataset.has_timestamps else "file"},
         notes=notes,
     )
+
+
+def _after_preprocessing(dataset: Dataset) -> str:
+    steps = [str(step.get("step")) for step in dataset.info.get("preprocessing", [])]
+    return f" after preprocessing ({', '.join(steps)})" if steps else ""
+
+
+def _tie_notes(frame: pd.DataFrame, test_mask: np.ndarray, valid_mask: np.ndarray) -> list[str]:
+    """How many users' held-out item shares its timestamp with another of their items.
+
+    For those users the tie order, not time, decided which item was held out.
+    """
+    items_at_time = (
+        frame.groupby(["user", "timestamp"], sort=False)["item"].transform("nunique").to_numpy()
+    )
+    tied = items_at_time > 1
+    n_test, n_valid = int(np.count_nonzero(test_mask)), int(np.count_nonzero(valid_mask))
+    tied_test = int(np.count_nonzero(test_mask & tied))
+    tied_valid = int(np.count_nonzero(valid_mask & tied))
+    if not (tied_test or tied_valid):
+        return []
+    return [
+        f"ties decided the held-out item of {tied_test} of {n_test} test users and "
+        f"{tied_valid} of {n_valid} validation users (it shares its timestamp with another "
+        "of the user's items); equal timestamps are ordered by a fixed hash of the user and "
+        "item ids, never by file order"
+    ]
 
 
 def temporal_split(dataset: Dataset, *, valid_ratio: float = 0.1, test_ratio: float = 0.1) -> Split:
@@ -302,21 +346,35 @@ def temporal_split(dataset: Dataset, *, valid_ratio: float = 0.1, test_ratio: fl
         )
     _check_ratios(valid_ratio, test_ratio)
     frame = _frame(dataset)
-    order = np.argsort(frame["timestamp"].to_numpy(), kind="stable")
+    ts = frame["timestamp"].to_numpy()
+    # equal timestamps at a cut: the fixed tie key decides the side, never the row order
+    order = np.lexsort((tie_order_keys(frame, dataset.user_ids, dataset.item_ids), ts))
     n = len(frame)
     n_test = int(round(n * test_ratio))
     n_valid = int(round(n * valid_ratio))
     part = np.zeros(n, dtype=np.int8)
     part[order[n - n_test :]] = 2
     part[order[n - n_test - n_valid : n - n_test]] = 1
-    ts = frame["timestamp"].to_numpy()
     params = {
         "valid_ratio": valid_ratio,
         "test_ratio": test_ratio,
         "valid_from": int(ts[order[n - n_test - n_valid]]) if n_valid else None,
         "test_from": int(ts[order[n - n_test]]) if n_test else None,
     }
-    return _split_from_parts(dataset, "temporal", part, params)
+    split = _split_from_parts(dataset, "temporal", part, params)
+    for stage, cut in (("validation", params["valid_from"]), ("test", params["test_from"])):
+        if cut is None:
+            continue
+        at_cut = ts == cut
+        sides = np.unique(part[at_cut])
+        if len(sides) > 1:
+            users = int(np.unique(frame["user"].to_numpy()[at_cut]).size)
+            split.notes.append(
+                f"ties at the {stage} cut: {int(at_cut.sum())} interactions of {users} users "
+                f"share its timestamp ({cut}) and fall on both sides of it; a fixed hash of "
+                "the user and item ids, never file order, decided their side"
+            )
+    return split
 
 
 def random_split(
@@ -450,6 +508,13 @@ def _split_from_parts(dataset: Dataset, method: str, part: np.ndarray, params: d
         params=params,
     )
     if len(split.test) == 0:
+        if method == "random":
+            raise DataError(
+                f"data set {dataset.name!r}: no user has at least 3 interactions"
+                f"{_after_preprocessing(dataset)}, so the random split has no test users: "
+                "each user keeps one interaction for training and gives one to validation "
+                "and one to test; loosen the filters"
+            )
         raise DataError(f"the {method} split left no test interactions; check the ratios")
     train_users = set(np.unique(split.train["user"].to_numpy()).tolist())
     cold_users = len(set(np.unique(split.test["user"].to_numpy()).tolist()) - train_users)

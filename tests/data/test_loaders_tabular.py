@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -194,11 +192,11 @@ def test_dates_with_seconds_unit_get_a_hint(tmp_path):
         load_tabular(path)
 
 
-def test_millisecond_values_read_as_seconds_warn(tmp_path, caplog):
+def test_millisecond_values_read_as_seconds_fail(tmp_path):
+    # a warning used to be all: the data loaded with dates tens of thousands of years ahead
     path = write_lines(tmp_path / "r.csv", ["user,item,timestamp", "1,2,1600000000123"])
-    with caplog.at_level(logging.WARNING):
+    with pytest.raises(DataError, match="looks like milliseconds: set the timestamp unit to 'ms'"):
         load_tabular(path)
-    assert "look like milliseconds" in caplog.text
 
 
 def test_missing_item_id(tmp_path):

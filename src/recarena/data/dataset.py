@@ -12,11 +12,16 @@ Interactions are a :class:`pandas.DataFrame` with columns
 ``rating`` (float32), optional
     Explicit rating or play count when the source has one.
 
-Rows are sorted by user, then timestamp, then original file order, so a user's rows read as
-their history in order. Dense ids are assigned by sorting the raw ids, so they carry no
-information about time or popularity. ``user_ids[u]`` and ``item_ids[i]`` give the raw ids
-back. The item table ``items`` has one row per dense item id (a ``RangeIndex``); text columns
-are strings and multi-valued columns (genres, categories, tags) are lists of strings.
+Rows are sorted by user, then timestamp, so a user's rows read as their history in order.
+Equal timestamps (several ratings in one second, reviews dated by the day) are ordered by
+a fixed tie key, a hash of the raw user and item ids (`tie_order_keys`), then by item,
+rating and part, never by file order: the same data in any row order gives the same rows
+in the same order, hence the same split, and an exact duplicate sits next to its original.
+Without timestamps the file order is the only order there is and is kept. Dense ids are
+assigned by sorting the raw ids, so they carry no information about time or popularity.
+``user_ids[u]`` and ``item_ids[i]`` give the raw ids back. The item table ``items`` has one
+row per dense item id (a ``RangeIndex``); text columns are strings and multi-valued columns
+(genres, categories, tags) are lists of strings.
 
 Additions (v0.2; optional, absent unless a loader sets them):
 
@@ -130,8 +135,8 @@ class Dataset:
         interactions
             Columns ``user`` and ``item`` (raw ids, any hashable type), optional
             ``timestamp`` (int seconds), ``rating`` and ``part`` (0 train, 1 validation,
-            2 test, for pre-split data). Row order is kept as the tie-breaker among equal
-            timestamps.
+            2 test, for pre-split data). Equal timestamps are ordered by the tie key (see
+            the module docstring), not by row order; without timestamps row order is kept.
         items
             Item attributes indexed by raw item id (text fields such as ``title``). Items
             with interactions but no row here get empty fields; rows for items that never
@@ -186,8 +191,7 @@ class Dataset:
             frame["rating"] = interactions["rating"].to_numpy().astype(np.float32)
         if "part" in interactions.columns:
             frame["part"] = _part_column(interactions["part"], source, "interaction")
-        order_cols = ["user", "timestamp"] if "timestamp" in frame else ["user"]
-        frame = frame.sort_values(order_cols, kind="stable").reset_index(drop=True)
+        frame = _history_order(frame, user_ids, item_ids)
 
         info = dict(info or {})
         if keep_items:
@@ -479,6 +483,49 @@ class Dataset:
             f"Dataset({self.name!r}, users={self.n_users}, items={self.n_items}, "
             f"interactions={self.n_interactions}, timestamps={self.has_timestamps})"
         )
+
+
+def tie_order_keys(
+    interactions: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
+) -> np.ndarray:
+    """A fixed pseudo-random key (uint64) per interaction, from its raw user and item ids.
+
+    Equal timestamps are ordered by this key. It depends only on the text of the raw ids
+    (``22`` and ``"22"`` hash alike), never on row order or on which other users and items
+    the data holds, so filtering other users out (a k-core) or shuffling the file leaves
+    it unchanged; and being a hash, it favours no item (ordering ties by item id would
+    always hold out the highest id). The ids' text is hashed with pandas' fixed-key
+    SipHash (`pandas.util.hash_array`), the pair is mixed with SplitMix64's finaliser.
+    """
+    user_hash = _id_hashes(user_ids)[interactions["user"].to_numpy()]
+    item_hash = _id_hashes(item_ids)[interactions["item"].to_numpy()]
+    return _mix64(user_hash ^ _mix64(item_hash + np.uint64(0x9E3779B97F4A7C15)))
+
+
+def _id_hashes(ids: np.ndarray) -> np.ndarray:
+    texts = np.array([str(v) for v in ids], dtype=object)
+    return pd.util.hash_array(texts, categorize=False).astype(np.uint64)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: every input bit moves every output bit (wraps on purpose)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _history_order(frame: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -> pd.DataFrame:
+    """Rows by user, then time, then the tie key, item, rating and part (module docstring)."""
+    if "timestamp" not in frame.columns:
+        return frame.sort_values(["user"], kind="stable").reset_index(drop=True)
+    keys = [frame["user"].to_numpy(), frame["timestamp"].to_numpy()]
+    keys.append(tie_order_keys(frame, user_ids, item_ids))
+    keys.append(frame["item"].to_numpy())
+    keys.extend(frame[c].to_numpy() for c in ("rating", "part") if c in frame.columns)
+    order = np.lexsort(keys[::-1])  # lexsort sorts by its last key first
+    return frame.iloc[order].reset_index(drop=True)
 
 
 def _field_present(value: object) -> bool:

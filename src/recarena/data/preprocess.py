@@ -29,9 +29,15 @@ def rating_threshold(dataset: Dataset, min_rating: float) -> Dataset:
 
 
 def deduplicate(dataset: Dataset, keep: Literal["latest", "first"] = "latest") -> Dataset:
-    """Keep one interaction per (user, item): the latest (default) or the first in time."""
+    """Keep one interaction per (user, item): the latest (default) or the first in time.
+
+    Rows of one pair at the same time differ at most in rating (or ``part``); the data set's
+    row order, which never depends on file order (see `recarena.data.dataset`), decides
+    between them, so a shuffled copy of a file, or one with exact duplicates appended,
+    keeps the same rows.
+    """
     frame = dataset.interactions
-    # rows are sorted by user and time, so "last" is the latest
+    # rows are sorted by user, time and the fixed tie order, so "last" is the latest
     dup = frame.duplicated(["user", "item"], keep="last" if keep == "latest" else "first")
     mask = ~dup.to_numpy()
     return dataset.subset(mask, _record("deduplicate", dataset, mask, keep=keep))

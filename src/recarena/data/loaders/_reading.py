@@ -12,13 +12,18 @@ from __future__ import annotations
 import bz2
 import codecs
 import csv
+import datetime
+import decimal
 import difflib
 import gzip
 import hashlib
 import io
 import logging
 import lzma
+import math
 import re
+import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +32,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from recarena.errors import DataError
+from recarena.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,30 @@ _CANONICAL_INT = re.compile(r"-?(?:0|[1-9][0-9]{0,17})")
 _LEADING_ZERO = re.compile(r"-?0[0-9]")
 _YEAR_IN_PARENS = re.compile(r"\((\d{4})(?:[-\u2013]\d{0,4})?\)")
 _TIMESTAMP_FACTORS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+# an integer id written as a decimal ("22.0", as a float column exported to text reads)
+_DECIMAL_INT = re.compile(r"(-?(?:0|[1-9][0-9]{0,17}))\.0+")
+# texts that spreadsheets and pandas write for a missing value; never an id
+MISSING_MARKERS = frozenset(
+    {"nan", "-nan", "nat", "na", "n/a", "#n/a", "<na>", "null", "none", "#null!"}
+)
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_LINE_ENDS = re.compile(r"\r\n|\r|\n")
+# an ISO 8601 date starts with its four-digit year
+_ISO_START = re.compile(r"\s*\d{4}")
+
+#: The longest line a delimited file may hold, in bytes. Interaction and item files have
+#: lines of a few hundred bytes; a longer one is almost always a quote left open or a file
+#: that is not what it claims, and reading it whole costs several times its size in memory.
+MAX_LINE_BYTES = 16 * 1024 * 1024
+
+#: Numeric timestamps earlier than this (1971-01-01, in seconds) are not taken for dates when
+#: read in milliseconds or finer, or when the same column also holds real dates: seconds read
+#: as milliseconds land in January 1970. Columns in seconds where every value is this small
+#: are order positions (1, 2, 3, ...) and are accepted.
+EARLIEST_TIMESTAMP = 31_536_000
+#: How far past the current time a timestamp may lie (clock skew, time zones).
+FUTURE_MARGIN_SECONDS = 366 * 86_400
+_LATEST_DATETIME = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
 @dataclass(frozen=True)
@@ -320,6 +349,41 @@ def check_field_count(
     )
 
 
+def check_line_lengths(data: bytes, path: Path, *, limit: int = MAX_LINE_BYTES) -> None:
+    """Raise a `DataError` naming the first line of ``data`` longer than ``limit`` bytes.
+
+    Jumps from the last line end of one ``limit``-sized window to the next, so a file is
+    scanned once, in C, however many lines it has.
+    """
+    if len(data) <= limit:
+        return
+    start = 0
+    while len(data) - start > limit:
+        end = data.rfind(b"\n", start, start + limit + 1)
+        if end < 0:
+            line = data.count(b"\n", 0, start) + 1
+            stop = data.find(b"\n", start)
+            length = (len(data) if stop < 0 else stop) - start
+            raise line_too_long(path, line, length, limit)
+        start = end + 1
+
+
+def line_too_long(
+    path: Path, line: int, length: int | None, limit: int = MAX_LINE_BYTES
+) -> DataError:
+    """The error for a line longer than ``limit`` bytes (see `MAX_LINE_BYTES`).
+
+    ``length`` is the line's length, or None when reading stopped before its end.
+    """
+    size = f"is {length:,} bytes long" if length is not None else f"is longer than {limit:,} bytes"
+    return DataError(
+        f"line {line} {size}; RecArena reads lines of at most {limit:,} bytes "
+        f"({limit / 2**20:g} MiB): is a quote left open, or is this not the file it should be?",
+        path=path,
+        line=line,
+    )
+
+
 def _clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -348,6 +412,7 @@ class DelimitedFile:
     ) -> DelimitedFile:
         raw = read_bytes(path)
         data, effective = prepare_text_bytes(decompress(raw, path), path, encoding)
+        check_line_lengths(data, path)
         return cls(path, data, effective, separator, has_header, quoted, sha256_bytes(raw))
 
     @property
@@ -361,7 +426,14 @@ class DelimitedFile:
             raise DataError("the file is empty; expected a header line", path=self.path, line=1)
         number, text = first
         if self.quoted and len(self.separator) == 1:
-            names = next(csv.reader([text], delimiter=self.separator))
+            try:
+                names = next(csv.reader([text], delimiter=self.separator))
+            except csv.Error as exc:  # a carriage return inside the line, for one
+                raise DataError(
+                    f"cannot split the header line into fields ({exc}): {_clip(text)!r}",
+                    path=self.path,
+                    line=number,
+                ) from None
         else:
             names = text.split(self.separator)
         return number, [name.strip() for name in names]
@@ -372,12 +444,23 @@ class DelimitedFile:
         if self.quoted and len(self.separator) == 1:
             reader = csv.reader(io.StringIO(text, newline=""), delimiter=self.separator)
             start = 1
-            for fields in reader:
+            while True:
+                try:
+                    fields = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:  # a stray carriage return, a field over csv's limit
+                    raise DataError(
+                        f"cannot split line {start} into fields: {exc}",
+                        path=self.path,
+                        line=start,
+                    ) from None
                 if fields and any(f.strip() for f in fields):
                     yield start, fields
                 start = reader.line_num + 1
         else:
-            for number, line in enumerate(text.splitlines(), start=1):
+            # the line ends pandas splits on; str.splitlines() would also split on \x1c, \x85...
+            for number, line in enumerate(_LINE_ENDS.split(text), start=1):
                 if line.strip():
                     yield number, line.split(self.separator)
 
@@ -427,31 +510,48 @@ class DelimitedFile:
         used = [c for c in columns if c is not None]
         dtypes: dict[str, Any] = {c.name: _PANDAS_DTYPES[c.kind] for c in used}
         try:
-            frame = pd.read_csv(
-                io.BytesIO(data),
-                sep=separator,
-                header=0 if self.has_header else None,
-                names=names,
-                # no usecols: it would silently accept lines with extra fields
-                dtype=dtypes,
-                encoding=self.encoding,
-                quoting=csv.QUOTE_MINIMAL if self.quoted else csv.QUOTE_NONE,
-                keep_default_na=False,
-                na_values=[""],
-                index_col=False,
-                engine="c",
-            )
-        except (ValueError, OverflowError, pd.errors.ParserError) as exc:
+            with warnings.catch_warnings():
+                # with index_col=False pandas only warns, and drops the extra fields, when the
+                # first data line has more fields than the header: an error like any other line
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                # NumPy warns while pandas tries to cast "inf" to int64; that value is
+                # then reported with its line below
+                warnings.simplefilter("ignore", RuntimeWarning)
+                frame = self._parse(data, separator, names, dtypes)
+        except (ValueError, OverflowError, pd.errors.ParserError, pd.errors.ParserWarning) as exc:
             raise self._locate_problem(columns, format_label) or DataError(
                 f"cannot read the file as {format_label}: {exc}", path=self.path
             ) from None
         frame = frame[[c.name for c in used]]
         for column in used:
-            if column.required and frame[column.name].isna().any():
+            values = frame[column.name]
+            if column.kind == "float" and np.isinf(values.to_numpy(np.float64)).any():
+                raise self._locate_problem(columns, format_label) or DataError(
+                    f"an infinite {column.described}", path=self.path, column=column.name
+                )
+            if column.required and values.isna().any():
                 raise self._locate_problem(columns, format_label) or DataError(
                     f"missing {column.described}", path=self.path, column=column.name
                 )
         return frame
+
+    def _parse(
+        self, data: bytes, separator: str, names: list[str], dtypes: dict[str, Any]
+    ) -> pd.DataFrame:
+        return pd.read_csv(
+            io.BytesIO(data),
+            sep=separator,
+            header=0 if self.has_header else None,
+            names=names,
+            # no usecols: it would silently accept lines with extra fields
+            dtype=dtypes,
+            encoding=self.encoding,
+            quoting=csv.QUOTE_MINIMAL if self.quoted else csv.QUOTE_NONE,
+            keep_default_na=False,
+            na_values=[""],
+            index_col=False,
+            engine="c",
+        )
 
     def _locate_problem(
         self, columns: Sequence[Column | None], format_label: str
@@ -531,11 +631,19 @@ def _value_problem(value: str, column: Column) -> str | None:
     text = value.strip()
     if text == "":
         return f"missing {column.described}" if column.required else None
+    if column.kind != "str" and ("_" in text or not text.isascii()):
+        # Python reads "1_000" and non-ASCII digits as numbers; pandas does not
+        return f"cannot read {value!r} as the {column.described}"
     try:
         if column.kind == "int":
-            int(text)
-        elif column.kind == "float":
-            float(text)
+            number = int(text)
+            if not _INT64_MIN <= number <= _INT64_MAX:
+                return (
+                    f"{value!r} is out of range for the {column.described}: integers have at "
+                    "most 19 digits"
+                )
+        elif column.kind == "float" and not math.isfinite(float(text)):
+            return f"cannot read {value!r} as the {column.described}: expected a finite number"
     except ValueError:
         return f"cannot read {value!r} as the {column.described}"
     return None
@@ -565,6 +673,26 @@ def find_column(
     )
 
 
+def check_distinct_columns(
+    roles: Mapping[str, str], *, path: Path | str | None, setting: str = "data.columns"
+) -> None:
+    """Raise a `ConfigError` when two interaction roles read the same column.
+
+    A user column that is also the item column makes every interaction (x, x): the data
+    loads, and nothing useful can be measured on it.
+    """
+    seen: dict[str, str] = {}
+    for role, column in roles.items():
+        if column in seen:
+            where = f"{path}: " if path is not None else ""
+            raise ConfigError(
+                f"{where}the {seen[column]} and the {role} are both read from column "
+                f"{column!r}; each role needs its own column: set {setting}.{seen[column]} "
+                f"and {setting}.{role} to different columns"
+            )
+        seen[column] = role
+
+
 def guess_column(available: Sequence[str], candidates: Sequence[str]) -> str | None:
     """The first column whose name matches one of ``candidates`` (case-insensitive)."""
     lowered = {c.lower(): c for c in available}
@@ -575,28 +703,85 @@ def guess_column(available: Sequence[str], candidates: Sequence[str]) -> str | N
 
 
 # ----------------------------------------------------------------------- values and types
-def natural_ids(values: pd.Series) -> pd.Series:
-    """Ids in their natural type: int64 when every id is a plain integer, else strings.
+def natural_ids(
+    values: pd.Series,
+    *,
+    path: Path | str | None = None,
+    column: str | None = None,
+    meaning: str = "id",
+    line_of_row: Any = None,
+) -> pd.Series:
+    """Ids in their natural type: int64 when every id is an integer, else strings.
 
-    Ids such as ``"007"`` keep their text form (leading zeros carry meaning), so only
-    canonical integers are converted. Text ids are stripped of surrounding spaces.
-    ``values`` must hold no missing ids (see `id_column`).
+    An integer id may be written as a plain integer (``22``) or as a whole decimal (``22.0``,
+    as a float column exported to text reads); both give the int 22. Other ids such as
+    ``"007"`` keep their text form (leading zeros carry meaning). Text ids are stripped of
+    surrounding spaces. ``values`` must hold no missing ids (see `id_column`).
+
+    Raises
+    ------
+    DataError
+        When ids stay text (some are not numbers) yet two of them are the same integer
+        written two ways (``22`` and ``22.0``): they would silently be two users or items.
+        ``path``, ``column`` and ``line_of_row`` (row -> file line) locate it.
     """
     if pd.api.types.is_integer_dtype(values.dtype):
         return values.astype(np.int64)
     if pd.api.types.is_float_dtype(values.dtype):
         numbers = values.to_numpy(np.float64)
-        if np.all(numbers == np.floor(numbers)):
+        if np.all(numbers == np.floor(numbers)) and np.all(np.abs(numbers) < 2.0**63):
             return values.astype(np.int64)
         return pd.Series(values.astype(str).to_numpy(object), index=values.index, dtype=object)
     # work on the distinct ids only: a million rows hold a few thousand users
     codes, uniques = pd.factorize(values)
     texts = [str(u).strip() for u in uniques]
-    if texts and all(_CANONICAL_INT.fullmatch(t) for t in texts):
-        converted: np.ndarray = np.array([int(t) for t in texts], dtype=np.int64)
+    as_ints = [_integer_text(t) for t in texts]
+    if texts and all(n is not None for n in as_ints):
+        converted: np.ndarray = np.array(as_ints, dtype=np.int64)
     else:
+        _check_two_spellings(texts, as_ints, codes, path, column, meaning, line_of_row)
         converted = np.array(texts, dtype=object)
     return pd.Series(converted[codes], index=values.index, dtype=converted.dtype)
+
+
+def _integer_text(text: str) -> int | None:
+    """The integer ``text`` spells (``"22"`` or ``"22.0"``), else None."""
+    if _CANONICAL_INT.fullmatch(text):
+        return int(text)
+    decimal = _DECIMAL_INT.fullmatch(text)
+    return int(decimal.group(1)) if decimal else None
+
+
+def _check_two_spellings(
+    texts: list[str],
+    as_ints: list[int | None],
+    codes: np.ndarray,
+    path: Path | str | None,
+    column: str | None,
+    meaning: str,
+    line_of_row: Any,
+) -> None:
+    canonical = {t: k for k, t in enumerate(texts) if _CANONICAL_INT.fullmatch(t)}
+    for k, (text, number) in enumerate(zip(texts, as_ints, strict=True)):
+        if number is None or text in canonical:
+            continue
+        other = canonical.get(str(number))
+        if other is None:
+            continue
+        row = int(np.flatnonzero(codes == k)[0])
+        first = int(np.flatnonzero(codes == other)[0])
+        line = line_of_row(row) if line_of_row is not None else None
+        other_line = line_of_row(first) if line_of_row is not None else None
+        where = f"line {other_line}" if other_line is not None else f"row {first + 1}"
+        raise DataError(
+            f"{meaning} {text!r} and {meaning} {texts[other]!r} ({where}) are the same number "
+            "written two ways, but the other ids are text, so they would count as two "
+            f"different ids; write every id one way (e.g. {texts[other]!r})"
+            + ("" if line is not None else f" (row {row + 1})"),
+            path=path,
+            line=line,
+            column=column,
+        )
 
 
 def id_column(
@@ -607,19 +792,102 @@ def id_column(
     meaning: str,
     line_of_row: Any = None,
 ) -> pd.Series:
-    """Ids in their natural type (`natural_ids`); a missing id is a `DataError` with its line."""
+    """Ids in their natural type (`natural_ids`).
+
+    A missing id (an empty field, or a marker such as ``NaN``, ``NULL`` or ``N/A``) or a
+    number that is not finite is a `DataError` with its line.
+    """
+
+    def fail(row: int, message: str) -> DataError:
+        line = line_of_row(row) if line_of_row is not None else None
+        where = "" if line is not None else f" (row {row + 1})"
+        return DataError(message + where, path=path, line=line, column=column)
+
+    odd = first_odd_value(values)
+    if odd is not None:
+        raise _odd_value_error(values, odd, meaning, fail)
     missing = values.isna().to_numpy()
+    marker = np.zeros(len(values), dtype=bool)
     if not (pd.api.types.is_numeric_dtype(values.dtype)):
         codes, uniques = pd.factorize(values)
         blank = np.array([isinstance(u, str) and not u.strip() for u in uniques], dtype=bool)
         if blank.any():
             missing = missing | blank[codes]
-    if missing.any():
-        row = int(np.flatnonzero(missing)[0])
-        line = line_of_row(row) if line_of_row is not None else None
-        where = "" if line is not None else f" (row {row + 1})"
-        raise DataError(f"missing {meaning}{where}", path=path, line=line, column=column)
-    return natural_ids(values)
+        markers = np.array(
+            [isinstance(u, str) and u.strip().lower() in MISSING_MARKERS for u in uniques],
+            dtype=bool,
+        )
+        if markers.any():
+            marker = markers[codes] & ~missing
+    if missing.any() or marker.any():
+        row = int(np.flatnonzero(missing | marker)[0])
+        if marker[row]:
+            raise fail(
+                row,
+                f"missing {meaning}: {str(values.iloc[row]).strip()!r} marks a missing value; "
+                f"every interaction needs a {meaning}",
+            )
+        raise fail(row, f"missing {meaning}")
+    if pd.api.types.is_float_dtype(values.dtype):
+        infinite = ~np.isfinite(values.to_numpy(np.float64))
+        if infinite.any():
+            row = int(np.flatnonzero(infinite)[0])
+            raise fail(row, f"cannot read {_shown(values.iloc[row])} as a {meaning}")
+    return natural_ids(values, path=path, column=column, meaning=meaning, line_of_row=line_of_row)
+
+
+#: What `pandas.api.types.infer_dtype` says of a column of text and numbers only.
+_PLAIN_KINDS = frozenset(
+    {"string", "integer", "floating", "mixed-integer-float", "decimal", "empty"}
+)
+_DATE_KINDS = frozenset({"datetime", "datetime64", "date"})
+
+
+def first_odd_value(
+    values: pd.Series, *, accept_bool: bool = False, accept_dates: bool = False
+) -> int | None:
+    """The row of the first value that is neither text nor a number, or None.
+
+    Parquet and JSON columns may hold lists, mappings, bytes, dates or true/false values:
+    such a column is not an id, time or rating column (a list is not even hashable), and
+    reading it as one would fail inside pandas or give ids such as ``"b'x'"``. The type
+    check runs in C; rows are visited only when some value is of another type.
+    ``accept_bool`` and ``accept_dates`` let true/false values and dates through.
+    """
+    dtype = values.dtype
+    if pd.api.types.is_bool_dtype(dtype):
+        return None if accept_bool or not len(values) else 0
+    if pd.api.types.is_numeric_dtype(dtype):
+        return None
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return None if accept_dates or not len(values) else 0
+    sample = values.cat.categories if isinstance(dtype, pd.CategoricalDtype) else values
+    kinds = _PLAIN_KINDS | (_DATE_KINDS if accept_dates else frozenset())
+    if pd.api.types.infer_dtype(sample, skipna=True) in kinds | (
+        {"boolean"} if accept_bool else set()
+    ):
+        return None
+    plain: tuple[type, ...] = (str, int, float, np.integer, np.floating, decimal.Decimal)
+    if accept_dates:
+        plain += (datetime.date, np.datetime64)
+    for row, value in enumerate(values):
+        if value is None or value is pd.NA or value is pd.NaT:
+            continue
+        if isinstance(value, (bool, np.bool_)):
+            if not accept_bool:
+                return row
+        elif not isinstance(value, plain):
+            return row
+    return None
+
+
+def _odd_value_error(values: pd.Series, row: int, meaning: str, fail: Any) -> DataError:
+    value = values.iloc[row]
+    return fail(
+        row,
+        f"cannot read {_clip(_shown(value))} ({type(value).__name__}) as a {meaning}: "
+        "expected text or a number; is this the right column?",
+    )
 
 
 def year_from_title(title: object) -> int | None:
@@ -656,7 +924,7 @@ def to_epoch_seconds(
     column: str,
     line_of_row: Any = None,
 ) -> np.ndarray:
-    """Timestamps as int64 seconds since the epoch.
+    """Timestamps as int64 seconds since the epoch, checked to be plausible dates.
 
     Parameters
     ----------
@@ -667,6 +935,15 @@ def to_epoch_seconds(
     line_of_row
         Callable giving the file line of a 0-based row, for error messages; when None the
         row number is reported instead.
+
+    Raises
+    ------
+    DataError
+        Naming the line and the value, for a missing or unreadable timestamp, and for times
+        that are not plausible dates (see `check_plausible_times`): before 1970, more than a
+        year in the future (``99999999999999999999999``, or milliseconds read as seconds),
+        before 1971 in milliseconds or finer (seconds read as milliseconds), or a column
+        that mixes units.
     """
 
     def fail(row: int, message: str) -> DataError:
@@ -674,6 +951,9 @@ def to_epoch_seconds(
         where = "" if line is not None else f" (row {row + 1})"
         return DataError(message + where, path=path, line=line, column=column)
 
+    odd = first_odd_value(values, accept_dates=True)
+    if odd is not None:
+        raise _odd_value_error(values, odd, "timestamp", fail)
     missing = values.isna().to_numpy()
     if missing.any():
         raise fail(int(np.flatnonzero(missing)[0]), "missing timestamp")
@@ -681,12 +961,19 @@ def to_epoch_seconds(
         if pd.api.types.is_datetime64_any_dtype(values.dtype):
             parsed = pd.to_datetime(values, utc=True)
         else:
-            parsed = pd.to_datetime(values.astype(str), utc=True, format="ISO8601", errors="coerce")
+            texts = values.astype(str)
+            parsed = pd.to_datetime(texts, utc=True, format="ISO8601", errors="coerce")
+            # pandas reads "now" and "today" as the current time, even as ISO 8601
+            parsed[~texts.str.match(_ISO_START).to_numpy(dtype=bool)] = pd.NaT
         bad = parsed.isna().to_numpy()
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
             raise fail(row, f"cannot read {values.iloc[row]!r} as an ISO 8601 date or date-time")
-        return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "s")).to_numpy(np.int64)
+        # whole seconds in whichever resolution pandas chose (years after 2262 need seconds)
+        naive = parsed.dt.tz_convert(None).to_numpy()
+        seconds = naive.astype("datetime64[s]").astype(np.int64)
+        check_plausible_times(seconds.astype(np.float64), values, "iso", fail)
+        return seconds
     if pd.api.types.is_datetime64_any_dtype(values.dtype):
         # Parquet date-time columns carry their own unit
         return to_epoch_seconds(values, "iso", path=path, column=column, line_of_row=line_of_row)
@@ -702,22 +989,133 @@ def to_epoch_seconds(
             hint = "; it looks like a date: set the timestamp unit to 'iso'"
         raise fail(row, f"cannot read {value!r} as a timestamp in {_UNIT_NAMES[unit]}{hint}")
     factor = _TIMESTAMP_FACTORS[unit]
+    # checked in floating point first: a value beyond int64 must not wrap around
+    approximate = numbers.to_numpy(np.float64) / factor
+    check_plausible_times(approximate, values, unit, fail)
     if pd.api.types.is_integer_dtype(numbers.dtype):
-        seconds = numbers.to_numpy(np.int64) // factor
-    else:
-        seconds = np.floor(numbers.to_numpy(np.float64) / factor).astype(np.int64)
-    if unit == "s" and len(seconds) and seconds.max() > 100_000_000_000:
-        log.warning(
-            "%s: timestamps in column %r reach %d, which as seconds is after the year 5000; "
-            "they look like milliseconds: set the timestamp unit to 'ms'",
-            path,
-            column,
-            int(seconds.max()),
+        return numbers.to_numpy(np.int64) // factor
+    return np.floor(approximate).astype(np.int64)
+
+
+_UNIT_NAMES = {
+    "s": "seconds",
+    "ms": "milliseconds",
+    "us": "microseconds",
+    "ns": "nanoseconds",
+    "iso": "ISO 8601 dates",
+}
+
+
+def check_plausible_times(
+    seconds: np.ndarray,
+    values: pd.Series,
+    unit: TimestampUnit,
+    fail: Callable[[int, str], DataError],
+    *,
+    now: float | None = None,
+) -> None:
+    """Raise ``fail(row, message)`` unless every time is a plausible date.
+
+    A timestamp read in the wrong unit does not fail to parse: it gives a wrong date, and
+    a split by time then holds out the wrong interactions. So, after conversion to seconds
+    (``seconds``, floating point so that no value wraps around):
+
+    - a time before 1970-01-01 is an error;
+    - a time more than a year past ``now`` (default: the current time) is an error
+      (milliseconds read as seconds land tens of thousands of years ahead);
+    - a time before 1971-01-01 (`EARLIEST_TIMESTAMP`) is an error in milliseconds or finer
+      units (seconds read as milliseconds land in January 1970) and, in seconds, when
+      other values of the column are real dates (a column that mixes units, or holds
+      placeholders such as 0). A column in seconds whose every value is that small holds
+      order positions (1, 2, 3, ...) and is accepted.
+
+    The message names the value, how many rows share the problem, the dates the other rows
+    hold, and the unit the value would fit.
+    """
+    if len(seconds) == 0:
+        return
+    name = _UNIT_NAMES[unit]
+    negative = seconds < 0
+    if negative.any():
+        row = int(np.flatnonzero(negative)[0])
+        count = int(negative.sum())
+        others = f" ({count:,} rows are)" if count > 1 else ""
+        raise fail(
+            row,
+            f"timestamp {_shown(values.iloc[row])} in {name} is before 1970-01-01{others}; "
+            f"expected {name} since 1970-01-01 (earlier times are not accepted)",
         )
-    return seconds
+    latest = (time.time() if now is None else now) + FUTURE_MARGIN_SECONDS
+    future = seconds > latest
+    early = seconds < EARLIEST_TIMESTAMP
+    if unit == "iso" or (unit == "s" and early.all()):
+        early = np.zeros_like(early)
+    bad = future | early
+    if not bad.any():
+        return
+    row = int(np.flatnonzero(bad)[0])
+    count, total = int(bad.sum()), len(seconds)
+    value = values.iloc[row]
+    when = _as_date(seconds[row])
+    if not future[row]:
+        when += ", before 1971"
+    elif seconds[row] <= _LATEST_DATETIME:
+        when += ", more than a year from now"
+    read_as = "" if unit == "iso" else f" in {name}"
+    message = f"timestamp {_shown(value)}{read_as} would be {when}"
+    good = ~bad
+    if count > 1:
+        message += f"; {count:,} of {total:,} rows have such times"
+    if good.any():
+        first = _as_date(seconds[good].min(), day=True)
+        last = _as_date(seconds[good].max(), day=True)
+        span = first if first == last else f"from {first} to {last}"
+        others = (
+            "the other row holds a date"
+            if good.sum() == 1
+            else f"the other {int(good.sum()):,} rows hold dates"
+        )
+        message += f", while {others} ({span})"
+        if unit != "iso":
+            message += (
+                ": the column mixes units (or holds placeholders or typos); every timestamp "
+                "must be in the same unit"
+            )
+    fits = _unit_that_fits(seconds[row], unit, latest)
+    if fits is not None:
+        message += f"; the value looks like {_UNIT_NAMES[fits]}"
+        if not good.any():
+            message += f": set the timestamp unit to {fits!r}"
+    elif unit != "iso":
+        message += f"; expected {name} since 1970-01-01"
+    else:
+        message += f"; expected dates up to {_as_date(latest, day=True)} (a year from now)"
+    raise fail(row, message)
 
 
-_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+def _unit_that_fits(seconds: float, unit: TimestampUnit, latest: float) -> str | None:
+    """The numeric unit in which the value that gave ``seconds`` would be a plausible date."""
+    if unit == "iso":
+        return None
+    raw = seconds * _TIMESTAMP_FACTORS[unit]
+    for other, factor in _TIMESTAMP_FACTORS.items():
+        if other != unit and EARLIEST_TIMESTAMP <= raw / factor <= latest:
+            return other
+    return None
+
+
+def _shown(value: object) -> str:
+    """A value for a message: numbers as written, text quoted."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _as_date(seconds: float, *, day: bool = False) -> str:
+    if seconds > _LATEST_DATETIME:
+        return "after the year 9999"
+    moment = pd.Timestamp(int(seconds), unit="s")
+    return moment.strftime("%Y-%m-%d" if day else "%Y-%m-%d %H:%M:%S")
 
 
 def numeric_column(
@@ -728,21 +1126,41 @@ def numeric_column(
     meaning: str,
     line_of_row: Any = None,
 ) -> np.ndarray:
-    """Parse a column of numbers (ratings, counts), reporting the first unreadable value."""
+    """Parse a column of numbers (ratings, counts), reporting the first unreadable value.
+
+    Missing values, numbers that are not finite (``inf``, ``NaN``) and values that are not
+    numbers or text (lists, dates) are errors; true/false count as 1 and 0.
+    """
+    odd = first_odd_value(values, accept_bool=True)
+    if odd is not None:
+        line = line_of_row(odd) if line_of_row is not None else None
+        value = values.iloc[odd]
+        raise DataError(
+            f"cannot read {_clip(_shown(value))} ({type(value).__name__}) as the {meaning}: "
+            "expected a number" + ("" if line is not None else f" (row {odd + 1})"),
+            path=path,
+            line=line,
+            column=column,
+        )
     numbers = pd.to_numeric(values, errors="coerce")
-    bad = numbers.isna().to_numpy()
+    bad = numbers.isna().to_numpy() | ~np.isfinite(numbers.to_numpy(np.float64))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         line = line_of_row(row) if line_of_row is not None else None
         value = values.iloc[row]
-        what = (
-            "missing " + meaning
-            if pd.isna(value)
-            else f"cannot read {value!r} as the {meaning} (a number)"
-        )
+        if pd.isna(value):
+            what = "missing " + meaning
+        elif pd.isna(numbers.iloc[row]) and not _is_nan_text(value):
+            what = f"cannot read {value!r} as the {meaning} (a number)"
+        else:
+            what = f"cannot read {_shown(value)} as the {meaning}: expected a finite number"
         where = "" if line is not None else f" (row {row + 1})"
         raise DataError(what + where, path=path, line=line, column=column)
     return numbers.to_numpy(np.float64)
+
+
+def _is_nan_text(value: object) -> bool:
+    return isinstance(value, str) and value.strip().lower() in ("nan", "-nan", "+nan")
 
 
 def infer_field_type(values: pd.Series) -> pd.Series:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from recarena.config import DataConfig
+from recarena.data.loaders._reading import MAX_LINE_BYTES, line_too_long
 from recarena.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,11 @@ class StreamedFile:
                     rest = lines.pop()
                     for line in lines:
                         number += 1
+                        if len(line) > MAX_LINE_BYTES:
+                            raise line_too_long(self.path, number, len(line))
                         yield number, (line[:-1] if line.endswith(b"\r") else line)
+                    if len(rest) > MAX_LINE_BYTES:  # stop before the line fills memory
+                        raise line_too_long(self.path, number + 1, None)
             except (EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
                 raise DataError(
                     f"cannot read the {suffix or 'file'} stream after line {number} "

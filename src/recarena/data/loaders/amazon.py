@@ -23,6 +23,12 @@ timestamp as int64), with the rating threshold and the earliest date applied whi
 the metadata file is then read in a second pass keeping only the products that occur in the
 kept reviews. Memory grows with the result, not with the files: review texts are never kept.
 
+Each review is checked as it is read, and a problem is a `DataError` naming its line: user
+and product ids are text (an integer id is read as its text, so ``5`` and ``"5"`` are one
+id; a missing id, ``null``, a list or a mapping is an error), ratings are finite numbers,
+and review times are plausible dates (from 1971 to a year from now: a 2023 time in seconds
+read as milliseconds, or a time in the year 50000, is refused).
+
 Items get ``title``, ``brand`` (the 2023 ``store``), ``categories`` (list), ``description``,
 ``features`` (list) and ``main_category``; HTML tags and entities are removed and long
 fields cut at a word (``max_text_chars``). Products with reviews but no metadata line keep
@@ -33,8 +39,10 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import os
 import re
+import time
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,7 +55,12 @@ import pandas as pd
 
 from recarena.config import DataConfig
 from recarena.data.dataset import Dataset
-from recarena.data.loaders._reading import build_info
+from recarena.data.loaders._reading import (
+    EARLIEST_TIMESTAMP,
+    FUTURE_MARGIN_SECONDS,
+    MISSING_MARKERS,
+    build_info,
+)
 from recarena.data.loaders._streaming import (
     COMPRESSED_SUFFIXES,
     JSON_ERRORS,
@@ -153,6 +166,7 @@ def read_amazon_reviews(
         keys = _REVIEW_FIELDS[release]
         user_key, item_key, rating_key, time_key, divisor = keys
     lines = 0
+    latest = time.time() + FUTURE_MARGIN_SECONDS
     loads = json_loads
     add_user, add_item = user_codes.append, item_codes.append
     add_rating, add_time = ratings.append, times.append
@@ -173,11 +187,13 @@ def read_amazon_reviews(
             user_key, item_key, rating_key, time_key, divisor = keys
         try:
             user = record[user_key]
-            item = record.get(item_key) or record["asin"]
-            rating = float(record[rating_key])
+            item = record.get(item_key)
+            if item is None:  # a 2023 review without parent_asin: the product is its asin
+                item = record["asin"]
+            rating = float(_plain_number(record[rating_key]))
             raw_time = record.get(time_key)
             stamp = (
-                int(raw_time) // divisor
+                int(_plain_number(raw_time)) // divisor
                 if raw_time is not None
                 else _review_time(record, source.path, number)
             )
@@ -189,12 +205,25 @@ def read_amazon_reviews(
                 line=number,
                 column=str(exc.args[0]),
             ) from None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise DataError(
                 f"cannot read the rating or time of the review: {exc}",
                 path=source.path,
                 line=number,
             ) from None
+        if not math.isfinite(rating):
+            raise DataError(
+                f"cannot read {record[rating_key]!r} as the rating: expected a finite number",
+                path=source.path,
+                line=number,
+                column=rating_key,
+            )
+        if not EARLIEST_TIMESTAMP <= stamp <= latest:
+            raise _implausible_time(raw_time, stamp, divisor, source.path, number, time_key)
+        if type(user) is not str:
+            user = _review_id(user, user_key, source.path, number)
+        if type(item) is not str:
+            item = _review_id(item, item_key, source.path, number)
         if min_rating is not None and rating < min_rating:
             skipped["below_min_rating"] += 1
             continue
@@ -202,12 +231,18 @@ def read_amazon_reviews(
             skipped["before_min_timestamp"] += 1
             continue
         code = users.get(user)
-        if code is None:
-            code = users[user] = len(users)
+        if code is None:  # a new id: checked once, not on every review
+            user = _review_id(user, user_key, source.path, number)
+            code = users.get(user)
+            if code is None:
+                code = users[user] = len(users)
         add_user(code)
         code = items.get(item)
         if code is None:
-            code = items[item] = len(items)
+            item = _review_id(item, item_key, source.path, number)
+            code = items.get(item)
+            if code is None:
+                code = items[item] = len(items)
         add_item(code)
         add_rating(rating)
         add_time(stamp)
@@ -413,6 +448,64 @@ def _release_of(record: Mapping[str, Any], path: Path, number: int) -> AmazonRel
         path=path,
         line=number,
     )
+
+
+def _plain_number(value: Any) -> Any:
+    """``value``, unless it is text that only Python reads as a number ("1_000", non-ASCII
+    digits): float() and int() accept those, JSON and every other reader do not."""
+    if type(value) is str and ("_" in value or not value.isascii()):
+        raise ValueError(f"{value!r} is not a number")
+    return value
+
+
+def _review_id(value: object, key: str, path: Path, number: int) -> str:
+    """A review's user or product id as text; a missing id or one of another type is an error.
+
+    Amazon ids are text ("A2SUAM1J3GNN3B", "B00YQ6X8EO"); an integer is read as its text,
+    so ``5`` and ``"5"`` are one id. Surrounding spaces are dropped, as in every loader.
+    """
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        shown = "null" if value is None else f"{value!r} ({type(value).__name__})"
+        raise DataError(
+            f"cannot read {shown} as the {key}: expected the id as text",
+            path=path,
+            line=number,
+            column=key,
+        )
+    text = str(value).strip()
+    if not text or text.lower() in MISSING_MARKERS:
+        raise DataError(
+            f"missing {key}: {value!r} is not an id; every review needs a {key}",
+            path=path,
+            line=number,
+            column=key,
+        )
+    return text
+
+
+def _implausible_time(
+    raw: object, stamp: int, divisor: int, path: Path, number: int, key: str | None
+) -> DataError:
+    """The error for a review time before 1971 or more than a year from now."""
+    unit = "milliseconds" if divisor == 1000 else "seconds"
+    if stamp < 0:
+        when = "before 1970"
+    elif stamp < EARLIEST_TIMESTAMP:
+        when = f"{datetime.fromtimestamp(stamp, UTC):%Y-%m-%d}, before 1971"
+    elif stamp <= _LATEST_DATE:
+        when = f"{datetime.fromtimestamp(stamp, UTC):%Y-%m-%d}, more than a year from now"
+    else:
+        when = "after the year 9999"
+    return DataError(
+        f"timestamp {raw!r} would be {when}; Amazon reviews give the review time in {unit} "
+        "since 1970-01-01",
+        path=path,
+        line=number,
+        column=key,
+    )
+
+
+_LATEST_DATE = 253_402_300_799  # 9999-12-31T23:59:59Z
 
 
 def _review_time(record: Mapping[str, Any], path: Path, number: int) -> int:

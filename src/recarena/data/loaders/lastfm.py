@@ -37,7 +37,7 @@ import pandas as pd
 
 from recarena.config import DataConfig
 from recarena.data.dataset import Dataset
-from recarena.data.loaders._reading import build_info
+from recarena.data.loaders._reading import build_info, check_plausible_times
 from recarena.data.loaders._streaming import (
     StreamedFile,
     decode_line,
@@ -65,6 +65,7 @@ ItemLevel = Literal["track", "artist"]
 
 _LFM1B_COLUMNS = ("user_id", "artist_id", "album_id", "track_id", "timestamp")
 _PANDAS_LINE = re.compile(r"line (\d+)")
+_INTEGER = re.compile(r"[-+]?[0-9]+")
 _CHUNK_ROWS = 2_000_000
 
 
@@ -111,15 +112,16 @@ def read_dat(
         fields += [""] * (len(names) - len(fields))
         for position in int_positions:
             value = fields[position].strip()
-            try:
-                fields[position] = int(value)
-            except ValueError:
+            # int() also reads "1_000" and non-ASCII digits, and any number of digits
+            if not _INTEGER.fullmatch(value) or not -(2**63) <= int(value) < 2**63:
                 raise DataError(
-                    f"cannot read {value!r} as the {names[position]} (an integer)",
+                    f"cannot read {value!r} as the {names[position]} (an integer of at most "
+                    "19 digits)",
                     path=path,
                     line=number,
                     column=names[position],
-                ) from None
+                )
+            fields[position] = int(value)
         for name, value in zip(names, fields, strict=True):
             columns[name].append(value)
     assert source.sha256 is not None
@@ -373,18 +375,19 @@ def _read_lfm1b_events(
     pieces: list[pd.DataFrame] = []
     n_events = 0
     with source.open() as stream:
-        reader = pd.read_csv(
-            stream,
-            sep="\t",
-            header=None,
-            names=list(_LFM1B_COLUMNS),
-            # no usecols: it would silently accept lines with extra fields
-            dtype=np.int64,
-            chunksize=chunk_rows,
-            engine="c",
-        )
-        try:
+        try:  # pandas reads the first chunk when the reader is made: that can fail too
+            reader = pd.read_csv(
+                stream,
+                sep="\t",
+                header=None,
+                names=list(_LFM1B_COLUMNS),
+                # no usecols: it would silently accept lines with extra fields
+                dtype=np.int64,
+                chunksize=chunk_rows,
+                engine="c",
+            )
             for chunk in reader:
+                _check_times(chunk["timestamp"], path, n_events)
                 n_events += len(chunk)
                 if min_timestamp is not None:
                     chunk = chunk.loc[chunk["timestamp"] >= min_timestamp]
@@ -411,10 +414,10 @@ def _read_lfm2b_events(
     pieces: list[pd.DataFrame] = []
     n_events = 0
     with source.open() as stream:
-        reader = pd.read_csv(
-            stream, sep="\t", header=0, dtype=str, chunksize=chunk_rows, engine="c"
-        )
-        try:
+        try:  # pandas reads the header when the reader is made: that can fail too
+            reader = pd.read_csv(
+                stream, sep="\t", header=0, dtype=str, chunksize=chunk_rows, engine="c"
+            )
             for chunk in reader:
                 missing = [c for c in ("user_id", "track_id", "timestamp") if c not in chunk]
                 if missing:
@@ -425,6 +428,7 @@ def _read_lfm2b_events(
                         line=1,
                     )
                 stamps = _seconds(chunk["timestamp"], path, n_events)
+                _check_times(pd.Series(stamps), path, n_events)
                 keep = np.ones(len(chunk), dtype=bool)
                 if min_timestamp is not None:
                     keep = stamps >= min_timestamp
@@ -468,6 +472,16 @@ def _seconds(values: pd.Series, path: Path, before: int) -> np.ndarray:
             column="timestamp",
         )
     return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "s")).to_numpy(np.int64)
+
+
+def _check_times(seconds: pd.Series, path: Path, before: int) -> None:
+    """Listening times must be plausible dates (`check_plausible_times`): a negative time or
+    one more than a year ahead is an error naming the event (``before`` events precede)."""
+
+    def fail(row: int, message: str) -> DataError:
+        return DataError(f"{message} (event {before + row + 1})", path=path, column="timestamp")
+
+    check_plausible_times(seconds.to_numpy(np.float64), seconds.reset_index(drop=True), "s", fail)
 
 
 def _event_error(path: Path, exc: Exception, n_fields: int | None, *, header: bool) -> DataError:

@@ -18,6 +18,8 @@ Raw ids are the MovieLens integers. Every loader gives the same item fields: ``t
 full title with its year as MovieLens writes it ("Toy Story (1995)"); ``year`` (nullable
 integer, from the title, else from the release date); ``genres`` (list of strings). The
 100k and 1M files are latin-1; copies re-saved as UTF-8 are detected and read as UTF-8.
+Rating times are checked as in every format (`to_epoch_seconds`): a negative time, one more
+than a year ahead, or a column that mixes units is an error naming its line.
 
 GroupLens terms: research use, cite the data set, no redistribution. Never commit the files.
 """
@@ -41,6 +43,7 @@ from recarena.data.loaders._reading import (
     columns_from_header,
     require_files,
     split_list,
+    to_epoch_seconds,
     year_from_title,
 )
 
@@ -427,7 +430,7 @@ def _read_headerless(
     )
     frame = source.read(columns, format_label=format_label, example=example)
     files[path.name] = source.sha256
-    return frame
+    return _checked_times(frame, source)
 
 
 def _read_headed_csv(
@@ -447,6 +450,23 @@ def _read_headed_csv(
     )
     frame = source.read(columns, format_label=format_label)
     files[path.name] = source.sha256
+    return _checked_times(frame, source)
+
+
+def _checked_times(frame: pd.DataFrame, source: DelimitedFile) -> pd.DataFrame:
+    """Check a ratings file's times (seconds) are plausible dates (`to_epoch_seconds`).
+
+    A negative time, one far in the future or a column that mixes units is an error naming
+    its line, as in every other format; MovieLens times are seconds since 1970.
+    """
+    if "timestamp" in frame.columns:
+        frame["timestamp"] = to_epoch_seconds(
+            frame["timestamp"],
+            "s",
+            path=source.path,
+            column="timestamp",
+            line_of_row=source.line_of_record,
+        )
     return frame
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from recarena.data.loaders._reading import (
     RawTables,
     TimestampUnit,
     build_info,
+    check_distinct_columns,
     find_column,
     guess_separator,
     id_column,
@@ -68,11 +69,15 @@ def read_atomic_file(
     *,
     encoding: str | None = "utf-8",
     seq_separator: str = " ",
+    text_fields: Collection[str] = (),
 ) -> tuple[pd.DataFrame, DelimitedFile]:
     """Read one atomic file into a frame whose columns are the field names (types dropped).
 
     ``token`` fields are strings (missing where empty), ``float`` fields float64 (NaN where
-    empty), ``token_seq`` lists of strings and ``float_seq`` lists of floats.
+    empty), ``token_seq`` lists of strings and ``float_seq`` lists of floats. Fields named
+    in ``text_fields`` are kept as text whatever their type: a timestamp in nanoseconds
+    (19 digits) read through float64 would lose its last digits, and may move to the next
+    second.
 
     Returns
     -------
@@ -116,7 +121,8 @@ def read_atomic_file(
                 f"field {field!r} appears twice in the header", path=path, line=line, column=field
             )
         types[field] = kind
-        columns.append(Column(field, "float" if kind == "float" else "str", field, required=False))
+        as_float = kind == "float" and field not in text_fields
+        columns.append(Column(field, "float" if as_float else "str", field, required=False))
     frame = source.read(columns, format_label="a RecBole atomic file")
     for field, kind in types.items():
         if kind == "token_seq":
@@ -150,8 +156,14 @@ def read_recbole(
             f"{list(DEFAULT_FIELDS)}",
             path=inter_path,
         )
+    check_distinct_columns(roles, path=inter_path)
 
-    frame, source = read_atomic_file(inter_path, encoding=encoding, seq_separator=seq_separator)
+    frame, source = read_atomic_file(
+        inter_path,
+        encoding=encoding,
+        seq_separator=seq_separator,
+        text_fields=(roles["timestamp"],),  # to_epoch_seconds reads integers exactly
+    )
     files[inter_path.name] = source.sha256
     fields = list(frame.columns)
     header_line = source.header()[0]

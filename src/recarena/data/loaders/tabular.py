@@ -42,6 +42,7 @@ from recarena.data.loaders._reading import (
     RawTables,
     TimestampUnit,
     build_info,
+    check_distinct_columns,
     find_column,
     guess_column,
     guess_separator,
@@ -130,6 +131,7 @@ def read_tabular(
                 f"{list(candidates)}); columns found: {found}",
                 path=inter.path,
             )
+    check_distinct_columns(resolved, path=inter.path)
     log.info("%s: columns used %s", inter.path, resolved)
 
     interactions = pd.DataFrame(index=pd.RangeIndex(len(frame)))

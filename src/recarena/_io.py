@@ -22,6 +22,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from recarena import _faults
+
 #: the names `atomic_path` gives its temporary files: ``.`` + the target's name + ``.`` +
 #: `tempfile.mkstemp`'s 8 random characters + ``.tmp``
 TEMPORARY_FILE_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
@@ -90,6 +92,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _faults.point(f"write:{path.name}")  # the new content is written, not yet in place
         publish_mode(tmp_path)
         os.replace(tmp_path, path)
     finally:

@@ -69,6 +69,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recarena import _faults
 from recarena._artifacts import (
     describe_damage,
     file_checksums,
@@ -294,6 +295,7 @@ class ExperimentRunner:
             self.dataset = load_dataset(cfg.data, self.cache_dir)
             self.dataset.info["stats"] = self.dataset.stats()
             self.dataset.save(dataset_dir)
+            _faults.point("data:saved")
         dump = cfg.model_dump(mode="json")
         self._stamp_stage(
             dataset_dir, "dataset", dataset_digest, {"data": dump["data"]}, reuse_dataset
@@ -315,6 +317,7 @@ class ExperimentRunner:
             shutil.rmtree(split_dir, ignore_errors=True)
             split = build_split(cfg, ds)
             split.save(split_dir)
+            _faults.point("split:saved")
         self.split = split
         self._stamp_stage(
             split_dir,
@@ -342,6 +345,7 @@ class ExperimentRunner:
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             },
         )
+        _faults.point("run:prepared")
 
     def _remove_leftovers(self) -> None:
         """Remove the temporary files that writers killed mid-write left in the run folder.
@@ -772,6 +776,68 @@ class ExperimentRunner:
                 path.unlink()
         return kept
 
+    def _save_fitted(
+        self,
+        label: str,
+        model: Recommender,
+        folder: Path,
+        key: str,
+        fit_seconds: float,
+        history_refreshed: bool | None,
+        mem: PeakMemory,
+    ) -> None:
+        """Save the final model before its lists are ranked (`_load_fitted` reads it back).
+
+        It lives under the model's ``checkpoints/``, which goes once ``DONE.json`` is
+        written. A model that cannot be saved is fitted again after a stop, and says so.
+        """
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            model.save(tmp)
+            write_json(
+                tmp / "fitted.json",
+                {
+                    "key": key,
+                    "fit_seconds": fit_seconds,
+                    "history_refreshed": history_refreshed,
+                    "peak_bytes": int(mem.peak_bytes),
+                },
+            )
+        except Exception as exc:  # noqa: BLE001 - saving is a convenience, never a failure
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.on_event(
+                f"{label}: could not save the fitted model ({type(exc).__name__}: {exc}); "
+                "a stopped run fits it again"
+            )
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+
+    def _load_fitted(
+        self, label: str, template: Recommender, folder: Path, key: str
+    ) -> tuple[Recommender, dict[str, Any]] | None:
+        """The final model saved by a run that stopped before it finished, when it was
+        fitted with the current parameters and setup (``key``); else None."""
+        record_path = folder / "fitted.json"
+        if not record_path.exists():
+            return None
+        record, damage = json_or_damage(record_path)
+        if damage is not None or not isinstance(record, dict) or record.get("key") != key:
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        try:
+            model = type(template).load(folder)
+        except Exception as exc:  # noqa: BLE001 - a model that cannot be read is refitted
+            self.on_event(
+                f"{label}: the fitted model saved in {folder} cannot be loaded "
+                f"({type(exc).__name__}: {exc}): fitting it again"
+            )
+            shutil.rmtree(folder, ignore_errors=True)
+            return None
+        self.on_event(f"{label}: reusing the model fitted before the run stopped")
+        return model, record
+
     def run_model(self, mc: ModelConfig) -> dict[str, Any]:
         label = mc.display_name
         mdir = self.run_dir / "models" / label
@@ -851,6 +917,7 @@ class ExperimentRunner:
                 )
                 tuning_seconds += sw.seconds
                 write_json(tuning_path, {"trials": trials})
+                _faults.point("model:trial")
                 best_so_far = max(trials, key=lambda t: t["value"])
                 if best_so_far["params"] == params:
                     best_model = model
@@ -881,8 +948,20 @@ class ExperimentRunner:
         data_test = self.training_data("test")
         exclude = self.split.seen_csr("test")
         refitted = refit or not has_valid
+        # a run stopped after the final fit (while ranking or writing the lists) resumes
+        # from the fitted model saved then, instead of fitting it again
+        fitted_dir = checkpoints / "fitted"
+        fitted_key = self.trial_key(mc, {**chosen, **refit_extra, "refit": refitted}, tune_proto)
+        resumed = None
+        if not self._is_first_stage(label):
+            resumed = self._load_fitted(label, template, fitted_dir, fitted_key)
         with PeakMemory() as mem:
-            if refitted:
+            if resumed is not None:
+                final, fitted_record = resumed
+                fit_seconds = fitted_record["fit_seconds"]
+                history_refreshed = fitted_record["history_refreshed"]
+                mem.peak_bytes = max(mem.peak_bytes, int(fitted_record["peak_bytes"]))
+            elif refitted:
                 final = template.clone(**{**chosen, **refit_extra})
                 self.on_event(f"{label}: fitting on train + valid")
                 data_test.checkpoint_dir = checkpoints / "refit"
@@ -896,7 +975,7 @@ class ExperimentRunner:
                     best_model = template.clone(**chosen).fit(valid_data, valid=self.split.valid)
                 final = best_model
                 fit_seconds = getattr(final, "fit_seconds_", float("nan"))
-            if self._is_first_stage(label) and has_valid:
+            if resumed is None and self._is_first_stage(label) and has_valid:
                 vmodel = best_model or template.clone(**chosen).fit(
                     self.training_data("valid"), valid=self.split.valid
                 )
@@ -908,9 +987,10 @@ class ExperimentRunner:
                     seed=self.config.seed,
                 )
                 self._save_first_stage_candidates(label, "valid", vlists)
-            # None: refit on the test-time data, so nothing to refresh
-            history_refreshed: bool | None = None
-            if not refitted:
+            if resumed is None:
+                # None: refit on the test-time data, so nothing to refresh
+                history_refreshed = None
+            if resumed is None and not refitted:
                 # only now, after any validation lists: the model ranks the test items from
                 # histories that hold the validation interactions (the SASRec paper's
                 # protocol), with what it learned on train; a model that cannot take them in
@@ -925,6 +1005,11 @@ class ExperimentRunner:
                         "histories without the validation interactions"
                     )
 
+            if resumed is None and not self._is_first_stage(label):
+                self._save_fitted(
+                    label, final, fitted_dir, fitted_key, fit_seconds, history_refreshed, mem
+                )
+            _faults.point("model:fitted")
             results: dict[str, Any] = {}
             throughput = latency = None
             test_users = _sample_users(
@@ -950,6 +1035,7 @@ class ExperimentRunner:
                 results[proto.label] = self._measure(
                     final, proto, lists, mdir / proto.label, data_test
                 )
+                _faults.point("model:measured")
         n_total, n_trainable = final.n_parameters()
         cost = {
             "parameters_total": int(n_total),
@@ -1007,6 +1093,7 @@ class ExperimentRunner:
             "artifacts": self._model_artifacts(label, mdir),
         }
         write_json(done, record)
+        _faults.point("model:done")
         shutil.rmtree(checkpoints, ignore_errors=True)
         return record
 
@@ -1495,6 +1582,7 @@ class ExperimentRunner:
         from recarena.summary import write_summaries
 
         summary = write_summaries(self.run_dir, self.config.evaluation)
+        _faults.point("run:summarised")
         return RunResult(self.run_dir, summary, failed)
 
 

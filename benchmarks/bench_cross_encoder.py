@@ -67,6 +67,7 @@ def experiment(args: argparse.Namespace) -> ExperimentConfig:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "num_layers": args.num_layers,
+        "freeze_embeddings": args.freeze_embeddings,
         "eval_every": args.eval_every,
         "patience": args.patience,
         "max_valid_users": args.valid_users,
@@ -269,6 +270,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument(
+        "--train-embeddings",
+        dest="freeze_embeddings",
+        action="store_const",
+        const=False,
+        default=None,
+        help="train the word embeddings too (default: frozen)",
+    )
     parser.add_argument("--eval-every", type=int, default=None)
     parser.add_argument("--patience", type=int, default=None)
     parser.add_argument("--valid-users", type=int, default=None)

@@ -709,7 +709,7 @@ class ExperimentRunner:
         label = mc.display_name
         try:
             template.check_params()
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             return [f"model {label!r} (params in the experiment): {exc}"]
         names = set(template._param_names())
         problems: dict[str, None] = {}
@@ -1540,8 +1540,9 @@ class ExperimentRunner:
         """
         self._overwrite = overwrite
         try:
-            self.check_language_models()
+            # the config's own mistakes first: they are fixed in the file being edited
             self.check_config()
+            self.check_language_models()
         finally:
             self._overwrite = False
         with RunLock(self.run_dir, purpose="run", on_event=self.on_event):

@@ -71,6 +71,17 @@ def test_a_one_point_grid_with_params_keeps_both(tmp_path):
         ({"name": "itemknn", "grid": {"k": [0]}}, ["'itemknn'", "parameter k must be"]),
         ({"name": "ease", "params": {"l2": -1.0}, "grid": {}}, ["'ease'", "params", "l2"]),
         ({"name": "ease", "grid": {"lambda": [1.0]}}, ["'ease'", "'lambda'", "parameters are"]),
+        # the sequence and language models check theirs before any data or weights load
+        (
+            {"name": "sasrec", "grid": {"hidden": [64, 30]}, "params": {"n_heads": 4}},
+            ["'sasrec'", "hidden must be divisible by n_heads (4)", "got 30"],
+        ),
+        ({"name": "sasrec", "params": {"dropout": 1.5}}, ["'sasrec'", "dropout", "[0, 1)"]),
+        ({"name": "lm-text-sasrec", "grid": {"adaptor": ["mlp"]}}, ["adaptor", "'mlp'"]),
+        ({"name": "lm-text-sasrec-joint", "params": {"tuning": "bitfit"}}, ["tuning", "bitfit"]),
+        ({"name": "lm-cross-encoder", "grid": {"lr": [0.0]}}, ["lm-cross-encoder", "lr"]),
+        ({"name": "lm-generative", "params": {"length_norm": "max"}}, ["length_norm", "max"]),
+        ({"name": "lm-two-tower", "grid": {"temperature": [-1.0]}}, ["temperature"]),
     ],
 )
 def test_invalid_parameter_values_stop_the_run_before_any_work(tmp_path, model, expected):

@@ -368,7 +368,10 @@ def test_missing_language_model_stops_the_run_before_any_work(tmp_path):
         {"name": "lm-frozen", "params": {"model": "minilm-l6"}, "grid": {}},
         {"name": "lm-generative", "label": "gen", "grid": {"model": ["/no/such/folder"]}},
     ]
-    cfg = parse_config(_config(tmp_path, models))
+    # a re-ranker needs a candidate protocol (without one the config itself is wrong, and
+    # that is reported first)
+    protocols = [{"kind": "full"}, {"kind": "sampled", "n_negatives": 9}]
+    cfg = parse_config(_config(tmp_path, models, protocols=protocols))
     with pytest.raises(ModelNotAvailableError) as err:
         run_experiment(cfg, cache_dir=tmp_path / "empty-cache")
     message = str(err.value)

@@ -605,7 +605,7 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         self.seed = seed
 
     # ------------------------------------------------------------------ fitting
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         positive = {
             "max_length": self.max_length,
             "batch_size": self.batch_size,
@@ -644,7 +644,6 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         from recarena.lm import training as tr
         from recarena.lm.zoo import resolve_model
 
-        self._check_params()
         assert data.item_text is not None  # its length is checked by Recommender.fit
         resolved = resolve_model(self.model, data.cache_dir)
         if resolved.format != "transformers":

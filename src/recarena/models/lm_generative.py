@@ -414,7 +414,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
         self.progress = progress
 
     # ------------------------------------------------------------------ fitting
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         if self.length_norm not in ("sum", "mean"):
             raise ValueError(f"length_norm must be 'sum' or 'mean', got {self.length_norm!r}")
         if self.early_stopping not in ("ndcg", "loglik"):
@@ -439,7 +439,6 @@ class GenerativeRanker(KeepsHistory, Recommender):
             raise ValueError(f"prompt must contain '{{history}}', got {template!r}")
 
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
-        self._check_params()
         self._release_lm()
         self._adapter_dir: Path | None = None
         self.item_texts_ = self._item_texts(data)

@@ -64,7 +64,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from recarena.models.base import Recommender, TrainingData
+from recarena.models.base import Recommender, TrainingData, is_integer, is_number, require_param
 from recarena.models.lm_two_tower import cold_validation_pool, trainable_encoder
 from recarena.models.sasrec import _WEIGHTS_FILE, SASRec, SASRecNetwork
 
@@ -258,6 +258,20 @@ class TextSASRec(SASRec):
         self.encode_device = encode_device
 
     # ------------------------------------------------------------------ fitting
+    def check_params(self) -> None:
+        """SASRec's checks, and the text side's: encoder batch sizes, adaptor, prompt."""
+        super().check_params()
+        for name in ("text_max_length", "text_batch_size", "n_experts"):
+            value = getattr(self, name)
+            require_param(self, name, is_integer(value) and value >= 1, "a positive integer")
+        require_param(self, "adaptor", self.adaptor in ("linear", "moe"), "'linear' or 'moe'")
+        require_param(
+            self,
+            "prompt",
+            isinstance(self.prompt, str) and "{text}" in self.prompt,
+            "a string holding {text} (where the item's text goes)",
+        )
+
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
         from recarena.lm.encoder import encode_catalog
 
@@ -583,15 +597,47 @@ class JointTextSASRec(TextSASRec):
         self.frozen_epochs = frozen_epochs
 
     # ------------------------------------------------------------------ fitting
+    def check_params(self) -> None:
+        """TextSASRec's checks, and the joint stage's: tuning, layers, LoRA, lm rate."""
+        super().check_params()
+        require_param(self, "tuning", self.tuning in ("lora", "full"), "'lora' or 'full'")
+        for name in ("train_layers", "lora_r"):
+            value = getattr(self, name)
+            require_param(self, name, is_integer(value) and value >= 1, "a positive integer")
+        require_param(
+            self,
+            "lora_alpha",
+            is_number(self.lora_alpha) and self.lora_alpha > 0,
+            "a positive number",
+        )
+        require_param(
+            self,
+            "lora_dropout",
+            is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1,
+            "in [0, 1)",
+        )
+        require_param(
+            self,
+            "lm_lr",
+            self.lm_lr is None or (is_number(self.lm_lr) and self.lm_lr >= 0),
+            "a number >= 0 or None (0 leaves the encoder as it is)",
+        )
+        require_param(
+            self,
+            "lm_items_per_step",
+            self.lm_items_per_step is None
+            or (is_integer(self.lm_items_per_step) and self.lm_items_per_step >= 1),
+            "a positive integer or None",
+        )
+        require_param(
+            self,
+            "frozen_epochs",
+            self.frozen_epochs is None
+            or (is_integer(self.frozen_epochs) and self.frozen_epochs >= 0),
+            "an integer >= 0 or None",
+        )
+
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
-        if self.tuning not in ("lora", "full"):
-            raise ValueError(f"tuning must be 'lora' or 'full', got {self.tuning!r}")
-        if self.train_layers < 1:
-            raise ValueError(f"train_layers must be at least 1, got {self.train_layers}")
-        if self.lm_items_per_step is not None and self.lm_items_per_step < 1:
-            raise ValueError("lm_items_per_step must be at least 1 or None")
-        if self.frozen_epochs is not None and self.frozen_epochs < 0:
-            raise ValueError(f"frozen_epochs must be >= 0 or None, got {self.frozen_epochs}")
         self._has_valid = valid is not None and len(valid) > 0
         self._fit_data = data
         self.switch_epoch_: int | None = None

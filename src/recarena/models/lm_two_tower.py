@@ -430,7 +430,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         self.seed = seed
 
     # ------------------------------------------------------------------ fitting
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
         if self.tuning not in ("full", "lora"):
             raise ValueError(f"tuning must be 'full' or 'lora', got {self.tuning!r}")
         if self.similarity not in ("cosine", "dot"):
@@ -468,7 +468,6 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         from recarena.lm.encoder import ItemTextEncoder
         from recarena.lm.zoo import resolve_model
 
-        self._check_params()
         assert data.item_text is not None  # its length is checked by Recommender.fit
         resolved = resolve_model(self.model, data.cache_dir)
         if resolved.format != "transformers" or resolved.family == "decoder":

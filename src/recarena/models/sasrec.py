@@ -52,7 +52,7 @@ from torch import nn
 from recarena._io import atomic_open
 from recarena.data.dataset import interactions_csr
 from recarena.models._history import History, KeepsHistory
-from recarena.models.base import Recommender, TrainingData
+from recarena.models.base import Recommender, TrainingData, is_integer, is_number, require_param
 
 logger = logging.getLogger(__name__)
 
@@ -335,9 +335,44 @@ class SASRec(KeepsHistory, Recommender):
         self.seed = seed
 
     # ------------------------------------------------------------------ fitting
+    def check_params(self) -> None:
+        """Sizes and counts positive integers, rates and dropout in range, a known loss;
+        ``hidden`` divisible by ``n_heads`` (checked before any data is loaded)."""
+        for name in ("max_len", "hidden", "n_blocks", "n_heads", "batch_size", "epochs"):
+            value = getattr(self, name)
+            require_param(self, name, is_integer(value) and value >= 1, "a positive integer")
+        for name in ("eval_every", "patience", "eval_batch_size"):
+            value = getattr(self, name)
+            require_param(self, name, is_integer(value) and value >= 1, "a positive integer")
+        for name in ("n_negatives", "num_threads"):
+            value = getattr(self, name)
+            require_param(
+                self,
+                name,
+                value is None or (is_integer(value) and value >= 1),
+                "a positive integer or None",
+            )
+        require_param(
+            self,
+            "hidden",
+            self.hidden % self.n_heads == 0,
+            f"divisible by n_heads ({self.n_heads}): each head takes hidden / n_heads",
+        )
+        require_param(
+            self, "dropout", is_number(self.dropout) and 0 <= self.dropout < 1, "in [0, 1)"
+        )
+        require_param(self, "lr", is_number(self.lr) and self.lr > 0, "a positive number")
+        require_param(
+            self,
+            "weight_decay",
+            is_number(self.weight_decay) and self.weight_decay >= 0,
+            "a number >= 0",
+        )
+        require_param(
+            self, "loss", self.loss in ("ce", "bce", "sampled_ce"), "'ce', 'bce' or 'sampled_ce'"
+        )
+
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
-        if self.loss not in ("ce", "bce", "sampled_ce"):
-            raise ValueError(f"loss must be 'ce', 'bce' or 'sampled_ce', got {self.loss!r}")
         device = self._torch_device()
         self._keep_history(data)
         # training reads one more item: inputs are items [0, n-1), targets items [1, n)

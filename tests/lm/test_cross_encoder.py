@@ -157,7 +157,9 @@ def test_tiny_model_learns_item_popularity_at_the_production_defaults(tiny_bert_
     popularity = np.bincount(dataset.interactions["item"], minlength=dataset.n_items)
     assert spearmanr(scores, popularity).correlation > 0.5
     curve = [r["valid_auc"] for r in model.training_log_ if r["valid_auc"] is not None]
-    assert curve[0] < 0.55 < max(curve)  # it learned: the curve climbs from chance
+    # it learned: the curve climbs from chance (a random scorer's validation AUC here has a
+    # standard deviation of about .03, so an untrained network may start at .55)
+    assert curve[0] < 0.6 < max(curve), curve
 
 
 # ---------------------------------------------------------------------------- pairs

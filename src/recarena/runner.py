@@ -53,14 +53,16 @@ Run directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
+import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -794,7 +796,8 @@ class ExperimentRunner:
         tmp = folder.with_name(f".{folder.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            model.save(tmp)
+            with _quiet_library_progress():
+                model.save(tmp)
             write_json(
                 tmp / "fitted.json",
                 {
@@ -1623,6 +1626,20 @@ def classify_pointwise(
     res["threshold"] = f"F1-optimal, 2-fold cross-fitted ({thresholds[0]:.4g}, {thresholds[1]:.4g})"
     res["threshold_rule"] = POINTWISE_THRESHOLD_RULE
     return res
+
+
+@contextlib.contextmanager
+def _quiet_library_progress() -> Iterator[None]:
+    """No transformers progress bars ("Writing model shards") while a model is saved."""
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is None or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def _status(damaged: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:

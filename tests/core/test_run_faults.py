@@ -188,3 +188,14 @@ def test_a_fitted_model_of_other_parameters_is_not_reused(reference, tmp_path):
     events = resume(changed, run)
     assert "ease: fitting on train + valid" in events
     assert not any("reusing the model fitted" in e for e in events)
+
+
+def test_saving_the_fitted_model_silences_the_libraries_progress_bars():
+    # save_pretrained draws "Writing model shards" bars into the run's log otherwise
+    hf_logging = pytest.importorskip("transformers.utils.logging")
+    from recarena.runner import _quiet_library_progress
+
+    assert hf_logging.is_progress_bar_enabled()
+    with _quiet_library_progress():
+        assert not hf_logging.is_progress_bar_enabled()
+    assert hf_logging.is_progress_bar_enabled()

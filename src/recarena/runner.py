@@ -229,6 +229,13 @@ def _sample_users(users: np.ndarray, limit: int | None, seed: int) -> np.ndarray
 class ExperimentRunner:
     """Runs one experiment into one run directory. Use `run_experiment` unless you need hooks."""
 
+    #: the final model is saved before its lists (`_save_fitted`) when its fit took at least
+    #: this long (a faster fit is cheaper to repeat than to save and load) ...
+    fitted_save_min_seconds: float = 30.0
+    #: ... and it holds at most this many parameters (about 4 GiB in float64): a larger
+    #: model (EASE on a very large catalog) would cost more memory to pickle than it saves
+    fitted_save_max_parameters: int = 2**29
+
     def __init__(
         self,
         config: ExperimentConfig,
@@ -1008,7 +1015,12 @@ class ExperimentRunner:
                         "histories without the validation interactions"
                     )
 
-            if resumed is None and not self._is_first_stage(label):
+            if (
+                resumed is None
+                and not self._is_first_stage(label)
+                and not fit_seconds < self.fitted_save_min_seconds  # NaN: unknown, saved
+                and final.n_parameters()[0] <= self.fitted_save_max_parameters
+            ):
                 self._save_fitted(
                     label, final, fitted_dir, fitted_key, fit_seconds, history_refreshed, mem
                 )

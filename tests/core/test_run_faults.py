@@ -83,6 +83,18 @@ WRITES = [
 LATER = ["model:trial#2", "model:fitted#2", "write:lists.npz#4", "write:stage.json#2"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def save_every_fitted_model():
+    """The runner saves only fits of 30 s or more; these take milliseconds (the forked runs
+    inherit the setting)."""
+    from recarena.runner import ExperimentRunner
+
+    saved = ExperimentRunner.fitted_save_min_seconds
+    ExperimentRunner.fitted_save_min_seconds = 0.0
+    yield
+    ExperimentRunner.fitted_save_min_seconds = saved
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[dict, Path, dict[str, bytes], list[str]]:
     """A run never stopped: its config, folder, files, and the kill points it passed."""
@@ -188,6 +200,26 @@ def test_a_fitted_model_of_other_parameters_is_not_reused(reference, tmp_path):
     events = resume(changed, run)
     assert "ease: fitting on train + valid" in events
     assert not any("reusing the model fitted" in e for e in events)
+
+
+def test_quick_fits_and_huge_models_are_not_saved_before_their_lists(tmp_path, monkeypatch):
+    from recarena.runner import ExperimentRunner
+
+    raw = _config(tmp_path, [{"name": "ease", "grid": {}}])
+    saved: list[str] = []
+    monkeypatch.setattr(
+        ExperimentRunner, "_save_fitted", lambda self, label, *a: saved.append(label)
+    )
+    monkeypatch.setattr(ExperimentRunner, "fitted_save_min_seconds", 30.0)
+    run_experiment(parse_config(raw), cache_dir=tmp_path / "cache", progress=False)
+    assert saved == []  # EASE fits these 60 items in milliseconds
+    monkeypatch.setattr(ExperimentRunner, "fitted_save_min_seconds", 0.0)
+    monkeypatch.setattr(ExperimentRunner, "fitted_save_max_parameters", 100)
+    run_experiment(parse_config(raw), cache_dir=tmp_path / "cache", progress=False, overwrite=True)
+    assert saved == []  # 3,600 parameters: over the cap
+    monkeypatch.setattr(ExperimentRunner, "fitted_save_max_parameters", 10_000)
+    run_experiment(parse_config(raw), cache_dir=tmp_path / "cache", progress=False, overwrite=True)
+    assert saved == ["ease"]
 
 
 def test_saving_the_fitted_model_silences_the_libraries_progress_bars():

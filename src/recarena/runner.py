@@ -793,7 +793,7 @@ class ExperimentRunner:
         key: str,
         fit_seconds: float,
         history_refreshed: bool | None,
-        mem: PeakMemory,
+        peak_bytes: int,
     ) -> None:
         """Save the final model before its lists are ranked (`_load_fitted` reads it back).
 
@@ -811,7 +811,7 @@ class ExperimentRunner:
                     "key": key,
                     "fit_seconds": fit_seconds,
                     "history_refreshed": history_refreshed,
-                    "peak_bytes": int(mem.peak_bytes),
+                    "peak_bytes": int(peak_bytes),
                 },
             )
         except Exception as exc:  # noqa: BLE001 - saving is a convenience, never a failure
@@ -971,59 +971,65 @@ class ExperimentRunner:
                 fit_seconds = fitted_record["fit_seconds"]
                 history_refreshed = fitted_record["history_refreshed"]
                 mem.peak_bytes = max(mem.peak_bytes, int(fitted_record["peak_bytes"]))
-            elif refitted:
-                final = template.clone(**{**chosen, **refit_extra})
-                self.on_event(f"{label}: fitting on train + valid")
-                data_test.checkpoint_dir = checkpoints / "refit"
-                with Stopwatch() as sw:
-                    final.fit(data_test, valid=None)
-                fit_seconds = sw.seconds
             else:
-                if best_model is None:
-                    valid_data = self.training_data("valid")
-                    valid_data.checkpoint_dir = checkpoints / f"valid-{_hash(chosen)}"
-                    best_model = template.clone(**chosen).fit(valid_data, valid=self.split.valid)
-                final = best_model
-                fit_seconds = getattr(final, "fit_seconds_", float("nan"))
-            if resumed is None and self._is_first_stage(label) and has_valid:
-                vmodel = best_model or template.clone(**chosen).fit(
-                    self.training_data("valid"), valid=self.split.valid
-                )
-                vlists = vmodel.recommend(
-                    self.split.eval_users("valid"),
-                    self._first_stage_top_n(label),
-                    exclude=self.split.seen_csr("valid"),
-                    item_pool=self.split.item_pool.get("valid"),
-                    seed=self.config.seed,
-                )
-                self._save_first_stage_candidates(label, "valid", vlists)
-            if resumed is None:
+                if refitted:
+                    final = template.clone(**{**chosen, **refit_extra})
+                    self.on_event(f"{label}: fitting on train + valid")
+                    data_test.checkpoint_dir = checkpoints / "refit"
+                    with Stopwatch() as sw:
+                        final.fit(data_test, valid=None)
+                    fit_seconds = sw.seconds
+                else:
+                    if best_model is None:
+                        valid_data = self.training_data("valid")
+                        valid_data.checkpoint_dir = checkpoints / f"valid-{_hash(chosen)}"
+                        best_model = template.clone(**chosen).fit(
+                            valid_data, valid=self.split.valid
+                        )
+                    final = best_model
+                    fit_seconds = getattr(final, "fit_seconds_", float("nan"))
+                if self._is_first_stage(label) and has_valid:
+                    vmodel = best_model or template.clone(**chosen).fit(
+                        self.training_data("valid"), valid=self.split.valid
+                    )
+                    vlists = vmodel.recommend(
+                        self.split.eval_users("valid"),
+                        self._first_stage_top_n(label),
+                        exclude=self.split.seen_csr("valid"),
+                        item_pool=self.split.item_pool.get("valid"),
+                        seed=self.config.seed,
+                    )
+                    self._save_first_stage_candidates(label, "valid", vlists)
                 # None: refit on the test-time data, so nothing to refresh
                 history_refreshed = None
-            if resumed is None and not refitted:
-                # only now, after any validation lists: the model ranks the test items from
-                # histories that hold the validation interactions (the SASRec paper's
-                # protocol), with what it learned on train; a model that cannot take them in
-                # without training is recorded, and the report names it
-                history_refreshed = final.updates_history()
-                if history_refreshed:
-                    final.update_history(data_test)
-                else:
-                    reason = STALE_HISTORY_REASONS.get(final.history_use, final.history_use)
-                    self.on_event(
-                        f"{label}: not refit, and {reason}: it ranks the test items from "
-                        "histories without the validation interactions"
+                if not refitted:
+                    # only now, after any validation lists: the model ranks the test items
+                    # from histories that hold the validation interactions (the SASRec
+                    # paper's protocol), with what it learned on train; a model that cannot
+                    # take them in without training is recorded, and the report names it
+                    history_refreshed = final.updates_history()
+                    if history_refreshed:
+                        final.update_history(data_test)
+                    else:
+                        reason = STALE_HISTORY_REASONS.get(final.history_use, final.history_use)
+                        self.on_event(
+                            f"{label}: not refit, and {reason}: it ranks the test items from "
+                            "histories without the validation interactions"
+                        )
+                if (
+                    not self._is_first_stage(label)
+                    and not fit_seconds < self.fitted_save_min_seconds  # NaN: unknown, saved
+                    and final.n_parameters()[0] <= self.fitted_save_max_parameters
+                ):
+                    self._save_fitted(
+                        label,
+                        final,
+                        fitted_dir,
+                        fitted_key,
+                        fit_seconds,
+                        history_refreshed,
+                        mem.peak_bytes,
                     )
-
-            if (
-                resumed is None
-                and not self._is_first_stage(label)
-                and not fit_seconds < self.fitted_save_min_seconds  # NaN: unknown, saved
-                and final.n_parameters()[0] <= self.fitted_save_max_parameters
-            ):
-                self._save_fitted(
-                    label, final, fitted_dir, fitted_key, fit_seconds, history_refreshed, mem
-                )
             _faults.point("model:fitted")
             results: dict[str, Any] = {}
             throughput = latency = None

@@ -940,20 +940,27 @@ def test_the_damaged_files_found_load_or_end_in_a_recarena_error(written, edits)
     check_damaged(written, edits)
 
 
+def load_or_recarena_error(config: dict[str, Any]) -> Dataset | None:
+    """The data set of ``config``, or None when loading ended in a `RecArenaError` that
+    says what is wrong (a `DataError` naming its file); any other exception propagates."""
+    try:
+        return load(config)
+    except DataError as exc:
+        assert exc.path is not None, f"the error names no file: {exc}"
+    except RecArenaError as exc:
+        assert str(exc)
+    return None
+
+
 def check_damaged(written: tuple[Table, Layout, list[int]], edits: list[Edit]) -> None:
     table, layout, _ = written
     with folder() as here:
         config = write_table(here, table, layout)
         path = _main_file(config, layout.fmt)
         path.write_bytes(_damaged(path.read_bytes(), edits))
-        try:
-            dataset = load(config)
-        except DataError as exc:
-            assert exc.path is not None, f"the error names no file: {exc}"
-            return
-        except RecArenaError as exc:
-            assert str(exc)
-            return
+        dataset = load_or_recarena_error(config)
+    if dataset is None:
+        return
     # the damage left a readable file: what it holds must still be sound
     inter = dataset.interactions
     assert len(inter) > 0
@@ -1010,14 +1017,9 @@ def test_damaged_domain_files_load_or_end_in_a_recarena_error(fmt, which, edits)
         assert load(config).n_interactions > 0  # the folder as written is valid
         path = files[which % len(files)]
         path.write_bytes(_damaged(path.read_bytes(), edits))
-        try:
-            dataset = load(config)
-        except DataError as exc:
-            assert exc.path is not None, f"the error names no file: {exc}"
-            return
-        except RecArenaError as exc:
-            assert str(exc)
-            return
+        dataset = load_or_recarena_error(config)
+    if dataset is None:
+        return
     assert dataset.n_interactions > 0
     if dataset.has_timestamps:
         assert (dataset.interactions["timestamp"] >= 0).all()

@@ -134,6 +134,23 @@ def data_hash(config: ExperimentConfig) -> str:
     return _hash({"data": config.model_dump(mode="json")["data"]})
 
 
+def _parameters_added_since(mc: ModelConfig, record: dict[str, Any]) -> str:
+    """The parameters the model has now that a finished model's ``DONE.json`` does not
+    record, with their current defaults (``"patience_steps=250"``), or ``""``.
+
+    A finished model is reused for its unchanged ``[[models]]`` entry; a parameter added
+    to the model since (a new default behaviour) is the one thing that entry cannot show.
+    """
+    recorded = record.get("params")
+    if not isinstance(recorded, dict):
+        return ""
+    try:
+        current = create_model(mc.name, mc.params).get_params()
+    except Exception:  # noqa: BLE001 - only a notice: the model's own run reports errors
+        return ""
+    return ", ".join(f"{k}={current[k]!r}" for k in sorted(current) if k not in recorded)
+
+
 def model_hash(model_config: ModelConfig) -> str:
     fields = model_config.model_dump(mode="json")
     if fields.get("refit") is None:
@@ -854,8 +871,17 @@ class ExperimentRunner:
         done = mdir / "DONE.json"
         status, damaged = self.done_status(mc)
         if status == "done":
-            self.on_event(f"{label}: done earlier, reusing its results")
-            return read_json(done)
+            record = read_json(done)
+            added = _parameters_added_since(mc, record)
+            if added:
+                self.on_event(
+                    f"{label}: done earlier, reusing its results; it was measured before "
+                    f"the parameter(s) {added} existed, so a fresh run may give other numbers "
+                    f"(remove {mdir} to measure it again)"
+                )
+            else:
+                self.on_event(f"{label}: done earlier, reusing its results")
+            return record
         if status == "changed":
             self.on_event(f"{label}: its configuration changed, recomputing")
             shutil.rmtree(mdir)

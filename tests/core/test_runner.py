@@ -106,6 +106,34 @@ def test_run_writes_artifacts_resumes_and_records_failures(tmp_path):
     assert again.failed.keys() == {"exploding"}
 
 
+def test_a_finished_model_measured_before_a_new_parameter_is_reused_with_a_notice(tmp_path):
+    """A parameter added to a model since it finished (a new default behaviour) is the one
+    change its unchanged [[models]] entry cannot show: the resume names it and the folder."""
+    cfg = parse_config(_config(tmp_path, [{"name": "ease", "grid": {}}]))
+    run = run_experiment(cfg, cache_dir=tmp_path / "cache").run_dir
+    done = run / "models" / "ease" / "DONE.json"
+    record = json.loads(done.read_text())
+    # as if written by a version before EASE had `l2`
+    default_l2 = record["params"].pop("l2")
+    done.write_text(json.dumps(record))
+    before = (run / "models" / "ease" / "full" / "metrics.json").read_bytes()
+
+    events: list[str] = []
+    run_experiment(cfg, cache_dir=tmp_path / "cache", on_event=events.append)
+    notice = [e for e in events if e.startswith("ease: done earlier")]
+    assert len(notice) == 1
+    assert f"the parameter(s) l2={default_l2!r} existed" in notice[0]
+    assert str(run / "models" / "ease") in notice[0]
+    assert (run / "models" / "ease" / "full" / "metrics.json").read_bytes() == before
+
+    # an up-to-date record gets the plain message
+    record["params"]["l2"] = default_l2
+    done.write_text(json.dumps(record))
+    events.clear()
+    run_experiment(cfg, cache_dir=tmp_path / "cache", on_event=events.append)
+    assert "ease: done earlier, reusing its results" in events
+
+
 def test_a_changed_setup_is_refused(tmp_path):
     raw = _config(tmp_path, [{"name": "most_popular"}])
     run_experiment(parse_config(raw), cache_dir=tmp_path / "cache")

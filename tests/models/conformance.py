@@ -55,6 +55,9 @@ SASREC_TINY: dict[str, Any] = dict(
     batch_size=32,
     epochs=40,
     patience=3,
+    # the planted data is one step an epoch: the step floor would keep every fit going
+    # for 250 epochs (test_patience_steps_* test the floor itself)
+    patience_steps=0,
     num_threads=1,
 )
 

@@ -157,6 +157,32 @@ class TestSASRec(RecommenderConformance):
         ranked = (hits / np.log2(np.arange(2, 12))).sum(1)
         assert ranked.mean() == pytest.approx(model.best_valid_ndcg_, abs=1e-9)
 
+    def test_patience_steps_keeps_training_through_a_plateau(self, planted):
+        """Patience counted in measurements stops only once `patience_steps` steps passed
+        since the best one (on small data an epoch is a few steps)."""
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        steps_per_epoch = int(np.ceil(data.n_users / TINY["batch_size"]))
+        quick = tiny(epochs=200, patience=2, lr=2e-2).fit(data, valid=split.valid)
+        floor = 12 * steps_per_epoch
+        held = tiny(epochs=200, patience=2, patience_steps=floor, lr=2e-2)
+        held.fit(data, valid=split.valid)
+        # the same training up to the quick one's stop (same seed), then on
+        ndcg = [row["valid_ndcg@10"] for row in held.training_log_]
+        assert ndcg[: len(quick.training_log_)] == [
+            row["valid_ndcg@10"] for row in quick.training_log_
+        ]
+        assert len(held.training_log_) > len(quick.training_log_)
+        # it stopped exactly when both counts ran out (or at `epochs`)
+        assert held.best_epoch_ == int(np.argmax(ndcg)) + 1
+        assert len(held.training_log_) == min(200, held.best_epoch_ + 12)
+        assert held.best_valid_ndcg_ >= quick.best_valid_ndcg_
+
+    @pytest.mark.parametrize("value", [-1, 1.5, None, "many"])
+    def test_patience_steps_must_be_a_count(self, value):
+        with pytest.raises(ValueError, match="patience_steps"):
+            tiny(patience_steps=value).check_params()
+
     def test_eval_every(self, planted):
         dataset, split = planted
         data = _training_data(dataset, split.fit_interactions("valid"))

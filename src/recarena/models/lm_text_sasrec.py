@@ -177,8 +177,8 @@ class TextSASRec(SASRec):
     encode_device
         Device of the text encoding (default ``"auto"``).
     max_len, hidden, n_blocks, n_heads, dropout, loss, n_negatives, lr, weight_decay,
-    batch_size, epochs, eval_every, patience, device, mixed_precision, num_threads,
-    eval_batch_size, seed
+    batch_size, epochs, eval_every, patience, patience_steps, device, mixed_precision,
+    num_threads, eval_batch_size, seed
         As for `recarena.models.sasrec.SASRec` (same defaults).
 
     Attributes
@@ -221,6 +221,7 @@ class TextSASRec(SASRec):
         epochs: int = 200,
         eval_every: int = 1,
         patience: int = 10,
+        patience_steps: int = 250,
         device: str = "auto",
         mixed_precision: bool = True,
         num_threads: int | None = None,
@@ -241,6 +242,7 @@ class TextSASRec(SASRec):
             epochs=epochs,
             eval_every=eval_every,
             patience=patience,
+            patience_steps=patience_steps,
             device=device,
             mixed_precision=mixed_precision,
             num_threads=num_threads,
@@ -495,10 +497,10 @@ class JointTextSASRec(TextSASRec):
         validation data: none, the encoder is trained from the first epoch). The refit gets
         the number that was best.
     max_len, hidden, n_blocks, n_heads, dropout, loss, n_negatives, lr, weight_decay,
-    batch_size, epochs, eval_every, patience, device, mixed_precision, num_threads,
-    eval_batch_size, seed
+    batch_size, epochs, eval_every, patience, patience_steps, device, mixed_precision,
+    num_threads, eval_batch_size, seed
         As for `recarena.models.sasrec.SASRec`; ``epochs`` counts both stages, ``patience``
-        applies to each.
+        and ``patience_steps`` apply to each.
 
     Attributes
     ----------
@@ -551,6 +553,7 @@ class JointTextSASRec(TextSASRec):
         epochs: int = 200,
         eval_every: int = 1,
         patience: int = 10,
+        patience_steps: int = 250,
         device: str = "auto",
         mixed_precision: bool = True,
         num_threads: int | None = None,
@@ -580,6 +583,7 @@ class JointTextSASRec(TextSASRec):
             epochs=epochs,
             eval_every=eval_every,
             patience=patience,
+            patience_steps=patience_steps,
             device=device,
             mixed_precision=mixed_precision,
             num_threads=num_threads,
@@ -743,6 +747,9 @@ class JointTextSASRec(TextSASRec):
             p.requires_grad_(True)
         embedding.start_joint()
         self.switch_epoch_, self.frozen_best_epoch_ = switch_epoch, frozen_best
+
+    def _stage_start(self) -> int:
+        return self.switch_epoch_ or 0
 
     def _next_stage(
         self,

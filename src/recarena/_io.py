@@ -152,3 +152,15 @@ def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
         while chunk := fh.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with NumPy scalars as Python numbers and paths as strings, for JSON."""
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, Path):
+            value = str(value)
+        out[key] = value
+    return out

@@ -11,7 +11,7 @@ import pandas as pd
 
 from recarena._artifacts import load_npz_artifact, read_json_artifact, read_parquet_artifact
 from recarena.errors import ArtifactError, RecArenaError
-from recarena.models.base import RankedLists
+from recarena.ranking import RankedLists
 
 
 def _item_label(items: pd.DataFrame, template: str | None, item: int) -> str:

@@ -21,7 +21,12 @@ random and distinct scores never are.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import numpy as np
+
+from recarena._io import save_npz
 
 #: rows processed at once are about this many scores, bounding temporary memory (~100 MB)
 _CHUNK_ELEMENTS = 1 << 22
@@ -156,3 +161,37 @@ def top_k(
         idx = np.pad(idx, ((0, 0), (0, pad)), constant_values=-1)
         top_scores = np.pad(top_scores, ((0, 0), (0, pad)), constant_values=-np.inf)
     return idx, top_scores
+
+
+@dataclass(eq=False)
+class RankedLists:
+    """Top-K lists for a set of users: ``items[r]`` is user ``users[r]``'s list, best first.
+
+    Lists shorter than K are padded with -1 (score ``-inf``).
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    scores: np.ndarray
+    #: with candidates: every candidate's raw score (before exclusions), not saved
+    candidate_scores: np.ndarray | None = None
+
+    @property
+    def k(self) -> int:
+        return int(self.items.shape[1])
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        save_npz(path, users=self.users, items=self.items, scores=self.scores)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> RankedLists:
+        with np.load(path, allow_pickle=False) as z:
+            return cls(z["users"], z["items"], z["scores"])
+
+    def for_user(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.flatnonzero(self.users == user)
+        if len(rows) == 0:
+            raise KeyError(f"user {user} has no saved list")
+        row = int(rows[0])
+        keep = self.items[row] >= 0
+        return self.items[row][keep], self.scores[row][keep]

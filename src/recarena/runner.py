@@ -82,7 +82,7 @@ from recarena._artifacts import (
     read_errors,
     unreadable,
 )
-from recarena._io import read_json, remove_stale_temporaries, write_json, write_text
+from recarena._io import jsonable, read_json, remove_stale_temporaries, write_json, write_text
 from recarena._rundir import LOCK_FILE, RunLock
 from recarena.cache import resolve_cache_dir
 from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig, dump_config
@@ -90,8 +90,9 @@ from recarena.cost import PeakMemory, Stopwatch
 from recarena.data.dataset import Dataset
 from recarena.errors import ArtifactError, ConfigError, DamagedArtifactError, RecArenaError
 from recarena.metrics.pointwise import POINTWISE_THRESHOLD_RULE
-from recarena.models.base import STALE_HISTORY_REASONS, RankedLists, Recommender, TrainingData
+from recarena.models.base import STALE_HISTORY_REASONS, Recommender, TrainingData
 from recarena.models.registry import create_model
+from recarena.ranking import RankedLists
 from recarena.splits import SPLITTERS, CandidateSet, Split
 from recarena.tuning import expand_grid, params_key
 
@@ -911,10 +912,7 @@ class ExperimentRunner:
         has_valid = len(self.split.valid) > 0
         refit = self.config.evaluation.refit if mc.refit is None else mc.refit
         needs_validation = has_valid and (
-            len(points) > 1
-            or getattr(template, "uses_validation", False)
-            or self._is_first_stage(label)
-            or not refit
+            len(points) > 1 or template.uses_validation or self._is_first_stage(label) or not refit
         )
         tuning_path = mdir / "tuning.json"
         checkpoints = mdir / "checkpoints"
@@ -1013,7 +1011,7 @@ class ExperimentRunner:
                             valid_data, valid=self.split.valid
                         )
                     final = best_model
-                    fit_seconds = getattr(final, "fit_seconds_", float("nan"))
+                    fit_seconds = final.fit_seconds_
                 if self._is_first_stage(label) and has_valid:
                     vmodel = best_model or template.clone(**chosen).fit(
                         self.training_data("valid"), valid=self.split.valid
@@ -1097,22 +1095,11 @@ class ExperimentRunner:
             "gpu_peak_memory_mib": None
             if mem.gpu_peak_bytes is None
             else mem.gpu_peak_bytes / 2**20,
-            "device": str(getattr(final, "device_", "cpu")),
+            **final.cost_record(),
         }
-        for extra in (
-            "encode_items_per_second_",
-            "encode_seconds_",
-            "train_examples_per_second_",
-            "train_seconds_",
-            "best_step_",
-            "best_epoch_",
-            "mixed_precision_",
-        ):
-            if hasattr(final, extra):
-                cost[extra.rstrip("_")] = getattr(final, extra)
         write_json(mdir / "cost.json", cost)
-        if getattr(final, "training_log_", None):
-            write_json(mdir / "training_log.json", final.training_log_)
+        if log := final.training_log():
+            write_json(mdir / "training_log.json", log)
         record = {
             "label": label,
             "model": mc.name,
@@ -1122,7 +1109,7 @@ class ExperimentRunner:
             "family": template.family,
             "fusion": template.fusion,
             "class": f"{type(template).__module__}:{type(template).__qualname__}",
-            "params": _jsonable(final.get_params()),
+            "params": jsonable(final.get_params()),
             "chosen_on_validation": needs_validation,
             "refit": bool(refitted),
             "history_use": type(final).history_use,
@@ -1408,14 +1395,12 @@ class ExperimentRunner:
     def check_language_models(self) -> None:
         """Stop before any work when a language model the experiment names is not here.
 
-        Every model still to run whose class takes a ``model`` parameter (the LM
-        recommenders) has that parameter (given, in its grid, or the class default)
-        resolved by `recarena.lm.zoo.resolve_model`, which downloads nothing. The error
+        Every model still to run whose class declares parameters naming a language model
+        (``Recommender.language_model_params``, ``("model",)`` for the LM recommenders)
+        has each of them (given, in its grid, or the class default) resolved by `recarena.lm.zoo.resolve_model`, which downloads nothing. The error
         lists every missing model with the command that fetches it, so a long experiment
         does not fail at its fifth model, and nothing is fetched silently mid-run.
         """
-        import inspect
-
         from recarena.errors import ModelNotAvailableError
         from recarena.models.registry import get_model_class, resolve_class
 
@@ -1425,11 +1410,18 @@ class ExperimentRunner:
                 cls = resolve_class(mc.name) if ":" in mc.name else get_model_class(mc.name)
             except Exception:  # noqa: BLE001 - run_model reports it for this model alone
                 continue
-            parameter = inspect.signature(cls.__init__).parameters.get("model")
-            if parameter is None:
+            if not (isinstance(cls, type) and issubclass(cls, Recommender)):
                 continue
-            names = list((mc.grid or {}).get("model", []))
-            names.append(mc.params.get("model", parameter.default))
+            if not cls.language_model_params:
+                continue
+            names = [
+                name
+                for param in cls.language_model_params
+                for name in (
+                    *(mc.grid or {}).get(param, []),
+                    mc.params.get(param, cls.param_default(param)),
+                )
+            ]
             try:
                 from recarena.lm.zoo import resolve_model
             except ImportError as exc:  # the [lm] extra is missing: run_model says so
@@ -1688,17 +1680,6 @@ def _quiet_library_progress() -> Iterator[None]:
 
 def _status(damaged: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:
     return ("damaged", damaged) if damaged else ("done", [])
-
-
-def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        if isinstance(value, Path):
-            value = str(value)
-        out[key] = value
-    return out
 
 
 def run_directory_for(

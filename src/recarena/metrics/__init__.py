@@ -60,7 +60,7 @@ from recarena.metrics.segments import (
     user_segments,
 )
 from recarena.metrics.uncertainty import bootstrap_ci, paired_comparison, summarize
-from recarena.models.base import RankedLists
+from recarena.ranking import RankedLists
 
 logger = logging.getLogger(__name__)
 

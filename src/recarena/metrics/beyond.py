@@ -41,7 +41,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recarena.metrics.ranking import check_ks, list_items
-from recarena.models.base import RankedLists
+from recarena.ranking import RankedLists
 
 logger = logging.getLogger(__name__)
 

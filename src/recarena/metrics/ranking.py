@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recarena.models.base import RankedLists
+from recarena.ranking import RankedLists
 
 #: ranking metric names, in the order their columns are produced by default
 RANKING_METRICS: tuple[str, ...] = ("hr", "recall", "precision", "f1", "ndcg", "mrr", "map")

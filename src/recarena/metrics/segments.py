@@ -39,7 +39,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recarena.metrics.ranking import RANKING_METRICS, ranking_metrics
-from recarena.models.base import RankedLists
+from recarena.ranking import RankedLists
 
 USER_SEGMENTS: tuple[str, ...] = ("cold_users", "warm_users")
 ITEM_SEGMENTS: tuple[str, ...] = ("head_items", "tail_items", "cold_items")

@@ -1,7 +1,8 @@
 """The `Recommender` API that every model in RecArena implements.
 
 Stability: **frozen** (v0.1) for ``fit``, ``score``, ``recommend``, ``save``/``load``,
-``TrainingData`` and ``RankedLists``. Class attributes describing a model (``family``,
+``TrainingData`` and ``RankedLists`` (defined in `recarena.ranking`, below the metrics and
+the models, and importable from here as before). Class attributes describing a model (``family``,
 ``fusion``...) may gain new values.
 
 A model follows scikit-learn's rules: the constructor stores its keyword arguments and does
@@ -43,9 +44,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recarena._io import atomic_open, read_json, save_npz, write_json
+from recarena._classes import resolve_class
+from recarena._io import atomic_open, jsonable, read_json, write_json
 from recarena.data.dataset import interactions_csr
-from recarena.ranking import top_k
+from recarena.ranking import RankedLists, top_k
 
 Family = Literal[
     "classical",
@@ -127,40 +129,6 @@ class TrainingData:
         return np.diff(self.csr().indptr).astype(np.int64)
 
 
-@dataclass(eq=False)
-class RankedLists:
-    """Top-K lists for a set of users: ``items[r]`` is user ``users[r]``'s list, best first.
-
-    Lists shorter than K are padded with -1 (score ``-inf``).
-    """
-
-    users: np.ndarray
-    items: np.ndarray
-    scores: np.ndarray
-    #: with candidates: every candidate's raw score (before exclusions), not saved
-    candidate_scores: np.ndarray | None = None
-
-    @property
-    def k(self) -> int:
-        return int(self.items.shape[1])
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        save_npz(path, users=self.users, items=self.items, scores=self.scores)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> RankedLists:
-        with np.load(path, allow_pickle=False) as z:
-            return cls(z["users"], z["items"], z["scores"])
-
-    def for_user(self, user: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.flatnonzero(self.users == user)
-        if len(rows) == 0:
-            raise KeyError(f"user {user} has no saved list")
-        row = int(rows[0])
-        keep = self.items[row] >= 0
-        return self.items[row][keep], self.scores[row][keep]
-
-
 def is_number(value: Any) -> bool:
     """A real number (int, float or NumPy scalar), not a bool and not NaN."""
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and not np.isnan(value)
@@ -230,6 +198,20 @@ class Recommender:
     calibrated_scores: ClassVar[bool] = False
     #: how the model reads a user's history when scoring (see the class docstring)
     history_use: ClassVar[HistoryUse] = "undeclared"
+    #: parameters whose value names a language model of the zoo (`recarena.lm.zoo`): a run
+    #: checks that each one's model (given, in the grid, or the default) is available
+    #: before it starts
+    language_model_params: ClassVar[tuple[str, ...]] = ()
+    #: fitted attributes that `cost_record` reports (those the fit set), in this order
+    cost_attributes: ClassVar[tuple[str, ...]] = (
+        "encode_items_per_second_",
+        "encode_seconds_",
+        "train_examples_per_second_",
+        "train_seconds_",
+        "best_step_",
+        "best_epoch_",
+        "mixed_precision_",
+    )
 
     # ------------------------------------------------------------------ parameters
     @classmethod
@@ -240,6 +222,11 @@ class Recommender:
             for p in sig.parameters.values()
             if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         ]
+
+    @classmethod
+    def param_default(cls, name: str) -> Any:
+        """The default value of parameter ``name`` (`inspect.Parameter.empty`: none)."""
+        return inspect.signature(cls.__init__).parameters[name].default
 
     def get_params(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self._param_names()}
@@ -502,6 +489,25 @@ class Recommender:
         return total, total
 
     # ------------------------------------------------------------------ persistence
+    # ------------------------------------------------------------------ reporting
+    def cost_record(self) -> dict[str, Any]:
+        """The fitted model's own part of ``cost.json``, beside what the runner measures:
+        the device it ran on (``device_``, else ``"cpu"``), then each attribute of
+        ``cost_attributes`` the fit set, named without its trailing ``_`` (an encoding's
+        speed, a training's time, the best epoch). Override it to report something else."""
+        state = vars(self)
+        record: dict[str, Any] = {"device": str(state.get("device_", "cpu"))}
+        for name in self.cost_attributes:
+            if name in state:
+                record[name.rstrip("_")] = state[name]
+        return record
+
+    def training_log(self) -> list[dict[str, Any]]:
+        """The fitted model's learning curve: one record per measurement of its training
+        (``training_log_``; empty for a model without one). The runner saves it as
+        ``training_log.json`` and the report plots it."""
+        return list(vars(self).get("training_log_") or [])
+
     def save(self, folder: str | os.PathLike[str]) -> None:
         """Save the fitted model to ``folder`` (parameters as JSON, state pickled)."""
         folder = Path(folder)
@@ -510,7 +516,7 @@ class Recommender:
             folder / "model.json",
             {
                 "class": f"{type(self).__module__}:{type(self).__qualname__}",
-                "params": _jsonable(self.get_params()),
+                "params": jsonable(self.get_params()),
             },
         )
         state = {k: v for k, v in vars(self).items() if k.endswith("_")}
@@ -520,8 +526,6 @@ class Recommender:
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> Recommender:
         """Load a model saved with `save` (the class is read from ``model.json``)."""
-        from recarena.models.registry import resolve_class
-
         folder = Path(folder)
         meta = read_json(folder / "model.json")
         klass = resolve_class(meta["class"])
@@ -547,12 +551,3 @@ def _seen_lookup(seen: sp.csr_matrix, users: np.ndarray, cand: np.ndarray) -> np
     rows = np.repeat(np.arange(len(users)), cand.shape[1]).reshape(cand.shape)
     hit = np.asarray(sub[rows.ravel(), safe.ravel()]).reshape(cand.shape) > 0
     return hit & (cand >= 0)
-
-
-def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for key, value in params.items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        out[key] = value
-    return out

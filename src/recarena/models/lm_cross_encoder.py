@@ -534,6 +534,7 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
     fusion = "fine-tuning"
     scores_full_catalog = False
     uses_text = True
+    language_model_params = ("model",)
     uses_validation = True
     history_dtype = np.int32
     #: the pooling is chosen on validation: the checkpoint's own (mean for sentence

@@ -52,6 +52,7 @@ class FrozenLMRecommender(Recommender):
     family = "frozen-lm"
     fusion = "feature-extraction"
     uses_text = True
+    language_model_params = ("model",)
     history_use = "rebuilt"
     param_grid = {"recency_decay": [1.0, 0.9, 0.7], "history_len": [None, 50, 10]}
 

@@ -177,7 +177,7 @@ class _FollowsLoRA:
         if obj is not None:
             lora = bool(getattr(obj, "lora", False))
         else:
-            lora = bool(inspect.signature(owner.__init__).parameters["lora"].default)  # type: ignore[union-attr]
+            lora = bool(owner.param_default("lora"))  # type: ignore[union-attr]
         return self.tuned if lora else self.zero_shot
 
 
@@ -325,6 +325,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
     uses_validation = _FollowsLoRA(False, True)  # type: ignore[assignment]
     scores_full_catalog = False
     uses_text = True
+    language_model_params = ("model",)
     calibrated_scores = False
     #: a candidate's score does not depend on its position in the list or on the others
     list_position_independent: ClassVar[bool] = True

@@ -193,6 +193,7 @@ class TextSASRec(SASRec):
     family = "lm-features-trained"
     fusion = "feature-extraction"
     uses_text = True
+    language_model_params = ("model",)
     uses_validation = True
     param_grid = {"dropout": [0.2, 0.5]}
 

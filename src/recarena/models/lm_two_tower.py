@@ -101,7 +101,8 @@ from recarena.lm.training import (
     train_loop,
 )
 from recarena.models._history import History, KeepsHistory
-from recarena.models.base import RankedLists, Recommender, TrainingData
+from recarena.models.base import Recommender, TrainingData
+from recarena.ranking import RankedLists
 
 logger = logging.getLogger(__name__)
 
@@ -355,6 +356,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
     family = "two-tower"
     fusion = "joint-training"
     uses_text = True
+    language_model_params = ("model",)
     uses_validation = True
     # the history kept for scoring (and rebuilt by update_history) is as long as the warm
     # start chosen on validation reads (history_len_, set in _fit before it is kept)

@@ -10,7 +10,9 @@ import importlib
 import importlib.util
 from dataclasses import dataclass
 
+from recarena._classes import resolve_class
 from recarena.errors import ConfigError
+from recarena.models.base import Recommender
 
 
 @dataclass(frozen=True)
@@ -157,28 +159,8 @@ def model_entries() -> list[ModelEntry]:
     return list(_ENTRIES.values())
 
 
-def resolve_class(target: str) -> type:
-    """Import ``"module:Class"``."""
-    if ":" not in target:
-        raise ConfigError(f"model path {target!r} must look like 'package.module:ClassName'")
-    module_name, _, attr = target.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import model module {module_name!r}: {exc}") from exc
-    obj = module
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigError(f"module {module_name!r} has no {attr!r}") from None
-    return obj  # type: ignore[return-value]
-
-
 def get_model_class(name: str) -> type:
     """The class of a registry name or ``"module:Class"`` path."""
-    from recarena.models.base import Recommender
-
     if name in _ENTRIES:
         klass = resolve_class(_ENTRIES[name].target)
     elif ":" in name:

@@ -35,7 +35,7 @@ VOLATILE = re.compile(
     re.IGNORECASE,
 )
 #: files whose content is times, versions or rendered text
-SKIPPED_NAMES = {"environment.json", "run.lock"}
+SKIPPED_NAMES = {"environment.json", "environment.csv", "run.lock"}
 SKIPPED_SUFFIXES = {".html", ".md", ".png", ".svg", ".log"}
 
 

@@ -119,6 +119,64 @@ class RunResult:
     skipped: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class _ModelJob:
+    """One model's run: its entry, folder, untrained model and protocols."""
+
+    mc: ModelConfig
+    label: str
+    mdir: Path
+    template: Recommender
+    protocols: list[ProtocolConfig]
+    skipped: dict[str, str]
+    budget_users: int | None
+    first_stage: bool
+    has_valid: bool
+    refit: bool
+    #: the protocol validation is measured on
+    tune_proto: ProtocolConfig
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.mdir / "checkpoints"
+
+
+@dataclass
+class _Tuning:
+    """What validation chose: the parameters, the trials and their time."""
+
+    needs_validation: bool
+    trials: list[dict[str, Any]]
+    seconds: float
+    chosen: dict[str, Any] = field(default_factory=dict)
+    #: what the chosen trial's fit learned for the refit (SASRec: its best epoch)
+    refit_extra: dict[str, Any] = field(default_factory=dict)
+    #: the chosen trial's model when it is still in memory
+    best_model: Recommender | None = None
+
+
+@dataclass
+class _Fitted:
+    """The model that is tested, and how it came to be."""
+
+    model: Recommender
+    #: the training data of the test stage (train + valid)
+    data: TrainingData
+    refitted: bool
+    fit_seconds: float
+    history_refreshed: bool | None
+
+
+@dataclass
+class _Measured:
+    """Every protocol's metrics, and the speed of the first ranking."""
+
+    test_users: np.ndarray
+    results: dict[str, Any] = field(default_factory=dict)
+    throughput: float | None = None
+    latency: tuple[float, float] | None = None
+
+
 # ---------------------------------------------------------------------- setup hashing
 def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -866,13 +924,30 @@ class ExperimentRunner:
         self.on_event(f"{label}: reusing the model fitted before the run stopped")
         return model, record
 
+    # -------------------------------------------------------------- one model, in stages
     def run_model(self, mc: ModelConfig) -> dict[str, Any]:
+        """Tune, fit, measure and record one model: a list of stage calls (each a method
+        below), and the model's ``DONE.json`` record as the result."""
+        reused = self._reuse_finished(mc)
+        if reused is not None:
+            return reused
+        job = self._start_model(mc)
+        tuning = self._tune(job)
+        with PeakMemory() as mem:
+            fitted = self._fit_final(job, tuning, mem)
+            _faults.point("model:fitted")
+            measured = self._measure_protocols(job, fitted)
+        cost = self._cost(tuning, fitted, measured, mem)
+        return self._record_done(job, tuning, fitted, measured, cost)
+
+    def _reuse_finished(self, mc: ModelConfig) -> dict[str, Any] | None:
+        """A finished model's ``DONE.json`` record when it can be reused; else None, after
+        clearing what a changed configuration or a damaged file left."""
         label = mc.display_name
         mdir = self.run_dir / "models" / label
-        done = mdir / "DONE.json"
         status, damaged = self.done_status(mc)
         if status == "done":
-            record = read_json(done)
+            record = read_json(mdir / "DONE.json")
             added = _parameters_added_since(mc, record)
             if added:
                 self.on_event(
@@ -893,242 +968,291 @@ class ExperimentRunner:
                 f"{label}: {describe_damage(self.run_dir / rel, why)}{more}: recomputing the model"
             )
             self._discard_damaged_model(mdir, damaged)
+        return None
+
+    def _start_model(self, mc: ModelConfig) -> _ModelJob:
+        """The model folder, the untrained model and the protocols it is measured on."""
+        label = mc.display_name
+        mdir = self.run_dir / "models" / label
         mdir.mkdir(parents=True, exist_ok=True)
         (mdir / "FAILED.json").unlink(missing_ok=True)
-
         template = create_model(mc.name, mc.params)
         protocols, skipped = self.protocols_for(mc, template)
         for plabel, why in skipped.items():
             self.on_event(f"{label}: not run on {plabel} ({why})")
-        if not protocols and not self._is_first_stage(label):
+        first_stage = self._is_first_stage(label)
+        if not protocols and not first_stage:
             raise ConfigError(f"model {label!r} fits none of the experiment's protocols: {skipped}")
-        budget_users = mc.max_eval_users or self.config.evaluation.max_eval_users
+        refit = self.config.evaluation.refit if mc.refit is None else mc.refit
+        return _ModelJob(
+            mc=mc,
+            label=label,
+            mdir=mdir,
+            template=template,
+            protocols=protocols,
+            skipped=skipped,
+            budget_users=mc.max_eval_users or self.config.evaluation.max_eval_users,
+            first_stage=first_stage,
+            has_valid=len(self.split.valid) > 0,
+            refit=refit,
+            tune_proto=protocols[0] if protocols else ProtocolConfig(kind="full"),
+        )
 
-        # ---- validation: grid search and early stopping on train -> valid
+    def _tune(self, job: _ModelJob) -> _Tuning:
+        """Validation: the grid (or early stopping) on train -> valid, resuming the trials
+        saved in ``tuning.json``; without validation, the parameters as given."""
+        mc, label, template = job.mc, job.label, job.template
         grid, points = self.grid_points(mc, template)
         problems = self.parameter_problems(mc, template, points)
         if problems:
             raise ConfigError("; ".join(problems))
-        has_valid = len(self.split.valid) > 0
-        refit = self.config.evaluation.refit if mc.refit is None else mc.refit
-        needs_validation = has_valid and (
-            len(points) > 1 or template.uses_validation or self._is_first_stage(label) or not refit
+        needs_validation = job.has_valid and (
+            len(points) > 1 or template.uses_validation or job.first_stage or not job.refit
         )
-        tuning_path = mdir / "tuning.json"
-        checkpoints = mdir / "checkpoints"
-        tune_proto = protocols[0] if protocols else ProtocolConfig(kind="full")
+        tuning_path = job.mdir / "tuning.json"
         trial_keys = {
-            params_key(params): self.trial_key(mc, params, tune_proto)
+            params_key(params): self.trial_key(mc, params, job.tune_proto)
             for params in ({**mc.params, **point} for point in points)
         }
         trials = self._saved_trials(label, tuning_path, trial_keys if needs_validation else {})
-        done_keys = {params_key(t["params"]) for t in trials}
-        best_model: Recommender | None = None
-        tuning_seconds = sum(t["fit_seconds"] for t in trials)
-        if needs_validation:
-            train_data = self.training_data("valid")
-            for n, point in enumerate(points):
-                params = {**mc.params, **point}
-                if params_key(params) in done_keys:
-                    continue
-                self.on_event(f"{label}: validation {n + 1}/{len(points)} {point or ''}".rstrip())
-                model = template.clone(**params)
-                # a long training stopped part-way resumes from here on the next run
-                train_data.checkpoint_dir = checkpoints / f"valid-{_hash(params)}"
-                with Stopwatch() as sw:
-                    model.fit(train_data, valid=self.split.valid)
-                score = self.validation_score(model, tune_proto)
-                trials.append(
-                    {
-                        "key": trial_keys[params_key(params)],
-                        "params": params,
-                        "metric": self.config.evaluation.tune_metric,
-                        "protocol": tune_proto.label,
-                        "value": score,
-                        "fit_seconds": sw.seconds,
-                        "refit_params": model.refit_params(),
-                    }
-                )
-                tuning_seconds += sw.seconds
-                write_json(tuning_path, {"trials": trials})
-                _faults.point("model:trial")
-                best_so_far = max(trials, key=lambda t: t["value"])
-                if best_so_far["params"] == params:
-                    best_model = model
-            best = max(trials, key=lambda t: t["value"])
-            if (
-                best_model is None
-                or best_model.get_params() != template.clone(**best["params"]).get_params()
-            ):
-                best_model = None  # resumed: the best trial's model is not in memory
-            chosen = dict(best["params"])
-            refit_extra = best.get("refit_params", {})
-            self.on_event(
-                f"{label}: chose {json.dumps({k: v for k, v in chosen.items() if k in grid}) if grid else 'defaults'}"
-                f" ({best['metric']} {best['value']:.4f} on validation)"
-            )
-        else:
+        tuning = _Tuning(
+            needs_validation=needs_validation,
+            trials=trials,
+            seconds=sum(t["fit_seconds"] for t in trials),
+        )
+        if not needs_validation:
             # not tuned: a grid of one point (one value per parameter, or max_trials = 1)
             # gives the model its parameters; a larger grid without validation data is not
             # tried, and the split's notes say so
             point = points[0] if len(points) == 1 else {}
-            chosen, refit_extra = {**mc.params, **point}, {}
+            tuning.chosen = {**mc.params, **point}
             if point:
                 self.on_event(
                     f"{label}: one grid point, not tuned: {json.dumps(point, default=str)}"
                 )
-
-        # ---- final model: refit on train + valid (or keep the validation model)
-        data_test = self.training_data("test")
-        exclude = self.split.seen_csr("test")
-        refitted = refit or not has_valid
-        # a run stopped after the final fit (while ranking or writing the lists) resumes
-        # from the fitted model saved then, instead of fitting it again
-        fitted_dir = checkpoints / "fitted"
-        fitted_key = self.trial_key(mc, {**chosen, **refit_extra, "refit": refitted}, tune_proto)
-        resumed = None
-        if not self._is_first_stage(label):
-            resumed = self._load_fitted(label, template, fitted_dir, fitted_key)
-        with PeakMemory() as mem:
-            if resumed is not None:
-                final, fitted_record = resumed
-                fit_seconds = fitted_record["fit_seconds"]
-                history_refreshed = fitted_record["history_refreshed"]
-                mem.peak_bytes = max(mem.peak_bytes, int(fitted_record["peak_bytes"]))
-            else:
-                if refitted:
-                    final = template.clone(**{**chosen, **refit_extra})
-                    self.on_event(f"{label}: fitting on train + valid")
-                    data_test.checkpoint_dir = checkpoints / "refit"
-                    with Stopwatch() as sw:
-                        final.fit(data_test, valid=None)
-                    fit_seconds = sw.seconds
-                else:
-                    if best_model is None:
-                        valid_data = self.training_data("valid")
-                        valid_data.checkpoint_dir = checkpoints / f"valid-{_hash(chosen)}"
-                        best_model = template.clone(**chosen).fit(
-                            valid_data, valid=self.split.valid
-                        )
-                    final = best_model
-                    fit_seconds = final.fit_seconds_
-                if self._is_first_stage(label) and has_valid:
-                    vmodel = best_model or template.clone(**chosen).fit(
-                        self.training_data("valid"), valid=self.split.valid
-                    )
-                    vlists = vmodel.recommend(
-                        self.split.eval_users("valid"),
-                        self._first_stage_top_n(label),
-                        exclude=self.split.seen_csr("valid"),
-                        item_pool=self.split.item_pool.get("valid"),
-                        seed=self.config.seed,
-                    )
-                    self._save_first_stage_candidates(label, "valid", vlists)
-                # None: refit on the test-time data, so nothing to refresh
-                history_refreshed = None
-                if not refitted:
-                    # only now, after any validation lists: the model ranks the test items
-                    # from histories that hold the validation interactions (the SASRec
-                    # paper's protocol), with what it learned on train; a model that cannot
-                    # take them in without training is recorded, and the report names it
-                    history_refreshed = final.updates_history()
-                    if history_refreshed:
-                        final.update_history(data_test)
-                    else:
-                        reason = STALE_HISTORY_REASONS.get(final.history_use, final.history_use)
-                        self.on_event(
-                            f"{label}: not refit, and {reason}: it ranks the test items from "
-                            "histories without the validation interactions"
-                        )
-                if (
-                    not self._is_first_stage(label)
-                    and not fit_seconds < self.fitted_save_min_seconds  # NaN: unknown, saved
-                    and final.n_parameters()[0] <= self.fitted_save_max_parameters
-                ):
-                    self._save_fitted(
-                        label,
-                        final,
-                        fitted_dir,
-                        fitted_key,
-                        fit_seconds,
-                        history_refreshed,
-                        mem.peak_bytes,
-                    )
-            _faults.point("model:fitted")
-            results: dict[str, Any] = {}
-            throughput = latency = None
-            test_users = _sample_users(
-                self.split.eval_users("test"), budget_users, self.config.seed
+            return tuning
+        done_keys = {params_key(t["params"]) for t in trials}
+        train_data = self.training_data("valid")
+        for n, point in enumerate(points):
+            params = {**mc.params, **point}
+            if params_key(params) in done_keys:
+                continue
+            self.on_event(f"{label}: validation {n + 1}/{len(points)} {point or ''}".rstrip())
+            model = template.clone(**params)
+            # a long training stopped part-way resumes from here on the next run
+            train_data.checkpoint_dir = job.checkpoints / f"valid-{_hash(params)}"
+            with Stopwatch() as sw:
+                model.fit(train_data, valid=self.split.valid)
+            score = self.validation_score(model, job.tune_proto)
+            trials.append(
+                {
+                    "key": trial_keys[params_key(params)],
+                    "params": params,
+                    "metric": self.config.evaluation.tune_metric,
+                    "protocol": job.tune_proto.label,
+                    "value": score,
+                    "fit_seconds": sw.seconds,
+                    "refit_params": model.refit_params(),
+                }
             )
-            if self._is_first_stage(label):
-                self._first_stage_test_candidates(label, final, exclude)
-            for proto in protocols:
-                k = self.k_max
-                if proto.kind == "impressions":
-                    self.on_event(f"{label}: impressions: scoring the test impression logs")
-                    sample = None if budget_users is None else test_users
-                    results[proto.label] = self._measure_impressions(
-                        final, sample, mdir / proto.label, data_test
-                    )
-                    continue
-                self.on_event(f"{label}: {proto.label}: ranking {len(test_users)} test users")
-                with Stopwatch() as sw:
-                    lists = self._lists(final, proto, "test", test_users, exclude, k)
-                if throughput is None:
-                    throughput = len(test_users) / max(sw.seconds, 1e-9)
-                    latency = self._latency(final, proto, test_users, exclude)
-                results[proto.label] = self._measure(
-                    final, proto, lists, mdir / proto.label, data_test
+            tuning.seconds += sw.seconds
+            write_json(tuning_path, {"trials": trials})
+            _faults.point("model:trial")
+            best_so_far = max(trials, key=lambda t: t["value"])
+            if best_so_far["params"] == params:
+                tuning.best_model = model
+        best = max(trials, key=lambda t: t["value"])
+        if (
+            tuning.best_model is None
+            or tuning.best_model.get_params() != template.clone(**best["params"]).get_params()
+        ):
+            tuning.best_model = None  # resumed: the best trial's model is not in memory
+        tuning.chosen = dict(best["params"])
+        tuning.refit_extra = best.get("refit_params", {})
+        chosen = {k: v for k, v in tuning.chosen.items() if k in grid}
+        self.on_event(
+            f"{label}: chose {json.dumps(chosen) if grid else 'defaults'}"
+            f" ({best['metric']} {best['value']:.4f} on validation)"
+        )
+        return tuning
+
+    def _fit_final(self, job: _ModelJob, tuning: _Tuning, mem: PeakMemory) -> _Fitted:
+        """The model that is tested: refit on train + valid, or the validation model with
+        the validation interactions in its histories; a run stopped after this fit (while
+        ranking or writing the lists) resumes from the fitted model saved here."""
+        label, template, chosen = job.label, job.template, tuning.chosen
+        data_test = self.training_data("test")
+        refitted = job.refit or not job.has_valid
+        fitted_dir = job.checkpoints / "fitted"
+        fitted_key = self.trial_key(
+            job.mc, {**chosen, **tuning.refit_extra, "refit": refitted}, job.tune_proto
+        )
+        resumed = None
+        if not job.first_stage:
+            resumed = self._load_fitted(label, template, fitted_dir, fitted_key)
+        if resumed is not None:
+            final, fitted_record = resumed
+            mem.peak_bytes = max(mem.peak_bytes, int(fitted_record["peak_bytes"]))
+            return _Fitted(
+                final,
+                data_test,
+                refitted,
+                fitted_record["fit_seconds"],
+                fitted_record["history_refreshed"],
+            )
+        best_model = tuning.best_model
+        if refitted:
+            final = template.clone(**{**chosen, **tuning.refit_extra})
+            self.on_event(f"{label}: fitting on train + valid")
+            data_test.checkpoint_dir = job.checkpoints / "refit"
+            with Stopwatch() as sw:
+                final.fit(data_test, valid=None)
+            fit_seconds = sw.seconds
+        else:
+            if best_model is None:
+                valid_data = self.training_data("valid")
+                valid_data.checkpoint_dir = job.checkpoints / f"valid-{_hash(chosen)}"
+                best_model = template.clone(**chosen).fit(valid_data, valid=self.split.valid)
+            final = best_model
+            fit_seconds = final.fit_seconds_
+        if job.first_stage and job.has_valid:
+            vmodel = best_model or template.clone(**chosen).fit(
+                self.training_data("valid"), valid=self.split.valid
+            )
+            vlists = vmodel.recommend(
+                self.split.eval_users("valid"),
+                self._first_stage_top_n(label),
+                exclude=self.split.seen_csr("valid"),
+                item_pool=self.split.item_pool.get("valid"),
+                seed=self.config.seed,
+            )
+            self._save_first_stage_candidates(label, "valid", vlists)
+        # None: refit on the test-time data, so nothing to refresh
+        history_refreshed = None
+        if not refitted:
+            # only now, after any validation lists: the model ranks the test items from
+            # histories that hold the validation interactions (the SASRec paper's
+            # protocol), with what it learned on train; a model that cannot take them in
+            # without training is recorded, and the report names it
+            history_refreshed = final.updates_history()
+            if history_refreshed:
+                final.update_history(data_test)
+            else:
+                reason = STALE_HISTORY_REASONS.get(final.history_use, final.history_use)
+                self.on_event(
+                    f"{label}: not refit, and {reason}: it ranks the test items from "
+                    "histories without the validation interactions"
                 )
-                _faults.point("model:measured")
-        n_total, n_trainable = final.n_parameters()
-        cost = {
+        if (
+            not job.first_stage
+            and not fit_seconds < self.fitted_save_min_seconds  # NaN: unknown, saved
+            and final.n_parameters()[0] <= self.fitted_save_max_parameters
+        ):
+            self._save_fitted(
+                label, final, fitted_dir, fitted_key, fit_seconds, history_refreshed, mem.peak_bytes
+            )
+        return _Fitted(final, data_test, refitted, fit_seconds, history_refreshed)
+
+    def _measure_protocols(self, job: _ModelJob, fitted: _Fitted) -> _Measured:
+        """Rank the test users of every protocol (the first stage's candidates first) and
+        measure the lists; throughput and latency on the first ranking protocol."""
+        label, final = job.label, fitted.model
+        exclude = self.split.seen_csr("test")
+        measured = _Measured(
+            test_users=_sample_users(
+                self.split.eval_users("test"), job.budget_users, self.config.seed
+            )
+        )
+        test_users = measured.test_users
+        if job.first_stage:
+            self._first_stage_test_candidates(label, final, exclude)
+        for proto in job.protocols:
+            if proto.kind == "impressions":
+                self.on_event(f"{label}: impressions: scoring the test impression logs")
+                sample = None if job.budget_users is None else test_users
+                measured.results[proto.label] = self._measure_impressions(
+                    final, sample, job.mdir / proto.label, fitted.data
+                )
+                continue
+            self.on_event(f"{label}: {proto.label}: ranking {len(test_users)} test users")
+            with Stopwatch() as sw:
+                lists = self._lists(final, proto, "test", test_users, exclude, self.k_max)
+            if measured.throughput is None:
+                measured.throughput = len(test_users) / max(sw.seconds, 1e-9)
+                measured.latency = self._latency(final, proto, test_users, exclude)
+            measured.results[proto.label] = self._measure(
+                final, proto, lists, job.mdir / proto.label, fitted.data
+            )
+            _faults.point("model:measured")
+        return measured
+
+    @staticmethod
+    def _cost(
+        tuning: _Tuning, fitted: _Fitted, measured: _Measured, mem: PeakMemory
+    ) -> dict[str, Any]:
+        """``cost.json``: sizes, times, speed and memory, then the model's own record."""
+        n_total, n_trainable = fitted.model.n_parameters()
+        latency = measured.latency
+        return {
             "parameters_total": int(n_total),
             "parameters_trainable": int(n_trainable),
-            "fit_seconds": fit_seconds,
-            "tuning_seconds": tuning_seconds,
-            "tuning_trials": len(trials),
-            "users_per_second": throughput,
+            "fit_seconds": fitted.fit_seconds,
+            "tuning_seconds": tuning.seconds,
+            "tuning_trials": len(tuning.trials),
+            "users_per_second": measured.throughput,
             "latency_ms_p50": latency[0] if latency else None,
             "latency_ms_p95": latency[1] if latency else None,
             "peak_memory_mib": mem.peak_mib,
             "gpu_peak_memory_mib": None
             if mem.gpu_peak_bytes is None
             else mem.gpu_peak_bytes / 2**20,
-            **final.cost_record(),
+            **fitted.model.cost_record(),
         }
+
+    def _record_done(
+        self,
+        job: _ModelJob,
+        tuning: _Tuning,
+        fitted: _Fitted,
+        measured: _Measured,
+        cost: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Write ``cost.json``, the learning curve and, last, ``DONE.json``; remove the
+        checkpoints."""
+        mc, label, mdir, final = job.mc, job.label, job.mdir, fitted.model
         write_json(mdir / "cost.json", cost)
         if log := final.training_log():
             write_json(mdir / "training_log.json", log)
+        all_test_users = len(self.split.eval_users("test"))
         record = {
             "label": label,
             "model": mc.name,
             "model_hash": model_hash(mc),
             # the [[models]] entry, so that a report can name what differs from config.toml
             "model_config": mc.model_dump(mode="json", exclude_none=True),
-            "family": template.family,
-            "fusion": template.fusion,
-            "class": f"{type(template).__module__}:{type(template).__qualname__}",
+            "family": job.template.family,
+            "fusion": job.template.fusion,
+            "class": f"{type(job.template).__module__}:{type(job.template).__qualname__}",
             "params": jsonable(final.get_params()),
-            "chosen_on_validation": needs_validation,
-            "refit": bool(refitted),
+            "chosen_on_validation": tuning.needs_validation,
+            "refit": bool(fitted.refitted),
             "history_use": type(final).history_use,
             # False: not refit and unable to read the validation interactions (stale)
-            "history_refreshed": history_refreshed,
-            "protocols": list(results),
-            "skipped_protocols": skipped,
-            "evaluated_users": int(len(test_users)),
-            "all_test_users": int(len(self.split.eval_users("test"))),
-            "user_sample": budget_users is not None
-            and len(test_users) < len(self.split.eval_users("test")),
+            "history_refreshed": fitted.history_refreshed,
+            "protocols": list(measured.results),
+            "skipped_protocols": job.skipped,
+            "evaluated_users": int(len(measured.test_users)),
+            "all_test_users": int(all_test_users),
+            "user_sample": job.budget_users is not None
+            and len(measured.test_users) < all_test_users,
             "cost": cost,
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
             # verified before the model is reused (done_status) or reported
             "artifacts": self._model_artifacts(label, mdir),
         }
-        write_json(done, record)
+        write_json(mdir / "DONE.json", record)
         _faults.point("model:done")
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        shutil.rmtree(job.checkpoints, ignore_errors=True)
         return record
 
     def _first_stage_top_n(self, label: str) -> int:

@@ -437,7 +437,7 @@ def check_run_folder(run_dir: str | os.PathLike[str]) -> Any:
         unreadable,
     )
     from recarena.config import load_config
-    from recarena.runner import (
+    from recarena.experiment.artifacts import (
         FIRST_STAGE_PREFIX,
         MODEL_FOLDER_EXCLUDE,
         STAGE_FILE,

@@ -80,7 +80,7 @@ def run(
 ) -> None:
     """Run an experiment and print its leaderboard. Re-running the same command resumes."""
     from recarena.config import builtin_config_path, load_config
-    from recarena.runner import run_experiment
+    from recarena.experiment import run_experiment
 
     _setup_logging(verbose)
     path = config if config is not None else builtin_config_path("quickstart")

@@ -44,10 +44,22 @@ def _files(package: str) -> list[Path]:
 
 #: (modules, packages they must never import)
 RULES = [
-    ("recarena.ranking", ("recarena.metrics", "recarena.models", "recarena.runner")),
-    ("recarena._classes", ("recarena.metrics", "recarena.models", "recarena.runner")),
-    ("recarena.metrics", ("recarena.models", "recarena.runner", "recarena.lm")),
-    ("recarena.models.base", ("recarena.models.registry", "recarena.runner")),
+    (
+        "recarena.ranking",
+        ("recarena.metrics", "recarena.models", "recarena.runner", "recarena.experiment"),
+    ),
+    (
+        "recarena._classes",
+        ("recarena.metrics", "recarena.models", "recarena.runner", "recarena.experiment"),
+    ),
+    (
+        "recarena.metrics",
+        ("recarena.models", "recarena.runner", "recarena.experiment", "recarena.lm"),
+    ),
+    (
+        "recarena.models.base",
+        ("recarena.models.registry", "recarena.runner", "recarena.experiment"),
+    ),
 ]
 
 

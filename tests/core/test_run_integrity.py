@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recarena import runner as runner_module
 from recarena._io import (
     atomic_path,
     publish_mode,
@@ -23,6 +22,7 @@ from recarena._io import (
 )
 from recarena.config import parse_config
 from recarena.errors import ConfigError
+from recarena.experiment import runner as runner_module
 from recarena.runner import ExperimentRunner, run_experiment
 from tests.core.test_runner import _config
 

@@ -14,11 +14,13 @@
 
 The threshold comes from `choose_threshold` (the score maximising F1) on other data than
 it is applied to. The runner gives every model the same rule, probabilities or not (see
-`recarena.runner.classify_pointwise`): thresholds that differ by model would compare the
+`classify_pointwise`): thresholds that differ by model would compare the
 thresholds, not the models.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -170,3 +172,39 @@ def choose_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     predicted = last + 1.0
     f1 = 2.0 * tp[last] / (n_pos + predicted)
     return float(ss[last[int(np.argmax(f1))]])
+
+
+def classify_pointwise(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    groups: np.ndarray,
+    *,
+    seed: int,
+) -> dict[str, Any]:
+    """Accuracy, precision, recall, F1 and AUC of scores as a positive/negative classifier.
+
+    Every model gets the same rule (`POINTWISE_THRESHOLD_RULE`), whatever its scores are
+    (probabilities or not): the F1-optimal threshold is chosen on one half of the groups
+    (users or impressions) and applied to the other half (2-fold cross-fitting), so no
+    group's threshold is tuned on that group. A fixed cut such as 0.5 for some models and a
+    tuned one for others would compare the thresholds, not the models. AUC is computed
+    from the raw scores.
+    """
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    fold_of_group = np.random.default_rng([seed, 271828]).integers(0, 2, len(uniq))
+    fold = fold_of_group[inverse]
+    shifted = np.zeros(len(labels), dtype=np.float64)
+    thresholds = []
+    for f in (0, 1):
+        fit, apply = fold != f, fold == f
+        if fit.sum() == 0 or len(np.unique(labels[fit])) < 2:
+            t = float(np.median(scores))
+        else:
+            t = choose_threshold(labels[fit], scores[fit])
+        thresholds.append(t)
+        shifted[apply] = scores[apply] - t
+    res = pointwise_metrics(labels, shifted, threshold=0.0, groups=groups)
+    res["auc"] = pointwise_metrics(labels, scores, threshold=0.0)["auc"]
+    res["threshold"] = f"F1-optimal, 2-fold cross-fitted ({thresholds[0]:.4g}, {thresholds[1]:.4g})"
+    res["threshold_rule"] = POINTWISE_THRESHOLD_RULE
+    return res

@@ -194,7 +194,7 @@ class Recommender:
     #: validation fit and refits with ``refit_params()``
     uses_validation: ClassVar[bool] = False
     #: True when scores are probabilities (descriptive only: pointwise metrics apply the same
-    #: threshold rule to every model, see `recarena.runner.classify_pointwise`)
+    #: threshold rule to every model, see `recarena.metrics.pointwise.classify_pointwise`)
     calibrated_scores: ClassVar[bool] = False
     #: how the model reads a user's history when scoring (see the class docstring)
     history_use: ClassVar[HistoryUse] = "undeclared"

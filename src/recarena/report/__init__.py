@@ -1,6 +1,6 @@
 """The comparison report: which model, used how, for my data, at what cost.
 
-`build_report` reads one or more run directories (see `recarena.runner` for their layout)
+`build_report` reads one or more run directories (see `recarena.experiment.runner` for their layout)
 and writes one self-contained HTML page (inline CSS and SVG figures, no scripts, nothing
 fetched from the network) plus Markdown and CSV copies of every table::
 

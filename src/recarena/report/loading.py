@@ -1,6 +1,6 @@
 """Reading run directories for the report, and merging several runs into one comparison.
 
-Only saved artifacts are read (see the layout in `recarena.runner`); nothing is recomputed
+Only saved artifacts are read (see the layout in `recarena.experiment.runner`); nothing is recomputed
 except the summary table of a run that lacks ``summary.csv``.
 
 Runs merge when they share a data set and a split: the same data set name, statistics,

@@ -134,6 +134,30 @@ def test_a_finished_model_measured_before_a_new_parameter_is_reused_with_a_notic
     assert "ease: done earlier, reusing its results" in events
 
 
+def test_a_saved_trial_of_other_resolved_defaults_is_measured_again(tmp_path, monkeypatch):
+    """A validation trial carries the parameters as the model resolved them: after a
+    default changes (a new version of the model), a resumed run measures the trial again
+    instead of reusing a number the current model would not give."""
+    from recarena.models.ease import EASE
+
+    cfg = parse_config(_config(tmp_path, [{"name": "ease", "grid": {"l2": [1.0, 10.0]}}]))
+    run = run_experiment(cfg, cache_dir=tmp_path / "cache").run_dir
+    done = run / "models" / "ease" / "DONE.json"
+
+    done.unlink()  # stopped before the model finished: its trials are saved
+    events: list[str] = []
+    run_experiment(cfg, cache_dir=tmp_path / "cache", on_event=events.append)
+    assert not any(e.startswith("ease: validation") for e in events)  # both reused
+
+    done.unlink()
+    monkeypatch.setattr(EASE.__init__, "__defaults__", (500.0, 1_000))  # max_items changed
+    events.clear()
+    run_experiment(cfg, cache_dir=tmp_path / "cache", on_event=events.append)
+    assert sum(e.startswith("ease: validation") for e in events) == 2
+    trials = json.loads((run / "models" / "ease" / "tuning.json").read_text())["trials"]
+    assert len(trials) == 2
+
+
 def test_a_changed_setup_is_refused(tmp_path):
     raw = _config(tmp_path, [{"name": "most_popular"}])
     run_experiment(parse_config(raw), cache_dir=tmp_path / "cache")

@@ -107,7 +107,7 @@ from recarena.experiment.protocols import (
 )
 from recarena.metrics.pointwise import classify_pointwise
 from recarena.models.base import STALE_HISTORY_REASONS, Recommender, TrainingData
-from recarena.models.registry import create_model
+from recarena.models.registry import create_model, get_model_class
 from recarena.ranking import RankedLists
 from recarena.splits import CandidateSet, Split
 from recarena.tuning import expand_grid, params_key
@@ -200,6 +200,19 @@ def _parameters_added_since(mc: ModelConfig, record: dict[str, Any]) -> str:
     except Exception:  # noqa: BLE001 - only a notice: the model's own run reports errors
         return ""
     return ", ".join(f"{k}={current[k]!r}" for k in sorted(current) if k not in recorded)
+
+
+def _resolved_params(mc: ModelConfig, params: dict[str, Any]) -> dict[str, Any] | None:
+    """``params`` as the model resolves them, every default written out (keys that are not
+    the model's parameters, such as the runner's ``refit``, left out); None when the model
+    cannot be created (its own run reports why)."""
+    try:
+        klass = get_model_class(mc.name)
+        names = set(klass._param_names())
+        model = klass(**{k: v for k, v in params.items() if k in names})
+    except Exception:  # noqa: BLE001 - the key only; run_model reports the model's errors
+        return None
+    return jsonable(model.get_params())
 
 
 # ---------------------------------------------------------------------- the runner
@@ -717,11 +730,17 @@ class ExperimentRunner:
         return list(problems)
 
     def trial_key(self, mc: ModelConfig, params: dict[str, Any], proto: ProtocolConfig) -> str:
-        """What a validation trial depends on, hashed: model, parameters, setup, protocol."""
+        """What a validation trial depends on, hashed: model, parameters, setup, protocol.
+
+        The parameters as the model resolves them (``get_params``: every default written
+        out) are part of it, so a trial saved before a default changed or a parameter was
+        added (SASRec's ``patience_steps``) is measured again, never reused.
+        """
         return _hash(
             {
                 "model": mc.name,
                 "params": params,
+                "resolved": _resolved_params(mc, params),
                 "setup": setup_hash(self.config),
                 "protocol": proto.label,
             }

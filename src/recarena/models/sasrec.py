@@ -260,7 +260,7 @@ class SASRec(KeepsHistory, Recommender):
         weights of the best measurement are kept.
     patience_steps
         Training steps (batches) without a gain that must also pass before training stops
-        (default 250). On a small data set an epoch is a few steps (610 users make 5 steps
+        (default 250). On a small data set an epoch is a few steps (671 users make 6 steps
         of 128), and SASRec's validation NDCG stays flat for a dozen epochs once it has
         learned popularity before it learns the sequences: a patience counted in epochs
         alone stops it there, at MostPopular's level. Training still ends at ``epochs``.

@@ -81,9 +81,8 @@ def test_cost_record_follows_the_declared_order():
     class Reporting(EASE):
         cost_attributes = ("train_seconds_", "best_epoch_")
 
-    model = Reporting().fit(
-        _training_data(make_planted_dataset(), make_planted_dataset().interactions)
-    )
+    dataset = make_planted_dataset()
+    model = Reporting().fit(_training_data(dataset, dataset.interactions))
     model.best_epoch_, model.train_seconds_, model.device_ = 3, 1.5, "cuda:0"
     model.encode_seconds_ = 9.0  # not declared by this class: not reported
     assert model.cost_record() == {"device": "cuda:0", "train_seconds": 1.5, "best_epoch": 3}

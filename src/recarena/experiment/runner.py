@@ -195,9 +195,8 @@ def _parameters_added_since(mc: ModelConfig, record: dict[str, Any]) -> str:
     recorded = record.get("params")
     if not isinstance(recorded, dict):
         return ""
-    try:
-        current = create_model(mc.name, mc.params).get_params()
-    except Exception:  # noqa: BLE001 - only a notice: the model's own run reports errors
+    current = _resolved_params(mc, mc.params)
+    if current is None:
         return ""
     return ", ".join(f"{k}={current[k]!r}" for k in sorted(current) if k not in recorded)
 
@@ -213,6 +212,18 @@ def _resolved_params(mc: ModelConfig, params: dict[str, Any]) -> dict[str, Any] 
     except Exception:  # noqa: BLE001 - the key only; run_model reports the model's errors
         return None
     return jsonable(model.get_params())
+
+
+def _remove_entries(folder: Path, keep: Callable[[Path], bool]) -> None:
+    """Delete every file and folder in ``folder`` for which ``keep`` is false (a link is
+    removed, never followed)."""
+    for entry in folder.iterdir():
+        if keep(entry):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 # ---------------------------------------------------------------------- the runner
@@ -361,13 +372,7 @@ class ExperimentRunner:
 
     def _clear_run_dir(self) -> None:
         """Delete everything the run folder holds but its lock file (``overwrite``)."""
-        for entry in self.run_dir.iterdir():
-            if entry.name == LOCK_FILE:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        _remove_entries(self.run_dir, keep=lambda entry: entry.name == LOCK_FILE)
 
     def _reusable_stage(
         self, folder: Path, marker: str, what: str, digest: str, vouched: bool
@@ -674,13 +679,7 @@ class ExperimentRunner:
             keep = None
         # first: a report reading the folder meanwhile must not see a DONE.json without files
         (mdir / "DONE.json").unlink(missing_ok=True)
-        for entry in mdir.iterdir():
-            if entry == keep:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        _remove_entries(mdir, keep=lambda entry: entry == keep)
 
     def grid_points(
         self, mc: ModelConfig, template: Recommender

@@ -32,6 +32,7 @@ Usage::
 
     python benchmarks/bench_cross_encoder.py                       # the README's figures
     python benchmarks/bench_cross_encoder.py --budget-seconds 300 --users 200   # quicker
+    python benchmarks/bench_cross_encoder.py --models cross-encoder-no-history --seed 1
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def experiment(args: argparse.Namespace) -> ExperimentConfig:
         "mixed_precision": args.mixed_precision,
         "num_threads": args.threads,
         "progress": False,
-        "seed": 0,
+        "seed": args.seed,
     }
     ce_params = {k: v for k, v in ce_params.items() if v is not None}  # TOML has no None
     protocols: list[dict[str, Any]] = [{"kind": "sampled", "n_negatives": 19}]
@@ -283,6 +284,13 @@ def main() -> None:
     parser.add_argument("--valid-users", type=int, default=None)
     parser.add_argument("--mixed-precision", default=None)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the cross-encoders' training seed (pair sample, negatives, head, batch order, "
+        "validation users); the split and its candidates stay those of the experiment's seed",
+    )
     parser.add_argument("--latency-users", type=int, default=5)
     parser.add_argument("--first-stage", action="store_true", help="add EASE's top 50")
     parser.add_argument("--keep", action="store_true", help="resume an earlier run directory")

@@ -314,7 +314,7 @@ def part_speed(args: argparse.Namespace) -> dict[str, Any]:
     """Candidates per second on sampled-19 test users, with and without the prompt cache."""
     from recarena.data import load_dataset
     from recarena.models.base import TrainingData
-    from recarena.models.lm_generative import GenerativeRanker
+    from recarena.models.language.generative import GenerativeRanker
     from recarena.runner import build_split
 
     config = experiment(args)

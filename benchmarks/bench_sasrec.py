@@ -47,7 +47,7 @@ import torch
 from recarena.data.dataset import Dataset
 from recarena.metrics.ranking import ranking_metrics
 from recarena.models.base import TrainingData
-from recarena.models.sasrec import SASRec
+from recarena.models.classical.sasrec import SASRec
 from recarena.splits import Split, leave_one_out_split
 
 logger = logging.getLogger("bench_sasrec")

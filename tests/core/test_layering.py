@@ -95,3 +95,16 @@ def test_old_import_paths_still_work():
     assert base.RankedLists is ranking.RankedLists
     assert registry.resolve_class is _classes.resolve_class
     assert registry.resolve_class("recarena.models.ease:EASE").__name__ == "EASE"
+
+
+def test_no_model_file_imports_a_private_name_of_another_module():
+    """What models share is public (``recarena.models.language.common``, a model folder's
+    package): a model never reaches into another module's private names."""
+    wrong = []
+    for path in _files("recarena.models"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("recarena"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if private:
+                    wrong.append(f"{path.relative_to(SRC.parent)}: {node.module} {private}")
+    assert not wrong, "\n".join(wrong)

@@ -18,7 +18,7 @@ from rich.console import Console
 from recarena._rundir import check_run_folder
 from recarena.config import dump_config, parse_config
 from recarena.errors import ArtifactError, DamagedArtifactError
-from recarena.models.baselines import MostPopular
+from recarena.models.classical.baselines import MostPopular
 from recarena.runner import run_experiment
 from tests.core.test_runner import _config
 

@@ -98,8 +98,8 @@ def test_invalid_parameter_values_stop_the_run_before_any_work(tmp_path, model, 
 
 
 def test_models_check_their_parameters():
-    from recarena.models.ease import EASE
-    from recarena.models.implicit_mf import ALS
+    from recarena.models.classical.ease import EASE
+    from recarena.models.classical.implicit_mf import ALS
 
     with pytest.raises(ValueError, match="EASE parameter l2 must be a positive number"):
         EASE(l2=-100.0).check_params()

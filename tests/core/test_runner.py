@@ -138,7 +138,7 @@ def test_a_saved_trial_of_other_resolved_defaults_is_measured_again(tmp_path, mo
     """A validation trial carries the parameters as the model resolved them: after a
     default changes (a new version of the model), a resumed run measures the trial again
     instead of reusing a number the current model would not give."""
-    from recarena.models.ease import EASE
+    from recarena.models.classical.ease import EASE
 
     cfg = parse_config(_config(tmp_path, [{"name": "ease", "grid": {"l2": [1.0, 10.0]}}]))
     run = run_experiment(cfg, cache_dir=tmp_path / "cache").run_dir
@@ -280,7 +280,7 @@ def test_a_first_stage_that_is_not_refit_draws_validation_lists_before_its_histo
 
 
 def test_an_interrupted_training_resumes_on_the_next_run(tmp_path, monkeypatch):
-    from recarena.models.sasrec import SASRec
+    from recarena.models.classical.sasrec import SASRec
     from tests.models.conformance import SASREC_TINY
 
     params = {**SASREC_TINY, "epochs": 4, "patience": 10}

@@ -9,13 +9,17 @@ A model's test class inherits `RecommenderConformance` and defines ``make_model(
 Checks: a planted preference structure is recovered, fitting is deterministic under a seed,
 users without history and items without interactions get finite scores, out-of-range users
 raise, seen items are never recommended, candidates are respected, save/load keeps the
-scores, the model declares how it reads histories (``history_use``), and new histories given
-to a fitted model (`Recommender.update_history`) move the scores of the users whose history
-changed and of no one else.
+scores (also when ``model.json`` names the class by its import path from before the models
+moved into folders, and the pickled state names no class of a model's own files), the model
+declares how it reads histories (``history_use``), and new histories given to a fitted model
+(`Recommender.update_history`) move the scores of the users whose history changed and of no
+one else.
 """
 
 from __future__ import annotations
 
+import json
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, get_args
@@ -26,6 +30,7 @@ import pytest
 
 from recarena.data.dataset import Dataset, interactions_csr
 from recarena.metrics.ranking import ranking_metrics
+from recarena.models._moved import MOVED_MODULES, first_released_module
 from recarena.models.base import UPDATABLE_HISTORY_USES, HistoryUse, Recommender, TrainingData
 from recarena.splits import leave_one_out_split
 from tests.conftest import make_planted_dataset
@@ -200,6 +205,26 @@ class RecommenderConformance:
         np.testing.assert_allclose(
             self._any_scores(loaded, users, data), self._any_scores(model, users, data), rtol=1e-5
         )
+        # the pickled state names no class of a model's own files, so moving those files
+        # never breaks a saved model
+        assert not [g for g in _pickled_globals(tmp_path / "m" / "state.pkl") if _movable(g)]
+
+    def test_a_model_saved_under_its_first_import_path_loads(self, fitted, tmp_path: Path):
+        """``model.json`` of a model saved before the models moved into folders names the
+        class by its old module (``recarena.models.sasrec:SASRec``): it still loads."""
+        model, data = fitted
+        model.save(tmp_path / "m")
+        meta_path = tmp_path / "m" / "model.json"
+        meta = json.loads(meta_path.read_text())
+        klass = type(model)
+        meta["class"] = f"{first_released_module(klass.__module__)}:{klass.__qualname__}"
+        meta_path.write_text(json.dumps(meta))
+        loaded = Recommender.load(tmp_path / "m")
+        assert type(loaded) is klass
+        users = np.array([0, 3, 9])
+        np.testing.assert_allclose(
+            self._any_scores(loaded, users, data), self._any_scores(model, users, data), rtol=1e-5
+        )
 
     def test_history_use_is_declared(self):
         cls = type(self.make_model())
@@ -271,3 +296,24 @@ class RecommenderConformance:
             return model.score(users)
         cand = np.tile(np.arange(min(data.n_items, 30)), (len(users), 1))
         return model.score(users, cand)
+
+
+def _pickled_globals(path: Path) -> set[str]:
+    """``module:name`` of every class or function a pickle file refers to."""
+    seen: set[str] = set()
+
+    class Recorder(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            seen.add(f"{module}:{name}")
+            return super().find_class(module, name)
+
+    with open(path, "rb") as fh:
+        Recorder(fh).load()
+    return seen
+
+
+def _movable(reference: str) -> bool:
+    """Whether a pickled reference points into a model's own files (which may move)."""
+    module = reference.partition(":")[0]
+    homes = (*MOVED_MODULES, *MOVED_MODULES.values())
+    return any(module == home or module.startswith(f"{home}.") for home in homes)

@@ -17,9 +17,9 @@ import pytest
 
 import recarena.experiment.runner
 from recarena.models.base import Recommender
-from recarena.models.ease import EASE
+from recarena.models.classical.ease import EASE
+from recarena.models.classical.sasrec import SASRec
 from recarena.models.registry import get_model_class, model_entries
-from recarena.models.sasrec import SASRec
 from tests.conftest import make_planted_dataset
 from tests.models.conformance import SASREC_TINY, _training_data
 

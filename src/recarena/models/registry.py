@@ -34,55 +34,55 @@ def _add(name: str, target: str, family: str, summary: str, needs: str = "") -> 
 # classical baselines
 _add(
     "random",
-    "recarena.models.baselines:RandomRecommender",
+    "recarena.models.classical.baselines:RandomRecommender",
     "classical",
     "uniformly random scores (a floor every model must clear)",
 )
 _add(
     "most_popular",
-    "recarena.models.baselines:MostPopular",
+    "recarena.models.classical.baselines:MostPopular",
     "classical",
     "items ranked by number of training users",
 )
 _add(
     "itemknn",
-    "recarena.models.itemknn:ItemKNN",
+    "recarena.models.classical.itemknn:ItemKNN",
     "classical",
     "item-item cosine with shrinkage, top-k neighbours",
 )
 _add(
     "ease",
-    "recarena.models.ease:EASE",
+    "recarena.models.classical.ease:EASE",
     "classical",
     "EASE^R closed-form linear autoencoder (Steck, 2019)",
 )
 _add(
     "als",
-    "recarena.models.implicit_mf:ALS",
+    "recarena.models.classical.implicit_mf:ALS",
     "classical",
     "implicit-feedback ALS matrix factorization (implicit library)",
 )
 _add(
     "bpr",
-    "recarena.models.implicit_mf:BPR",
+    "recarena.models.classical.implicit_mf:BPR",
     "classical",
     "Bayesian personalized ranking MF (implicit library)",
 )
 _add(
     "sasrec",
-    "recarena.models.sasrec:SASRec",
+    "recarena.models.classical.sasrec:SASRec",
     "classical",
     "self-attentive sequential recommender, full softmax CE, early stopping",
 )
 _add(
     "tfidf",
-    "recarena.models.text_retrieval:TfidfRecommender",
+    "recarena.models.content.text_retrieval:TfidfRecommender",
     "content",
     "TF-IDF over item text; user profile = mean of history vectors",
 )
 _add(
     "bm25",
-    "recarena.models.text_retrieval:BM25Recommender",
+    "recarena.models.content.text_retrieval:BM25Recommender",
     "content",
     "BM25-weighted item text; user profile = mean of history vectors",
 )
@@ -90,7 +90,7 @@ _add(
 # language models: frozen features
 _add(
     "lm-frozen",
-    "recarena.models.lm_frozen:FrozenLMRecommender",
+    "recarena.models.language.frozen:FrozenLMRecommender",
     "frozen-lm",
     "frozen LM item-text vectors; user = recency-weighted history mean; cosine",
     needs="lm",
@@ -99,21 +99,21 @@ _add(
 # language models: joint training and text features in trained models
 _add(
     "lm-two-tower",
-    "recarena.models.lm_two_tower:TwoTowerRecommender",
+    "recarena.models.language.two_tower:TwoTowerRecommender",
     "two-tower",
     "LM item tower (LoRA or full) + ID embeddings, pooled-history user tower, in-batch softmax",
     needs="lm",
 )
 _add(
     "lm-text-sasrec",
-    "recarena.models.lm_text_sasrec:TextSASRec",
+    "recarena.models.language.text_sasrec:TextSASRec",
     "lm-features-trained",
     "SASRec over frozen LM text vectors through a trained adaptor (UniSRec-style), +/- IDs",
     needs="lm",
 )
 _add(
     "lm-text-sasrec-joint",
-    "recarena.models.lm_text_sasrec:JointTextSASRec",
+    "recarena.models.language.text_sasrec:JointTextSASRec",
     "lm-features-trained",
     "text-SASRec, then the LM's top layers (LoRA or full) trained with it (Recformer-style), "
     "kept only if better on validation",
@@ -123,7 +123,7 @@ _add(
 # language models: fine-tuned cross-encoder
 _add(
     "lm-cross-encoder",
-    "recarena.models.lm_cross_encoder:CrossEncoderRecommender",
+    "recarena.models.language.cross_encoder:CrossEncoderRecommender",
     "cross-encoder",
     "BERT-style pair classifier on (history text, item text), fine-tuned; re-ranks candidates",
     needs="lm",
@@ -132,7 +132,7 @@ _add(
 # language models: generative ranker
 _add(
     "lm-generative",
-    "recarena.models.lm_generative:GenerativeRanker",
+    "recarena.models.language.generative:GenerativeRanker",
     "generative-lm",
     "decoder LM re-ranks candidates by the log-likelihood of their title after a history "
     "prompt (KV cache shared); zero-shot, or LoRA-tuned with lora = true",

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from recarena.models.base import Recommender
-from recarena.models.lm_text_sasrec import (
+from recarena.models.classical.sasrec import SASRec
+from recarena.models.language.text_sasrec import (
     JointTextSASRec,
     MoEAdaptor,
     TextItemEmbedding,
     TextSASRec,
 )
-from recarena.models.sasrec import SASRec
 from recarena.splits import leave_one_out_split
 from tests.conftest import make_planted_dataset
 from tests.models.conformance import (
@@ -197,7 +197,7 @@ def test_a_stopped_fit_resumes_with_its_text_embedding(
     tiny_bert_dir: Path, planted_dataset, tmp_path, monkeypatch
 ):
     """The checkpoint holds the text adaptor too: a resumed fit ends as an unbroken one."""
-    from recarena.models.sasrec import SASRec
+    from recarena.models.classical.sasrec import SASRec
 
     split = leave_one_out_split(planted_dataset)
     data = _training_data(planted_dataset, split.fit_interactions("valid"))

@@ -1,4 +1,4 @@
-"""The fine-tuned cross-encoder (`recarena.models.lm_cross_encoder`) with the tiny BERT."""
+"""The fine-tuned cross-encoder (`recarena.models.language.cross_encoder`) with the tiny BERT."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from recarena.models.base import Recommender, TrainingData
-from recarena.models.lm_cross_encoder import (
+from recarena.models.language.cross_encoder import (
     WEIGHTS_FOLDER,
     CrossEncoderRecommender,
     PairEncoder,

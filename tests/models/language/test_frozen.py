@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recarena.models.lm_frozen import FrozenLMRecommender
+from recarena.models.language.frozen import FrozenLMRecommender
 from tests.models.conformance import RecommenderConformance
 
 

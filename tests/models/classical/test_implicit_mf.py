@@ -10,7 +10,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recarena.models.base import Recommender, TrainingData
-from recarena.models.implicit_mf import ALS, BPR
+from recarena.models.classical.implicit_mf import ALS, BPR
 from tests.models.conformance import RecommenderConformance, _training_data
 
 
@@ -71,7 +71,7 @@ class _PlantedMF:
         code = (
             "import numpy as np, pandas as pd\n"
             "from recarena.models.base import TrainingData\n"
-            "from recarena.models.implicit_mf import ALS, BPR\n"
+            "from recarena.models.classical.implicit_mf import ALS, BPR\n"
             "f = pd.DataFrame({'user': [0, 0, 1, 2], 'item': [0, 1, 1, 2]}).astype(np.int32)\n"
             f"{type(self.make_model()).__name__}(factors=4, iterations=2)"
             ".fit(TrainingData(f, n_users=3, n_items=3))\n"

@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from recarena.models.base import Recommender
+from recarena.models.classical.sasrec import (
+    SASRec,
+    SASRecConfig,
+    SASRecNetwork,
+    softmax_cross_entropy,
+)
 from recarena.models.registry import create_model
-from recarena.models.sasrec import SASRec, SASRecConfig, SASRecNetwork, softmax_cross_entropy
 from tests.conftest import make_planted_dataset
 from tests.models.conformance import SASREC_TINY, RecommenderConformance, _training_data
 

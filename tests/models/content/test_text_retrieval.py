@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from recarena.errors import DataError
 from recarena.models.base import TrainingData
-from recarena.models.text_retrieval import (
+from recarena.models.content.text_retrieval import (
     BM25Recommender,
     TfidfRecommender,
     _history_weights,

@@ -12,14 +12,13 @@ import pandas as pd
 import pytest
 
 from recarena.models.base import Recommender, TrainingData
-from recarena.models.lm_generative import (
+from recarena.models.language.generative import (
     EMPTY_HISTORY,
     UNSCORABLE_SCORE,
     GenerativeRanker,
-    _cache_kwarg,
-    _output_cache,
     expand_cache,
 )
+from recarena.models.language.generative.network import cache_kwarg, output_cache
 from tests.conftest import make_planted_dataset
 from tests.models.conformance import RecommenderConformance
 
@@ -242,14 +241,14 @@ def test_shared_prompt_cache_is_never_modified(tiny_llama_dir: Path):
     lm = model._ensure_lm()
     prompt = torch.tensor([model._user_prompt_ids(0)])
     with torch.inference_mode():
-        prefix = _output_cache(lm(input_ids=prompt, use_cache=True))
+        prefix = output_cache(lm(input_ids=prompt, use_cache=True))
         keys = [layer.keys.clone() for layer in prefix.layers]
         values = [layer.values.clone() for layer in prefix.layers]
         cont = torch.tensor([model._candidate_ids(7)] * 3)
         results = []
         for _ in range(2):  # the same prefix serves twice with the same result
             cache = expand_cache(prefix, 3)
-            logits = lm(input_ids=cont, use_cache=True, **{_cache_kwarg(lm): cache}).logits
+            logits = lm(input_ids=cont, use_cache=True, **{cache_kwarg(lm): cache}).logits
             results.append(logits)
             assert cache.get_seq_length() == prompt.shape[1] + cont.shape[1]
             assert cache.layers[0].keys.shape[0] == 3
@@ -445,14 +444,14 @@ def _planted_ranker(model_dir: Path, **params):
 
 
 def test_contrastive_batches_hold_the_positive_and_fresh_unseen_negatives(tiny_llama_dir: Path):
-    from recarena.models.lm_generative import _NegativeSampler
+    from recarena.models.language.generative import NegativeSampler
 
     model, data = _planted_ranker(tiny_llama_dir, n_train_negatives=6)
     pairs = model._training_pairs(data.sequences)
     assert len(pairs) == len(data.interactions)  # every position of every history
     chosen = pairs[[0, 5, 17, 40]]
     chosen[0, 1] = 0  # an empty history
-    sampler = _NegativeSampler(data, model.unscorable_items_, seed=0)
+    sampler = NegativeSampler(data, model.unscorable_items_, seed=0)
     first = model._collate(chosen, data.sequences, sampler)
     second = model._collate(chosen, data.sequences, sampler)
     assert first["cand_ids"].shape[:2] == (4, 7)  # the positive + n_train_negatives
@@ -484,7 +483,7 @@ def torch_equal(a, b) -> bool:
 def test_batched_contrastive_loss_is_the_mean_of_the_pairs_scored_alone(tiny_llama_dir: Path):
     import torch
 
-    from recarena.models.lm_generative import _NegativeSampler
+    from recarena.models.language.generative import NegativeSampler
     from tests.models.conformance import _training_data
 
     data = _training_data(make_planted_dataset())
@@ -496,9 +495,7 @@ def test_batched_contrastive_loss_is_the_mean_of_the_pairs_scored_alone(tiny_lla
     lm = model._ensure_lm()
     pairs = model._training_pairs(data.sequences)[[0, 3, 9, 22, 31, 60]]
     pairs[0, 1] = 0  # prompts of different lengths: left padding must not change a thing
-    batch = model._collate(
-        pairs, data.sequences, _NegativeSampler(data, model.unscorable_items_, 0)
-    )
+    batch = model._collate(pairs, data.sequences, NegativeSampler(data, model.unscorable_items_, 0))
     assert len(set(batch["prompt_mask"].sum(1).tolist())) > 1
     alone: dict[str, list] = {"sum": [], "mean": []}
     for r in range(len(pairs)):
@@ -675,7 +672,7 @@ def test_new_parameters_reach_the_model_hash():
 
 
 def test_length_buckets_cover_every_candidate_once_and_pad_little():
-    from recarena.models.lm_generative import length_buckets
+    from recarena.models.language.generative import length_buckets
 
     rng = np.random.default_rng(0)
     lengths = np.concatenate([rng.integers(2, 7, size=40), [17, 23]])

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from recarena.models.base import Recommender
-from recarena.models.lm_two_tower import (
+from recarena.models.language.two_tower import (
     HistoryPooling,
     TwoTowerRecommender,
-    _pairs,
     cold_validation_pool,
 )
+from recarena.models.language.two_tower.batching import next_item_pairs
 from recarena.splits import leave_one_out_split
 from tests.conftest import make_planted_dataset
 from tests.models.conformance import RecommenderConformance, _training_data, check_cold_validation
@@ -235,7 +235,7 @@ def test_attention_pooling_starts_as_the_mean():
 
 def test_training_pairs():
     sequences = [np.array([5, 6, 7]), np.array([], dtype=np.int64), np.array([1]), np.array([2, 3])]
-    pairs = _pairs(sequences)
+    pairs = next_item_pairs(sequences)
     np.testing.assert_array_equal(pairs, [[0, 1], [0, 2], [3, 1]])
 
 
@@ -284,7 +284,7 @@ def test_untrained_two_tower_is_lm_frozen(
     tiny_bert_dir: Path, planted_dataset, pooling, decay, history_len
 ):
     """Step 0 scores exactly as lm-frozen with the same encoder, decay and history length."""
-    from recarena.models.lm_frozen import FrozenLMRecommender
+    from recarena.models.language.frozen import FrozenLMRecommender
 
     split = leave_one_out_split(planted_dataset)
     data = _training_data(planted_dataset, split.fit_interactions("valid"))
@@ -329,7 +329,7 @@ def test_step_zero_is_kept_when_no_epoch_beats_it(
     tiny_bert_dir: Path, planted_dataset, monkeypatch
 ):
     """When no epoch beats the untrained model, the fit ends as it: lm-frozen."""
-    from recarena.models.lm_frozen import FrozenLMRecommender
+    from recarena.models.language.frozen import FrozenLMRecommender
 
     split = leave_one_out_split(planted_dataset)
     data = _training_data(planted_dataset, split.fit_interactions("valid"))
@@ -354,7 +354,7 @@ def test_step_zero_is_kept_when_no_epoch_beats_it(
 def test_warm_start_is_the_best_lm_frozen_on_validation(tiny_bert_dir: Path, planted_dataset):
     """tune_warm_start: step 0 is the lm-frozen of its grid that validates best."""
     from recarena.metrics.ranking import ranking_metrics
-    from recarena.models.lm_frozen import FrozenLMRecommender
+    from recarena.models.language.frozen import FrozenLMRecommender
 
     split = leave_one_out_split(planted_dataset)
     data = _training_data(planted_dataset, split.fit_interactions("valid"))

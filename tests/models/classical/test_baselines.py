@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from recarena.models.baselines import MostPopular, RandomRecommender
+from recarena.models.classical.baselines import MostPopular, RandomRecommender
 from tests.models.conformance import RecommenderConformance
 
 

@@ -75,11 +75,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,7 +86,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recarena._io import atomic_open, publish_mode
+from recarena._io import atomic_open
 from recarena.data.dataset import interactions_csr
 from recarena.lm.top_layers import TopLayerEncoder, mean_pool
 from recarena.lm.training import (
@@ -102,12 +99,19 @@ from recarena.lm.training import (
 )
 from recarena.models._history import History, KeepsHistory
 from recarena.models.base import Recommender, TrainingData
+from recarena.models.language.common import (
+    cold_validation_pool,
+    load_saved_lm,
+    save_pretrained_atomically,
+    trainable_encoder,
+)
+from recarena.models.language.two_tower.batching import ItemTokens, PairBatches, next_item_pairs
+from recarena.models.language.two_tower.network import Pooling, TowerHeads, TwoTowerNetwork
 from recarena.ranking import RankedLists
 
 logger = logging.getLogger(__name__)
 
 Tuning = Literal["full", "lora"]
-Pooling = Literal["mean", "attention"]
 Similarity = Literal["cosine", "dot"]
 
 #: cut-off of the validation metric used for early stopping, and its name in the logs
@@ -123,132 +127,9 @@ _RECENCY_AGES = 50
 #: files and folders next to the base class's model.json / state.pkl
 _TOWER_FILE = "tower.pt"
 _LM_FOLDER = "lm"
-#: linear-layer names that hold attention queries and values, tried in this order when
-#: peft has no default LoRA targets for an architecture
-_LORA_TARGET_PAIRS = (("query", "value"), ("q", "v"), ("q_proj", "v_proj"), ("q_lin", "v_lin"))
 
 
 # ---------------------------------------------------------------------- the towers
-class HistoryPooling(nn.Module):
-    """User vector from the vectors of the user's last items (see the module docstring).
-
-    ``forward(vectors, valid)``: ``vectors`` (B, H, d) right-aligned (column H-1 is the most
-    recent item, age 0), ``valid`` (B, H) marks real items.
-
-    Parameters
-    ----------
-    dim
-        Width of the item vectors.
-    ages
-        Per-age recency biases of ``"attention"`` (ages from ``ages - 1`` on share the last).
-    mode
-        ``"mean"`` or ``"attention"``.
-    recency_decay
-        Weight ``recency_decay ** age`` of the mean; the attention's slope starts at its log.
-    """
-
-    def __init__(self, dim: int, ages: int, mode: Pooling, recency_decay: float = 1.0) -> None:
-        super().__init__()
-        if mode not in ("mean", "attention"):
-            raise ValueError(f"user_pooling must be 'mean' or 'attention', got {mode!r}")
-        if not 0.0 < recency_decay <= 1.0:
-            raise ValueError(f"recency_decay must be in (0, 1], got {recency_decay}")
-        self.mode = mode
-        self.log_decay = math.log(recency_decay)
-        if mode == "attention":
-            self.query = nn.Parameter(torch.zeros(dim))
-            # stored oldest first, the layout of earlier versions: recency[-1] is age 0
-            self.recency = nn.Parameter(torch.zeros(ages))
-            self.recency_slope = nn.Parameter(torch.tensor(self.log_decay))
-            self.out = nn.Linear(dim, dim)
-            with torch.no_grad():
-                self.out.weight.copy_(torch.eye(dim))
-                self.out.bias.zero_()
-
-    def _recency_logits(self, width: int, device: torch.device) -> torch.Tensor:
-        age = torch.arange(width - 1, -1, -1, device=device)
-        if self.mode == "mean":
-            return age.float() * self.log_decay
-        n = self.recency.shape[0]
-        return self.recency_slope * age + self.recency[n - 1 - age.clamp(max=n - 1)]
-
-    def forward(self, vectors: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        logits = self._recency_logits(vectors.shape[1], vectors.device)[None, :]
-        if self.mode == "attention":
-            logits = logits + vectors @ self.query / math.sqrt(vectors.shape[-1])
-        # a large negative, not -inf: a row without history must not become NaN
-        weights = logits.float().masked_fill(~valid, -1e4).softmax(1) * valid
-        pooled = (weights.to(vectors.dtype).unsqueeze(-1) * vectors).sum(1)
-        return self.out(pooled) if self.mode == "attention" else pooled
-
-
-class TowerHeads(nn.Module):
-    """The trained parts beside the language model: ID embeddings and the user pooling."""
-
-    def __init__(
-        self,
-        n_items: int,
-        dim: int,
-        ages: int,
-        pooling: Pooling,
-        id_embedding: bool,
-        normalise: bool,
-        recency_decay: float = 1.0,
-    ) -> None:
-        super().__init__()
-        self.normalise = normalise
-        self.pooling = HistoryPooling(dim, ages, pooling, recency_decay)
-        self.id_embedding: nn.Embedding | None = None
-        if id_embedding:
-            # zero: an item starts as its text vector, and an item never trained keeps it
-            self.id_embedding = nn.Embedding(n_items, dim)
-            nn.init.zeros_(self.id_embedding.weight)
-            self.register_buffer("id_mask", torch.zeros(n_items, 1))
-
-    def item_vectors(self, text: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """Item vectors from normalised text vectors (..., d) and item ids (...)."""
-        if self.id_embedding is not None:
-            text = text + self.id_embedding(items) * self.id_mask[items].to(text.dtype)
-        return F.normalize(text, dim=-1) if self.normalise else text
-
-    def user_vectors(self, history: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """User vectors from the item vectors of their histories (B, H, d)."""
-        users = self.pooling(history, valid)
-        return F.normalize(users, dim=-1) if self.normalise else users
-
-
-class TwoTowerNetwork(nn.Module):
-    """The language model and the heads, one ``forward`` per training step (DDP-friendly).
-
-    ``forward`` encodes the distinct items ``items`` (the ``n_targets`` batch targets first)
-    with the tuned top layers over their cached lower states, and returns the user vectors
-    of the batch (B, d) and the vectors of the distinct targets (n_targets, d). History text
-    vectors come either from ``history_text`` (B, H, d, no gradient) or, when
-    ``history_index`` is given, from the rows encoded here.
-    """
-
-    def __init__(self, lm: nn.Module, heads: TowerHeads, encoder: TopLayerEncoder) -> None:
-        super().__init__()
-        self.lm = lm
-        self.heads = heads
-        self.encoder = encoder  # not a module: it runs self.lm over its cached states
-
-    def forward(
-        self,
-        items: torch.Tensor,
-        n_targets: int,
-        history_items: torch.Tensor,
-        history_valid: torch.Tensor,
-        history_text: torch.Tensor | None = None,
-        history_index: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        text = self.encoder.encode(items.cpu().numpy())
-        targets = self.heads.item_vectors(text[:n_targets], items[:n_targets])
-        if history_index is not None:
-            history_text = text[history_index]
-        assert history_text is not None
-        history = self.heads.item_vectors(history_text, history_items)
-        return self.heads.user_vectors(history, history_valid), targets
 
 
 # ---------------------------------------------------------------------- the recommender
@@ -513,7 +394,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
                 max_length = min(max_length, loaded.max_positions)
             self.token_length_ = max_length
             texts = [self.prompt.replace("{text}", t) for t in data.item_text]
-            tokens = _Tokens.from_texts(self.tokenizer_, texts, max_length)
+            tokens = ItemTokens.from_texts(self.tokenizer_, texts, max_length)
             n_layers = int(getattr(loaded.model.config, "num_hidden_layers", 0) or 0)
             if self.train_layers is not None and not 1 <= self.train_layers <= max(n_layers, 1):
                 raise ValueError(
@@ -558,7 +439,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         with validation data; the last epoch's without) and the catalog text table of those
         weights.
         """
-        pairs = _pairs(data.sequences)
+        pairs = next_item_pairs(data.sequences)
         if len(pairs) == 0:
             raise ValueError("no user has two training interactions: nothing to train on")
         targets = np.concatenate([seq[1:] for seq in data.sequences])
@@ -589,7 +470,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         began = time.perf_counter()
         net.encoder.build_cache(self.encode_batch_size, autocast=accelerator.autocast)
         cache_seconds = time.perf_counter() - began
-        batches = _PairBatches(data.sequences, pairs, self.history_len_, self.history_grad)
+        batches = PairBatches(data.sequences, pairs, self.history_len_, self.history_grad)
         batches.table = table
         budget = (
             len(pairs) if self.max_train_pairs is None else min(self.max_train_pairs, len(pairs))
@@ -698,7 +579,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         measured as step 0 is; the given pair is tried first and wins ties, then shorter
         histories first.
         """
-        from recarena.models.lm_frozen import FrozenLMRecommender
+        from recarena.models.language.frozen import FrozenLMRecommender
 
         grid = FrozenLMRecommender.param_grid
         # after the given pair, shorter histories first: of equal rankings, the first tried
@@ -845,7 +726,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         self._check_fitted()
         if getattr(self, "lm_", None) is None:
             raise RuntimeError("the encoder of this model was not loaded; see the load warning")
-        tokens = _Tokens.from_texts(
+        tokens = ItemTokens.from_texts(
             self.tokenizer_,
             [self.prompt.replace("{text}", t) for t in texts],
             self.token_length_,
@@ -876,7 +757,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
             torch.save(heads, fh)
         lm = getattr(self, "lm_", None)
         if lm is not None:
-            _save_pretrained_atomically(lm, self.tokenizer_, folder / _LM_FOLDER)
+            save_pretrained_atomically(lm, self.tokenizer_, folder / _LM_FOLDER)
         kept = {
             k: self.__dict__.pop(k) for k in ("lm_", "heads_", "tokenizer_") if k in self.__dict__
         }
@@ -894,227 +775,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
             weights.setdefault("pooling.recency_slope", torch.tensor(0.0))
         heads.load_state_dict(weights)
         self.heads_ = heads.eval()
-        self.lm_, self.tokenizer_ = _load_saved_lm(
-            folder / _LM_FOLDER, self.tuning, self.lm_source_
-        )
+        self.lm_, self.tokenizer_ = load_saved_lm(folder / _LM_FOLDER, self.tuning, self.lm_source_)
 
 
 # ---------------------------------------------------------------------- helpers
-def cold_validation_pool(truth: Any, trained_items: np.ndarray) -> np.ndarray | None:
-    """Items to rank for early stopping: those never trained on, when validation is cold.
-
-    A cold-item split holds whole items out of training and ranks the held-out ones among
-    the new items only (the runner's item pool). ``fit`` is not told that pool, but it shows:
-    no validation item (a column of ``truth``) has a training interaction. Then the items
-    without training interactions are returned, so early stopping measures the ranking the
-    split asks for rather than how new items fare against trained ones (which only gets
-    worse as the trained items' ID embeddings grow). Otherwise None: the full catalog.
-    """
-    held_out = np.unique(truth.tocoo().col)
-    if len(held_out) == 0 or trained_items[held_out].any():
-        return None
-    return np.flatnonzero(~trained_items)
-
-
-def _pairs(sequences: list[np.ndarray]) -> np.ndarray:
-    """Every (user, position) whose position has at least one earlier item: (n, 2) int64."""
-    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-    users = np.repeat(np.arange(len(sequences)), np.maximum(lengths - 1, 0))
-    starts = np.concatenate([[0], np.cumsum(np.maximum(lengths - 1, 0))])[:-1]
-    positions = np.arange(len(users)) - np.repeat(starts, np.maximum(lengths - 1, 0)) + 1
-    return np.stack([users, positions], axis=1).astype(np.int64)
-
-
-def _batch_pairs(
-    sequences: list[np.ndarray], pairs: np.ndarray, history_len: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Targets (B,) and right-aligned histories (B, H), -1 padding, of (user, position) pairs.
-
-    A history is the ``history_len`` items before the position (None: all of them).
-    """
-    targets = np.empty(len(pairs), dtype=np.int64)
-    longest = int(pairs[:, 1].max())
-    width = longest if history_len is None else min(history_len, longest)
-    history = np.full((len(pairs), width), -1, dtype=np.int64)
-    for row, (user, pos) in enumerate(pairs):
-        seq = sequences[user]
-        targets[row] = seq[pos]
-        past = seq[max(0, pos - width) : pos]
-        history[row, width - len(past) :] = past
-    return targets, history
-
-
-class _PairBatches:
-    """``collate_fn`` of the pair loader: (user, position) pair ids to a training batch.
-
-    ``items`` lists the distinct targets (each encoded once), then with ``history_grad`` the
-    distinct history items; histories are right-aligned. Without ``history_grad`` they read
-    ``table``, the catalog text vectors of the previous epoch.
-    """
-
-    def __init__(
-        self,
-        sequences: list[np.ndarray],
-        pairs: np.ndarray,
-        history_len: int | None,
-        history_grad: bool,
-    ) -> None:
-        self.sequences, self.pairs = sequences, pairs
-        self.history_len, self.history_grad = history_len, history_grad
-        self.table: np.ndarray | None = None
-
-    def __call__(self, rows: list[int]) -> dict[str, Any]:
-        targets, history = _batch_pairs(
-            self.sequences, self.pairs[np.asarray(rows)], self.history_len
-        )
-        items, target_index = np.unique(targets, return_inverse=True)
-        valid = history >= 0
-        history_items = np.where(valid, history, 0)
-        # target_index first: the training loop counts examples by the first tensor
-        batch: dict[str, Any] = {"target_index": torch.from_numpy(target_index.astype(np.int64))}
-        batch["n_targets"] = len(items)
-        if self.history_grad:
-            extra = np.setdiff1d(history_items[valid], items)
-            items = np.concatenate([items, extra])
-            position = np.zeros(int(items.max()) + 1, dtype=np.int64)
-            position[items] = np.arange(len(items))
-            batch["history_index"] = torch.from_numpy(position[history_items])
-        else:
-            assert self.table is not None
-            batch["history_text"] = torch.from_numpy(self.table[history_items])
-        batch["items"] = torch.from_numpy(items)
-        batch["history_items"] = torch.from_numpy(history_items)
-        batch["history_valid"] = torch.from_numpy(valid)
-        return batch
-
-
-class _Tokens:
-    """Token ids of every item text, padded into batches on demand."""
-
-    def __init__(self, ids: list[list[int]], pad: int) -> None:
-        self.ids, self.pad = ids, pad
-        self.lengths = np.array([len(r) for r in ids], dtype=np.int64)
-
-    @classmethod
-    def from_texts(cls, tokenizer: Any, texts: list[str], max_length: int) -> _Tokens:
-        ids = tokenizer(
-            texts,
-            truncation=True,
-            max_length=max_length,
-            padding=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        return cls([row if len(row) else [pad] for row in ids], int(pad))
-
-    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        width = int(self.lengths[rows].max())
-        ids = np.full((len(rows), width), self.pad, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for r, i in enumerate(rows):
-            ids[r, : self.lengths[i]] = self.ids[i]
-            mask[r, : self.lengths[i]] = 1
-        return torch.from_numpy(ids), torch.from_numpy(mask)
-
-    def length_batches(self, size: int) -> Iterator[np.ndarray]:
-        """Row ids in batches of similar length (longest first: little padding)."""
-        order = np.argsort(-self.lengths, kind="stable")
-        for begin in range(0, len(order), size):
-            yield order[begin : begin + size]
-
-
-def trainable_encoder(
-    lm: nn.Module,
-    tuning: str,
-    n_top: int,
-    *,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lora_dropout: float = 0.1,
-    lora_targets: list[str] | None = None,
-) -> nn.Module:
-    """``lm`` with its top ``n_top`` layers trainable: LoRA adapters (peft) or their weights.
-
-    ``"lora"``: adapters on the attention queries and values of the top layers (or
-    ``lora_targets``), everything else frozen; ``"full"``: the weights of the top layers,
-    everything else (embeddings, lower layers, the pooler) frozen.
-    """
-    n_layers = int(getattr(lm.config, "num_hidden_layers", 0) or 0)
-    top = list(range(n_layers - n_top, n_layers))
-    if tuning == "full":
-        for name, p in lm.named_parameters():
-            # the pooler is never used (mean pooling) and the embeddings' output is
-            # cached: a trainable unused weight would stall distributed training
-            p.requires_grad_(_layer_index(name) in top)
-        return lm
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(
-        r=lora_r,
-        lora_alpha=lora_alpha,
-        lora_dropout=lora_dropout,
-        target_modules=lora_targets or _default_lora_targets(lm),
-        layers_to_transform=top if n_top < n_layers else None,
-        bias="none",
-    )
-    return get_peft_model(lm, config)
-
-
-def _layer_index(name: str) -> int | None:
-    """Transformer layer of a parameter name (``encoder.layer.3.attention...`` -> 3)."""
-    match = re.search(r"\.(?:layer|layers|h|block)\.(\d+)\.", f".{name}")
-    return int(match.group(1)) if match else None
-
-
-def _default_lora_targets(lm: nn.Module) -> list[str] | None:
-    from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as known
-
-    model_type = getattr(lm.config, "model_type", "")
-    if model_type in known:
-        return None  # peft knows the architecture
-    leaves = {name.rsplit(".", 1)[-1] for name, m in lm.named_modules() if isinstance(m, nn.Linear)}
-    for pair in _LORA_TARGET_PAIRS:
-        if set(pair) <= leaves:
-            return list(pair)
-    raise ValueError(
-        f"no LoRA target layers known for {model_type!r}; name them with lora_targets "
-        f"(linear layers: {sorted(leaves)})"
-    )
-
-
-def _save_pretrained_atomically(lm: Any, tokenizer: Any, target: Path) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        lm.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        publish_mode(tmp)  # mkdtemp made it 0o700
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _load_saved_lm(folder: Path, tuning: str, base: str) -> tuple[Any, Any]:
-    """The saved encoder (LoRA: the adapter on its base model) and tokenizer, on the CPU."""
-    from transformers import AutoModel, AutoTokenizer
-
-    if not folder.is_dir():
-        return None, None
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tuning == "full":
-        return AutoModel.from_pretrained(folder).eval(), tokenizer
-    from peft import PeftModel
-
-    try:
-        base_model = AutoModel.from_pretrained(base)
-    except OSError as exc:
-        logger.warning(
-            "the base encoder %s of this LoRA adapter is not available (%s): scores work, "
-            "encode_texts does not",
-            base,
-            exc,
-        )
-        return None, tokenizer
-    return PeftModel.from_pretrained(base_model, folder).eval(), tokenizer

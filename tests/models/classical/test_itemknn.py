@@ -6,7 +6,7 @@ import pytest
 import scipy.sparse as sp
 
 from recarena.models.base import TrainingData
-from recarena.models.itemknn import ItemKNN, _weight_user_item, item_similarity
+from recarena.models.classical.itemknn import ItemKNN, _weight_user_item, item_similarity
 from tests.models.conformance import RecommenderConformance
 
 # 4 users x 4 items, written out by hand
@@ -70,7 +70,8 @@ class TestItemKNN(RecommenderConformance):
         rng = np.random.default_rng(0)
         matrix = sp.csr_matrix((rng.random((40, 30)) < 0.2).astype(np.float32))
         whole = item_similarity(matrix, k=5, shrink=2.0).toarray()
-        monkeypatch.setattr("recarena.models.itemknn._BLOCK_CELLS", 30 * 7)  # 7 items a block
+        # 7 items a block
+        monkeypatch.setattr("recarena.models.classical.itemknn._BLOCK_CELLS", 30 * 7)
         blocked = item_similarity(matrix, k=5, shrink=2.0).toarray()
         np.testing.assert_allclose(blocked, whole)
         assert ((whole > 0).sum(axis=0) <= 5).all()

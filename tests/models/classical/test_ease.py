@@ -6,7 +6,7 @@ import pytest
 
 from recarena.errors import ConfigError, RecArenaError
 from recarena.models.base import TrainingData
-from recarena.models.ease import EASE, _symmetrize_from_upper
+from recarena.models.classical.ease import EASE, _symmetrize_from_upper
 from tests.models.conformance import RecommenderConformance
 
 # 5 users x 4 items, written out by hand

@@ -113,7 +113,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import inspect
 import json
 import logging
 import re
@@ -127,7 +126,19 @@ import numpy as np
 import pandas as pd
 
 from recarena.models._history import History, KeepsHistory
+from recarena.models._moved import stable_class_path
 from recarena.models.base import Recommender, TrainingData
+from recarena.models.language.generative.batching import NegativeSampler, length_buckets
+from recarena.models.language.generative.network import (
+    cache_kwarg,
+    count_lora,
+    expand_cache,
+    generative_loss,
+    model_device,
+    output_cache,
+    select_cache,
+    token_logprobs,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -533,7 +544,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
             loaded = self._load()
             lm = PeftModel.from_pretrained(loaded.model, str(adapter)).eval()
             self._attach(_Session(lm, loaded.tokenizer, loaded, memo=True))
-            self.lora_parameters_ = _count_lora(lm)
+            self.lora_parameters_ = count_lora(lm)
             return self._lm
         key = self._base_key()
         session = _SESSIONS.get(key)
@@ -706,11 +717,11 @@ class GenerativeRanker(KeepsHistory, Recommender):
         sums = np.zeros(len(conts), dtype=np.float64)
         lengths = np.array([len(c) for c in conts], dtype=np.int64)
         with torch.inference_mode():
-            device = _model_device(lm)
+            device = model_device(lm)
             prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
             if use_cache:
                 out = lm(input_ids=prompt, use_cache=True, logits_to_keep=1)
-                prefix = _output_cache(out)
+                prefix = output_cache(out)
                 first = out.logits[0, -1].float().log_softmax(-1)
             for idx in length_buckets(lengths, self.batch_size):
                 ids, mask = self._pad([conts[k] for k in idx], device)
@@ -762,9 +773,9 @@ class GenerativeRanker(KeepsHistory, Recommender):
             input_ids=ids[:, :-1],
             attention_mask=attention[:, :-1],
             use_cache=True,
-            **{_cache_kwarg(lm): cache},
+            **{cache_kwarg(lm): cache},
         ).logits
-        return torch.cat([lp0, _token_logprobs(logits, ids[:, 1:])], dim=1)
+        return torch.cat([lp0, token_logprobs(logits, ids[:, 1:])], dim=1)
 
     def _full_batch(
         self, lm: Any, prompt: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
@@ -778,7 +789,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
             [torch.ones((batch, n_prompt), dtype=mask.dtype, device=mask.device), mask], dim=1
         )
         logits = lm(input_ids=seq[:, :-1], attention_mask=attention[:, :-1], use_cache=False).logits
-        return _token_logprobs(logits[:, n_prompt - 1 :], ids)
+        return token_logprobs(logits[:, n_prompt - 1 :], ids)
 
     # ------------------------------------------------------------------ LoRA
     def _train_lora(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
@@ -798,7 +809,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
 
         loaded = self._load()  # its own copy: peft puts the adapter into the module
         base = loaded.model
-        device = _model_device(base)
+        device = model_device(base)
         targets = self.lora_target_modules
         targets = targets if isinstance(targets, str) else list(targets)
         monitor = _MONITOR[self.early_stopping]
@@ -817,7 +828,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
             net = get_peft_model(base, config)
             # while the adapter trains, nothing is memoised
             self._attach(_Session(net.eval(), loaded.tokenizer, loaded, memo=False))
-            lora_parameters = _count_lora(net)
+            lora_parameters = count_lora(net)
             pairs = self._training_pairs(data.sequences)
             checks = self._validation_set(data, valid, rng)
             start = time.perf_counter()
@@ -851,7 +862,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
                     num_samples=min(self.max_train_pairs, len(pairs)),
                     generator=torch.Generator().manual_seed(self.seed),
                 )
-                negatives = _NegativeSampler(data, self.unscorable_items_, self.seed)
+                negatives = NegativeSampler(data, self.unscorable_items_, self.seed)
                 loader = torch.utils.data.DataLoader(
                     range(len(pairs)),
                     batch_size=self.train_batch_size,
@@ -860,7 +871,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
                         pairs[rows], data.sequences, negatives if contrastive else None
                     ),
                 )
-                loss_fn = self._contrastive_loss if contrastive else _generative_loss
+                loss_fn = self._contrastive_loss if contrastive else generative_loss
                 result = train_loop(
                     make_accelerator(device=device.type, mixed_precision="auto"),
                     net,
@@ -925,7 +936,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
         """What an adapter depends on: this class, its training parameters, the data."""
         digest = hashlib.sha256()
         params = {k: v for k, v in self.get_params().items() if k not in _SCORING_ONLY}
-        digest.update(f"{type(self).__module__}.{type(self).__qualname__}".encode())
+        digest.update(stable_class_path(type(self)).encode())
         digest.update(json.dumps(params, sort_keys=True, default=repr).encode())
         digest.update(json.dumps([data.n_users, data.n_items, self.item_texts_]).encode())
         for frame in (data.interactions, valid):
@@ -952,7 +963,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
         self,
         pairs: np.ndarray,
         sequences: list[np.ndarray],
-        negatives: _NegativeSampler | None,
+        negatives: NegativeSampler | None,
     ) -> dict[str, torch.Tensor]:
         """A batch of (prompt of the history before a position, that position's title).
 
@@ -1027,7 +1038,7 @@ class GenerativeRanker(KeepsHistory, Recommender):
             logits_to_keep=1,
         )
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): each title's first token
-        prefix = _output_cache(out)
+        prefix = output_cache(out)
         ids_all = batch["cand_ids"].reshape(n_pairs * n_cand, -1)
         mask_all = batch["cand_mask"].reshape(n_pairs * n_cand, -1)
         lengths = mask_all.sum(1)
@@ -1045,9 +1056,9 @@ class GenerativeRanker(KeepsHistory, Recommender):
                     input_ids=ids[:, :-1],
                     attention_mask=attention[:, :-1],
                     use_cache=True,
-                    **{_cache_kwarg(model): select_cache(prefix, pair)},
+                    **{cache_kwarg(model): select_cache(prefix, pair)},
                 ).logits
-                token_lp = torch.cat([token_lp, _token_logprobs(logits, ids[:, 1:])], dim=1)
+                token_lp = torch.cat([token_lp, token_logprobs(logits, ids[:, 1:])], dim=1)
             total = (token_lp * mask).sum(1)
             parts.append(total / mask.sum(1) if self.train_score == "mean" else total)
             order.append(rows)
@@ -1181,134 +1192,6 @@ class GenerativeRanker(KeepsHistory, Recommender):
 
 
 # ---------------------------------------------------------------------- helpers
-class _NegativeSampler:
-    """Items a user has no training interaction with, drawn uniformly (seeded).
-
-    Items without text are never drawn (they cannot be scored). Draws continue one
-    generator, so every epoch gets new negatives and a fit is reproducible.
-    """
-
-    def __init__(self, data: TrainingData, unscorable: np.ndarray, seed: int) -> None:
-        self.seen = data.csr()
-        allowed = np.ones(data.n_items, dtype=bool)
-        allowed[unscorable] = False
-        self.pool = np.flatnonzero(allowed)
-        self.rng = np.random.default_rng([seed, 104729])
-
-    def draw(self, user: int, n: int) -> np.ndarray:
-        seen = self.seen.indices[self.seen.indptr[user] : self.seen.indptr[user + 1]]
-        if len(seen) * 2 < len(self.pool):
-            # most of the catalog is allowed: draw extra and drop seen ones and repeats
-            picks = self.rng.choice(self.pool, size=min(len(self.pool), 2 * n + len(seen) // 4))
-            picks = picks[~np.isin(picks, seen)]
-            picks = picks[np.sort(np.unique(picks, return_index=True)[1])][:n]
-            if len(picks) == n:
-                return picks
-        pool = np.setdiff1d(self.pool, seen)
-        return self.rng.choice(pool, size=min(n, len(pool)), replace=False)
-
-
-def length_buckets(lengths: np.ndarray, max_batch: int, overhead: int = 8) -> list[np.ndarray]:
-    """Batches of indices of ``lengths`` (each at most ``max_batch``) that pad little.
-
-    Sequences are sorted by length (longest first) and cut where the padded tokens saved
-    are worth another forward pass (``overhead``, in tokens): a dynamic programme over
-    the sorted lengths minimises the sum over batches of (size x longest + overhead).
-    Titles are short with a long tail, so one long title no longer pads a whole batch.
-    """
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    sorted_lengths = np.asarray(lengths)[order]
-    n = len(order)
-    best = np.zeros(n + 1)
-    cut = np.zeros(n + 1, dtype=np.int64)
-    for j in range(1, n + 1):
-        starts = np.arange(max(0, j - max_batch), j)
-        costs = best[starts] + sorted_lengths[starts] * (j - starts) + overhead
-        k = int(np.argmin(costs))
-        best[j], cut[j] = costs[k], starts[k]
-    batches = []
-    j = n
-    while j > 0:
-        batches.append(order[cut[j] : j])
-        j = int(cut[j])
-    return batches[::-1]
-
-
-def _generative_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy of the positive title's tokens (labels mask the prompt)."""
-    return model(**batch).loss
-
-
-def expand_cache(prefix: Any, batch: int) -> Any:
-    """A cache for ``batch`` continuations of one cached prompt, sharing its tensors.
-
-    The returned cache is a new object whose layers hold the prompt's keys and values
-    expanded along the batch dimension (a stride-0 view, no copy). The forward pass
-    concatenates new keys onto them into fresh tensors (``DynamicLayer.update``), so
-    ``prefix`` is never modified and can serve every batch. Layer kinds that might write in
-    place get a deep copy repeated along the batch (``batch_repeat_interleave``) instead.
-    """
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
-    out = copy.copy(prefix)
-    layers = []
-    for layer in prefix.layers:
-        if type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) and layer.is_initialized:
-            twin = copy.copy(layer)
-            twin.keys = layer.keys.expand(batch, *layer.keys.shape[1:])
-            twin.values = layer.values.expand(batch, *layer.values.shape[1:])
-        else:
-            twin = copy.deepcopy(layer)
-            if getattr(twin, "is_initialized", False):
-                twin.batch_repeat_interleave(batch)
-        layers.append(twin)
-    out.layers = layers
-    return out
-
-
-def select_cache(prefix: Any, index: torch.Tensor) -> Any:
-    """A cache whose batch row ``i`` is row ``index[i]`` of ``prefix`` (differentiable).
-
-    The layers' tensors are gathered into new ones (``batch_select_indices`` reassigns
-    them), so ``prefix`` is never modified and gradients flow back to it.
-    """
-    out = copy.copy(prefix)
-    layers = []
-    for layer in prefix.layers:
-        twin = copy.copy(layer)
-        if getattr(twin, "is_initialized", True):
-            twin.batch_select_indices(index)
-        layers.append(twin)
-    out.layers = layers
-    return out
-
-
-def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(target) at each position: the target's logit minus the log-sum-exp, in float32."""
-    logits = logits.float()
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return picked - logits.logsumexp(-1)
-
-
-def _output_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def _cache_kwarg(lm: Any) -> str:
-    """transformers >= 5.x names the cache argument ``cache``; before, ``past_key_values``."""
-    base = getattr(lm, "module", lm)  # a DistributedDataParallel wrapper holds the model
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base
-    params = inspect.signature(base.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _model_device(lm: Any) -> torch.device:
-    return next(lm.parameters()).device
-
-
-def _count_lora(model: Any) -> int:
-    return int(sum(p.numel() for n, p in model.named_parameters() if "lora_" in n))
 
 
 def _clean(value: Any) -> str:

@@ -1,0 +1,1 @@
+"""Content models that read item text without a language model: TF-IDF and BM25 profiles."""

@@ -1,0 +1,18 @@
+"""SASRec over language-model text vectors (UniSRec-style) and its joint training with the
+encoder (Recformer-style): `recommender` (the two `Recommender` classes) and `network` (the
+text item embeddings)."""
+
+from recarena.models.language.text_sasrec.network import (
+    JointTextItemEmbedding,
+    MoEAdaptor,
+    TextItemEmbedding,
+)
+from recarena.models.language.text_sasrec.recommender import JointTextSASRec, TextSASRec
+
+__all__ = [
+    "JointTextItemEmbedding",
+    "JointTextSASRec",
+    "MoEAdaptor",
+    "TextItemEmbedding",
+    "TextSASRec",
+]

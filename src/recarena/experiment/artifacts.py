@@ -1,4 +1,5 @@
-"""The run folder's records: setup and model hashes, the names of what a run writes.
+"""The run folder's records: setup and model hashes, the names of what a run writes, and
+the writing of a measured protocol (`write_measurement`).
 
 What a resumed run may reuse is decided by these hashes (`setup_hash` for the data, split
 and evaluation, `data_hash` for the data set alone, `model_hash` for a ``[[models]]``
@@ -13,7 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from recarena._io import atomic_path, write_json
 from recarena.config import ExperimentConfig, ModelConfig
+from recarena.experiment.measuring import Measurement
 
 #: written into ``dataset/`` and ``split/`` last: the hash of the configuration that made
 #: them and the sha256 of every file in them
@@ -47,6 +50,14 @@ def model_hash(model_config: ModelConfig) -> str:
         # runs made before it still resume
         fields.pop("refit", None)
     return _hash(fields)
+
+
+def write_measurement(folder: Path, measurement: Measurement) -> None:
+    """A measured protocol's ``per_user.parquet``, then its ``metrics.json``, atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "per_user.parquet") as tmp:
+        measurement.per_user.to_parquet(tmp, index=False)
+    write_json(folder / "metrics.json", measurement.record)
 
 
 def _status(damaged: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:

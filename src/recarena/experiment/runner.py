@@ -98,6 +98,13 @@ from recarena.experiment.artifacts import (
     model_hash,
     run_directory_for,
     setup_hash,
+    write_measurement,
+)
+from recarena.experiment.impressions import impression_rows, impression_table, measure_impressions
+from recarena.experiment.measuring import (
+    HeldOut,
+    measure_lists,
+    pointwise_metrics,
 )
 from recarena.experiment.protocols import (
     build_split,
@@ -105,7 +112,6 @@ from recarena.experiment.protocols import (
     sample_users,
     split_problems,
 )
-from recarena.metrics.pointwise import classify_pointwise
 from recarena.models.base import STALE_HISTORY_REASONS, Recommender, TrainingData
 from recarena.models.registry import create_model, get_model_class
 from recarena.ranking import RankedLists
@@ -113,8 +119,6 @@ from recarena.splits import CandidateSet, Split
 from recarena.tuning import expand_grid, params_key
 
 log = logging.getLogger(__name__)
-
-SEGMENT_ALL = "all"
 
 
 @dataclass
@@ -594,7 +598,8 @@ class ExperimentRunner:
         name, _, k = metric.partition("@")
         k_val = int(k) if k else 10
         if proto.kind == "impressions":
-            table, _ = self._impression_table(model, self._impression_rows("valid"))
+            rows = impression_rows(self.dataset, "valid")
+            table, _ = impression_table(model, rows, self.config.seed)
             column = metric if metric in table.columns else ("mrr" if name == "mrr" else "auc")
             return float(table[column].mean())
         users = sample_users(
@@ -1214,6 +1219,16 @@ class ExperimentRunner:
         return float(np.percentile(times, 50)), float(np.percentile(times, 95))
 
     # -------------------------------------------------------------- measuring
+    def _held_out(self, stage: str) -> HeldOut:
+        return HeldOut(
+            truth=self.split.truth_csr(stage),
+            fit_interactions=self.split.fit_interactions(stage),  # type: ignore[arg-type]
+            n_users=self.dataset.n_users,
+            n_items=self.dataset.n_items,
+            cold_items=self.split.cold_items,
+            item_features=self.item_features,
+        )
+
     def _measure(
         self,
         model: Recommender,
@@ -1222,217 +1237,34 @@ class ExperimentRunner:
         out_dir: Path,
         data: TrainingData,
     ) -> dict[str, Any]:
-        from recarena.metrics import (
-            evaluate_lists,
-            item_segments,
-            restrict_truth,
-            user_segments,
-        )
-
-        ev = self.config.evaluation
-        truth = self.split.truth_csr("test")
-        pop = data.item_popularity
-        n_train_users = int((data.user_activity > 0).sum())
-        kwargs = dict(
-            train_popularity=pop,
-            n_train_users=n_train_users,
-            item_features=self.item_features,
-            n_items=self.dataset.n_items,
-        )
+        """Measure a protocol's test lists (`measure_lists`) and write them and the result."""
         lists.save(out_dir / "lists.npz")
-        per_user, global_metrics = evaluate_lists(lists, truth, ev.ks, ev.metrics, **kwargs)
-        per_user = per_user.copy()
-        frames = [per_user.assign(segment=SEGMENT_ALL)]
-        counts = {SEGMENT_ALL: len(per_user)}
-        for name, mask in user_segments(
-            lists.users,
-            self.split.fit_interactions("test"),
-            self.dataset.n_users,
-            cold_user_max=ev.cold_user_max,
-        ).items():
-            sub = per_user.loc[mask]
-            counts[name] = len(sub)
-            if len(sub):
-                frames.append(sub.assign(segment=name))
-        item_masks = item_segments(
-            pop,
-            head_share=ev.head_share,
-            cold_items=self.split.cold_items if len(self.split.cold_items) else None,
-        )
-        accuracy_metrics = [
-            m for m in ev.metrics if m in ("hr", "recall", "precision", "f1", "ndcg", "mrr", "map")
-        ]
-        for name, mask in item_masks.items():
-            seg_truth = restrict_truth(truth, mask)
-            has = np.diff(seg_truth.indptr)[lists.users] > 0
-            counts[name] = int(has.sum())
-            if not has.any() or not accuracy_metrics:
-                continue
-            sub_lists = RankedLists(lists.users[has], lists.items[has], lists.scores[has])
-            seg, _ = evaluate_lists(sub_lists, seg_truth, ev.ks, accuracy_metrics, **kwargs)
-            frames.append(seg.assign(segment=name))
-        table = pd.concat(frames)
-        table.index.name = "user"
-        table = table.reset_index()
-        from recarena._io import atomic_path
-
-        with atomic_path(out_dir / "per_user.parquet") as tmp:
-            table.to_parquet(tmp, index=False)
-        out: dict[str, Any] = {
-            "global": global_metrics,
-            "segment_users": counts,
-            "protocol": proto.label,
-            "description": proto.description,
-            "sampled_candidates": proto.kind == "sampled",
-        }
+        held_out = self._held_out("test")
+        pointwise = None
         if proto.kind != "full":
-            out["pointwise"] = self._pointwise(model, proto, lists)
-        write_json(out_dir / "metrics.json", out)
-        return out
-
-    def _pointwise(
-        self, model: Recommender, proto: ProtocolConfig, lists: RankedLists
-    ) -> dict[str, Any]:
-        """Held-out positives against the protocol's other candidates, as a classifier.
-
-        Every model's threshold follows `POINTWISE_THRESHOLD_RULE` (see `classify_pointwise`).
-        """
-
-        cand = self.candidates_for(proto, "test")
-        if cand is None:
-            return {}
-        users = lists.users
-        items = cand.items[np.searchsorted(cand.users, users)]
-        # the scores recommend() computed for these candidates; score again only without them
-        scores = lists.candidate_scores
-        if scores is None or scores.shape != items.shape:
-            scores = model.score(users, items)
-        truth = self.split.truth_csr("test")
-        labels = (
-            np.asarray(
-                truth[np.repeat(users, items.shape[1]), np.maximum(items, 0).ravel()]
-            ).reshape(items.shape)
-            > 0
-        )
-        valid = (items >= 0) & np.isfinite(scores)
-        groups = np.repeat(users, items.shape[1]).reshape(items.shape)[valid]
-        return classify_pointwise(
-            labels[valid].astype(int),
-            scores[valid].astype(np.float64),
-            groups,
-            seed=self.config.seed,
-        )
-
-    # -------------------------------------------------------------- impression logs
-    def _impression_rows(self, stage: str, users: np.ndarray | None = None) -> pd.DataFrame:
-        imp = self.dataset.impressions
-        if imp is None:
-            raise ConfigError(
-                f"protocol 'impressions' needs a data set with impression logs (such as MIND); "
-                f"{self.dataset.name!r} has none"
+            candidates = self.candidates_for(proto, "test")
+            pointwise = pointwise_metrics(
+                model, lists, candidates, held_out.truth, self.config.seed
             )
-        rows = imp[imp["part"] == (2 if stage == "test" else 1)]
-        if users is not None:
-            rows = rows[rows["user"].isin(users)]
-        return rows
-
-    def _impression_scores(self, model: Recommender, rows: pd.DataFrame) -> np.ndarray:
-        """The model's score of every shown item, each user's items scored in one call."""
-        users = rows["user"].to_numpy(np.int64)
-        items = rows["item"].to_numpy(np.int64)
-        order = np.argsort(users, kind="stable")
-        u_sorted, i_sorted = users[order], items[order]
-        uniq, starts, counts = np.unique(u_sorted, return_index=True, return_counts=True)
-        position = np.arange(len(order)) - np.repeat(starts, counts)
-        out_sorted = np.empty(len(order), dtype=np.float32)
-        batch = max(1, (8 << 20) // max(1, int(counts.max(initial=1))))
-        for b in range(0, len(uniq), batch):
-            lo, hi = (
-                starts[b],
-                starts[min(b + batch, len(uniq)) - 1] + counts[min(b + batch, len(uniq)) - 1],
-            )
-            group = np.repeat(np.arange(min(batch, len(uniq) - b)), counts[b : b + batch])
-            cand = np.full(
-                (len(counts[b : b + batch]), int(counts[b : b + batch].max())), -1, np.int64
-            )
-            cand[group, position[lo:hi]] = i_sorted[lo:hi]
-            scores = model.score(uniq[b : b + batch], cand)
-            out_sorted[lo:hi] = scores[group, position[lo:hi]]
-        out = np.empty(len(order), dtype=np.float32)
-        out[order] = out_sorted
-        return out
-
-    def _impression_table(
-        self, model: Recommender, rows: pd.DataFrame
-    ) -> tuple[pd.DataFrame, np.ndarray]:
-        """Per-impression metrics (MIND's definitions); ties broken at random with the seed."""
-        from recarena.metrics import impression_metrics
-
-        scores = self._impression_scores(model, rows)
-        # impression_metrics breaks ties by shown order: shuffle the order within impressions
-        rng = np.random.default_rng([self.config.seed, 4242])
-        perm = rng.permutation(len(rows))
-        imp = rows["impression"].to_numpy()[perm]
-        keep = np.argsort(imp, kind="stable")
-        idx = perm[keep]
-        table = impression_metrics(
-            rows["impression"].to_numpy()[idx], rows["label"].to_numpy()[idx], scores[idx]
+        measurement = measure_lists(
+            lists, proto, held_out, data, self.config.evaluation, pointwise=pointwise
         )
-        return table, scores
+        write_measurement(out_dir, measurement)
+        return measurement.record
 
     def _measure_impressions(
         self, model: Recommender, users: np.ndarray | None, out_dir: Path, data: TrainingData
     ) -> dict[str, Any]:
-        from recarena._io import atomic_path
-        from recarena.metrics import user_segments
-
-        rows = self._impression_rows("test", users)
-        table, scores = self._impression_table(model, rows)
-        user_of = rows.groupby("impression", sort=False)["user"].first()
-        table = table.copy()
-        table.insert(0, "user", user_of.reindex(table.index).to_numpy())
-        table.index.name = "impression"
-        table = table.reset_index()
-        frames = [table.assign(segment=SEGMENT_ALL)]
-        counts = {SEGMENT_ALL: len(table)}
-        eval_users = np.unique(table["user"].to_numpy())
-        masks = user_segments(
-            eval_users,
-            self.split.fit_interactions("test"),
-            self.dataset.n_users,
-            cold_user_max=self.config.evaluation.cold_user_max,
+        measurement = measure_impressions(
+            model,
+            impression_rows(self.dataset, "test", users),
+            self._held_out("test"),
+            data,
+            self.config.evaluation,
+            self.config.seed,
         )
-        for name, mask in masks.items():
-            sub = table[table["user"].isin(eval_users[mask])]
-            counts[name] = len(sub)
-            if len(sub):
-                frames.append(sub.assign(segment=name))
-        with atomic_path(out_dir / "per_user.parquet") as tmp:
-            pd.concat(frames).to_parquet(tmp, index=False)
-        labels = rows["label"].to_numpy().astype(int)
-        pointwise = classify_pointwise(
-            labels,
-            scores.astype(np.float64),
-            rows["impression"].to_numpy(),
-            seed=self.config.seed,
-        )
-        train_items = np.flatnonzero(data.item_popularity > 0)
-        out = {
-            "global": {},
-            "segment_users": counts,
-            "unit": "impressions",
-            "protocol": "impressions",
-            "description": "per impression: the items shown, clicked vs shown but not clicked",
-            "sampled_candidates": False,
-            "pointwise": pointwise,
-            "impressions": len(table),
-            "shown_items": len(rows),
-            "shown_items_never_in_training": int(
-                (~np.isin(rows["item"].to_numpy(), train_items)).sum()
-            ),
-        }
-        write_json(out_dir / "metrics.json", out)
-        return out
+        write_measurement(out_dir, measurement)
+        return measurement.record
 
     # -------------------------------------------------------------- all models
     def check_language_models(self) -> None:

@@ -1,5 +1,6 @@
 """The split and what is measured on it: the configured split with its frozen candidates,
-the checks of its settings, the seeded user samples of a budget."""
+the checks of its settings, the seeded user samples of a budget, the protocols each model
+is measured on."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from recarena.config import ExperimentConfig
+from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig
 from recarena.data.dataset import Dataset
 from recarena.errors import ConfigError
+from recarena.models.base import Recommender
 from recarena.splits import SPLITTERS, Split
 
 
@@ -92,3 +94,28 @@ def sample_users(users: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
         return users
     rng = np.random.default_rng([seed, 31337])
     return np.sort(rng.choice(users, size=limit, replace=False))
+
+
+def is_first_stage(config: ExperimentConfig, label: str) -> bool:
+    """Whether the model ``label`` is the first stage of one of the experiment's protocols."""
+    return any(
+        p.kind == "first_stage" and p.first_stage == label for p in config.evaluation.protocols
+    )
+
+
+def protocols_for(
+    config: ExperimentConfig, mc: ModelConfig, model: Recommender
+) -> tuple[list[ProtocolConfig], dict[str, str]]:
+    """The protocols a model is measured on, and why it skips the others."""
+    chosen, skipped = [], {}
+    for proto in config.evaluation.protocols:
+        if mc.protocols is not None and proto.label not in mc.protocols:
+            continue
+        if proto.kind == "full" and not model.scores_full_catalog:
+            skipped[proto.label] = "re-ranker: cannot score the full catalog"
+            continue
+        if proto.kind == "first_stage" and proto.first_stage == mc.display_name:
+            skipped[proto.label] = "this model is the first stage of this protocol"
+            continue
+        chosen.append(proto)
+    return chosen, skipped

@@ -88,6 +88,7 @@ from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig, dump_
 from recarena.cost import PeakMemory, Stopwatch
 from recarena.data.dataset import Dataset
 from recarena.errors import ArtifactError, ConfigError, DamagedArtifactError, RecArenaError
+from recarena.experiment import preflight
 from recarena.experiment.artifacts import (
     FIRST_STAGE_PREFIX,
     MODEL_FOLDER_EXCLUDE,
@@ -108,15 +109,23 @@ from recarena.experiment.measuring import (
 )
 from recarena.experiment.protocols import (
     build_split,
+    is_first_stage,
     item_text_template,
+    protocols_for,
     sample_users,
-    split_problems,
+)
+from recarena.experiment.tuning import (
+    grid_points,
+    parameter_problems,
+    parameters_added_since,
+    params_key,
+    saved_trials,
+    trial_key,
 )
 from recarena.models.base import STALE_HISTORY_REASONS, Recommender, TrainingData
-from recarena.models.registry import create_model, get_model_class
+from recarena.models.registry import create_model
 from recarena.ranking import RankedLists
 from recarena.splits import CandidateSet, Split
-from recarena.tuning import expand_grid, params_key
 
 log = logging.getLogger(__name__)
 
@@ -187,35 +196,6 @@ class _Measured:
     results: dict[str, Any] = field(default_factory=dict)
     throughput: float | None = None
     latency: tuple[float, float] | None = None
-
-
-def _parameters_added_since(mc: ModelConfig, record: dict[str, Any]) -> str:
-    """The parameters the model has now that a finished model's ``DONE.json`` does not
-    record, with their current defaults (``"patience_steps=250"``), or ``""``.
-
-    A finished model is reused for its unchanged ``[[models]]`` entry; a parameter added
-    to the model since (a new default behaviour) is the one thing that entry cannot show.
-    """
-    recorded = record.get("params")
-    if not isinstance(recorded, dict):
-        return ""
-    current = _resolved_params(mc, mc.params)
-    if current is None:
-        return ""
-    return ", ".join(f"{k}={current[k]!r}" for k in sorted(current) if k not in recorded)
-
-
-def _resolved_params(mc: ModelConfig, params: dict[str, Any]) -> dict[str, Any] | None:
-    """``params`` as the model resolves them, every default written out (keys that are not
-    the model's parameters, such as the runner's ``refit``, left out); None when the model
-    cannot be created (its own run reports why)."""
-    try:
-        klass = get_model_class(mc.name)
-        names = set(klass._param_names())
-        model = klass(**{k: v for k, v in params.items() if k in names})
-    except Exception:  # noqa: BLE001 - the key only; run_model reports the model's errors
-        return None
-    return jsonable(model.get_params())
 
 
 def _remove_entries(folder: Path, keep: Callable[[Path], bool]) -> None:
@@ -541,28 +521,25 @@ class ExperimentRunner:
     def _first_stage_path(self, proto: ProtocolConfig, stage: str) -> Path:
         return self.run_dir / "split" / f"{FIRST_STAGE_PREFIX}{proto.label}__{stage}.npz"
 
-    def _is_first_stage(self, label: str) -> bool:
-        return any(
-            p.kind == "first_stage" and p.first_stage == label
-            for p in self.config.evaluation.protocols
-        )
-
     # -------------------------------------------------------------- one model
+    def _is_first_stage(self, label: str) -> bool:
+        return is_first_stage(self.config, label)
+
     def protocols_for(
         self, mc: ModelConfig, model: Recommender
     ) -> tuple[list[ProtocolConfig], dict[str, str]]:
-        chosen, skipped = [], {}
-        for proto in self.config.evaluation.protocols:
-            if mc.protocols is not None and proto.label not in mc.protocols:
-                continue
-            if proto.kind == "full" and not model.scores_full_catalog:
-                skipped[proto.label] = "re-ranker: cannot score the full catalog"
-                continue
-            if proto.kind == "first_stage" and proto.first_stage == mc.display_name:
-                skipped[proto.label] = "this model is the first stage of this protocol"
-                continue
-            chosen.append(proto)
-        return chosen, skipped
+        """The protocols ``model`` is measured on, and why it skips the others."""
+        return protocols_for(self.config, mc, model)
+
+    def grid_points(
+        self, mc: ModelConfig, template: Recommender
+    ) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
+        """The model's validation grid and the points tried (`tuning.grid_points`)."""
+        return grid_points(mc, template, self.config.seed)
+
+    def trial_key(self, mc: ModelConfig, params: dict[str, Any], proto: ProtocolConfig) -> str:
+        """What a validation trial depends on, hashed (`tuning.trial_key`)."""
+        return trial_key(self.config, mc, params, proto)
 
     def _lists(
         self,
@@ -686,105 +663,6 @@ class ExperimentRunner:
         (mdir / "DONE.json").unlink(missing_ok=True)
         _remove_entries(mdir, keep=lambda entry: entry == keep)
 
-    def grid_points(
-        self, mc: ModelConfig, template: Recommender
-    ) -> tuple[dict[str, list[Any]], list[dict[str, Any]]]:
-        """The model's validation grid and the points of it that are tried.
-
-        The model's default grid (``grid`` unset) leaves out the parameters fixed in
-        ``params``; a grid that is given is taken as it is.
-        """
-        if mc.grid is None:
-            grid = {k: v for k, v in template.param_grid.items() if k not in mc.params}
-        else:
-            grid = mc.grid
-        return grid, expand_grid(grid, mc.max_trials, self.config.seed)
-
-    def parameter_problems(
-        self, mc: ModelConfig, template: Recommender, points: list[dict[str, Any]]
-    ) -> list[str]:
-        """What is wrong with a model's ``params`` and grid points, as messages.
-
-        The fixed ``params`` go through `Recommender.check_params` first; when they pass,
-        every grid point does, so each message names the model, the parameter and the grid
-        point whose value is wrong. Nothing is fit.
-        """
-        label = mc.display_name
-        try:
-            template.check_params()
-        except (TypeError, ValueError) as exc:
-            return [f"model {label!r} (params in the experiment): {exc}"]
-        names = set(template._param_names())
-        problems: dict[str, None] = {}
-        for point in points:
-            unknown = sorted(set(point) - names)
-            if unknown:
-                problems[
-                    f"model {label!r}: the grid names {', '.join(map(repr, unknown))}, which "
-                    f"{type(template).__name__} does not take; its parameters are "
-                    f"{sorted(names)}"
-                ] = None
-                continue
-            try:
-                template.clone(**point).check_params()
-            except (TypeError, ValueError) as exc:
-                problems[
-                    f"model {label!r} (grid point {json.dumps(point, default=str)}): {exc}"
-                ] = None
-        return list(problems)
-
-    def trial_key(self, mc: ModelConfig, params: dict[str, Any], proto: ProtocolConfig) -> str:
-        """What a validation trial depends on, hashed: model, parameters, setup, protocol.
-
-        The parameters as the model resolves them (``get_params``: every default written
-        out) are part of it, so a trial saved before a default changed or a parameter was
-        added (SASRec's ``patience_steps``) is measured again, never reused.
-        """
-        return _hash(
-            {
-                "model": mc.name,
-                "params": params,
-                "resolved": _resolved_params(mc, params),
-                "setup": setup_hash(self.config),
-                "protocol": proto.label,
-            }
-        )
-
-    def _saved_trials(self, label: str, path: Path, keys: dict[str, str]) -> list[dict[str, Any]]:
-        """The saved validation trials that belong to the current grid and setup.
-
-        ``keys`` maps each grid point's parameters (`params_key`) to its `trial_key`. A
-        saved trial is kept only when its parameters are a current grid point and it carries
-        that point's key; the others (another grid, setup or model, or saved before trials
-        had keys) are dropped from ``tuning.json``, with a message, and never chosen.
-        """
-        if not path.exists():
-            return []
-        content, damage = json_or_damage(path)
-        if damage is not None or not isinstance(content, dict):
-            self.on_event(
-                f"{label}: {path} is damaged ({damage or 'not a JSON object'}): its validation "
-                "trials are recomputed"
-            )
-            path.unlink()
-            return []
-        saved = content.get("trials", [])
-        kept = [
-            t
-            for t in saved
-            if t.get("key") is not None and keys.get(params_key(t.get("params", {}))) == t["key"]
-        ]
-        if len(kept) < len(saved):
-            self.on_event(
-                f"{label}: dropped {len(saved) - len(kept)} saved validation trial(s) from "
-                f"another grid or setup ({path})"
-            )
-            if kept:
-                write_json(path, {"trials": kept})
-            else:
-                path.unlink()
-        return kept
-
     def _save_fitted(
         self,
         label: str,
@@ -872,7 +750,7 @@ class ExperimentRunner:
         status, damaged = self.done_status(mc)
         if status == "done":
             record = read_json(mdir / "DONE.json")
-            added = _parameters_added_since(mc, record)
+            added = parameters_added_since(mc, record)
             if added:
                 self.on_event(
                     f"{label}: done earlier, reusing its results; it was measured before "
@@ -927,7 +805,7 @@ class ExperimentRunner:
         saved in ``tuning.json``; without validation, the parameters as given."""
         mc, label, template = job.mc, job.label, job.template
         grid, points = self.grid_points(mc, template)
-        problems = self.parameter_problems(mc, template, points)
+        problems = parameter_problems(mc, template, points)
         if problems:
             raise ConfigError("; ".join(problems))
         needs_validation = job.has_valid and (
@@ -938,7 +816,9 @@ class ExperimentRunner:
             params_key(params): self.trial_key(mc, params, job.tune_proto)
             for params in ({**mc.params, **point} for point in points)
         }
-        trials = self._saved_trials(label, tuning_path, trial_keys if needs_validation else {})
+        trials = saved_trials(
+            label, tuning_path, trial_keys if needs_validation else {}, self.on_event
+        )
         tuning = _Tuning(
             needs_validation=needs_validation,
             trials=trials,
@@ -1267,52 +1147,7 @@ class ExperimentRunner:
         return measurement.record
 
     # -------------------------------------------------------------- all models
-    def check_language_models(self) -> None:
-        """Stop before any work when a language model the experiment names is not here.
-
-        Every model still to run whose class declares parameters naming a language model
-        (``Recommender.language_model_params``, ``("model",)`` for the LM recommenders)
-        has each of them (given, in its grid, or the class default) resolved by `recarena.lm.zoo.resolve_model`, which downloads nothing. The error
-        lists every missing model with the command that fetches it, so a long experiment
-        does not fail at its fifth model, and nothing is fetched silently mid-run.
-        """
-        from recarena.errors import ModelNotAvailableError
-        from recarena.models.registry import get_model_class, resolve_class
-
-        problems: list[str] = []
-        for mc in self._models_to_run():
-            try:
-                cls = resolve_class(mc.name) if ":" in mc.name else get_model_class(mc.name)
-            except Exception:  # noqa: BLE001 - run_model reports it for this model alone
-                continue
-            if not (isinstance(cls, type) and issubclass(cls, Recommender)):
-                continue
-            if not cls.language_model_params:
-                continue
-            names = [
-                name
-                for param in cls.language_model_params
-                for name in (
-                    *(mc.grid or {}).get(param, []),
-                    mc.params.get(param, cls.param_default(param)),
-                )
-            ]
-            try:
-                from recarena.lm.zoo import resolve_model
-            except ImportError as exc:  # the [lm] extra is missing: run_model says so
-                log.debug("cannot check %s: %s", mc.display_name, exc)
-                continue
-            for name in dict.fromkeys(n for n in names if isinstance(n, str)):
-                try:
-                    resolve_model(name, self.cache_dir)
-                except ModelNotAvailableError as exc:
-                    problems.append(f"model {mc.display_name!r}: {exc}")
-        if problems:
-            raise ModelNotAvailableError(
-                "the experiment names language models that are not available here; "
-                "nothing was run:\n" + "\n".join(problems)
-            )
-
+    # -------------------------------------------------------------- checks before a run
     def _models_to_run(self) -> list[ModelConfig]:
         """The models without a ``DONE.json`` of their current configuration (all of them
         when the run starts over)."""
@@ -1333,72 +1168,9 @@ class ExperimentRunner:
             )
 
     def config_problems(self) -> list[str]:
-        """What is wrong with the experiment, told without its data (as messages).
-
-        - every model still to run names a registry entry or a ``module:Class`` Recommender
-          (`recarena.models.registry.model_name_problem`; a model whose optional extra is
-          not installed passes here, and running it says what is missing);
-        - the split's ratios leave training data (`split_problems`);
-        - no two protocols are the same, every model fits one of the protocols, and a
-          protocol's first stage can score the full catalog;
-        - every model's parameters and grid points (`model_parameter_problems`).
-        """
-        from recarena.models.registry import model_name_problem
-
-        problems: list[str] = []
-        to_run = self._models_to_run()
-        named = []
-        for mc in to_run:
-            problem = model_name_problem(mc.name)
-            if problem is None:
-                named.append(mc)
-            else:  # the problem names the model; a label is named as well
-                problems.append(f"model {mc.label!r}: {problem}" if mc.label else problem)
-        problems.extend(split_problems(self.config))
-        problems.extend(self._protocol_problems(named))
-        problems.extend(self.model_parameter_problems(named))
-        return problems
-
-    def _protocol_problems(self, models: list[ModelConfig]) -> list[str]:
-        protocols = self.config.evaluation.protocols
-        problems: list[str] = []
-        labels = [p.label for p in protocols]
-        for label in dict.fromkeys(x for x in labels if labels.count(x) > 1):
-            problems.append(
-                f"evaluation.protocols: protocol {label!r} is given {labels.count(label)} "
-                "times; expected each protocol once"
-            )
-        for mc in models:
-            template = self._template(mc)
-            if template is None:
-                continue
-            label = mc.display_name
-            chosen, skipped = self.protocols_for(mc, template)
-            if not chosen and not self._is_first_stage(label):
-                why = "; ".join(f"{p}: {reason}" for p, reason in skipped.items())
-                problems.append(
-                    f"model {label!r} fits none of the experiment's protocols"
-                    + (f" ({why})" if why else "")
-                )
-            if self._is_first_stage(label) and not template.scores_full_catalog:
-                problems.append(
-                    f"model {label!r} cannot score the full catalog, so it cannot be the "
-                    "first stage of protocol "
-                    + ", ".join(
-                        repr(p.label)
-                        for p in protocols
-                        if p.kind == "first_stage" and p.first_stage == label
-                    )
-                )
-        return problems
-
-    @staticmethod
-    def _template(mc: ModelConfig) -> Recommender | None:
-        """The model with its ``params``; None when it cannot be made (`run_model` says why)."""
-        try:
-            return create_model(mc.name, mc.params)
-        except Exception:  # noqa: BLE001 - run_model reports it for this model alone
-            return None
+        """What is wrong with the experiment's models still to run, told without its data
+        (`recarena.experiment.preflight.config_problems`)."""
+        return preflight.config_problems(self.config, self._models_to_run())
 
     def check_model_parameters(self) -> None:
         """Stop before any work when a model's parameters or grid hold a value it cannot use.
@@ -1414,25 +1186,25 @@ class ExperimentRunner:
             )
 
     def model_parameter_problems(self, models: list[ModelConfig]) -> list[str]:
-        """What is wrong with the parameters and grid points of ``models``, as messages.
+        """`recarena.experiment.preflight.model_parameter_problems` of ``models``."""
+        return preflight.model_parameter_problems(self.config, models)
 
-        Each model's ``params`` and each grid point it would try are checked by its
-        `Recommender.check_params` (`parameter_problems`), naming the model and the
-        parameter. A model whose name or parameter names do not resolve is left to
-        `run_model`, which reports it for that model alone.
+    def check_language_models(self) -> None:
+        """Stop before any work when a language model the experiment names is not here.
+
+        The error lists every missing model of the models still to run
+        (`recarena.experiment.preflight.language_model_problems`) with the command that
+        fetches it, so a long experiment does not fail at its fifth model, and nothing is
+        fetched silently mid-run.
         """
-        problems: list[str] = []
-        for mc in models:
-            template = self._template(mc)
-            if template is None:
-                continue
-            try:
-                _, points = self.grid_points(mc, template)
-            except ValueError as exc:
-                problems.append(f"model {mc.display_name!r}: {exc}")
-                continue
-            problems.extend(self.parameter_problems(mc, template, points))
-        return problems
+        from recarena.errors import ModelNotAvailableError
+
+        problems = preflight.language_model_problems(self._models_to_run(), self.cache_dir)
+        if problems:
+            raise ModelNotAvailableError(
+                "the experiment names language models that are not available here; "
+                "nothing was run:\n" + "\n".join(problems)
+            )
 
     def run(self, *, overwrite: bool = False) -> RunResult:
         """Check the experiment, hold the run folder, run every model, write the summaries.

@@ -1,7 +1,8 @@
 """The generative ranker (a decoder LM scores each candidate title's log-likelihood after a
 prompt of the user's history; zero-shot or LoRA-tuned): `recommender` (the `Recommender`),
-`network` (calls on the decoder: the shared key-value cache, token log-probabilities) and
-`batching` (negatives, length buckets)."""
+`training` (LoRA training, mixed into the ranker), `session` (a loaded decoder shared by
+rankers with the same weights), `network` (calls on the decoder: the shared key-value
+cache, token log-probabilities) and `batching` (negatives, length buckets)."""
 
 from recarena.models.language.generative.batching import NegativeSampler, length_buckets
 from recarena.models.language.generative.network import expand_cache, select_cache

@@ -43,7 +43,7 @@ def test_from_old_import_works_as_user_code_writes_it():
     from recarena.models.lm_text_sasrec import JointTextSASRec
     from recarena.models.sasrec import SASRec, SASRecNetwork
 
-    assert JointTextSASRec.__module__ == "recarena.models.language.text_sasrec.recommender"
+    assert JointTextSASRec.__module__ == "recarena.models.language.text_sasrec.joint"
     assert SASRec.__module__ == "recarena.models.classical.sasrec.recommender"
     assert SASRecNetwork.__module__ == "recarena.models.classical.sasrec.network"
 

@@ -37,19 +37,15 @@ MOVED_MODULES: dict[str, str] = {
     "recarena.models.lm_generative": "recarena.models.language.generative",
 }
 
-#: a class's defining module (where the model's folder keeps it) -> its old module
-_FIRST_RELEASED: dict[str, str] = {}
-for _old, _new in MOVED_MODULES.items():
-    _FIRST_RELEASED[_new] = _old
-    _FIRST_RELEASED[f"{_new}.recommender"] = _old
-    _FIRST_RELEASED[f"{_new}.network"] = _old
-    _FIRST_RELEASED[f"{_new}.batching"] = _old
-
 
 def first_released_module(module: str) -> str:
     """The module a class defined in ``module`` was first released in (``module`` itself
-    for a module that never moved)."""
-    return _FIRST_RELEASED.get(module, module)
+    for a module that never moved): a model's folder and every file in it map to the one
+    module the model had before."""
+    for old, new in MOVED_MODULES.items():
+        if module == new or module.startswith(f"{new}."):
+            return old
+    return module
 
 
 def stable_class_path(klass: type) -> str:

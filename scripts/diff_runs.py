@@ -9,7 +9,9 @@ Every file the two folders hold is compared by what it holds: JSON after removin
 records time, speed or memory (``fit_seconds``, ``users_per_second``, ``latency_ms_p50``,
 ``peak_memory_mib``, ``finished``, the training log's ``seconds``...) and the checksums
 of files that hold times; Parquet and CSV tables by value (columns of times dropped);
-NumPy archives array by array; other files byte for byte. The HTML report, the Markdown
+NumPy archives array by array; other files byte for byte. A recorded class path
+(``"class"`` in ``DONE.json``, ``model.json``) that names the same class as before, through a
+module's old import path, is not a difference. The HTML report, the Markdown
 tables and ``environment.json`` (times and versions) are listed but not compared. A file
 in one folder only is a difference. Exit status 0 when nothing differs, 1 otherwise, with
 one line per difference (the first differing value of each file).
@@ -55,7 +57,22 @@ def _strip(value: Any) -> Any:
     return value
 
 
+def _same_class(a: Any, b: Any) -> bool:
+    """Whether two recorded class paths (``"module:Class"``) name one class: a model that
+    moved to another module (its old path kept as an alias) is the same model."""
+    if not (isinstance(a, str) and isinstance(b, str) and ":" in a and ":" in b):
+        return False
+    from recarena._classes import resolve_class
+
+    try:
+        return resolve_class(a) is resolve_class(b)
+    except Exception:  # noqa: BLE001 - a path that does not import is a difference
+        return False
+
+
 def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
+    if where.endswith("/class") and a != b and _same_class(a, b):
+        return None
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b), key=str):
             if key not in a or key not in b:

@@ -48,3 +48,17 @@ def test_two_runs_of_one_experiment_differ_in_times_only(tmp_path):
     assert len(differences) == 2, differences
     assert differences[0].startswith("models/most_popular/tuning.json: only in")
     assert differences[1].startswith("models/ease/full/per_user.parquet: column 'ndcg@10', row 3")
+
+
+def test_a_class_path_through_an_old_import_path_is_the_same_class(tmp_path):
+    before, after = _two_runs(tmp_path)
+    done = after / "models" / "ease" / "DONE.json"
+    record = json.loads(done.read_text())
+    assert record["class"] == "recarena.models.classical.ease:EASE"
+    record["class"] = "recarena.models.ease:EASE"  # as a run from before the move wrote it
+    done.write_text(json.dumps(record))
+    assert diff_runs.diff_runs(before, after)[0] == []
+    record["class"] = "recarena.models.classical.baselines:MostPopular"
+    done.write_text(json.dumps(record))
+    (difference,) = diff_runs.diff_runs(before, after)[0]
+    assert difference.startswith("models/ease/DONE.json: /class:")

@@ -1,5 +1,5 @@
 """The experiment runner, as it was imported before it became the `recarena.experiment`
-package (`recarena.experiment.runner`, `.artifacts`, `.protocols`, `.measuring`): every name code and
+package (`recarena.experiment.runner`, `.artifacts`, `.protocols`): every name code and
 saved runs used from here still imports from here."""
 
 from recarena.experiment.artifacts import (
@@ -12,7 +12,6 @@ from recarena.experiment.artifacts import (
     run_directory_for,
     setup_hash,
 )
-from recarena.experiment.measuring import SEGMENT_ALL
 from recarena.experiment.protocols import build_split, split_problems
 from recarena.experiment.runner import (
     ExperimentRunner,
@@ -21,6 +20,7 @@ from recarena.experiment.runner import (
     run_experiment,
 )
 from recarena.metrics.pointwise import classify_pointwise
+from recarena.metrics.segments import SEGMENT_ALL
 
 __all__ = [
     "FIRST_STAGE_PREFIX",

@@ -25,6 +25,7 @@ from recarena._io import atomic_path, write_json, write_text
 from recarena.config import EvaluationConfig
 from recarena.errors import ArtifactError
 from recarena.metrics.pointwise import POINTWISE_THRESHOLD_RULE
+from recarena.metrics.segments import SEGMENT_ALL
 
 SUMMARY_COLUMNS = [
     "model",
@@ -42,8 +43,6 @@ SUMMARY_COLUMNS = [
 
 # columns of the printed leaderboard, in order, when the run has them
 LEADERBOARD_METRICS = ("ndcg", "hr", "recall", "mrr", "coverage")
-
-SEGMENT_ALL = "all"
 
 #: segment of the summary rows over the users every model of a protocol was measured on,
 #: present for protocols where some model was measured on a sample of the users

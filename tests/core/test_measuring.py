@@ -13,12 +13,8 @@ import scipy.sparse as sp
 
 from recarena.config import EvaluationConfig, ProtocolConfig
 from recarena.experiment.artifacts import write_measurement
-from recarena.experiment.measuring import (
-    SEGMENT_ALL,
-    HeldOut,
-    measure_lists,
-    pointwise_metrics,
-)
+from recarena.experiment.measuring import HeldOut, measure_lists, pointwise_metrics
+from recarena.metrics.segments import SEGMENT_ALL
 from recarena.models.base import Recommender, TrainingData
 from recarena.ranking import RankedLists
 from recarena.splits import CandidateSet

@@ -13,8 +13,9 @@ import pandas as pd
 from recarena.config import EvaluationConfig
 from recarena.data.dataset import Dataset
 from recarena.errors import ConfigError
-from recarena.experiment.measuring import SEGMENT_ALL, HeldOut, Measurement
+from recarena.experiment.measuring import HeldOut, Measurement
 from recarena.metrics.pointwise import classify_pointwise
+from recarena.metrics.segments import SEGMENT_ALL
 from recarena.models.base import Recommender, TrainingData
 
 

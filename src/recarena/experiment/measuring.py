@@ -17,16 +17,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recarena.config import EvaluationConfig, ProtocolConfig
+from recarena.config import ACCURACY_METRICS, EvaluationConfig, ProtocolConfig
 from recarena.metrics.pointwise import classify_pointwise
+from recarena.metrics.segments import SEGMENT_ALL
 from recarena.models.base import Recommender, TrainingData
 from recarena.ranking import RankedLists
 from recarena.splits import CandidateSet
-
-#: the segment of every measured user (or impression)
-SEGMENT_ALL = "all"
-#: the metrics measured again on each item segment (those that read the held-out items)
-ACCURACY_METRICS = ("hr", "recall", "precision", "f1", "ndcg", "mrr", "map")
 
 
 @dataclass(frozen=True)
@@ -93,6 +89,7 @@ def measure_lists(
     item_masks = item_segments(
         pop, head_share=ev.head_share, cold_items=cold if cold is not None and len(cold) else None
     )
+    # the metrics measured again on each item segment (those that read the held-out items)
     accuracy_metrics = [m for m in ev.metrics if m in ACCURACY_METRICS]
     for name, mask in item_masks.items():
         seg_truth = restrict_truth(truth, mask)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 from recarena.config import ExperimentConfig, ModelConfig
 from recarena.experiment.protocols import is_first_stage, protocols_for, split_problems
@@ -122,16 +121,13 @@ def language_model_problems(
     `recarena.lm.zoo.resolve_model`, which downloads nothing; each message says which
     command fetches the missing model.
     """
-    from recarena._classes import resolve_class
     from recarena.errors import ModelNotAvailableError
 
     problems: list[str] = []
     for mc in models:
         try:
-            cls: Any = resolve_class(mc.name) if ":" in mc.name else get_model_class(mc.name)
+            cls = get_model_class(mc.name)
         except Exception:  # noqa: BLE001 - run_model reports it for this model alone
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, Recommender)):
             continue
         if not cls.language_model_params:
             continue

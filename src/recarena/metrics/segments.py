@@ -41,6 +41,9 @@ import scipy.sparse as sp
 from recarena.metrics.ranking import RANKING_METRICS, ranking_metrics
 from recarena.ranking import RankedLists
 
+#: the segment of every measured user (or impression), beside the segments below
+SEGMENT_ALL = "all"
+
 USER_SEGMENTS: tuple[str, ...] = ("cold_users", "warm_users")
 ITEM_SEGMENTS: tuple[str, ...] = ("head_items", "tail_items", "cold_items")
 

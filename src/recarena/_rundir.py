@@ -445,6 +445,7 @@ def check_run_folder(run_dir: str | os.PathLike[str]) -> Any:
         model_hash,
         setup_hash,
     )
+    from recarena.experiment.seeds import model_runs
 
     run_dir = require_finished_setup(run_dir)
     config_path = run_dir / "config.toml"
@@ -506,7 +507,7 @@ def check_run_folder(run_dir: str | os.PathLike[str]) -> Any:
             folder_files(folder, exclude=(STAGE_FILE,)),
         )
 
-    models = {mc.display_name: mc for mc in config.models}
+    models = {mc.display_name: mc for mc in model_runs(config)}
     running = lock_holder(run_dir)
     models_dir = run_dir / "models"
     folders = sorted(p for p in models_dir.iterdir() if p.is_dir()) if models_dir.is_dir() else []

@@ -76,15 +76,33 @@ def run(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="delete the run directory first instead of resuming")
     ] = False,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            "--executor",
+            help="local (one model after the other here) or ray (tasks on a Ray cluster); "
+            "default: the config's [execution] executor",
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster to join (host:port or auto); implies ray"),
+    ] = None,
+    node_ip_address: Annotated[
+        str | None,
+        typer.Option("--node-ip-address", help="this machine's address as the cluster sees it"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run an experiment and print its leaderboard. Re-running the same command resumes."""
-    from recarena.config import builtin_config_path, load_config
+    from recarena.config import builtin_config_path, load_config, with_execution
     from recarena.experiment import run_experiment
 
     _setup_logging(verbose)
     path = config if config is not None else builtin_config_path("quickstart")
-    cfg = load_config(path)
+    cfg = with_execution(
+        load_config(path), executor=executor, address=address, node_ip_address=node_ip_address
+    )
     start = time.perf_counter()
 
     def event(msg: str) -> None:

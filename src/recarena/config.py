@@ -27,8 +27,26 @@ ACCURACY_METRICS = frozenset({"hr", "recall", "precision", "f1", "ndcg", "mrr", 
 KNOWN_LIST_METRICS = ACCURACY_METRICS | {"coverage", "novelty", "ild", "arp", "gini"}
 
 
+#: what joins a model's label and a training seed in the label of that seed's run
+SEED_MARK = "@seed"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+def _check_seeds(seeds: list[int] | None) -> list[int] | None:
+    if seeds is None:
+        return None
+    if not seeds:
+        raise ValueError("seeds must name at least one seed (leave it out to train once)")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds {seeds} repeat {repeated}; expected distinct seeds")
+    negative = [s for s in seeds if s < 0]
+    if negative:
+        raise ValueError(f"seeds must be >= 0 (numpy and torch seeds), got {negative}")
+    return seeds
 
 
 class PreprocessConfig(_Strict):
@@ -270,15 +288,84 @@ class ModelConfig(_Strict):
         "the model chosen on validation, its history extended by the validation items "
         "(false); default: evaluation.refit",
     )
+    seeds: list[int] | None = Field(
+        None,
+        description="this model only: train and measure it once per seed (its `seed` "
+        "parameter), on the same split and candidates; default: the experiment's seeds",
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_list(cls, seeds: list[int] | None) -> list[int] | None:
+        return _check_seeds(seeds)
+
+    @field_validator("label")
+    @classmethod
+    def _no_seed_mark(cls, label: str | None) -> str | None:
+        if label is not None and SEED_MARK in label:
+            raise ValueError(
+                f"label {label!r} contains {SEED_MARK!r}, which names the runs of one seed "
+                f"('sasrec{SEED_MARK}43'); choose another label"
+            )
+        return label
 
     @property
     def display_name(self) -> str:
         return self.label or self.name
 
 
+class ExecutionConfig(_Strict):
+    """Where the models of an experiment run: in this process (the default), or as tasks on
+    a Ray cluster (`recarena.experiment.distributed`). Not part of any result's hash: a
+    run folder resumes whichever executor made it."""
+
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: one model after the other here; ray: tasks on a cluster"
+    )
+    address: str | None = Field(
+        None,
+        description="Ray cluster to join (host:port, or 'auto' for the cluster this machine "
+        "belongs to); None: start a Ray instance on this machine",
+    )
+    node_ip_address: str | None = Field(
+        None, description="this machine's address as the cluster sees it (Ray's default: its own)"
+    )
+    max_retries: int = Field(
+        2, ge=0, description="times Ray runs a task again when its worker dies (node lost, killed)"
+    )
+    resources: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="per model label: the Ray resources its task asks for (num_cpus, "
+        "num_gpus, memory in bytes), instead of the model's own declaration",
+    )
+
+    @field_validator("resources")
+    @classmethod
+    def _known_resources(
+        cls, resources: dict[str, dict[str, float]]
+    ) -> dict[str, dict[str, float]]:
+        known = {"num_cpus", "num_gpus", "memory"}
+        for label, wanted in resources.items():
+            unknown = sorted(set(wanted) - known)
+            if unknown:
+                raise ValueError(
+                    f"resources of {label!r} name {unknown}; expected some of {sorted(known)}"
+                )
+            negative = {k: v for k, v in wanted.items() if v < 0}
+            if negative:
+                raise ValueError(f"resources of {label!r} must be >= 0, got {negative}")
+        return resources
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = 42
+    seeds: list[int] | None = Field(
+        None,
+        description="train and measure every model that takes a `seed` once per seed, on "
+        "the same split and candidates (`seed` above seeds the split and the samples); "
+        "a [[models]] entry's own `seeds` overrides it; default: each model once",
+    )
     output_dir: str = "runs"
     cache_dir: str | None = Field(
         None, description="data and model cache (default: $RECARENA_CACHE or ~/.cache/recarena)"
@@ -287,6 +374,35 @@ class ExperimentConfig(_Strict):
     split: SplitConfig = Field(default_factory=SplitConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     models: list[ModelConfig] = Field(min_length=1)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seed_list(cls, seeds: list[int] | None) -> list[int] | None:
+        return _check_seeds(seeds)
+
+    def seeds_of(self, model: ModelConfig) -> list[int] | None:
+        """The training seeds of a ``[[models]]`` entry: its own, else the experiment's."""
+        return model.seeds if model.seeds is not None else self.seeds
+
+    @model_validator(mode="after")
+    def _seeds_and_params(self) -> ExperimentConfig:
+        for m in self.models:
+            if self.seeds_of(m) is None:
+                continue
+            where = "its `seeds`" if m.seeds is not None else "the experiment's `seeds`"
+            if "seed" in m.params:
+                raise ValueError(
+                    f"model {m.display_name!r} sets params.seed = {m.params['seed']!r} and "
+                    f"is also trained once per seed of {where}; give the seeds in one place"
+                )
+            if m.grid and "seed" in m.grid:
+                raise ValueError(
+                    f"model {m.display_name!r} tunes `seed` in its grid and is also trained "
+                    f"once per seed of {where}; a seed is not a parameter to choose on "
+                    "validation: leave it out of the grid"
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique_labels(self) -> ExperimentConfig:
@@ -345,6 +461,36 @@ def load_config(path: str | os.PathLike[str]) -> ExperimentConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return parse_config(data, str(path))
+
+
+def with_execution(
+    config: ExperimentConfig,
+    *,
+    executor: str | None = None,
+    address: str | None = None,
+    node_ip_address: str | None = None,
+) -> ExperimentConfig:
+    """``config`` with its ``[execution]`` overridden (the command line's options); an
+    address means Ray."""
+    updates: dict[str, Any] = {}
+    if executor is not None:
+        updates["executor"] = executor
+    if address is not None:
+        updates["address"] = address
+        updates.setdefault("executor", "ray")
+    if node_ip_address is not None:
+        updates["node_ip_address"] = node_ip_address
+    if not updates:
+        return config
+    fields = config.execution.model_dump()
+    fields.update(updates)
+    try:
+        execution = ExecutionConfig.model_validate(fields)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, "command line")) from None
+    if execution.executor == "local" and execution.address:
+        raise ConfigError("--address names a Ray cluster: it needs --executor ray")
+    return config.model_copy(update={"execution": execution})
 
 
 def builtin_config_path(name: str) -> Path:

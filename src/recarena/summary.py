@@ -397,15 +397,26 @@ def leaderboard_markdown(table: pd.DataFrame, k: int = 10) -> str:
 
 def write_summaries(run_dir: Path, evaluation: EvaluationConfig, seed: int = 0) -> pd.DataFrame:
     """Write summary.csv, summary.json and summary.md into ``run_dir``; return the table."""
+    from recarena.summary_seeds import write_seed_summaries
+
     summary = build_summary(run_dir, evaluation, seed)
     with atomic_path(run_dir / "summary.csv") as tmp:
         summary.to_csv(tmp, index=False)
     write_json(run_dir / "summary.json", summary.replace({np.nan: None}).to_dict(orient="records"))
-    write_text(run_dir / "summary.md", summary_markdown(run_dir, summary, evaluation))
+    records, _ = load_model_records(run_dir)
+    seeds = write_seed_summaries(run_dir, evaluation, records, seed)
+    write_text(run_dir / "summary.md", summary_markdown(run_dir, summary, evaluation, seeds))
     return summary
 
 
-def summary_markdown(run_dir: Path, summary: pd.DataFrame, evaluation: EvaluationConfig) -> str:
+def summary_markdown(
+    run_dir: Path,
+    summary: pd.DataFrame,
+    evaluation: EvaluationConfig,
+    seeds: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+) -> str:
+    """``summary.md``: per protocol the leaderboard, its common users and segments; the
+    models across their training seeds (``seeds``: `write_seed_summaries`'s tables)."""
     state = read_json_artifact(run_dir / "run.json") if (run_dir / "run.json").exists() else {}
     _, failed = load_model_records(run_dir)
     k = 10 if 10 in evaluation.ks else evaluation.ks[0]
@@ -449,6 +460,10 @@ def summary_markdown(run_dir: Path, summary: pd.DataFrame, evaluation: Evaluatio
             parts.append("|---|" + "---|" * len(cols) + "\n")
             for model, r in pivot.iterrows():
                 parts.append(f"| {model} | " + " | ".join(_fmt(r[c]) for c in cols) + " |\n")
+    if seeds is not None:
+        from recarena.summary_seeds import seeds_markdown
+
+        parts.append(seeds_markdown(*seeds, evaluation, _fmt))
     stale = stale_history_models(run_dir)
     if stale:
         parts.append("\n## Stale histories\n\n")

@@ -49,6 +49,9 @@ def model_hash(model_config: ModelConfig) -> str:
         # the option came later: a model that leaves it unset keeps its earlier hash, so
         # runs made before it still resume
         fields.pop("refit", None)
+    if fields.get("seeds") is None:
+        # the same for the per-model seeds: an entry without them keeps its earlier hash
+        fields.pop("seeds", None)
     return _hash(fields)
 
 

@@ -11,6 +11,7 @@ import os
 
 from recarena.config import ExperimentConfig, ModelConfig
 from recarena.experiment.protocols import is_first_stage, protocols_for, split_problems
+from recarena.experiment.seeds import seed_problems
 from recarena.experiment.tuning import grid_points, parameter_problems
 from recarena.models.base import Recommender
 from recarena.models.registry import create_model, get_model_class, model_name_problem
@@ -27,6 +28,7 @@ def config_problems(config: ExperimentConfig, models: list[ModelConfig]) -> list
       (`recarena.models.registry.model_name_problem`; a model whose optional extra is not
       installed passes here, and running it says what is missing);
     - the split's ratios leave training data (`split_problems`);
+    - no first stage is trained once per seed (`recarena.experiment.seeds.seed_problems`);
     - no two protocols are the same, every model fits one of the protocols, and a
       protocol's first stage can score the full catalog;
     - every model's parameters and grid points (`model_parameter_problems`).
@@ -40,6 +42,7 @@ def config_problems(config: ExperimentConfig, models: list[ModelConfig]) -> list
         else:  # the problem names the model; a label is named as well
             problems.append(f"model {mc.label!r}: {problem}" if mc.label else problem)
     problems.extend(split_problems(config))
+    problems.extend(seed_problems(config))
     problems.extend(protocol_problems(config, named))
     problems.extend(model_parameter_problems(config, named))
     return problems

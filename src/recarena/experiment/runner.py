@@ -114,6 +114,7 @@ from recarena.experiment.protocols import (
     protocols_for,
     sample_users,
 )
+from recarena.experiment.seeds import seed_runs
 from recarena.experiment.tuning import (
     grid_points,
     parameter_problems,
@@ -231,6 +232,8 @@ class ExperimentRunner:
         on_event: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
+        # the runs of the [[models]] entries: one per training seed where seeds are asked
+        self.runs = {run.label: run for run in seed_runs(config)}
         self.run_dir = run_dir
         self.cache_dir = cache_dir
         self.progress = progress
@@ -346,7 +349,9 @@ class ExperimentRunner:
 
         Only with the folder's lock held: no other run is writing there.
         """
-        removed = remove_stale_temporaries(self.run_dir)
+        from recarena.experiment.distributed import remove_task_leftovers
+
+        removed = remove_stale_temporaries(self.run_dir) + remove_task_leftovers(self.run_dir)
         if removed:
             names = ", ".join(str(p.relative_to(self.run_dir)) for p in removed[:5])
             more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
@@ -1043,6 +1048,8 @@ class ExperimentRunner:
             "history_use": type(final).history_use,
             # False: not refit and unable to read the validation interactions (stale)
             "history_refreshed": fitted.history_refreshed,
+            # the model's [[models]] label and the seeds asked for (absent without seeds)
+            **self._seed_record(label),
             "protocols": list(measured.results),
             "skipped_protocols": job.skipped,
             "evaluated_users": int(len(measured.test_users)),
@@ -1058,6 +1065,11 @@ class ExperimentRunner:
         _faults.point("model:done")
         shutil.rmtree(job.checkpoints, ignore_errors=True)
         return record
+
+    def _seed_record(self, label: str) -> dict[str, Any]:
+        run = self.runs.get(label)
+        record = None if run is None else run.record()
+        return {} if record is None else {"training_seeds": record}
 
     def _first_stage_top_n(self, label: str) -> int:
         return max(
@@ -1151,7 +1163,12 @@ class ExperimentRunner:
     def _models_to_run(self) -> list[ModelConfig]:
         """The models without a ``DONE.json`` of their current configuration (all of them
         when the run starts over)."""
-        return [mc for mc in self.config.models if self._overwrite or not self._finished(mc)]
+        return [mc for mc in self.model_configs() if self._overwrite or not self._finished(mc)]
+
+    def model_configs(self) -> list[ModelConfig]:
+        """The configuration of every run: a ``[[models]]`` entry's, or one per seed of it
+        (`recarena.experiment.seeds`)."""
+        return [run.config for run in self.runs.values()]
 
     def check_config(self) -> None:
         """Stop before any work when the experiment cannot run as it is written.
@@ -1245,27 +1262,35 @@ class ExperimentRunner:
         # a recomputed split has dropped the first stages' candidate files: check again
         self._done_checks.clear()
         failed: dict[str, str] = {}
-        order = sorted(self.config.models, key=lambda m: not self._is_first_stage(m.display_name))
-        for mc in order:
-            label = mc.display_name
+
+        def record_failure(label: str, error: str, trace: str | None) -> None:
             mdir = self.run_dir / "models" / label
-            try:
-                self.run_model(mc)
-            except KeyboardInterrupt:
-                raise
-            except RecArenaError as exc:
-                failed[label] = str(exc)
-                write_json(mdir / "FAILED.json", {"error": str(exc)})
-                self.on_event(f"{label}: FAILED: {exc}")
-            except Exception as exc:  # a model bug must not lose the other models' results
-                failed[label] = f"{type(exc).__name__}: {exc}"
-                write_json(
-                    mdir / "FAILED.json",
-                    {"error": failed[label], "traceback": traceback.format_exc()},
-                )
-                self.on_event(
-                    f"{label}: FAILED: {failed[label]} (traceback in {mdir / 'FAILED.json'})"
-                )
+            failed[label] = error
+            mdir.mkdir(parents=True, exist_ok=True)
+            if trace is None:
+                write_json(mdir / "FAILED.json", {"error": error})
+                self.on_event(f"{label}: FAILED: {error}")
+            else:
+                write_json(mdir / "FAILED.json", {"error": error, "traceback": trace})
+                self.on_event(f"{label}: FAILED: {error} (traceback in {mdir / 'FAILED.json'})")
+
+        order = sorted(self.model_configs(), key=lambda m: not self._is_first_stage(m.display_name))
+        if self.config.execution.executor == "ray":
+            from recarena.experiment.distributed import run_on_ray
+
+            run_on_ray(self, order, record_failure)
+        else:
+            for mc in order:
+                try:
+                    self.run_model(mc)
+                except KeyboardInterrupt:
+                    raise
+                except RecArenaError as exc:
+                    record_failure(mc.display_name, str(exc), None)
+                except Exception as exc:  # a model bug must not lose the others' results
+                    record_failure(
+                        mc.display_name, f"{type(exc).__name__}: {exc}", traceback.format_exc()
+                    )
         from recarena.summary import write_summaries
 
         summary = write_summaries(self.run_dir, self.config.evaluation)

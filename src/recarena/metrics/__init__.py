@@ -17,7 +17,8 @@ Modules
     Accuracy, precision, recall, F1, AUC, GAUC of scored pairs (`pointwise_metrics`).
 `recarena.metrics.uncertainty`
     Bootstrap confidence intervals over users (`bootstrap_ci`, `summarize`) and paired
-    comparisons (`paired_comparison`).
+    comparisons (`paired_comparison`); over users and training seeds together
+    (`seeded_bootstrap_ci`, `seeded_paired_comparison`).
 `recarena.metrics.segments`
     Cold/warm users, head/tail/cold items and metrics within them.
 `recarena.metrics.info`
@@ -59,7 +60,13 @@ from recarena.metrics.segments import (
     subset_lists,
     user_segments,
 )
-from recarena.metrics.uncertainty import bootstrap_ci, paired_comparison, summarize
+from recarena.metrics.uncertainty import (
+    bootstrap_ci,
+    paired_comparison,
+    seeded_bootstrap_ci,
+    seeded_paired_comparison,
+    summarize,
+)
 from recarena.ranking import RankedLists
 
 logger = logging.getLogger(__name__)
@@ -93,6 +100,8 @@ __all__ = [
     "ranking_metrics",
     "restrict_truth",
     "roc_auc",
+    "seeded_bootstrap_ci",
+    "seeded_paired_comparison",
     "segment_ranking_metrics",
     "split_metric_key",
     "subset_lists",

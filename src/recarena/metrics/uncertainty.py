@@ -8,11 +8,18 @@ matrix multiplication per block of resamples whatever the number of metrics.
 
 NaN values (a metric undefined for a user, e.g. a per-user AUC without negatives) are left
 out of each resample's mean; a column that is NaN everywhere gives NaN.
+
+`seeded_bootstrap_ci` and `seeded_paired_comparison` take one slice of per-user values per
+training seed and resample at two levels: the users (one draw shared by every seed, since
+the same users are measured at every seed) and, independently, the seeds. Their intervals
+cover both the choice of users and the training randomness; with one seed they are the
+user-only intervals.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -46,6 +53,83 @@ def _bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return np.concatenate(blocks, axis=0)
 
 
+def _check_options(n_boot: int, confidence: float) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+
+
+def _as_seeded(values: np.ndarray, name: str) -> np.ndarray:
+    """``values`` as a float64 (n_seeds, n_users, n_metrics) array (2-d: one metric)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be (n_seeds, n_users, n_metrics), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} needs at least one seed, got shape {x.shape}")
+    return x
+
+
+def _seed_means(x: np.ndarray) -> np.ndarray:
+    """(n_seeds, n_metrics) NaN-ignoring user mean of each seed (NaN without users)."""
+    if x.shape[1] == 0:
+        return np.full((x.shape[0], x.shape[2]), np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=1)
+
+
+def _seeded_bootstrap_means(
+    arrays: Sequence[np.ndarray], n_boot: int, seed: int
+) -> list[np.ndarray]:
+    """(n_boot, n_metrics) two-level resampled means of each (n_seeds, n_users, n_metrics) array.
+
+    Each resample draws the users once, from ``default_rng(seed)`` exactly as
+    `_bootstrap_means`, and applies the draw to every seed of every array; the seeds of
+    array ``i`` are drawn from ``default_rng([seed, 2 + i])``. The statistic is the mean,
+    over the drawn seeds with multiplicity, of each drawn seed's NaN-ignoring user mean; a
+    seed whose mean is undefined in a resample is left out of it.
+    """
+    n_users = arrays[0].shape[1]
+    prepared = []
+    for i, x in enumerate(arrays):
+        s, u, m = x.shape
+        # (users, seeds * metrics): one matrix product per block covers every seed
+        flat = np.ascontiguousarray(x.transpose(1, 0, 2)).reshape(u, s * m)
+        present = ~np.isnan(flat)
+        filled = np.where(present, flat, 0.0)
+        weight = present.astype(np.float64)
+        seed_rng = np.random.default_rng([seed, 2 + i])
+        seed_counts = np.concatenate(list(_resample_counts(seed_rng, n_boot, s)), axis=0)
+        prepared.append((filled, weight, seed_counts, s, m))
+    blocks: list[list[np.ndarray]] = [[] for _ in arrays]
+    start = 0
+    for counts in _resample_counts(np.random.default_rng(seed), n_boot, n_users):
+        b = counts.shape[0]
+        for out, (filled, weight, seed_counts, s, m) in zip(blocks, prepared, strict=True):
+            sums = counts @ filled
+            dens = counts @ weight
+            means = np.divide(sums, dens, out=np.full_like(sums, np.nan), where=dens > 0)
+            means = means.reshape(b, s, m)
+            defined = ~np.isnan(means)
+            w = seed_counts[start : start + b, :, None] * defined
+            num = (w * np.where(defined, means, 0.0)).sum(axis=1)
+            den = w.sum(axis=1)
+            out.append(np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0))
+        start += b
+    return [np.concatenate(out, axis=0) for out in blocks]
+
+
+def _percentile_bounds(boot: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    alpha = (1.0 - confidence) / 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: NaN, no noise
+        low, high = np.nanpercentile(boot, [100 * alpha, 100 * (1 - alpha)], axis=0)
+    return low, high
+
+
 def bootstrap_ci(
     values: np.ndarray,
     *,
@@ -71,10 +155,7 @@ def bootstrap_ci(
     mean, low, high : numpy.ndarray
         (n_metrics,) each (scalars' shape (1,) for 1-d input).
     """
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if n_boot < 0:
-        raise ValueError(f"n_boot must be >= 0, got {n_boot}")
+    _check_options(n_boot, confidence)
     x = np.asarray(values, dtype=np.float64)
     if x.ndim == 1:
         x = x[:, None]
@@ -182,4 +263,153 @@ def paired_comparison(
             "n_users": n_present.astype(np.int64),
         },
         index=pd.Index([str(c) for c in cols], name="metric"),
+    )
+
+
+def seeded_bootstrap_ci(
+    values: np.ndarray,
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and two-level bootstrap confidence interval over users and training seeds.
+
+    Each resample draws ``n_users`` users with replacement, one draw applied to every
+    seed's slice (the same users are measured at every seed), and, independently,
+    ``n_seeds`` seeds with replacement; its value is the mean over the drawn seeds (with
+    multiplicity) of each drawn seed's mean over the drawn users. The interval is the
+    percentile interval of these values, so it covers both the choice of users and the
+    training randomness. With one seed it equals `bootstrap_ci` of that slice for the same
+    ``seed`` (the same user draws).
+
+    Parameters
+    ----------
+    values
+        (n_seeds, n_users, n_metrics) per-user values, one slice per training seed, the
+        users in the same order in every slice (a 2-d (n_seeds, n_users) array is one
+        metric). NaN (undefined for that user) is left out of the user means; a seed whose
+        user mean is undefined is left out of the mean over seeds.
+    n_boot
+        Number of resamples; 0 gives NaN bounds.
+    confidence
+        Coverage of the interval, e.g. 0.95 for the 2.5th and 97.5th percentiles.
+    seed
+        Seed of the resampling: users are drawn from ``default_rng(seed)``, as in
+        `bootstrap_ci`, and training seeds from ``default_rng([seed, 2])``; the same seed and
+        shape give the same intervals.
+
+    Returns
+    -------
+    mean, low, high, seed_sd : numpy.ndarray
+        (n_metrics,) each: the mean over seeds of the per-seed user means, the interval
+        bounds, and the standard deviation (``ddof=1``) of the per-seed user means (NaN with
+        one seed). Without users every value is NaN.
+
+    Raises
+    ------
+    ValueError
+        For ``confidence`` outside (0, 1), a negative ``n_boot``, or ``values`` that is not
+        2-d or 3-d or has no seed (the message gives the shape).
+    """
+    _check_options(n_boot, confidence)
+    x = _as_seeded(values, "values")
+    n_users, m = x.shape[1], x.shape[2]
+    per_seed = _seed_means(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns, one seed
+        mean = np.nanmean(per_seed, axis=0)
+        seed_sd = np.nanstd(per_seed, axis=0, ddof=1)
+    if n_users == 0 or n_boot == 0:
+        return mean, np.full(m, np.nan), np.full(m, np.nan), seed_sd
+    (boot,) = _seeded_bootstrap_means([x], n_boot, seed)
+    low, high = _percentile_bounds(boot, confidence)
+    return mean, low, high, seed_sd
+
+
+def seeded_paired_comparison(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    metrics: Sequence[str],
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Difference ``a - b`` of two models measured on the same users over training seeds.
+
+    Each model's value is the mean over its seeds of the per-seed NaN-ignoring user means
+    (as in `seeded_bootstrap_ci`). Each resample draws the users once, shared by ``a`` and
+    ``b`` (the comparison is paired), and, independently, ``a``'s seeds and ``b``'s seeds
+    with replacement; the interval is the percentile interval of the difference of the two
+    resampled means. ``consistent`` is True when every pair (seed i of ``a``, seed j of
+    ``b``) has a difference of per-seed user means of the same strict sign as ``diff``
+    (False when ``diff`` is 0 or NaN). "Better across seeds" is an interval that excludes
+    0 together with ``consistent``.
+
+    Parameters
+    ----------
+    a, b
+        (n_seeds_a, n_users, n_metrics) and (n_seeds_b, n_users, n_metrics) per-user values,
+        the users in the same order in both (the caller aligns them) and in every seed; a
+        2-d array is one metric. A deterministic model has one seed. NaN is ignored.
+    metrics
+        Names of the ``n_metrics`` columns, the index of the result.
+    n_boot, confidence
+        As in `seeded_bootstrap_ci`.
+    seed
+        Seed of the resampling: users from ``default_rng(seed)``, ``a``'s seeds from
+        ``default_rng([seed, 2])`` and ``b``'s seeds from ``default_rng([seed, 3])``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``metric``, columns ``mean_a, mean_b, diff, ci_low, ci_high, consistent,
+        n_seeds_a, n_seeds_b, n_users``; ``n_users`` counts the users with a value in every
+        seed of both models.
+
+    Raises
+    ------
+    ValueError
+        For ``confidence`` outside (0, 1), a negative ``n_boot``, arrays that are not 2-d or
+        3-d or have no seed, different user or metric counts in ``a`` and ``b`` (the message
+        gives both shapes), or a number of names other than ``n_metrics``.
+    """
+    _check_options(n_boot, confidence)
+    xa = _as_seeded(a, "a")
+    xb = _as_seeded(b, "b")
+    if xa.shape[1:] != xb.shape[1:]:
+        raise ValueError(
+            f"a and b must have the same users and metrics, got shapes {xa.shape} and {xb.shape}"
+        )
+    names = [str(name) for name in metrics]
+    n_users, m = xa.shape[1], xa.shape[2]
+    if len(names) != m:
+        raise ValueError(f"{len(names)} metric names for {m} metrics (shape {xa.shape})")
+    seeds_a, seeds_b = _seed_means(xa), _seed_means(xb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean_a, mean_b = np.nanmean(seeds_a, axis=0), np.nanmean(seeds_b, axis=0)
+    diff = mean_a - mean_b
+    low, high = np.full(m, np.nan), np.full(m, np.nan)
+    if n_users and n_boot:
+        boot_a, boot_b = _seeded_bootstrap_means([xa, xb], n_boot, seed)
+        low, high = _percentile_bounds(boot_a - boot_b, confidence)
+    pairs = seeds_a[:, None, :] - seeds_b[None, :, :]  # (n_seeds_a, n_seeds_b, n_metrics)
+    sign = np.sign(diff)
+    consistent = (sign != 0) & (np.sign(pairs) == sign).all(axis=(0, 1))
+    both = (~np.isnan(xa)).all(axis=0) & (~np.isnan(xb)).all(axis=0)
+    return pd.DataFrame(
+        {
+            "mean_a": mean_a,
+            "mean_b": mean_b,
+            "diff": diff,
+            "ci_low": low,
+            "ci_high": high,
+            "consistent": consistent,
+            "n_seeds_a": np.full(m, xa.shape[0], dtype=np.int64),
+            "n_seeds_b": np.full(m, xb.shape[0], dtype=np.int64),
+            "n_users": both.sum(axis=0).astype(np.int64),
+        },
+        index=pd.Index(names, name="metric"),
     )

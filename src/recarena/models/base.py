@@ -202,6 +202,10 @@ class Recommender:
     #: checks that each one's model (given, in the grid, or the default) is available
     #: before it starts
     language_model_params: ClassVar[tuple[str, ...]] = ()
+    #: what one run of the model asks of a node when an experiment runs on a cluster (Ray
+    #: task resources: ``num_cpus``, ``num_gpus`` (a fraction shares a GPU), ``memory`` in
+    #: bytes); a ``num_threads`` parameter sets the CPUs (`task_resources`)
+    resources: ClassVar[dict[str, float]] = {"num_cpus": 1}
     #: fitted attributes that `cost_record` reports (those the fit set), in this order
     cost_attributes: ClassVar[tuple[str, ...]] = (
         "encode_items_per_second_",
@@ -501,6 +505,15 @@ class Recommender:
             if name in state:
                 record[name.rstrip("_")] = state[name]
         return record
+
+    def task_resources(self) -> dict[str, float]:
+        """What a run of this model asks of a cluster node: `resources`, with the CPUs of a
+        positive integer ``num_threads`` parameter when the model has one."""
+        out = {k: float(v) for k, v in type(self).resources.items()}
+        threads = vars(self).get("num_threads")
+        if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0:
+            out["num_cpus"] = float(threads)
+        return out
 
     def training_log(self) -> list[dict[str, Any]]:
         """The fitted model's learning curve: one record per measurement of its training

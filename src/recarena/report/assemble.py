@@ -24,6 +24,7 @@ from recarena.report.sections import (
     preprocessing_table,
     protocol_title,
     protocols_table,
+    seeds_tables,
     segment_table,
     significance_table,
     split_table,
@@ -125,6 +126,9 @@ def assemble(data: ReportData, out_file: Path, tables_dir: Path) -> tuple[str, s
             sig = significance_table(data, pa)
             section.tables.append(sig)
             all_tables.append(sig)
+        for seeds in seeds_tables(data, pa):
+            section.tables.append(seeds)
+            all_tables.append(seeds)
         fig = _quality_cost_figure(data, pa, colors)
         if fig is not None:
             section.figures.append(("Quality vs cost", fig))

@@ -786,3 +786,108 @@ def environment_table(data: ReportData) -> Table:
     rows = [[Cell(k), *[Cell(d.get(k, "–")) for d in flat]] for k in keys]
     raw = pd.DataFrame([[k, *[d.get(k, "") for d in flat]] for k in keys], columns=header)
     return Table("environment", "Versions and hardware", header, rows, raw)
+
+
+def seeds_tables(data: ReportData, pa: ProtocolAnalysis) -> list[Table]:
+    """Each model across its training seeds, and the best against the others, on one
+    protocol (from the run's ``summary_seeds.csv`` and ``comparisons_seeds.csv``; none
+    when no run of the report asked for seeds)."""
+    from recarena.summary_seeds import ranking_across_seeds, seeds_text
+
+    tables = []
+    for run in data.runs:
+        path = run.run_dir / "summary_seeds.csv"
+        if not path.exists():
+            continue
+        metric = str(run.evaluation.get("tune_metric", f"ndcg@{data.k}"))
+        ranked = ranking_across_seeds(pd.read_csv(path), pa.label, metric)
+        if ranked.empty:
+            continue
+        where = f" ({run.name})" if len(data.runs) > 1 else ""
+        suffix = f"_{run.name}" if len(data.runs) > 1 else ""
+        rows = []
+        for _, r in ranked.iterrows():
+            seeds = seeds_text(r)
+            rows.append(
+                [
+                    Cell(str(r["model"]), cls="model"),
+                    Cell(seeds),
+                    Cell(fmt_metric(r["mean"]), sub=fmt_ci(r["ci_low"], r["ci_high"]), cls="num"),
+                    Cell(fmt_metric(r["seed_sd"]), cls="num"),
+                    Cell(fmt_metric(r["user_half_width"]), cls="num"),
+                    Cell(fmt_int(r["n_users"]), cls="num"),
+                ]
+            )
+        level = f"{data.confidence:.0%}"
+        tables.append(
+            Table(
+                key=f"seeds_{pa.label}{suffix}",
+                title=f"Across training seeds{where} — {protocol_title(pa.label, pa.description)}",
+                header=[
+                    "model",
+                    "seeds",
+                    f"{metric_display(metric)} [{level}: users and seeds]",
+                    "sd over seeds",
+                    "± over users",
+                    "users",
+                ],
+                rows=rows,
+                raw=ranked,
+                notes=[
+                    "The mean over seeds of each seed's mean over users. The interval is a "
+                    "two-level percentile bootstrap (users drawn once for every seed, seeds "
+                    "drawn with replacement), so it covers training randomness as well as "
+                    "the sampling of users. 'sd over seeds' is the standard deviation of the "
+                    "per-seed means; '± over users' the half-width of the interval over users "
+                    "alone (the mean of the seeds' own): where the first is comparable to the "
+                    "second, one training run cannot rank the models. A model that takes no "
+                    "seed is deterministic given its data and ran once."
+                ],
+            )
+        )
+        cpath = run.run_dir / "comparisons_seeds.csv"
+        comps = pd.read_csv(cpath) if cpath.exists() else pd.DataFrame()
+        comps = comps[comps["protocol"] == pa.label] if len(comps) else comps
+        if comps.empty:
+            continue
+        crow = []
+        for _, c in comps.iterrows():
+            crow.append(
+                [
+                    Cell(str(c["model_a"]), cls="model"),
+                    Cell(str(c["model_b"]), cls="model"),
+                    Cell(fmt_metric(c["mean_a"]), cls="num"),
+                    Cell(fmt_metric(c["mean_b"]), cls="num"),
+                    Cell(fmt_diff(c["diff"]), sub=fmt_ci(c["ci_low"], c["ci_high"]), cls="num"),
+                    Cell("yes" if bool(c["consistent"]) else "no"),
+                    Cell(
+                        f"{c['model_a']} better" if bool(c["better"]) else "not shown",
+                        cls="sig" if bool(c["better"]) else "ns",
+                    ),
+                ]
+            )
+        tables.append(
+            Table(
+                key=f"seeds_comparisons_{pa.label}{suffix}",
+                title=f"Best against the others across seeds{where} — "
+                f"{protocol_title(pa.label, pa.description)}",
+                header=[
+                    "model A",
+                    "model B",
+                    "mean A",
+                    "mean B",
+                    f"A − B [{level}: users and seeds]",
+                    "same sign at every seed pair",
+                    "result",
+                ],
+                rows=crow,
+                raw=comps,
+                notes=[
+                    f"{metric_display(metric)} differences on the users both were measured on. "
+                    "A is better only when the interval of the difference (users drawn once "
+                    "for both models, each model's seeds drawn with replacement) excludes zero "
+                    "and A's mean is above B's at every pair of their seeds."
+                ],
+            )
+        )
+    return tables

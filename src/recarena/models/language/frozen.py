@@ -50,6 +50,8 @@ class FrozenLMRecommender(Recommender):
     """
 
     family = "frozen-lm"
+    #: a language model: a share of a GPU where the cluster has one
+    resources = {"num_cpus": 1, "num_gpus": 0.25}
     fusion = "feature-extraction"
     uses_text = True
     language_model_params = ("model",)

@@ -144,6 +144,8 @@ class SASRec(KeepsHistory, Recommender):
 
     param_grid = {"hidden": [64, 128], "dropout": [0.2, 0.5]}
     uses_validation = True
+    #: a network: a share of a GPU where the cluster has one
+    resources = {"num_cpus": 1, "num_gpus": 0.25}
     # the history read when scoring (and rebuilt by update_history): each user's last
     # max_len items, ids shifted by one (0 is the padding id)
     history_length_param = "max_len"

@@ -214,6 +214,8 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
     """
 
     family = "cross-encoder"
+    #: a language model: a share of a GPU where the cluster has one
+    resources = {"num_cpus": 1, "num_gpus": 0.25}
     fusion = "fine-tuning"
     scores_full_catalog = False
     uses_text = True

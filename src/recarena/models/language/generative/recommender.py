@@ -294,6 +294,8 @@ class GenerativeRanker(LoRATraining, KeepsHistory, Recommender):
     """
 
     family = "generative-lm"
+    #: a language model: a share of a GPU where the cluster has one
+    resources = {"num_cpus": 1, "num_gpus": 0.25}
     fusion = _FollowsLoRA("zero-shot", "fine-tuning")  # type: ignore[assignment]
     uses_validation = _FollowsLoRA(False, True)  # type: ignore[assignment]
     scores_full_catalog = False

@@ -87,6 +87,8 @@ class JointTextSASRec(TextSASRec):
     """
 
     family = "lm-features-trained"
+    #: a language model: a share of a GPU where the cluster has one
+    resources = {"num_cpus": 1, "num_gpus": 0.25}
     fusion = "joint-training"
 
     def __init__(

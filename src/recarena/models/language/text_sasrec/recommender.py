@@ -88,6 +88,8 @@ class TextSASRec(SASRec):
     """
 
     family = "lm-features-trained"
+    #: a language model: a share of a GPU where the cluster has one
+    resources = {"num_cpus": 1, "num_gpus": 0.25}
     fusion = "feature-extraction"
     uses_text = True
     language_model_params = ("model",)

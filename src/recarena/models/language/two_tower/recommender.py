@@ -235,6 +235,8 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
     """
 
     family = "two-tower"
+    #: a language model: a share of a GPU where the cluster has one
+    resources = {"num_cpus": 1, "num_gpus": 0.25}
     fusion = "joint-training"
     uses_text = True
     language_model_params = ("model",)

@@ -179,6 +179,34 @@ def _print_leaderboards(run_dir: Path, ks: list[int]) -> None:
         if not shared.empty:
             n = int(shared["n_users"].max())
             _print_leaderboard(shared, f"{proto}: on the {n:,} users every model was measured on")
+        if (run_dir / "summary_seeds.csv").exists():
+            _print_seed_table(run_dir, proto, f"ndcg@{k}")
+
+
+def _print_seed_table(run_dir: Path, proto: str, metric: str) -> None:
+    """Each model across its training seeds (``summary_seeds.csv``), on one protocol."""
+    import pandas as pd
+
+    from recarena.summary_seeds import ranking_across_seeds, seeds_text
+
+    ranked = ranking_across_seeds(pd.read_csv(run_dir / "summary_seeds.csv"), proto, metric)
+    if ranked.empty:
+        return
+    t = Table(title=f"{proto}: across training seeds", title_justify="left")
+    for name in ("model", "seeds", f"{metric.upper()} [95%: users and seeds]", "sd seeds"):
+        t.add_column(name, justify="left" if name in ("model", "seeds") else "right")
+    t.add_column("± users", justify="right")
+    for _, r in ranked.iterrows():
+        interval = f"{r['mean']:.4f} [{_num(r['ci_low'], 4)}, {_num(r['ci_high'], 4)}]"
+        t.add_row(
+            str(r["model"]),
+            seeds_text(r),
+            interval,
+            _num(r["seed_sd"], 4),
+            _num(r["user_half_width"], 4),
+        )
+    t.caption = "sd seeds: of the per-seed means; ± users: half-width of the interval over users"
+    console.print(t)
 
 
 def _print_leaderboard(table: Any, title: str) -> None:

@@ -18,7 +18,14 @@ import pytest
 
 from recarena.config import parse_config, with_execution
 from recarena.errors import ConfigError
-from recarena.experiment.distributed import run_task, setup_files, task_options, write_task_files
+from recarena.experiment.distributed import (
+    run_task,
+    run_trial_task,
+    save_trials,
+    setup_files,
+    task_options,
+    write_task_files,
+)
 from recarena.experiment.runner import ExperimentRunner
 from recarena.models.base import Recommender
 from recarena.runner import run_experiment
@@ -73,9 +80,27 @@ def test_a_task_run_here_writes_what_a_local_run_writes(tmp_path):
     runner.prepare()
     setup = setup_files(runner.run_dir)
     assert "run.json" in setup and any(k.startswith("split/") for k in setup)
-    for label in runner.runs:
-        result = run_task(cfg.model_dump(mode="json"), setup, label, {}, None, 1)
+    config = cfg.model_dump(mode="json")
+    for label, run in runner.runs.items():
+        # a grid's trials as tasks of their own, saved by the driver in grid order ...
+        pending = runner.pending_trials(run.config)
+        assert len(pending) == (2 if label == "ease" else 0)
+        trials = [run_trial_task(config, setup, label, i, {}, None, 1) for i in pending]
+        assert all(t["status"] == "done" for t in trials), trials
+        if trials:
+            save_trials(runner.run_dir, label, [t["trial"] for t in trials])
+            assert runner.pending_trials(run.config) == []
+        # ... then the run task, which finds them saved
+        mdir = runner.run_dir / "models" / label
+        folder = {
+            p.relative_to(runner.run_dir).as_posix(): p.read_bytes()
+            for p in mdir.rglob("*")
+            if p.is_file()
+        }
+        result = run_task(config, setup, label, folder, None, 1)
         assert result["status"] == "done", result.get("traceback")
+        # (the trials are not fit again)
+        assert not any(f"{label}: validation " in e for e in result["events"])
         assert f"models/{label}/DONE.json" in result["files"]
         assert not any("/checkpoints/" in k for k in result["files"])
         write_task_files(runner.run_dir, label, result["files"])
@@ -257,7 +282,10 @@ def test_a_two_node_cluster_gives_the_in_process_results_and_survives_a_killed_w
     labels = ["most_popular", "ease", "bpr@seed1", "bpr@seed2", "sleepy@seed1", "sleepy@seed2"]
     for label in labels:
         assert (result.run_dir / "models" / label / "DONE.json").exists(), events
-    assert sum(e.startswith("ray: ") and " done on 127." in e for e in events) == len(labels)
+    for label in labels:
+        assert sum(e.startswith(f"ray: {label} done on 127.") for e in events) == 1, events
+    # EASE's two grid points ran as trial tasks of their own
+    assert sum(e.startswith("ray: ease trial ") and " done on 127." in e for e in events) == 2
     # the same experiment in process (the marker is there: nothing sleeps) gives the same
     raw_local = {**raw, "execution": {}, "output_dir": str(tmp_path / "local")}
     local = run_experiment(parse_config(raw_local), cache_dir=tmp_path / "cache", progress=False)

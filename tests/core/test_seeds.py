@@ -220,3 +220,13 @@ def test_resume_is_per_seed(seeded_run, tmp_path):
     reused = {e.split(":")[0] for e in events if "done earlier" in e}
     assert reused == {"most_popular", "bpr@seed3", "bpr@seed5"}
     pd.testing.assert_frame_equal(pd.read_csv(run / "summary_seeds.csv"), before)
+
+
+def test_the_command_line_prints_the_seed_table(seeded_run):
+    from recarena.cli import _print_leaderboards, console
+
+    _, result = seeded_run
+    with console.capture() as captured:
+        _print_leaderboards(result.run_dir, [10])
+    text = captured.get()
+    assert "across training seeds" in text and "deterministic" in text and "3, 4, 5" in text

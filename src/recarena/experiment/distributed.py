@@ -1,9 +1,13 @@
 """The models of an experiment as tasks on a Ray cluster (``recarena run --executor ray``).
 
-The unit of work is one run of a model: one ``[[models]]`` entry, or one training seed of
-it (`recarena.experiment.seeds`), with its validation trials, final fit and measurement,
-exactly as `ExperimentRunner.run_model` does them in process (a task *is* that call, in a
-scratch copy of the run folder's set-up on the node that runs it).
+The units of work are a model's validation trials and its run. A run is one ``[[models]]``
+entry, or one training seed of it (`recarena.experiment.seeds`): its validation trials,
+final fit and measurement, exactly as `ExperimentRunner.run_model` does them in process (a
+task *is* that call, in a scratch copy of the run folder's set-up on the node that runs
+it). A model with more than one validation trial left first runs each trial as a task of
+its own (`ExperimentRunner.run_trial`), in parallel; the driver saves them in the model's
+``tuning.json`` in grid order, and the run task then finds them saved, as a resumed run
+does, and goes on to the final fit.
 
 The driver (the process of ``recarena run``) keeps the run folder and its lock:
 
@@ -40,7 +44,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recarena._io import atomic_path
+from recarena._artifacts import json_or_damage
+from recarena._io import atomic_path, write_json
 from recarena.config import ExperimentConfig, ModelConfig
 from recarena.errors import ConfigError, RecArenaError
 
@@ -151,7 +156,11 @@ def run_task(
             progress=False,
             on_event=events.append,
         )
-        result: dict[str, Any] = {"events": events, "node": _node_address(socket.gethostname())}
+        result: dict[str, Any] = {
+            "events": events,
+            "node": _node_address(socket.gethostname()),
+            "version": recarena_version(),
+        }
         try:
             runner.prepare()
             runner.run_model(runner.runs[label].config)
@@ -173,6 +182,82 @@ def run_task(
         result["files"] = files
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+def run_trial_task(
+    config: dict[str, Any],
+    setup: dict[str, bytes],
+    label: str,
+    index: int,
+    model_files: dict[str, bytes],
+    cache_dir: str | None,
+    threads: int,
+) -> dict[str, Any]:
+    """One validation trial of one model (grid point ``index``) in a scratch folder.
+
+    Returns ``status``, ``trial`` (the record `ExperimentRunner.run_trial` makes, which
+    the driver saves in the model's ``tuning.json``), ``events``, ``node``, ``version``,
+    ``seconds``; a failed trial ``error`` and ``traceback``.
+    """
+    import socket
+
+    from recarena.cache import resolve_cache_dir
+    from recarena.experiment.runner import ExperimentRunner
+
+    start = time.perf_counter()
+    cfg = ExperimentConfig.model_validate(config)
+    events: list[str] = []
+    cache = Path(cache_dir) if cache_dir and Path(cache_dir).is_dir() else None
+    result: dict[str, Any] = {
+        "events": events,
+        "node": _node_address(socket.gethostname()),
+        "version": recarena_version(),
+    }
+    with tempfile.TemporaryDirectory(prefix="recarena-trial-") as tmp, _threads(threads):
+        root = Path(tmp) / "run"
+        _unpack(root, setup)
+        _unpack(root, model_files)
+        runner = ExperimentRunner(
+            cfg,
+            root,
+            cache if cache is not None else resolve_cache_dir(cfg.cache_dir),
+            progress=False,
+            on_event=events.append,
+        )
+        try:
+            runner.prepare()
+            result["trial"] = runner.run_trial(runner.runs[label].config, index)
+            result["status"] = "done"
+        except Exception as exc:  # noqa: BLE001 - the driver records it as FAILED
+            result["status"] = "failed"
+            result["error"] = (
+                str(exc) if isinstance(exc, RecArenaError) else f"{type(exc).__name__}: {exc}"
+            )
+            result["traceback"] = traceback.format_exc()
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def save_trials(run_dir: Path, label: str, trials: list[dict[str, Any]]) -> None:
+    """Add trials (in grid order) after the ones ``tuning.json`` holds, as a run in process
+    appends them."""
+    path = run_dir / "models" / label / "tuning.json"
+    saved: list[dict[str, Any]] = []
+    if path.exists():
+        content, damage = json_or_damage(path)
+        if damage is None and isinstance(content, dict):
+            saved = list(content.get("trials", []))
+    write_json(path, {"trials": saved + trials})
+
+
+def recarena_version() -> str:
+    """The installed RecArena's version ("unknown" when not installed as a package)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("recarena")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _node_address(default: str) -> str:
@@ -281,86 +366,189 @@ def _connect(config: ExperimentConfig, on_event: Callable[[str], None]) -> bool:
     return True
 
 
+class _Wave:
+    """The tasks of one wave (first stages, then the rest) and what each is for."""
+
+    def __init__(self, runner: ExperimentRunner, remote: Any, trial_remote: Any, ray: Any):
+        self.runner = runner
+        self.remote = remote
+        self.trial_remote = trial_remote
+        self.ray = ray
+        self.setup = ray.put(setup_files(runner.run_dir))
+        self.config = runner.config.model_dump(mode="json")
+        #: ref -> (model config, grid point index or None for the model's run, CPUs)
+        self.pending: dict[Any, tuple[ModelConfig, int | None, float]] = {}
+        #: label -> {grid point index: trial record}, while a model's trials run
+        self.trials: dict[str, dict[int, dict[str, Any] | None]] = {}
+        self.options: dict[str, dict[str, Any]] = {}
+
+    def _folder_files(self, label: str) -> dict[str, bytes]:
+        mdir = self.runner.run_dir / "models" / label
+        return _files(mdir, self.runner.run_dir, exclude=("DONE.json", "FAILED.json"))
+
+    def submit_model(self, mc: ModelConfig) -> None:
+        label, options = mc.display_name, self.options[mc.display_name]
+        ref = self.remote.options(name=f"recarena:{label}", **options).remote(
+            self.config,
+            self.setup,
+            label,
+            self._folder_files(label),
+            str(self.runner.cache_dir),
+            max(1, int(options["num_cpus"])),
+        )
+        self.pending[ref] = (mc, None, float(options["num_cpus"]))
+
+    def submit_trials(self, mc: ModelConfig, indices: list[int]) -> None:
+        label, options = mc.display_name, self.options[mc.display_name]
+        files = self._folder_files(label)
+        self.trials[label] = dict.fromkeys(indices)
+        for index in indices:
+            ref = self.trial_remote.options(
+                name=f"recarena:{label}:trial{index + 1}", **options
+            ).remote(
+                self.config,
+                self.setup,
+                label,
+                index,
+                files,
+                str(self.runner.cache_dir),
+                max(1, int(options["num_cpus"])),
+            )
+            self.pending[ref] = (mc, index, float(options["num_cpus"]))
+
+    def cancel(self, label: str) -> None:
+        """Stop the other trials of a model whose trial failed; save those that finished
+        (the next run resumes them)."""
+        for ref, (mc, index, _) in list(self.pending.items()):
+            if mc.display_name == label and index is not None:
+                self.ray.cancel(ref, force=True)
+                del self.pending[ref]
+        got = self.trials.pop(label, {})
+        finished = [got[i] for i in sorted(got) if got[i] is not None]
+        if finished:
+            save_trials(self.runner.run_dir, label, finished)
+
+
 def run_on_ray(
     runner: ExperimentRunner,
     order: list[ModelConfig],
     record_failure: Callable[[str, str, str | None], None],
 ) -> None:
     """Run ``order`` (first stages first) as Ray tasks; failures go to ``record_failure``
-    (label, error, traceback)."""
+    (label, error, traceback).
+
+    A model with more than one validation trial left runs them as tasks of their own, in
+    parallel; once all are back (saved in its ``tuning.json``, in grid order), its run
+    task finds them saved and goes on to the final fit and the measurement.
+    """
     import ray
 
     connected = _connect(runner.config, runner.on_event)
     try:
         has_gpu = ray.cluster_resources().get("GPU", 0) > 0
         cpus = float(ray.cluster_resources().get("CPU", 1))
-        remote = ray.remote(run_task)
+        version = recarena_version()
+        remote, trial_remote = ray.remote(run_task), ray.remote(run_trial_task)
         first = [mc for mc in order if runner._is_first_stage(mc.display_name)]
         rest = [mc for mc in order if not runner._is_first_stage(mc.display_name)]
         total = len(order)
         finished = 0
         dropped_gpu = False
-        for wave in (first, rest):
-            todo = [mc for mc in wave if runner._reuse_finished(mc) is None]
-            finished += len(wave) - len(todo)
+        for models in (first, rest):
+            todo = [mc for mc in models if runner._reuse_finished(mc) is None]
+            finished += len(models) - len(todo)
             if not todo:
                 continue
-            setup = ray.put(setup_files(runner.run_dir))
-            config = runner.config.model_dump(mode="json")
-            pending: dict[Any, tuple[ModelConfig, float]] = {}
+            wave = _Wave(runner, remote, trial_remote, ray)
+            n_trials = 0
             for mc in todo:
-                options = task_options(runner, mc, has_gpu)
-                wanted = runner.config.execution.resources.get(mc.display_name)
+                label = mc.display_name
+                try:
+                    wave.options[label] = task_options(runner, mc, has_gpu)
+                    trials = runner.pending_trials(mc)
+                except RecArenaError as exc:  # as a run in process records them
+                    record_failure(label, str(exc), None)
+                    finished += 1
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a model bug: the others go on
+                    record_failure(label, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                    finished += 1
+                    continue
+                wanted = runner.config.execution.resources.get(label)
                 if not has_gpu and not dropped_gpu and (wanted or {}).get("num_gpus"):
                     runner.on_event("ray: the cluster has no GPU; GPU requests are dropped")
                     dropped_gpu = True
-                label = mc.display_name
-                mdir = runner.run_dir / "models" / label
-                ref = remote.options(name=f"recarena:{label}", **options).remote(
-                    config,
-                    setup,
-                    label,
-                    _files(mdir, runner.run_dir, exclude=("DONE.json", "FAILED.json")),
-                    str(runner.cache_dir),
-                    max(1, int(options["num_cpus"])),
-                )
-                pending[ref] = (mc, float(options["num_cpus"]))
+                if len(trials) > 1:
+                    wave.submit_trials(mc, trials)
+                    n_trials += len(trials)
+                else:
+                    wave.submit_model(mc)
             runner.on_event(
-                f"ray: {len(pending)} task(s) submitted ({finished}/{total} done earlier)"
+                f"ray: {len(wave.pending)} task(s) submitted"
+                + (f", {n_trials} of them validation trials" if n_trials else "")
+                + f" ({finished}/{total} models done earlier)"
             )
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                mc, _ = pending.pop(ready[0])
+            while wave.pending:
+                ready, _ = ray.wait(list(wave.pending), num_returns=1)
+                mc, index, _ = wave.pending.pop(ready[0])
                 label = mc.display_name
+                what = label if index is None else f"{label} trial {index + 1}"
                 try:
                     result = ray.get(ready[0])
                 except Exception as exc:  # noqa: BLE001 - retries spent, node lost
-                    record_failure(label, f"{type(exc).__name__}: {exc}", None)
+                    result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                    result["node"], result["seconds"], result["version"] = "?", 0.0, version
+                if result.get("version") != version:
+                    # another version may measure otherwise: its numbers are not written
+                    result = {
+                        **result,
+                        "status": "failed",
+                        "error": f"the node {result.get('node')} runs RecArena "
+                        f"{result.get('version')} and this machine {version}: install the "
+                        "same version on every node",
+                        "traceback": None,
+                        "files": {},
+                    }
+                if index is not None:
+                    if result["status"] != "done":
+                        wave.cancel(label)
+                        record_failure(label, f"{what}: {result['error']}", result.get("traceback"))
+                        finished += 1
+                    elif label in wave.trials:
+                        wave.trials[label][index] = result["trial"]
+                        if all(t is not None for t in wave.trials[label].values()):
+                            got = wave.trials.pop(label)
+                            save_trials(runner.run_dir, label, [got[i] for i in sorted(got)])
+                            wave.submit_model(mc)
+                else:
                     finished += 1
-                    continue
-                write_task_files(runner.run_dir, label, result["files"])
-                finished += 1
+                    if result.get("files"):
+                        write_task_files(runner.run_dir, label, result["files"])
+                    if result["status"] != "done":
+                        record_failure(label, result["error"], result.get("traceback"))
+                    else:
+                        runner._done_checks.pop(label, None)
+                for event in result.get("events", []):
+                    # what the model said on its node (the set-up's lines are the driver's)
+                    if not event.startswith(("data:", "split:")):
+                        runner.on_event(f"  {event}")
                 status = "done" if result["status"] == "done" else "FAILED"
-                if result["status"] != "done":
-                    record_failure(label, result["error"], result.get("traceback"))
-                running = _running(pending, cpus)
+                running = _running(wave.pending, cpus)
                 runner.on_event(
-                    f"ray: {label} {status} on {result['node']} in {result['seconds']:.1f} s "
-                    f"({finished}/{total} done, {running} running, "
-                    f"{len(pending) - running} queued)"
+                    f"ray: {what} {status} on {result['node']} in {result['seconds']:.1f} s "
+                    f"({finished}/{total} models done, {running} task(s) running, "
+                    f"{len(wave.pending) - running} queued)"
                 )
-                if result["status"] == "done":
-                    runner._done_checks.pop(label, None)
     finally:
         if connected:
             ray.shutdown()
 
 
-def _running(pending: dict[Any, tuple[ModelConfig, float]], cpus: float) -> int:
+def _running(pending: dict[Any, tuple[ModelConfig, int | None, float]], cpus: float) -> int:
     """How many pending tasks the cluster's CPUs hold at once, in the order submitted
     (Ray starts them in that order as CPUs free up; the rest wait)."""
     used, running = 0.0, 0
-    for _, need in pending.values():
+    for _, _, need in pending.values():
         if used + need > cpus + 1e-9:
             break
         used += need
@@ -372,6 +560,8 @@ __all__ = [
     "remove_task_leftovers",
     "run_on_ray",
     "run_task",
+    "run_trial_task",
+    "save_trials",
     "setup_files",
     "task_options",
     "write_task_files",

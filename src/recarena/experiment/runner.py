@@ -805,10 +805,12 @@ class ExperimentRunner:
             tune_proto=protocols[0] if protocols else ProtocolConfig(kind="full"),
         )
 
-    def _tune(self, job: _ModelJob) -> _Tuning:
-        """Validation: the grid (or early stopping) on train -> valid, resuming the trials
-        saved in ``tuning.json``; without validation, the parameters as given."""
-        mc, label, template = job.mc, job.label, job.template
+    def _trial_plan(
+        self, job: _ModelJob
+    ) -> tuple[dict[str, list[Any]], list[dict[str, Any]], bool, dict[str, str]]:
+        """The model's grid, the points tried, whether validation runs, and each point's
+        trial key (by `params_key`)."""
+        mc, template = job.mc, job.template
         grid, points = self.grid_points(mc, template)
         problems = parameter_problems(mc, template, points)
         if problems:
@@ -816,11 +818,72 @@ class ExperimentRunner:
         needs_validation = job.has_valid and (
             len(points) > 1 or template.uses_validation or job.first_stage or not job.refit
         )
-        tuning_path = job.mdir / "tuning.json"
         trial_keys = {
             params_key(params): self.trial_key(mc, params, job.tune_proto)
             for params in ({**mc.params, **point} for point in points)
         }
+        return grid, points, needs_validation, trial_keys
+
+    def pending_trials(self, mc: ModelConfig) -> list[int]:
+        """The grid points (indices) of the model's validation that no saved trial in
+        ``tuning.json`` covers: what `run_trial` has left to run (none when the model is
+        not tuned). Creates the model folder, like a run of the model."""
+        job = self._start_model(mc)
+        _, points, needs_validation, trial_keys = self._trial_plan(job)
+        if not needs_validation:
+            return []
+        saved = saved_trials(job.label, job.mdir / "tuning.json", trial_keys, self.on_event)
+        done_keys = {params_key(t["params"]) for t in saved}
+        return [
+            n
+            for n, point in enumerate(points)
+            if params_key({**mc.params, **point}) not in done_keys
+        ]
+
+    def run_trial(self, mc: ModelConfig, index: int) -> dict[str, Any]:
+        """Fit and measure one validation trial, grid point ``index``, as `run_model` does
+        (the record it saves in ``tuning.json``; nothing is written here but the
+        checkpoints of a long training)."""
+        job = self._start_model(mc)
+        _, points, _, trial_keys = self._trial_plan(job)
+        point = points[index]
+        self.on_event(f"{job.label}: validation {index + 1}/{len(points)} {point or ''}".rstrip())
+        trial, _ = self._fit_trial(
+            job, {**mc.params, **point}, trial_keys, self.training_data("valid")
+        )
+        return trial
+
+    def _fit_trial(
+        self,
+        job: _ModelJob,
+        params: dict[str, Any],
+        trial_keys: dict[str, str],
+        train_data: TrainingData,
+    ) -> tuple[dict[str, Any], Recommender]:
+        """One validation trial: the fit on train, its score on validation, its record."""
+        model = job.template.clone(**params)
+        # a long training stopped part-way resumes from here on the next run
+        train_data.checkpoint_dir = job.checkpoints / f"valid-{_hash(params)}"
+        with Stopwatch() as sw:
+            model.fit(train_data, valid=self.split.valid)
+        score = self.validation_score(model, job.tune_proto)
+        trial = {
+            "key": trial_keys[params_key(params)],
+            "params": params,
+            "metric": self.config.evaluation.tune_metric,
+            "protocol": job.tune_proto.label,
+            "value": score,
+            "fit_seconds": sw.seconds,
+            "refit_params": model.refit_params(),
+        }
+        return trial, model
+
+    def _tune(self, job: _ModelJob) -> _Tuning:
+        """Validation: the grid (or early stopping) on train -> valid, resuming the trials
+        saved in ``tuning.json``; without validation, the parameters as given."""
+        mc, label, template = job.mc, job.label, job.template
+        grid, points, needs_validation, trial_keys = self._trial_plan(job)
+        tuning_path = job.mdir / "tuning.json"
         trials = saved_trials(
             label, tuning_path, trial_keys if needs_validation else {}, self.on_event
         )
@@ -847,24 +910,9 @@ class ExperimentRunner:
             if params_key(params) in done_keys:
                 continue
             self.on_event(f"{label}: validation {n + 1}/{len(points)} {point or ''}".rstrip())
-            model = template.clone(**params)
-            # a long training stopped part-way resumes from here on the next run
-            train_data.checkpoint_dir = job.checkpoints / f"valid-{_hash(params)}"
-            with Stopwatch() as sw:
-                model.fit(train_data, valid=self.split.valid)
-            score = self.validation_score(model, job.tune_proto)
-            trials.append(
-                {
-                    "key": trial_keys[params_key(params)],
-                    "params": params,
-                    "metric": self.config.evaluation.tune_metric,
-                    "protocol": job.tune_proto.label,
-                    "value": score,
-                    "fit_seconds": sw.seconds,
-                    "refit_params": model.refit_params(),
-                }
-            )
-            tuning.seconds += sw.seconds
+            trial, model = self._fit_trial(job, params, trial_keys, train_data)
+            trials.append(trial)
+            tuning.seconds += trial["fit_seconds"]
             write_json(tuning_path, {"trials": trials})
             _faults.point("model:trial")
             best_so_far = max(trials, key=lambda t: t["value"])

@@ -281,7 +281,7 @@ def report(
     configs = [check_run_folder(run_dir) for run_dir in run_dirs]
     with _report_locks(run_dirs):
         for run_dir, cfg in zip(run_dirs, configs, strict=True):
-            write_summaries(run_dir, cfg.evaluation)
+            write_summaries(run_dir, cfg.evaluation, fairness=cfg.fairness)
             _print_leaderboards(run_dir, cfg.evaluation.ks)
         path = _build_report_if_available(run_dirs, out_file)
     if path is not None:

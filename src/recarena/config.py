@@ -357,6 +357,20 @@ class ExecutionConfig(_Strict):
         return resources
 
 
+class FairnessConfig(_Strict):
+    """How users are grouped for quality per group (`recarena.summary_fairness`); read
+    when the summaries are written, so not part of any result's hash."""
+
+    user_columns: list[str] | None = Field(
+        None,
+        description="columns of the data's user table that group users (default: gender, "
+        "age and occupation where present); activity and mainstreamness always",
+    )
+    min_group_users: int = Field(
+        20, ge=1, description="a group of fewer users is listed but not named best or worst"
+    )
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = 42
@@ -375,6 +389,7 @@ class ExperimentConfig(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     models: list[ModelConfig] = Field(min_length=1)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)
 
     @field_validator("seeds")
     @classmethod

@@ -22,7 +22,7 @@ import pandas as pd
 
 from recarena._artifacts import read_json_artifact, read_parquet_artifact
 from recarena._io import atomic_path, write_json, write_text
-from recarena.config import EvaluationConfig
+from recarena.config import EvaluationConfig, FairnessConfig
 from recarena.errors import ArtifactError
 from recarena.metrics.pointwise import POINTWISE_THRESHOLD_RULE
 from recarena.metrics.segments import SEGMENT_ALL
@@ -395,8 +395,15 @@ def leaderboard_markdown(table: pd.DataFrame, k: int = 10) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summaries(run_dir: Path, evaluation: EvaluationConfig, seed: int = 0) -> pd.DataFrame:
-    """Write summary.csv, summary.json and summary.md into ``run_dir``; return the table."""
+def write_summaries(
+    run_dir: Path,
+    evaluation: EvaluationConfig,
+    seed: int = 0,
+    fairness: FairnessConfig | None = None,
+) -> pd.DataFrame:
+    """Write summary.csv, summary.json and summary.md into ``run_dir`` (with the tables
+    across training seeds and by user group); return the table."""
+    from recarena.summary_fairness import write_fairness
     from recarena.summary_seeds import write_seed_summaries
 
     summary = build_summary(run_dir, evaluation, seed)
@@ -405,7 +412,14 @@ def write_summaries(run_dir: Path, evaluation: EvaluationConfig, seed: int = 0) 
     write_json(run_dir / "summary.json", summary.replace({np.nan: None}).to_dict(orient="records"))
     records, _ = load_model_records(run_dir)
     seeds = write_seed_summaries(run_dir, evaluation, records, seed)
-    write_text(run_dir / "summary.md", summary_markdown(run_dir, summary, evaluation, seeds))
+    fairness = fairness or FairnessConfig()
+    groups = write_fairness(run_dir, evaluation, fairness, records, seed)
+    text = summary_markdown(run_dir, summary, evaluation, seeds)
+    if groups is not None:
+        from recarena.summary_fairness import fairness_markdown
+
+        text += fairness_markdown(groups[1], evaluation, fairness.min_group_users)
+    write_text(run_dir / "summary.md", text)
     return summary
 
 

@@ -150,6 +150,8 @@ ARTIFACTS: dict[str, set[str]] = {
     "summary.csv": set(),
     "summary.json": set(),
     "summary.md": set(),
+    "fairness_users.csv": set(),
+    "fairness_gaps.csv": set(),
     # a recomputed data set means a recomputed split, which holds the first stage's lists
     "dataset/dataset.json": {"most_popular"},
     "dataset/interactions.parquet": {"most_popular"},
@@ -178,7 +180,13 @@ ARTIFACTS: dict[str, set[str]] = {
     "models/exploding/FAILED.json": set(),
 }
 #: files that `recarena report` writes itself, so it repairs them
-REPORT_WRITES = {"summary.csv", "summary.json", "summary.md"}
+REPORT_WRITES = {
+    "summary.csv",
+    "summary.json",
+    "summary.md",
+    "fairness_users.csv",
+    "fairness_gaps.csv",
+}
 
 
 def _artifact_type(rel: str) -> str:

@@ -1341,7 +1341,9 @@ class ExperimentRunner:
                     )
         from recarena.summary import write_summaries
 
-        summary = write_summaries(self.run_dir, self.config.evaluation)
+        summary = write_summaries(
+            self.run_dir, self.config.evaluation, fairness=self.config.fairness
+        )
         _faults.point("run:summarised")
         return RunResult(self.run_dir, summary, failed)
 

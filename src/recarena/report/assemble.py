@@ -17,6 +17,7 @@ from recarena.report.sections import (
     environment_table,
     evaluation_table,
     failed_table,
+    fairness_tables,
     ladder_table,
     leaderboard_table,
     metric_display,
@@ -129,6 +130,9 @@ def assemble(data: ReportData, out_file: Path, tables_dir: Path) -> tuple[str, s
         for seeds in seeds_tables(data, pa):
             section.tables.append(seeds)
             all_tables.append(seeds)
+        for fair in fairness_tables(data, pa):
+            section.tables.append(fair)
+            all_tables.append(fair)
         fig = _quality_cost_figure(data, pa, colors)
         if fig is not None:
             section.figures.append(("Quality vs cost", fig))

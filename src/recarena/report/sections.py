@@ -891,3 +891,89 @@ def seeds_tables(data: ReportData, pa: ProtocolAnalysis) -> list[Table]:
             )
         )
     return tables
+
+
+def fairness_tables(data: ReportData, pa: ProtocolAnalysis) -> list[Table]:
+    """Each model's worst and best group of users and the gap, against the best classical
+    model, on one protocol (from the run's ``fairness_gaps.csv`` and
+    ``fairness_users.csv``)."""
+    tables = []
+    for run in data.runs:
+        path, groups_path = run.run_dir / "fairness_gaps.csv", run.run_dir / "fairness_users.csv"
+        if not path.exists() or not groups_path.exists():
+            continue
+        labels = {"group": str, "worst_group": str, "best_group": str, "grouping": str}
+        gaps = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype=labels)
+        gaps = gaps[gaps["protocol"] == pa.label]
+        if gaps.empty:
+            continue
+        groups = pd.read_csv(groups_path, keep_default_na=False, na_values=[""], dtype=labels)
+        groups = groups[groups["protocol"] == pa.label].set_index(["model", "grouping", "group"])
+        where = f" ({run.name})" if len(data.runs) > 1 else ""
+        suffix = f"_{run.name}" if len(data.runs) > 1 else ""
+        metric = str(gaps["metric"].iloc[0])
+        rows, row_classes = [], []
+        for grouping, sub in gaps.groupby("grouping", sort=False):
+            for _, r in sub.sort_values("gap", kind="stable").iterrows():
+                verdict = r["verdict"] if isinstance(r["verdict"], str) else ""
+                rows.append(
+                    [
+                        Cell(str(grouping)),
+                        Cell(str(r["model"]), cls="model"),
+                        Cell(
+                            str(r["worst_group"]),
+                            sub=_group_mean(groups, r["model"], grouping, r["worst_group"]),
+                        ),
+                        Cell(
+                            str(r["best_group"]),
+                            sub=_group_mean(groups, r["model"], grouping, r["best_group"]),
+                        ),
+                        Cell(
+                            fmt_metric(r["gap"]), sub=fmt_ci(r["ci_low"], r["ci_high"]), cls="num"
+                        ),
+                        Cell(
+                            fmt_diff(r["gap_vs_reference"])
+                            if verdict
+                            else "ref"
+                            if r["model"] == r["reference"]
+                            else "–",
+                            sub=fmt_ci(r["vs_ci_low"], r["vs_ci_high"]) if verdict else "",
+                            cls="num",
+                        ),
+                        Cell(verdict, cls="sig" if verdict in ("wider", "narrower") else "ns"),
+                    ]
+                )
+                row_classes.append("")
+        tables.append(
+            Table(
+                key=f"fairness_{pa.label}{suffix}",
+                title=f"Quality by user group{where} — {protocol_title(pa.label, pa.description)}",
+                header=[
+                    "users by",
+                    "model",
+                    f"worst group ({metric_display(metric)})",
+                    "best group",
+                    f"gap [{data.confidence:.0%}]",
+                    "gap − reference's",
+                    "gap vs reference",
+                ],
+                rows=rows,
+                raw=gaps,
+                row_classes=row_classes,
+                notes=[
+                    "Each model's worst and best group of users by the mean of the tuning metric "
+                    "(groups of too few users are listed in fairness_users.csv but not named), "
+                    "and the gap between them with a stratified bootstrap interval (users "
+                    "resampled within each group). The reference is the best classical model of "
+                    "the protocol; the difference of the gaps is computed on the same resampled "
+                    "users, and a model widens or narrows the reference's gap only when that "
+                    "interval excludes zero."
+                ],
+            )
+        )
+    return tables
+
+
+def _group_mean(groups: pd.DataFrame, model: str, grouping: str, group: str) -> str:
+    key = (model, grouping, str(group))
+    return fmt_metric(groups.loc[key, "mean"]) if key in groups.index else "–"

@@ -1,0 +1,225 @@
+"""Quality per group of users, beside the leaderboards: ``fairness_users.csv`` and
+``fairness_gaps.csv`` of a run folder, and a section of ``summary.md``.
+
+Built from saved artifacts only (the data set's user table, the split's training
+interactions, every model's per-user metrics), like the other summaries. The groupings
+are the user table's columns (``[fairness] user_columns``; by default gender, age and
+occupation where the data has them) and the behaviour groups (activity, mainstreamness) of
+`recarena.metrics.fairness`, on the users each model was measured on, by the tuning metric
+(segment ``all``). Each model's gap (best group's mean minus the worst's) is compared with
+that of the best classical model of the protocol (the reference), paired on the same users.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recarena._artifacts import read_parquet_artifact
+from recarena._io import atomic_path
+from recarena.config import EvaluationConfig, FairnessConfig
+from recarena.metrics.segments import SEGMENT_ALL
+
+GROUP_COLUMNS = [
+    "model",
+    "protocol",
+    "grouping",
+    "group",
+    "metric",
+    "mean",
+    "ci_low",
+    "ci_high",
+    "n_users",
+]
+GAP_COLUMNS = [
+    "model",
+    "protocol",
+    "grouping",
+    "metric",
+    "best_group",
+    "worst_group",
+    "gap",
+    "ci_low",
+    "ci_high",
+    "ratio",
+    "reference",
+    "gap_vs_reference",
+    "vs_ci_low",
+    "vs_ci_high",
+    "verdict",
+]
+
+
+def user_groupings(run_dir: Path, fairness: FairnessConfig) -> pd.DataFrame:
+    """One column per grouping, indexed by dense user id (the test-time training data
+    decides the behaviour groups: train + validation)."""
+    import scipy.sparse as sp
+
+    from recarena.data.dataset import Dataset
+    from recarena.metrics.fairness import attribute_groups, behaviour_groups
+    from recarena.splits import Split
+
+    dataset = Dataset.load(run_dir / "dataset")
+    split = Split.load(run_dir / "split")
+    seen = pd.concat([split.train, split.valid], ignore_index=True)
+    train = sp.csr_matrix(
+        (np.ones(len(seen)), (seen["user"].to_numpy(), seen["item"].to_numpy())),
+        shape=(dataset.n_users, dataset.n_items),
+    )
+    frames = [behaviour_groups(train)]
+    if dataset.users is not None:
+        frames.insert(0, attribute_groups(dataset.users, fairness.user_columns))
+    return pd.concat(frames, axis=1)
+
+
+def build_fairness(
+    run_dir: Path,
+    evaluation: EvaluationConfig,
+    fairness: FairnessConfig,
+    records: list[dict[str, Any]],
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The group table and the gap table of every finished model and protocol."""
+    from recarena.metrics.fairness import gap_difference, group_quality
+
+    metric = evaluation.tune_metric
+    groupings = user_groupings(run_dir, fairness)
+    rows: list[dict[str, Any]] = []
+    gaps: list[dict[str, Any]] = []
+    protocols = list(dict.fromkeys(p for rec in records for p in rec.get("protocols", [])))
+    for proto in protocols:
+        values: dict[str, pd.Series] = {}
+        family: dict[str, str] = {}
+        for rec in records:
+            path = run_dir / "models" / rec["label"] / proto / "per_user.parquet"
+            if proto not in rec.get("protocols", []) or not path.exists():
+                continue
+            table = read_parquet_artifact(path)
+            if metric not in table.columns or "impression" in table.columns:
+                continue
+            table = table[table["segment"] == SEGMENT_ALL]
+            values[rec["label"]] = table.set_index("user")[metric].astype(float)
+            family[rec["label"]] = str(rec.get("family", "?"))
+        classical = [m for m in values if family[m] == "classical" and m != "random"]
+        reference = max(classical, key=lambda m: values[m].mean()) if classical else None
+        for grouping in groupings.columns:
+            groups = groupings[grouping]
+            found = {}
+            for label, series in values.items():
+                table, gap = group_quality(
+                    series,
+                    groups,
+                    n_boot=evaluation.bootstrap,
+                    confidence=evaluation.confidence,
+                    seed=seed,
+                    min_users=fairness.min_group_users,
+                )
+                found[label] = gap
+                for group, r in table.iterrows():
+                    rows.append(
+                        {
+                            "model": label,
+                            "protocol": proto,
+                            "grouping": grouping,
+                            "group": group,
+                            "metric": metric,
+                            **{k: r[k] for k in ("mean", "ci_low", "ci_high")},
+                            "n_users": int(r["n_users"]),
+                        }
+                    )
+            for label, gap in found.items():
+                if gap is None:
+                    continue
+                row = {
+                    "model": label,
+                    "protocol": proto,
+                    "grouping": grouping,
+                    "metric": metric,
+                    "best_group": gap.best,
+                    "worst_group": gap.worst,
+                    "gap": gap.gap,
+                    "ci_low": gap.ci_low,
+                    "ci_high": gap.ci_high,
+                    "ratio": gap.ratio,
+                    "reference": reference,
+                    "gap_vs_reference": math.nan,
+                    "vs_ci_low": math.nan,
+                    "vs_ci_high": math.nan,
+                    "verdict": "",
+                }
+                ref_gap = found.get(reference) if reference else None
+                if reference is not None and label != reference and ref_gap is not None:
+                    diff, lo, hi = gap_difference(
+                        values[label],
+                        values[reference],
+                        groups,
+                        gap,
+                        ref_gap,
+                        n_boot=evaluation.bootstrap,
+                        confidence=evaluation.confidence,
+                        seed=seed,
+                    )
+                    row.update(gap_vs_reference=diff, vs_ci_low=lo, vs_ci_high=hi)
+                    row["verdict"] = (
+                        "wider" if lo > 0 else "narrower" if hi < 0 else "not shown to differ"
+                    )
+                gaps.append(row)
+    return pd.DataFrame(rows, columns=GROUP_COLUMNS), pd.DataFrame(gaps, columns=GAP_COLUMNS)
+
+
+def write_fairness(
+    run_dir: Path,
+    evaluation: EvaluationConfig,
+    fairness: FairnessConfig,
+    records: list[dict[str, Any]],
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """``fairness_users.csv`` and ``fairness_gaps.csv`` (None without finished models)."""
+    if not records:
+        return None
+    groups, gaps = build_fairness(run_dir, evaluation, fairness, records, seed)
+    for frame, name in ((groups, "fairness_users.csv"), (gaps, "fairness_gaps.csv")):
+        with atomic_path(run_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    return groups, gaps
+
+
+def fairness_markdown(gaps: pd.DataFrame, evaluation: EvaluationConfig, min_users: int) -> str:
+    """The section of ``summary.md`` on quality by user group."""
+    if gaps.empty:
+        return ""
+    metric = evaluation.tune_metric.upper()
+    parts = [
+        "\n## Quality by user group\n\n",
+        f"{metric} of each model's worst and best group of users, and the gap between them "
+        f"with its {evaluation.confidence:.0%} interval (users resampled within each group); "
+        "against the best classical model (the reference), the difference of the gaps on the "
+        "same resamples: *wider* or *narrower* only when its interval excludes zero. Groups "
+        f"of fewer than {min_users} users are not named worst or best. All groups: "
+        "`fairness_users.csv`.\n",
+    ]
+    for (proto, grouping), sub in gaps.groupby(["protocol", "grouping"], sort=False):
+        ref = sub["reference"].dropna()
+        parts.append(
+            f"\n### `{proto}` by {grouping}"
+            + (f" (reference: {ref.iloc[0]})" if len(ref) else "")
+            + "\n\n"
+        )
+        parts.append(
+            "| model | worst group | best group | gap | vs reference |\n|---|---|---|---|---|\n"
+        )
+        for _, r in sub.sort_values("gap", kind="stable").iterrows():
+            vs = (
+                f"{r['gap_vs_reference']:+.4f} [{r['vs_ci_low']:+.4f}, {r['vs_ci_high']:+.4f}] {r['verdict']}"
+                if isinstance(r["verdict"], str) and r["verdict"]
+                else "–"
+            )
+            parts.append(
+                f"| {r['model']} | {r['worst_group']} | {r['best_group']} | {r['gap']:.4f} "
+                f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}] | {vs} |\n"
+            )
+    return "".join(parts)

@@ -369,6 +369,11 @@ class FairnessConfig(_Strict):
     min_group_users: int = Field(
         20, ge=1, description="a group of fewer users is listed but not named best or worst"
     )
+    item_columns: list[str] | None = Field(
+        None,
+        description="columns of the data's item table whose groups' exposure is measured "
+        "(default: genres and year where present); popularity head and tail always",
+    )
 
 
 class ExperimentConfig(_Strict):

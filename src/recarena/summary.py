@@ -416,9 +416,10 @@ def write_summaries(
     groups = write_fairness(run_dir, evaluation, fairness, records, seed)
     text = summary_markdown(run_dir, summary, evaluation, seeds)
     if groups is not None:
-        from recarena.summary_fairness import fairness_markdown
+        from recarena.summary_fairness import exposure_markdown, fairness_markdown
 
         text += fairness_markdown(groups[1], evaluation, fairness.min_group_users)
+        text += exposure_markdown(groups[2], 10 if 10 in evaluation.ks else evaluation.ks[0])
     write_text(run_dir / "summary.md", text)
     return summary
 

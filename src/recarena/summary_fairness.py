@@ -177,15 +177,21 @@ def write_fairness(
     fairness: FairnessConfig,
     records: list[dict[str, Any]],
     seed: int = 0,
-) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """``fairness_users.csv`` and ``fairness_gaps.csv`` (None without finished models)."""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None:
+    """``fairness_users.csv``, ``fairness_gaps.csv`` and ``fairness_items.csv`` (None
+    without finished models)."""
     if not records:
         return None
     groups, gaps = build_fairness(run_dir, evaluation, fairness, records, seed)
-    for frame, name in ((groups, "fairness_users.csv"), (gaps, "fairness_gaps.csv")):
+    items = build_exposure(run_dir, evaluation, fairness, records)
+    for frame, name in (
+        (groups, "fairness_users.csv"),
+        (gaps, "fairness_gaps.csv"),
+        (items, "fairness_items.csv"),
+    ):
         with atomic_path(run_dir / name) as tmp:
             frame.to_csv(tmp, index=False)
-    return groups, gaps
+    return groups, gaps, items
 
 
 def fairness_markdown(gaps: pd.DataFrame, evaluation: EvaluationConfig, min_users: int) -> str:
@@ -222,4 +228,97 @@ def fairness_markdown(gaps: pd.DataFrame, evaluation: EvaluationConfig, min_user
                 f"| {r['model']} | {r['worst_group']} | {r['best_group']} | {r['gap']:.4f} "
                 f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}] | {vs} |\n"
             )
+    return "".join(parts)
+
+
+ITEM_COLUMNS = [
+    "model",
+    "protocol",
+    "grouping",
+    "group",
+    "exposure",
+    "catalog_share",
+    "training_share",
+    "test_share",
+    "exposure_over_catalog",
+]
+
+
+def build_exposure(
+    run_dir: Path,
+    evaluation: EvaluationConfig,
+    fairness: FairnessConfig,
+    records: list[dict[str, Any]],
+) -> pd.DataFrame:
+    """Each model's share of top-K slots per item group on full-catalog ranking, beside the
+    group's share of the catalog, of the training interactions and of the test items."""
+    from recarena._artifacts import load_npz_artifact
+    from recarena.data.dataset import Dataset
+    from recarena.metrics.fairness import exposure_shares, item_groups
+    from recarena.splits import Split
+
+    k = 10 if 10 in evaluation.ks else evaluation.ks[0]
+    dataset = Dataset.load(run_dir / "dataset")
+    split = Split.load(run_dir / "split")
+    seen = pd.concat([split.train, split.valid], ignore_index=True)
+    n_items = dataset.n_items
+    pairs = seen[["user", "item"]].drop_duplicates()
+    popularity = np.bincount(pairs["item"].to_numpy(np.int64), minlength=n_items)[:n_items]
+    test_counts = np.bincount(split.test["item"].to_numpy(np.int64), minlength=n_items)[:n_items]
+    groupings = item_groups(dataset.items, popularity, evaluation.head_share, fairness.item_columns)
+    rows = []
+    for grouping, groups in groupings.items():
+        catalog = exposure_shares(np.empty(0), groups, np.ones(n_items))
+        training = exposure_shares(np.empty(0), groups, popularity)
+        test = exposure_shares(np.empty(0), groups, test_counts)
+        for rec in records:
+            path = run_dir / "models" / rec["label"] / "full" / "lists.npz"
+            if "full" not in rec.get("protocols", []) or not path.exists():
+                continue
+            lists = np.asarray(load_npz_artifact(path)["items"])[:, :k]
+            shares = exposure_shares(lists, groups)
+            for group in catalog:
+                share = shares.get(group, 0.0)
+                rows.append(
+                    {
+                        "model": rec["label"],
+                        "protocol": "full",
+                        "grouping": grouping,
+                        "group": group,
+                        "exposure": share,
+                        "catalog_share": catalog[group],
+                        "training_share": training.get(group, 0.0),
+                        "test_share": test.get(group, 0.0),
+                        "exposure_over_catalog": share / catalog[group],
+                    }
+                )
+    return pd.DataFrame(rows, columns=ITEM_COLUMNS)
+
+
+def exposure_markdown(items: pd.DataFrame, k: int) -> str:
+    """The section of ``summary.md`` on the exposure of item groups."""
+    if items.empty:
+        return ""
+    parts = [
+        "\n## Exposure of item groups (full ranking)\n\n",
+        f"Share of each model's top-{k} slots that goes to each group of items, beside the "
+        "group's share of the catalog, of the training interactions and of the held-out test "
+        "items (an item in several genres counts in each). All numbers: "
+        "`fairness_items.csv`.\n",
+    ]
+    for grouping, sub in items.groupby("grouping", sort=False):
+        models = list(dict.fromkeys(sub["model"]))
+        parts.append(f"\n### by {grouping}\n\n")
+        parts.append("| group | catalog | training | test | " + " | ".join(models) + " |\n")
+        parts.append("|---|---|---|---|" + "---|" * len(models) + "\n")
+        first = sub[sub["model"] == models[0]].set_index("group")
+        by_model = {m: sub[sub["model"] == m].set_index("group")["exposure"] for m in models}
+        for group, r in first.iterrows():
+            cells = [
+                f"{r['catalog_share']:.3f}",
+                f"{r['training_share']:.3f}",
+                f"{r['test_share']:.3f}",
+            ]
+            cells += [f"{by_model[m].get(group, 0.0):.3f}" for m in models]
+            parts.append(f"| {group} | " + " | ".join(cells) + " |\n")
     return "".join(parts)

@@ -152,6 +152,7 @@ ARTIFACTS: dict[str, set[str]] = {
     "summary.md": set(),
     "fairness_users.csv": set(),
     "fairness_gaps.csv": set(),
+    "fairness_items.csv": set(),
     # a recomputed data set means a recomputed split, which holds the first stage's lists
     "dataset/dataset.json": {"most_popular"},
     "dataset/interactions.parquet": {"most_popular"},
@@ -186,6 +187,7 @@ REPORT_WRITES = {
     "summary.md",
     "fairness_users.csv",
     "fairness_gaps.csv",
+    "fairness_items.csv",
 }
 
 

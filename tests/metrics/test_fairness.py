@@ -11,8 +11,10 @@ import scipy.sparse as sp
 from recarena.metrics.fairness import (
     attribute_groups,
     behaviour_groups,
+    exposure_shares,
     gap_difference,
     group_quality,
+    item_groups,
 )
 
 
@@ -94,6 +96,29 @@ def test_the_difference_of_two_gaps_is_paired():
     assert same == (0.0, 0.0, 0.0)
 
 
+def test_item_groups_and_their_exposure():
+    items = pd.DataFrame(
+        {
+            "genres": [["Drama"], ["Drama", "Comedy"], ["Comedy"], []],
+            "year": pd.array([1995, 1987, None, 2001], dtype="Int64"),
+            "isbn": ["a", "b", "c", "d"],
+        }
+    )
+    popularity = np.array([10, 3, 7, 0])
+    groups = item_groups(items, popularity, head_share=0.25)
+    assert list(groups) == ["popularity", "genres", "year"]
+    assert groups["popularity"] == [["head"], ["tail"], ["tail"], ["tail"]]
+    assert groups["genres"][1] == ["Drama", "Comedy"] and groups["genres"][3] == []
+    assert groups["year"] == [["1990s"], ["1980s"], [], ["2000s"]]
+    # lists: item 1 (two genres) twice, item 0 once, an empty slot (-1) left out
+    shares = exposure_shares(np.array([[1, 0], [1, -1]]), groups["genres"])
+    assert shares == pytest.approx({"Comedy": 2 / 5, "Drama": 3 / 5})
+    catalog = exposure_shares(np.empty(0), groups["genres"], np.ones(4))
+    assert catalog == pytest.approx({"Comedy": 2 / 4, "Drama": 2 / 4})
+    with pytest.raises(KeyError, match=r"\['studio'\] not in the item table"):
+        item_groups(items, popularity, 0.25, ["studio"])
+
+
 def test_a_run_folder_gets_the_group_tables(tmp_path):
     from recarena.config import parse_config
     from recarena.runner import run_experiment
@@ -114,6 +139,14 @@ def test_a_run_folder_gets_the_group_tables(tmp_path):
     gaps = pd.read_csv(run / "fairness_gaps.csv")
     assert set(gaps["reference"].dropna()) <= {"ease", "most_popular"}
     assert "## Quality by user group" in (run / "summary.md").read_text()
+    items = pd.read_csv(run / "fairness_items.csv")
+    assert set(items["grouping"]) == {"popularity", "genres"}
+    for _, sub in items.groupby(["model", "grouping"]):
+        assert sub["exposure"].sum() == pytest.approx(1.0)
+        assert sub["catalog_share"].sum() == pytest.approx(1.0)
+    pop = items[(items["model"] == "most_popular") & (items["grouping"] == "popularity")]
+    # MostPopular's top 10 are head items (the head is 20% of the 60 planted items)
+    assert pop.set_index("group").loc["head", "exposure"] > 0.9
     from recarena.report import build_report
 
     page = build_report([run], run / "r.html").read_text()

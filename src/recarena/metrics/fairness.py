@@ -261,3 +261,76 @@ def gap_difference(
         warnings.simplefilter("ignore", RuntimeWarning)
         lo, hi = np.nanpercentile(boot, [100 * alpha, 100 * (1 - alpha)])
     return diff, float(lo), float(hi)
+
+
+# ---------------------------------------------------------------------- items: exposure
+#: the item-table columns grouped by default (those present): list columns count an item
+#: in each of its groups (a film in each of its genres)
+DEFAULT_ITEM_COLUMNS = ("genres", "year")
+
+
+def item_groups(
+    items: pd.DataFrame,
+    popularity: np.ndarray,
+    head_share: float,
+    columns: list[str] | None = None,
+) -> dict[str, list[list[str]]]:
+    """Each grouping's groups of every item (a list per item, empty when it has none).
+
+    ``popularity``: training popularity per item; the head is the ``head_share`` most
+    popular items (ties by item id), the rest the tail. ``year`` (a number) is grouped by
+    decade; a list column (genres) puts an item in each of its values; other columns with
+    at most `MAX_GROUPS` values by value (more: left out, unless named).
+
+    Raises
+    ------
+    KeyError
+        A named column is not in the item table (the message lists those that are).
+    """
+    n = len(popularity)
+    order = np.lexsort((np.arange(n), -np.asarray(popularity)))
+    head = np.zeros(n, dtype=bool)
+    head[order[: max(1, int(round(head_share * n)))]] = True
+    out: dict[str, list[list[str]]] = {"popularity": [["head"] if h else ["tail"] for h in head]}
+    named = columns is not None
+    wanted = list(columns) if named else [c for c in DEFAULT_ITEM_COLUMNS if c in items.columns]
+    missing = [c for c in wanted if c not in items.columns]
+    if missing:
+        raise KeyError(
+            f"item column(s) {missing} not in the item table; it has {list(items.columns)}"
+        )
+    for column in wanted:
+        values = items[column].reindex(range(n))
+        first = values.dropna()
+        if len(first) and isinstance(first.iloc[0], (list, tuple, np.ndarray)):
+            out[column] = [
+                [str(v) for v in x] if isinstance(x, (list, tuple, np.ndarray)) else []
+                for x in values
+            ]
+        elif column == "year" and pd.api.types.is_numeric_dtype(values):
+            out[column] = [[] if pd.isna(v) else [f"{int(v) // 10 * 10}s"] for v in values]
+        elif first.nunique() <= MAX_GROUPS or named:
+            out[column] = [[] if pd.isna(v) else [str(v)] for v in values]
+    return out
+
+
+def exposure_shares(
+    lists: np.ndarray, groups: list[list[str]], weights: np.ndarray | None = None
+) -> dict[str, float]:
+    """The share of listed items (or of ``weights`` per item, for the catalog and the test
+    interactions) that falls in each group; an item in several groups counts in each, so
+    shares are of group memberships and sum to one.
+
+    ``lists``: item ids (any shape; negative ids, empty slots, are left out).
+    """
+    items = np.asarray(lists, dtype=np.int64).ravel()
+    items = items[(items >= 0) & (items < len(groups))]
+    counts = np.bincount(items, minlength=len(groups)).astype(np.float64)
+    if weights is not None:
+        counts = np.asarray(weights, dtype=np.float64)
+    totals: dict[str, float] = {}
+    for item in np.flatnonzero(counts):
+        for group in groups[item]:
+            totals[group] = totals.get(group, 0.0) + counts[item]
+    whole = sum(totals.values())
+    return {g: v / whole for g, v in sorted(totals.items())} if whole else {}

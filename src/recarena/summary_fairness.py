@@ -54,18 +54,24 @@ GAP_COLUMNS = [
 ]
 
 
-def user_groupings(run_dir: Path, fairness: FairnessConfig) -> pd.DataFrame:
-    """One column per grouping, indexed by dense user id (the test-time training data
-    decides the behaviour groups: train + validation)."""
-    import scipy.sparse as sp
-
+def load_fit_data(run_dir: Path) -> tuple[Any, Any, pd.DataFrame]:
+    """The run's data set, its split, and the test-time training interactions (train +
+    validation): read once for the user and the item tables."""
     from recarena.data.dataset import Dataset
-    from recarena.metrics.fairness import attribute_groups, behaviour_groups
     from recarena.splits import Split
 
     dataset = Dataset.load(run_dir / "dataset")
     split = Split.load(run_dir / "split")
-    seen = pd.concat([split.train, split.valid], ignore_index=True)
+    return dataset, split, pd.concat([split.train, split.valid], ignore_index=True)
+
+
+def user_groupings(dataset: Any, seen: pd.DataFrame, fairness: FairnessConfig) -> pd.DataFrame:
+    """One column per grouping, indexed by dense user id (``seen``, the test-time training
+    data, decides the behaviour groups)."""
+    import scipy.sparse as sp
+
+    from recarena.metrics.fairness import attribute_groups, behaviour_groups
+
     train = sp.csr_matrix(
         (np.ones(len(seen)), (seen["user"].to_numpy(), seen["item"].to_numpy())),
         shape=(dataset.n_users, dataset.n_items),
@@ -81,13 +87,14 @@ def build_fairness(
     evaluation: EvaluationConfig,
     fairness: FairnessConfig,
     records: list[dict[str, Any]],
+    groupings: pd.DataFrame,
     seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The group table and the gap table of every finished model and protocol."""
+    """The group table and the gap table of every finished model and protocol, for the
+    users' ``groupings`` (`user_groupings`)."""
     from recarena.metrics.fairness import gap_difference, group_quality
 
     metric = evaluation.tune_metric
-    groupings = user_groupings(run_dir, fairness)
     rows: list[dict[str, Any]] = []
     gaps: list[dict[str, Any]] = []
     protocols = list(dict.fromkeys(p for rec in records for p in rec.get("protocols", [])))
@@ -182,8 +189,10 @@ def write_fairness(
     without finished models)."""
     if not records:
         return None
-    groups, gaps = build_fairness(run_dir, evaluation, fairness, records, seed)
-    items = build_exposure(run_dir, evaluation, fairness, records)
+    fit_data = load_fit_data(run_dir)
+    groupings = user_groupings(fit_data[0], fit_data[2], fairness)
+    groups, gaps = build_fairness(run_dir, evaluation, fairness, records, groupings, seed)
+    items = build_exposure(run_dir, evaluation, fairness, records, fit_data)
     for frame, name in (
         (groups, "fairness_users.csv"),
         (gaps, "fairness_gaps.csv"),
@@ -249,18 +258,16 @@ def build_exposure(
     evaluation: EvaluationConfig,
     fairness: FairnessConfig,
     records: list[dict[str, Any]],
+    fit_data: tuple[Any, Any, pd.DataFrame],
 ) -> pd.DataFrame:
     """Each model's share of top-K slots per item group on full-catalog ranking, beside the
-    group's share of the catalog, of the training interactions and of the test items."""
+    group's share of the catalog, of the training interactions and of the test items
+    (``fit_data``: `load_fit_data`)."""
     from recarena._artifacts import load_npz_artifact
-    from recarena.data.dataset import Dataset
     from recarena.metrics.fairness import exposure_shares, item_groups
-    from recarena.splits import Split
 
     k = 10 if 10 in evaluation.ks else evaluation.ks[0]
-    dataset = Dataset.load(run_dir / "dataset")
-    split = Split.load(run_dir / "split")
-    seen = pd.concat([split.train, split.valid], ignore_index=True)
+    dataset, split, seen = fit_data
     n_items = dataset.n_items
     pairs = seen[["user", "item"]].drop_duplicates()
     popularity = np.bincount(pairs["item"].to_numpy(np.int64), minlength=n_items)[:n_items]

@@ -35,18 +35,12 @@ from recarena._io import atomic_path, write_json
 from recarena.config import EvaluationConfig
 from recarena.errors import ArtifactError
 from recarena.metrics.segments import SEGMENT_ALL
+from recarena.summary import SUMMARY_COLUMNS
 
+#: the summary's columns (`recarena.summary.SUMMARY_COLUMNS`) but its user-sample flag,
+#: then what the seeds add
 SEED_SUMMARY_COLUMNS = [
-    "model",
-    "family",
-    "fusion",
-    "protocol",
-    "segment",
-    "metric",
-    "mean",
-    "ci_low",
-    "ci_high",
-    "n_users",
+    *(c for c in SUMMARY_COLUMNS if c != "user_sample"),
     "n_seeds",
     "seeds",
     "seed_sd",

@@ -118,6 +118,58 @@ def _threads(n: int) -> Iterator[None]:
             torch.set_num_threads(torch_before)
 
 
+def _in_scratch(
+    config: dict[str, Any],
+    setup: dict[str, bytes],
+    model_files: dict[str, bytes],
+    cache_dir: str | None,
+    threads: int,
+    work: Callable[[ExperimentRunner, Path, dict[str, Any]], None],
+) -> dict[str, Any]:
+    """``work(runner, root, result)`` on a runner over a scratch copy of the run folder (the
+    set-up and the model's files), its data and split prepared; returns ``result``, the
+    record a task returns: ``events``, ``node``, ``version``, ``seconds``, what ``work``
+    put there, and for a failure (preparing or in ``work``) ``status = "failed"``,
+    ``error`` and ``traceback``: the driver records it, so nothing is raised."""
+    import socket
+
+    from recarena.cache import resolve_cache_dir
+    from recarena.experiment.runner import ExperimentRunner
+
+    start = time.perf_counter()
+    cfg = ExperimentConfig.model_validate(config)
+    events: list[str] = []
+    result: dict[str, Any] = {
+        "events": events,
+        "node": _node_address(socket.gethostname()),
+        "version": recarena_version(),
+    }
+    cache = Path(cache_dir) if cache_dir and Path(cache_dir).is_dir() else None
+    with tempfile.TemporaryDirectory(prefix="recarena-task-") as tmp, _threads(threads):
+        root = Path(tmp) / "run"
+        _unpack(root, setup)
+        _unpack(root, model_files)
+        runner = ExperimentRunner(
+            cfg,
+            root,
+            cache if cache is not None else resolve_cache_dir(cfg.cache_dir),
+            progress=False,
+            on_event=events.append,
+        )
+        try:
+            runner.prepare()
+            work(runner, root, result)
+            result["status"] = "done"
+        except Exception as exc:  # noqa: BLE001 - the driver records it as FAILED
+            result["status"] = "failed"
+            result["error"] = (
+                str(exc) if isinstance(exc, RecArenaError) else f"{type(exc).__name__}: {exc}"
+            )
+            result["traceback"] = traceback.format_exc()
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
 def run_task(
     config: dict[str, Any],
     setup: dict[str, bytes],
@@ -130,58 +182,29 @@ def run_task(
 
     Returns ``status`` (``"done"`` or ``"failed"``), ``files`` (path relative to the run
     folder -> bytes: the model folder, and the first-stage candidates it wrote into
-    ``split/``), ``events`` (what it said), ``node`` (the host it ran on), ``seconds``;
-    a failed run also ``error`` and ``traceback``, and its files keep its saved trials and
-    checkpoints, so the next run resumes them.
+    ``split/``), ``events`` (what it said), ``node`` (the host it ran on), ``version``,
+    ``seconds``; a failed run also ``error`` and ``traceback``, and its files keep its
+    saved trials and checkpoints, so the next run resumes them.
     """
-    import socket
-
-    from recarena.cache import resolve_cache_dir
     from recarena.experiment.artifacts import FIRST_STAGE_PREFIX
-    from recarena.experiment.runner import ExperimentRunner
 
-    start = time.perf_counter()
-    cfg = ExperimentConfig.model_validate(config)
-    events: list[str] = []
-    cache = Path(cache_dir) if cache_dir and Path(cache_dir).is_dir() else None
-    with tempfile.TemporaryDirectory(prefix="recarena-task-") as tmp, _threads(threads):
-        root = Path(tmp) / "run"
-        _unpack(root, setup)
-        _unpack(root, model_files)
-        before = {p.name for p in (root / "split").glob(f"{FIRST_STAGE_PREFIX}*")}
-        runner = ExperimentRunner(
-            cfg,
-            root,
-            cache if cache is not None else resolve_cache_dir(cfg.cache_dir),
-            progress=False,
-            on_event=events.append,
-        )
-        result: dict[str, Any] = {
-            "events": events,
-            "node": _node_address(socket.gethostname()),
-            "version": recarena_version(),
-        }
+    def work(runner: ExperimentRunner, root: Path, result: dict[str, Any]) -> None:
+        pattern = f"{FIRST_STAGE_PREFIX}*"
+        before = {path.name for path in (root / "split").glob(pattern)}
+        done = False
         try:
-            runner.prepare()
             runner.run_model(runner.runs[label].config)
-            result["status"] = "done"
-            exclude = _DONE_EXCLUDE
-        except Exception as exc:  # noqa: BLE001 - the driver records it as FAILED
-            result["status"] = "failed"
-            result["error"] = (
-                str(exc) if isinstance(exc, RecArenaError) else f"{type(exc).__name__}: {exc}"
-            )
-            result["traceback"] = traceback.format_exc()
-            exclude = ()
-        mdir = root / "models" / label
-        files = _files(mdir, root, exclude=exclude)
-        files.pop(f"models/{label}/FAILED.json", None)
-        for path in sorted((root / "split").glob(f"{FIRST_STAGE_PREFIX}*")):
-            if path.name not in before or path.read_bytes() != setup.get(f"split/{path.name}"):
-                files[path.relative_to(root).as_posix()] = path.read_bytes()
-        result["files"] = files
-    result["seconds"] = time.perf_counter() - start
-    return result
+            done = True
+        finally:
+            # done: the checkpoints go; failed: they come back, so the next run resumes
+            files = _files(root / "models" / label, root, exclude=_DONE_EXCLUDE if done else ())
+            files.pop(f"models/{label}/FAILED.json", None)
+            for path in sorted((root / "split").glob(pattern)):
+                if path.name not in before or path.read_bytes() != setup.get(f"split/{path.name}"):
+                    files[path.relative_to(root).as_posix()] = path.read_bytes()
+            result["files"] = files
+
+    return _in_scratch(config, setup, model_files, cache_dir, threads, work)
 
 
 def run_trial_task(
@@ -199,43 +222,11 @@ def run_trial_task(
     the driver saves in the model's ``tuning.json``), ``events``, ``node``, ``version``,
     ``seconds``; a failed trial ``error`` and ``traceback``.
     """
-    import socket
 
-    from recarena.cache import resolve_cache_dir
-    from recarena.experiment.runner import ExperimentRunner
+    def work(runner: ExperimentRunner, _root: Path, result: dict[str, Any]) -> None:
+        result["trial"] = runner.run_trial(runner.runs[label].config, index)
 
-    start = time.perf_counter()
-    cfg = ExperimentConfig.model_validate(config)
-    events: list[str] = []
-    cache = Path(cache_dir) if cache_dir and Path(cache_dir).is_dir() else None
-    result: dict[str, Any] = {
-        "events": events,
-        "node": _node_address(socket.gethostname()),
-        "version": recarena_version(),
-    }
-    with tempfile.TemporaryDirectory(prefix="recarena-trial-") as tmp, _threads(threads):
-        root = Path(tmp) / "run"
-        _unpack(root, setup)
-        _unpack(root, model_files)
-        runner = ExperimentRunner(
-            cfg,
-            root,
-            cache if cache is not None else resolve_cache_dir(cfg.cache_dir),
-            progress=False,
-            on_event=events.append,
-        )
-        try:
-            runner.prepare()
-            result["trial"] = runner.run_trial(runner.runs[label].config, index)
-            result["status"] = "done"
-        except Exception as exc:  # noqa: BLE001 - the driver records it as FAILED
-            result["status"] = "failed"
-            result["error"] = (
-                str(exc) if isinstance(exc, RecArenaError) else f"{type(exc).__name__}: {exc}"
-            )
-            result["traceback"] = traceback.format_exc()
-    result["seconds"] = time.perf_counter() - start
-    return result
+    return _in_scratch(config, setup, model_files, cache_dir, threads, work)
 
 
 def save_trials(run_dir: Path, label: str, trials: list[dict[str, Any]]) -> None:

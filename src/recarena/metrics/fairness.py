@@ -70,6 +70,20 @@ def behaviour_groups(train: sp.csr_matrix) -> pd.DataFrame:
     )
 
 
+def _wanted_columns(
+    table: pd.DataFrame, columns: list[str] | None, defaults: tuple[str, ...], what: str
+) -> list[str]:
+    """The columns named (each must be in ``table``), or the defaults that are there."""
+    if columns is None:
+        return [c for c in defaults if c in table.columns]
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise KeyError(
+            f"{what} column(s) {missing} not in the {what} table; it has {list(table.columns)}"
+        )
+    return list(columns)
+
+
 def attribute_groups(users: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
     """Groups from the user table (indexed by dense user id).
 
@@ -83,12 +97,7 @@ def attribute_groups(users: pd.DataFrame, columns: list[str] | None = None) -> p
         A named column is not in the user table (the message lists those that are).
     """
     named = columns is not None
-    wanted = list(columns) if named else [c for c in DEFAULT_USER_COLUMNS if c in users.columns]
-    missing = [c for c in wanted if c not in users.columns]
-    if missing:
-        raise KeyError(
-            f"user column(s) {missing} not in the user table; it has {list(users.columns)}"
-        )
+    wanted = _wanted_columns(users, columns, DEFAULT_USER_COLUMNS, "user")
     out = {}
     for column in wanted:
         values = users[column]
@@ -293,12 +302,7 @@ def item_groups(
     head[order[: max(1, int(round(head_share * n)))]] = True
     out: dict[str, list[list[str]]] = {"popularity": [["head"] if h else ["tail"] for h in head]}
     named = columns is not None
-    wanted = list(columns) if named else [c for c in DEFAULT_ITEM_COLUMNS if c in items.columns]
-    missing = [c for c in wanted if c not in items.columns]
-    if missing:
-        raise KeyError(
-            f"item column(s) {missing} not in the item table; it has {list(items.columns)}"
-        )
+    wanted = _wanted_columns(items, columns, DEFAULT_ITEM_COLUMNS, "item")
     for column in wanted:
         values = items[column].reindex(range(n))
         first = values.dropna()

@@ -132,12 +132,16 @@ def test_task_resources_come_from_the_model_or_the_experiment(tmp_path):
         ],
     )
     raw["seeds"] = [1, 2]
-    raw["execution"] = {"executor": "ray", "resources": {"bpr": {"num_cpus": 3, "memory": 2e9}}}
+    raw["execution"] = {
+        "executor": "ray",
+        "max_retries": 5,
+        "resources": {"bpr": {"num_cpus": 3, "memory": 2e9}},
+    }
     cfg = parse_config(raw)
     runner = ExperimentRunner(cfg, tmp_path / "r", tmp_path / "cache", progress=False)
     by_label = {mc.display_name: mc for mc in runner.model_configs()}
     ease = task_options(runner, by_label["ease"], has_gpu=False)
-    assert ease["num_cpus"] == 1 and "num_gpus" not in ease and ease["max_retries"] == 2
+    assert ease["num_cpus"] == 1 and "num_gpus" not in ease and ease["max_retries"] == 5
     sasrec = task_options(runner, by_label["sasrec@seed1"], has_gpu=True)
     assert sasrec["num_cpus"] == 2 and sasrec["num_gpus"] == 0.25
     assert "num_gpus" not in task_options(runner, by_label["sasrec@seed1"], has_gpu=False)
@@ -149,7 +153,7 @@ def test_task_resources_come_from_the_model_or_the_experiment(tmp_path):
 def test_execution_options_and_their_errors():
     raw = {"data": {"name": "ml-100k"}, "models": [{"name": "ease"}]}
     cfg = parse_config(raw)
-    assert cfg.execution.executor == "local"
+    assert cfg.execution.executor == "local" and cfg.execution.max_retries == 2
     ray = with_execution(cfg, address="127.0.0.2:6390", node_ip_address="127.0.0.2")
     assert ray.execution.executor == "ray" and ray.execution.address == "127.0.0.2:6390"
     assert with_execution(cfg) is cfg

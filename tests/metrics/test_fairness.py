@@ -154,3 +154,30 @@ def test_a_run_folder_gets_the_group_tables(tmp_path):
     table = (run / "r_tables" / "fairness_full.md").read_text()
     # every planted user has the same number of interactions: one activity group, no gap
     assert "mainstreamness" in table and "| activity |" not in table
+
+
+def test_the_fairness_settings_reach_the_tables_and_are_checked_before_any_model(tmp_path):
+    from recarena.config import parse_config
+    from recarena.errors import ConfigError
+    from recarena.runner import run_experiment
+    from tests.core.test_runner import _config
+
+    raw = _config(tmp_path, [{"name": "most_popular", "grid": {}}])
+    # a named item column is grouped whatever its number of values; groups of fewer users
+    # than min_group_users are never named: none is, at 10,000
+    raw["fairness"] = {"item_columns": ["title"], "min_group_users": 10_000}
+    run = run_experiment(parse_config(raw), cache_dir=tmp_path / "cache", progress=False).run_dir
+    assert set(pd.read_csv(run / "fairness_items.csv")["grouping"]) == {"popularity", "title"}
+    assert pd.read_csv(run / "fairness_gaps.csv").empty
+    assert not pd.read_csv(run / "fairness_users.csv").empty
+    for fairness, message in (
+        (
+            {"user_columns": ["gender"]},
+            r"user_columns \['gender'\]: the data set has no user table",
+        ),
+        ({"item_columns": ["studio"]}, r"item_columns: item column\(s\) \['studio'\] not in"),
+    ):
+        bad = {**raw, "fairness": fairness, "output_dir": str(tmp_path / "bad")}
+        with pytest.raises(ConfigError, match=message):
+            run_experiment(parse_config(bad), cache_dir=tmp_path / "cache", progress=False)
+        assert not list((tmp_path / "bad").rglob("DONE.json"))  # before any model ran

@@ -326,6 +326,14 @@ class ExperimentRunner:
         for note in self.split.notes:
             self.on_event(f"split: {note}")
 
+        from recarena.metrics.fairness import grouping_problems
+
+        # the summaries group users and items by these columns: checked before any model
+        problems = grouping_problems(
+            ds.users, ds.items, cfg.fairness.user_columns, cfg.fairness.item_columns
+        )
+        if problems:
+            raise ConfigError("; ".join(problems))
         self.template = item_text_template(cfg, ds)
         self.item_text = ds.item_text(self.template) if self.template else None
         self.item_features = self._item_features()

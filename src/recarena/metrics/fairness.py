@@ -338,3 +338,31 @@ def exposure_shares(
             totals[group] = totals.get(group, 0.0) + counts[item]
     whole = sum(totals.values())
     return {g: v / whole for g, v in sorted(totals.items())} if whole else {}
+
+
+def grouping_problems(
+    users: pd.DataFrame | None,
+    items: pd.DataFrame,
+    user_columns: list[str] | None,
+    item_columns: list[str] | None,
+) -> list[str]:
+    """What is wrong with the user and item columns an experiment names for grouping, on
+    its data (as messages): a named column the table lacks, or user columns named for data
+    without a user table."""
+    problems = []
+    if user_columns:
+        if users is None:
+            problems.append(
+                f"[fairness] user_columns {user_columns}: the data set has no user table"
+            )
+        else:
+            try:
+                _wanted_columns(users, user_columns, DEFAULT_USER_COLUMNS, "user")
+            except KeyError as exc:
+                problems.append(f"[fairness] user_columns: {exc.args[0]}")
+    if item_columns:
+        try:
+            _wanted_columns(items, item_columns, DEFAULT_ITEM_COLUMNS, "item")
+        except KeyError as exc:
+            problems.append(f"[fairness] item_columns: {exc.args[0]}")
+    return problems

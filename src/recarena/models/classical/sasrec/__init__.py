@@ -1,5 +1,6 @@
-"""SASRec (Kang & McAuley, ICDM 2018): `recommender` (the `Recommender`) and `network` (the
-``nn.Module`` and its loss)."""
+"""SASRec (Kang & McAuley, ICDM 2018): `recommender` (the `Recommender`), `network` (the
+``nn.Module`` and its loss), `batching` (training sequences) and `training` (the loop, early
+stopping, checkpoints)."""
 
 from recarena.models.classical.sasrec.network import (
     SASRecConfig,

@@ -2,7 +2,8 @@
 shared with the output layer, and the full-softmax cross-entropy it is trained with.
 
 `SASRecConfig` is the network's shape; `SASRecNetwork` the ``nn.Module``; the recommender
-around it (training, early stopping, scoring, persistence) is in `recommender`.
+around it (scoring, persistence) is in `recommender`, its training and early stopping in
+`training`.
 """
 
 from __future__ import annotations

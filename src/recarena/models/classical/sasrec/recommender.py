@@ -18,25 +18,21 @@ Two choices differ from the paper's code, both following later work:
   equation, with a final LayerNorm; padding is masked out of the attention keys instead of
   being zeroed after each block.
 
-Every position of a user's sequence is trained in one causal pass (one sample per user per
-epoch), never one sample per prefix, which would multiply the work by the mean sequence
-length. Sequences are left-padded with item id 0 (real items are shifted by one), so the
-most recent item always sits at the last position and gets the same positional embedding.
+A fitted model saves as the base class does, with the network as a state dict
+(``weights.pt``). With a checkpoint folder a fit saves its state after every epoch and a
+killed fit resumes where it stopped.
 
-This folder: `network` holds `SASRecConfig` (the network's shape) and `SASRecNetwork` (the
-``nn.Module``) with the loss; this file `SASRec` (the `Recommender`: training with early
-stopping, scoring, persistence). torch is imported at the top: the registry imports this
-module only when a SASRec is created, so ``recarena --help`` never loads it.
+This folder: `network` (`SASRecConfig`, `SASRecNetwork`, the full-softmax loss), `batching`
+(training sequences), `training` (how training works: the loop, early stopping, checkpoints)
+and this file, `SASRec`, the `Recommender`. torch is imported at the top: the registry
+imports this module only when a SASRec is created, so ``recarena --help`` never loads it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import functools
 import logging
 import os
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,27 +40,19 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 
 from recarena._io import atomic_open
-from recarena.data.dataset import interactions_csr
 from recarena.models._history import History, KeepsHistory
-from recarena.models._moved import stable_class_path
 from recarena.models.base import Recommender, TrainingData, is_integer, is_number, require_param
-from recarena.models.classical.sasrec.network import (
-    SASRecConfig,
-    SASRecNetwork,
-    softmax_cross_entropy,
-)
+from recarena.models.classical.sasrec import training
+from recarena.models.classical.sasrec.batching import shifted_history
+from recarena.models.classical.sasrec.network import SASRecConfig, SASRecNetwork
+from recarena.models.classical.sasrec.training import EVAL_K
 
 logger = logging.getLogger(__name__)
 
 Loss = Literal["ce", "bce", "sampled_ce"]
 
-#: float cells of a (users x items) score block computed at once during validation
-_EVAL_BLOCK_CELLS = 16 << 20
-#: cut-off of the validation metric used for early stopping
-_EVAL_K = 10
 #: file holding the network weights (a state dict) next to the base class's state.pkl
 WEIGHTS_FILE = "weights.pt"
 
@@ -199,10 +187,8 @@ class SASRec(KeepsHistory, Recommender):
     def check_params(self) -> None:
         """Sizes and counts positive integers, rates and dropout in range, a known loss;
         ``hidden`` divisible by ``n_heads`` (checked before any data is loaded)."""
-        for name in ("max_len", "hidden", "n_blocks", "n_heads", "batch_size", "epochs"):
-            value = getattr(self, name)
-            require_param(self, name, is_integer(value) and value >= 1, "a positive integer")
-        for name in ("eval_every", "patience", "eval_batch_size"):
+        positive = ("max_len", "hidden", "n_blocks", "n_heads", "batch_size", "epochs")
+        for name in (*positive, "eval_every", "patience", "eval_batch_size"):
             value = getattr(self, name)
             require_param(self, name, is_integer(value) and value >= 1, "a positive integer")
         require_param(
@@ -243,99 +229,34 @@ class SASRec(KeepsHistory, Recommender):
         device = self._torch_device()
         self._keep_history(data)
         # training reads one more item: inputs are items [0, n-1), targets items [1, n)
-        train = _shifted_history(data.sequences, self.max_len + 1)
-        train_users = np.flatnonzero(train.lengths >= 2)
-        steps_per_epoch = -(-len(train_users) // self.batch_size)
-        valid_users, truth = self._validation_targets(valid, data.n_users, data.n_items)
-
-        # seeded inside fork_rng, so fitting leaves the caller's global torch RNG untouched
-        cuda = [device.index or torch.cuda.current_device()] if device.type == "cuda" else []
-        with (
-            torch.random.fork_rng(devices=cuda),
-            _threads(self.num_threads),
-            _deterministic(device.type == "cpu"),
-        ):
-            torch.manual_seed(self.seed)
+        train = shifted_history(data.sequences, self.max_len + 1)
+        schedule = training.Schedule(
+            epochs=self.epochs,
+            eval_every=self.eval_every,
+            patience=self.patience,
+            patience_steps=self.patience_steps,
+            batch_size=self.batch_size,
+        )
+        validation = training.validation_targets(valid, data)
+        with training.seeded(device, self.seed, self.num_threads):
             rng = np.random.default_rng(self.seed)
-            net = SASRecNetwork(self._config()).to(device)
-            self.network_ = net
+            self.network_ = net = SASRecNetwork(self._config()).to(device)
             optimizer = torch.optim.Adam(
                 net.parameters(), lr=self.lr, betas=(0.9, 0.98), weight_decay=self.weight_decay
             )
             self._prepare_training(net, optimizer)
-            self.training_log_: list[dict[str, Any]] = []
-            best_ndcg, best_state, self.best_epoch_, stale = -1.0, None, 0, 0
-            first_epoch, stopped, seconds_before = 1, False, 0.0
-            checkpoint = (
-                None
-                if data.checkpoint_dir is None
-                else _Checkpoint(Path(data.checkpoint_dir), self._checkpoint_key(data, valid))
+            checkpoint = None
+            if data.checkpoint_dir is not None:
+                key = self._checkpoint_key(data, valid)
+                checkpoint = training.Checkpoint(Path(data.checkpoint_dir), key)
+            training.run_epochs(
+                self, net, optimizer, rng, train, schedule, validation, checkpoint, device
             )
-            saved = None if checkpoint is None else checkpoint.load(device)
-            if saved is not None:
-                net.load_state_dict(saved["network"])
-                optimizer.load_state_dict(saved["optimizer"])
-                rng.bit_generator.state = saved["numpy_rng"]
-                torch.set_rng_state(saved["torch_rng"])
-                if cuda and saved.get("cuda_rng") is not None:
-                    torch.cuda.set_rng_state(saved["cuda_rng"], cuda[0])
-                best_ndcg, best_state = saved["best_ndcg"], saved["best_state"]
-                self.best_epoch_, stale = saved["best_epoch"], saved["stale"]
-                self.training_log_ = saved["log"]
-                first_epoch, stopped = saved["epoch"] + 1, saved["stopped"]
-                seconds_before = saved["seconds"]
-                self._resume_stage(net, saved.get("stage"))
-                logger.info("SASRec: resuming after epoch %d (%s)", saved["epoch"], checkpoint)
-            start = time.perf_counter() - seconds_before
-            for epoch in range(first_epoch, self.epochs + 1):
-                if stopped:
-                    break
-                loss = self._train_epoch(net, optimizer, train, rng.permutation(train_users))
-                measure = valid_users is not None and (
-                    epoch % self.eval_every == 0 or epoch == self.epochs
-                )
-                ndcg = self._validation_ndcg(valid_users, truth, data.csr()) if measure else None
-                self._log_epoch(epoch, loss, ndcg, time.perf_counter() - start)
-                if valid_users is None:
-                    self.best_epoch_ = epoch
-                elif ndcg is not None and ndcg > best_ndcg:
-                    best_ndcg, self.best_epoch_, stale = ndcg, epoch, 0
-                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                elif ndcg is not None:
-                    stale += 1
-                    steps = (epoch - max(self.best_epoch_, self._stage_start())) * steps_per_epoch
-                    if stale >= self.patience and steps >= self.patience_steps:
-                        logger.info("SASRec: no gain in %d measurements (%d steps)", stale, steps)
-                        stopped = True
-                if self._next_stage(net, optimizer, rng, epoch, stopped, best_state):
-                    stopped, stale = False, 0
-                if checkpoint is not None:
-                    checkpoint.save(
-                        {
-                            "epoch": epoch,
-                            "stopped": stopped,
-                            "seconds": time.perf_counter() - start,
-                            "network": net.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "numpy_rng": rng.bit_generator.state,
-                            "torch_rng": torch.get_rng_state(),
-                            "cuda_rng": torch.cuda.get_rng_state(cuda[0]) if cuda else None,
-                            "best_ndcg": best_ndcg,
-                            "best_state": best_state,
-                            "best_epoch": self.best_epoch_,
-                            "stale": stale,
-                            "log": self.training_log_,
-                            "stage": self._stage_state(),
-                        }
-                    )
-            if best_state is not None:
-                logger.info("SASRec: keeping the weights of epoch %d", self.best_epoch_)
-                net.load_state_dict(best_state)
-            self.best_valid_ndcg_ = best_ndcg if valid_users is not None else None
         net.eval()
         if checkpoint is not None:
             checkpoint.remove()
 
+    # ---------------------------------------------- hooks of the training loop (`training`)
     def _prepare_training(self, net: SASRecNetwork, optimizer: torch.optim.Optimizer) -> None:
         """Hook run once the network and optimizer exist, before training or resuming."""
 
@@ -371,24 +292,42 @@ class SASRec(KeepsHistory, Recommender):
 
     def _checkpoint_key(self, data: TrainingData, valid: pd.DataFrame | None) -> str:
         """What a checkpoint must match to be resumed: this class, its parameters, the data."""
-        items = data.interactions["item"].to_numpy()
-        fingerprint = {
-            "class": stable_class_path(type(self)),
-            "params": {k: repr(v) for k, v in sorted(self.get_params().items())},
-            "shape": [data.n_users, data.n_items, len(items)],
-            "items": int((items.astype(np.int64) * np.arange(1, len(items) + 1)).sum()),
-            "valid": 0 if valid is None else len(valid),
-        }
-        return hashlib.sha256(repr(fingerprint).encode()).hexdigest()[:16]
+        return training.checkpoint_key(type(self), self.get_params(), data, valid)
 
     def _log_epoch(self, epoch: int, loss: float, ndcg: float | None, seconds: float) -> None:
         self.training_log_.append(
-            {"epoch": epoch, "loss": loss, f"valid_ndcg@{_EVAL_K}": ndcg, "seconds": seconds}
+            {"epoch": epoch, "loss": loss, f"valid_ndcg@{EVAL_K}": ndcg, "seconds": seconds}
         )
         shown = "-" if ndcg is None else f"{ndcg:.4f}"
         logger.info(
             "SASRec epoch %d: loss %.4f, valid NDCG@10 %s, %.1f s", epoch, loss, shown, seconds
         )
+
+    def _train_epoch(
+        self,
+        net: SASRecNetwork,
+        optimizer: torch.optim.Optimizer,
+        train: History,
+        order: np.ndarray,
+    ) -> float:
+        """One pass over ``order`` (user ids); returns the mean loss per position."""
+        loss = functools.partial(training.next_item_loss, self.loss, self.n_negatives)
+        autocast = functools.partial(training.autocast, mixed_precision=self.mixed_precision)
+        return training.train_epoch(net, optimizer, train, order, self.batch_size, loss, autocast)
+
+    @torch.inference_mode()
+    def _validation_ndcg(
+        self, users: np.ndarray, truth: sp.csr_matrix, seen: sp.csr_matrix
+    ) -> float:
+        """Mean NDCG@10 over ``users``: full ranking (`_full_scores`), training items
+        excluded (see `training.validation_ndcg`)."""
+        return training.validation_ndcg(
+            self._full_scores, users, truth, seen, self.n_items_, self.eval_batch_size
+        )
+
+    def refit_params(self) -> dict[str, Any]:
+        """The epochs to train on train + valid without validation: the best epoch here."""
+        return {"epochs": int(self.best_epoch_)}
 
     def _config(self) -> SASRecConfig:
         return SASRecConfig(
@@ -400,101 +339,10 @@ class SASRec(KeepsHistory, Recommender):
             dropout=self.dropout,
         )
 
-    def _train_epoch(
-        self,
-        net: SASRecNetwork,
-        optimizer: torch.optim.Optimizer,
-        train: History,
-        order: np.ndarray,
-    ) -> float:
-        """One pass over ``order`` (user ids); returns the mean loss per position."""
-        device = next(net.parameters()).device
-        net.train()
-        total = torch.zeros((), device=device)
-        count = 0
-        for begin in range(0, len(order), self.batch_size):
-            users = order[begin : begin + self.batch_size]
-            seq = torch.from_numpy(train.left_padded(users, pad=0)).to(device)
-            inputs, targets = seq[:, :-1], seq[:, 1:]
-            with self._autocast(device):
-                states = net(inputs)
-                keep = targets != 0
-                loss = self._loss(net, states[keep], targets[keep])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            # counted on the host, so the loop never waits for the device
-            n = int(train.lengths[users].sum()) - len(users)
-            total += loss.detach().float() * n
-            count += n
-        return float(total) / max(count, 1)
-
-    def _loss(
-        self, net: SASRecNetwork, states: torch.Tensor, targets: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean loss over positions; ``targets`` are shifted ids (1..n_items)."""
-        table = net.item_embedding.weight
-        n_items = table.shape[0] - 1
-        if self.loss == "ce":
-            # CPU: rows whose logits stay in cache; GPU: ~256 MB of float32 logits at once
-            chunk = 1024 if states.device.type == "cpu" else max(1024, (64 << 20) // n_items)
-            return softmax_cross_entropy(states, table[1:], targets - 1, chunk)
-        positive = (states * table[targets]).sum(-1).float()
-        if self.loss == "sampled_ce":
-            n_neg = 256 if self.n_negatives is None else self.n_negatives
-            negatives = torch.randint(1, n_items + 1, (n_neg,), device=states.device)
-            negative = (states @ table[negatives].T).float()
-            # a negative that is the target itself is not a negative
-            negative = negative.masked_fill(negatives[None, :] == targets[:, None], -torch.inf)
-            logits = torch.cat([positive[:, None], negative], dim=1)
-            return F.cross_entropy(logits, torch.zeros_like(targets))
-        n_neg = 1 if self.n_negatives is None else self.n_negatives
-        negatives = torch.randint(1, n_items + 1, (len(targets), n_neg), device=states.device)
-        negative = torch.einsum("nd,nkd->nk", states, table[negatives]).float()
-        is_negative = (negatives != targets[:, None]).float()
-        negative_loss = (F.softplus(negative) * is_negative).sum(-1) / n_neg
-        return (F.softplus(-positive) + negative_loss).mean()
-
-    def _validation_targets(
-        self, valid: pd.DataFrame | None, n_users: int, n_items: int
-    ) -> tuple[np.ndarray | None, sp.csr_matrix | None]:
-        if valid is None or len(valid) == 0:
-            return None, None
-        truth = interactions_csr(valid, n_users, n_items)
-        return np.unique(valid["user"].to_numpy()).astype(np.int64), truth
-
-    @torch.inference_mode()
-    def _validation_ndcg(
-        self, users: np.ndarray, truth: sp.csr_matrix, seen: sp.csr_matrix
-    ) -> float:
-        """Mean NDCG@10 over ``users``: full ranking, training items excluded.
-
-        Every user counts (a user whose held-out items are all excluded scores zero), as in
-        the runner's measurement; ties among float scores are left to ``torch.topk``.
-        """
-        discount = 1.0 / np.log2(np.arange(2, _EVAL_K + 2))
-        ideal = np.concatenate([[0.0], np.cumsum(discount)])
-        chunk = max(1, min(self.eval_batch_size, _EVAL_BLOCK_CELLS // max(1, self.n_items_)))
-        total = 0.0
-        for begin in range(0, len(users), chunk):
-            batch = users[begin : begin + chunk]
-            scores = self._full_scores(batch)
-            scores[torch.from_numpy(_dense_rows(seen, batch)).to(scores.device)] = -torch.inf
-            top = scores.topk(min(_EVAL_K, scores.shape[1]), dim=1).indices.cpu().numpy()
-            relevant = _dense_rows(truth, batch)
-            dcg = (np.take_along_axis(relevant, top, axis=1) * discount[: top.shape[1]]).sum(1)
-            n_relevant = np.minimum(relevant.sum(1), _EVAL_K)
-            total += float((dcg / np.where(n_relevant > 0, ideal[n_relevant], 1.0)).sum())
-        return total / len(users)
-
-    def refit_params(self) -> dict[str, Any]:
-        """The epochs to train on train + valid without validation: the best epoch here."""
-        return {"epochs": int(self.best_epoch_)}
-
     # ------------------------------------------------------------------ scoring
     def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
         out = []
-        with _threads(self.num_threads):
+        with training.threads(self.num_threads):
             for begin in range(0, len(users), self.eval_batch_size):
                 batch = users[begin : begin + self.eval_batch_size]
                 if items is None:
@@ -513,7 +361,7 @@ class SASRec(KeepsHistory, Recommender):
         device = next(net.parameters()).device
         net.eval()
         seq = torch.from_numpy(self._kept_history().left_padded(users, pad=0)).to(device)
-        with self._autocast(device):
+        with training.autocast(device, self.mixed_precision):
             return net(seq)[:, -1].float()
 
     @torch.inference_mode()
@@ -527,16 +375,10 @@ class SASRec(KeepsHistory, Recommender):
         vectors = self.network_.item_vectors().float()[ids]  # (B, C, hidden)
         return torch.einsum("bd,bcd->bc", states, vectors).cpu().numpy()
 
-    # ------------------------------------------------------------------ devices
     def _torch_device(self) -> torch.device:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
-
-    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-        if self.mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ cost
     def n_parameters(self) -> tuple[int, int]:
@@ -568,96 +410,3 @@ class SASRec(KeepsHistory, Recommender):
         net = SASRecNetwork(self._config())
         net.load_state_dict(weights)
         self.network_ = net.to(self._torch_device()).eval()
-
-
-# ---------------------------------------------------------------------- helpers
-class _Checkpoint:
-    """One fit's training state in ``folder/sasrec-checkpoint.pt``, written atomically.
-
-    A checkpoint whose key differs (other parameters or data) is ignored and overwritten.
-    """
-
-    FILE = "sasrec-checkpoint.pt"
-
-    def __init__(self, folder: Path, key: str) -> None:
-        self.path = folder / self.FILE
-        self.key = key
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-    def load(self, device: torch.device) -> dict[str, Any] | None:
-        if not self.path.exists():
-            return None
-        try:
-            state = torch.load(self.path, map_location=device, weights_only=True)
-        except Exception as exc:  # a torn or foreign file: start over, say so
-            logger.warning("SASRec: ignoring unreadable checkpoint %s (%s)", self.path, exc)
-            return None
-        if state.get("key") != self.key:
-            logger.info("SASRec: %s belongs to another configuration; starting over", self.path)
-            return None
-        state["torch_rng"] = state["torch_rng"].cpu()
-        if state.get("cuda_rng") is not None:
-            state["cuda_rng"] = state["cuda_rng"].cpu()
-        return state
-
-    def save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_open(self.path, "wb") as fh:
-            torch.save({"key": self.key, **state}, fh)
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _shifted_history(sequences: list[np.ndarray], keep_last: int) -> History:
-    """Each user's last ``keep_last`` items with ids shifted by one (0 is the padding id)."""
-    return History.from_sequences(sequences, keep_last, shift=1, dtype=np.int32)
-
-
-def _dense_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-    """Boolean dense copy of some rows of a CSR matrix."""
-    sub = matrix[rows]
-    out = np.zeros(sub.shape, dtype=bool)
-    out[np.repeat(np.arange(len(rows)), np.diff(sub.indptr)), sub.indices] = True
-    return out
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """Use ``n`` torch CPU threads inside the block (None: leave torch's setting)."""
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
-    """Deterministic torch kernels inside the block.
-
-    Used on CPU only, where it costs nothing once torch's NaN-filling of new tensors (a
-    debugging aid that comes with the mode) is turned off; on CUDA it would need
-    ``CUBLAS_WORKSPACE_CONFIG`` set before start-up and slower embedding gradients.
-    """
-    if not enabled:
-        yield
-        return
-    import torch.utils.deterministic as deterministic
-
-    before = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    fill = deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True)
-    deterministic.fill_uninitialized_memory = False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before, warn_only=warn_only)
-        deterministic.fill_uninitialized_memory = fill

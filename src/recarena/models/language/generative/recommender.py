@@ -19,89 +19,16 @@ Score normalisation is tuned
     0.5 or 1) is the default validation grid (`GenerativeRanker.param_grid`), chosen on validation
     like any other model's parameters. A grid point costs no extra language-model work: the
     token log-likelihoods of a (prompt, candidate) pair are kept in a memo shared by the
-    rankers that use the same decoder weights (see "Shared decoder" below), and every
+    rankers that use the same decoder weights (see "Shared decoder" in `session`), and every
     normalisation is read from them. A LoRA adapter is trained once for the whole grid (its
     training does not depend on the normalisation).
 
-Item text
-    Candidates and history items are named by ``text_field`` of ``TrainingData.items`` (the
-    ``title`` column by default) where the item table has that column, else by the run's
-    rendered item text (``TrainingData.item_text``). A bare title is what a "next movie is:"
-    prompt expects, and it keeps the continuation short: the run's template ("Title: X.
-    Genres: Y.") would make the score mostly about how likely the genre list and the
-    formatting are. ``text_field=None`` always uses the run's item text. A trailing release
-    year is dropped (``strip_year``), and ``article_first`` writes "Usual Suspects, The" as
-    "The Usual Suspects".
-
-Efficiency
-    The prompt is run once per user with ``use_cache=True``; its key-value cache (a
-    transformers ``DynamicCache``) is then shared by every batch of candidates. Each batch
-    gets its own cache object whose layers hold the prompt's keys and values *expanded*
-    (a broadcast view, no copy) along the batch dimension; the forward pass concatenates the
-    candidates' keys onto those views into new tensors, so the shared prompt cache is never
-    written to. Candidates are right-padded with an attention mask (prompt ones, then each
-    candidate's own mask), sorted by length so a batch pads little, and identical
-    candidates of a user are scored once. ``kv_cache=False`` scores full prompt + candidate
-    sequences instead (the reference the tests compare to, and the benchmark's baseline;
-    it never reads the memo). Everything runs under ``torch.inference_mode``; device
-    ``"auto"`` is CUDA (bfloat16, or float16 where unsupported) when available, else the
-    CPU in float32.
-
-Shared decoder
-    Rankers of one process that score with the same weights (the same decoder, device and
-    dtype, zero-shot; or the same trained adapter) share one loaded model and one memo of
-    (prompt, candidate) log-likelihoods, held through a weak reference: it lives as long as
-    one of those rankers does, so the runner's validation grid and its refit load the
-    decoder once and score each validation user once. A LoRA ranker whose training
-    parameters and data equal those of a live ranker reuses that ranker's trained adapter
-    (its training log included) instead of training again. The memo is keyed by token ids
-    (and ``batch_size``), so it can never serve another prompt's numbers.
-
-Position bias
-    Each candidate is scored on its own (a pointwise log-likelihood): no candidate list is
-    ever shown to the model, so a candidate's score does not depend on where it sits in the
-    list or on which other candidates there are (``list_position_independent = True``; a
-    test checks that permuting the candidates permutes the scores). Candidates still arrive
-    in the split's seeded random order.
-
-Unscorable candidates
-    A candidate without text (empty or missing title) cannot be scored. It is not dropped:
-    it gets `UNSCORABLE_SCORE`, the lowest finite float32, so it ranks last (ties among
-    such candidates are broken at random by the ranking code), and it is counted:
-    ``unscorable_items_`` lists the catalog's items without text, ``n_unscorable_`` counts
-    the unscorable candidate slots scored since ``fit`` (``n_scored_`` counts them all).
-
-LoRA fine-tuning (``lora=True``)
-    Every epoch draws ``max_train_pairs`` fresh (user, position) pairs of the training
-    histories (seeded); each pair is the prompt of the history before the position, that
-    position's title (the positive) and ``n_train_negatives`` titles drawn uniformly from
-    the items the user has not interacted with in training (drawn anew every epoch), the
-    way the sampled evaluation protocol draws its negatives. ``train_loss="contrastive"``
-    (default) is the cross-entropy of a softmax over the candidates' title scores
-    (``train_score``: the sum of the title's token log-probabilities, the probability the
-    decoder gives the whole title, or their mean), with the positive as the label: it
-    teaches what is measured, ranking the next item above other items for this history,
-    and, since positives follow the items' popularity and negatives do not, which items
-    are popular. The prompts of a batch run in one forward pass; their key-value caches,
-    with gradients, serve all the candidates (the scoring code path, checked equal in the
-    tests). With ``train_loss="generative"`` the loss is instead the cross-entropy of the
-    positive title's tokens (next-title language modelling; no negatives).
-
-    AdamW on the adapter's parameters (peft ``LoraConfig``: ``lora_r``, ``lora_alpha``,
-    ``lora_dropout``, ``lora_target_modules``), a linear warm-up over the first 10% of the
-    steps then linear decay, gradients clipped to norm 1, run through Hugging Face
-    Accelerate, so the same loop runs on one GPU, on the CPU, or under ``accelerate
-    launch``. With validation data, the held-out item of up to ``max_valid_users`` users is
-    ranked among ``n_valid_negatives`` seeded negatives after every epoch by the training
-    score (``early_stopping="ndcg"``, NDCG@10; the NDCG by the title's log-likelihood sum
-    and by its mean are logged too) or its title's mean token log-likelihood is measured
-    (``early_stopping="loglik"``); epoch 0 is the zero-shot model, which training must
-    beat. The best epoch's adapter is kept, ``refit_params()`` returns it as ``epochs``,
-    and ``training_log_`` has one row per epoch (the learning curve the runner saves as
-    ``training_log.json``). The rows of epoch 0 and of the kept epoch also hold a sanity
-    check: NDCG@10 of the validation items when the decoder is given no history (a
-    popularity ranking) and the Spearman correlation of that no-history score with the
-    items' training popularity.
+How it works
+    `prompts` (which text names an item; prompts and candidates as token ids), `scoring`
+    (the key-value cache shared by a user's candidates, batching, position independence,
+    unscorable candidates at `UNSCORABLE_SCORE`), `session` (the decoder shared by rankers
+    with the same weights) and `training` (LoRA fine-tuning, early stopping, the training
+    log).
 
 Saving
     The zero-shot model saves its parameters and the histories and texts it reads (the
@@ -112,51 +39,34 @@ Saving
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
-from recarena.models._history import History, KeepsHistory
+from recarena.models._history import KeepsHistory
 from recarena.models.base import Recommender, TrainingData
-from recarena.models.language.generative.batching import length_buckets
-from recarena.models.language.generative.network import (
-    cache_kwarg,
-    count_lora,
-    expand_cache,
-    model_device,
-    output_cache,
-    token_logprobs,
+from recarena.models.language.generative.prompts import (
+    DEFAULT_CHAT_PROMPT,
+    DEFAULT_PROMPT,
+    EMPTY_HISTORY,
+    PromptIds,
 )
-from recarena.models.language.generative.session import SESSIONS, Session
+from recarena.models.language.generative.scoring import UNSCORABLE_SCORE, CandidateScoring
+from recarena.models.language.generative.session import UsesSession
 from recarena.models.language.generative.training import LoRATraining
 
-if TYPE_CHECKING:
-    import torch
+__all__ = [
+    "DEFAULT_CHAT_PROMPT",
+    "DEFAULT_PROMPT",
+    "EMPTY_HISTORY",
+    "UNSCORABLE_SCORE",
+    "GenerativeRanker",
+]
 
 logger = logging.getLogger(__name__)
-
-#: score of a candidate that cannot be scored (no text): the lowest finite float32
-UNSCORABLE_SCORE = float(np.finfo(np.float32).min)
-#: prompt of plain (non-chat) use; ``{history}`` is the user's titles joined by ``history_sep``
-DEFAULT_PROMPT = "A user watched, in order: {history}. The next movie they will watch is:"
-#: prompt put in the user turn of a chat template; the assistant's answer is the title
-DEFAULT_CHAT_PROMPT = (
-    "A user watched these movies, in order: {history}. "
-    "Which movie will they watch next? Answer with the title only."
-)
-#: a release year at the end of a title: "Toy Story (1995)", "Heat (1995) "
-_TRAILING_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
-#: an English article moved behind the title (MovieLens, library catalogues), before any
-#: alternative title in parentheses: "City of Lost Children, The (Cité des enfants...)"
-_TRAILING_ARTICLE = re.compile(r"^(?P<main>.+?), (?P<article>The|A|An)(?P<rest>\s*\(.*\))?$")
-#: what ``{history}`` becomes for a user without history
-EMPTY_HISTORY = "nothing yet"
-#: prompts whose candidates' log-likelihoods a shared memo keeps (oldest dropped first)
-_MEMO_PROMPTS = 20_000
 
 
 class _FollowsLoRA:
@@ -179,7 +89,9 @@ class _FollowsLoRA:
         return self.tuned if lora else self.zero_shot
 
 
-class GenerativeRanker(LoRATraining, KeepsHistory, Recommender):
+class GenerativeRanker(
+    LoRATraining, CandidateScoring, PromptIds, UsesSession, KeepsHistory, Recommender
+):
     """Re-rank candidates by the log-likelihood a decoder LM gives their titles.
 
     Parameters
@@ -433,161 +345,11 @@ class GenerativeRanker(LoRATraining, KeepsHistory, Recommender):
             with torch_threads(self.num_threads):
                 self._train_lora(data, valid)
 
-    def _item_texts(self, data: TrainingData) -> list[str]:
-        field = self.text_field
-        if field is not None and field in data.items.columns and len(data.items) == data.n_items:
-            raw = data.items[field].tolist()
-        else:
-            assert data.item_text is not None  # fit() checks it (uses_text)
-            raw = list(data.item_text)
-        if len(raw) != data.n_items:
-            raise ValueError(f"{len(raw)} item texts for {data.n_items} items")
-        texts = [_clean(value) for value in raw]
-        if self.strip_year:
-            texts = [_TRAILING_YEAR.sub("", t) or t for t in texts]
-        if self.article_first:
-            texts = [_TRAILING_ARTICLE.sub(r"\g<article> \g<main>\g<rest>", t) for t in texts]
-        return texts
-
     def refit_params(self) -> dict[str, Any]:
         """The epochs to train without validation data: the best epoch (LoRA only)."""
         if self.lora and getattr(self, "best_epoch_", None) is not None:
             return {"epochs": int(self.best_epoch_)}
         return {}
-
-    # ------------------------------------------------------------------ the language model
-    def _release_lm(self) -> None:
-        self._session: Session | None = None
-        self._lm = None
-        self._tokenizer = None
-        self._candidate_memo: dict[int, list[int] | None] = {}
-
-    def _attach(self, session: Session) -> Any:
-        """Score with ``session``'s decoder from now on."""
-        self._session = session
-        self._lm = session.lm
-        self._tokenizer = session.tokenizer
-        self._candidate_memo = {}
-        self.device_ = session.device
-        self.dtype_ = session.dtype
-        self.lm_parameters_ = session.n_parameters
-        self.load_seconds_ = session.load_seconds
-        self.lm_from_converted_ = session.from_converted
-        if self.chat_template and not getattr(self._tokenizer, "chat_template", None):
-            raise ValueError(
-                f"chat_template=True, but the tokenizer of {self.model!r} has no chat template"
-            )
-        return self._lm
-
-    def _load(self) -> Any:
-        """A freshly loaded decoder (``LoadedCausalLM``), shared with nobody."""
-        from recarena.lm.loading import load_causal_lm
-        from recarena.lm.zoo import resolve_model
-
-        resolved = resolve_model(self.model, getattr(self, "cache_dir_", None))
-        return load_causal_lm(resolved, device=self.device, dtype=self.dtype)
-
-    def _base_key(self) -> str:
-        """The identity of the zero-shot weights: decoder, revision, device, dtype."""
-        from recarena.lm.zoo import resolve_model
-
-        resolved = resolve_model(self.model, getattr(self, "cache_dir_", None))
-        return "|".join(
-            ["base", resolved.identity, resolved.load_target, resolved.revision]
-            + [str(self.device), str(self.dtype)]
-        )
-
-    def _ensure_lm(self) -> Any:
-        """Load the decoder (and the saved adapter, if any) on first use."""
-        if getattr(self, "_lm", None) is not None:
-            return self._lm
-        adapter = getattr(self, "_adapter_dir", None)
-        if adapter is not None:
-            from peft import PeftModel
-
-            loaded = self._load()
-            lm = PeftModel.from_pretrained(loaded.model, str(adapter)).eval()
-            self._attach(Session(lm, loaded.tokenizer, loaded, memo=True))
-            self.lora_parameters_ = count_lora(lm)
-            return self._lm
-        key = self._base_key()
-        session = SESSIONS.get(key)
-        if session is None:
-            loaded = self._load()
-            session = Session(loaded.model, loaded.tokenizer, loaded, memo=True)
-            SESSIONS[key] = session
-        return self._attach(session)
-
-    def _prompt_template(self) -> str:
-        if self.prompt is not None:
-            return self.prompt
-        return DEFAULT_CHAT_PROMPT if self.chat_template else DEFAULT_PROMPT
-
-    def _max_positions(self) -> int | None:
-        config = self._lm.config
-        value = getattr(config, "max_position_embeddings", None)
-        return int(value) if value else None
-
-    def _render(self, titles: list[str]) -> list[int]:
-        history = self.history_sep.join(titles) if titles else EMPTY_HISTORY
-        text = self._prompt_template().replace("{history}", history)
-        tok = self._tokenizer
-        if self.chat_template:
-            text = tok.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-            )
-            return list(tok(text, add_special_tokens=False)["input_ids"])
-        return list(tok(text)["input_ids"])
-
-    def _prompt_ids(self, history: np.ndarray) -> list[int]:
-        """Token ids of the prompt for a history (item ids, oldest first)."""
-        titles = [self.item_texts_[i] for i in history.tolist() if self.item_texts_[i]]
-        if self.history_len is not None:
-            titles = titles[-self.history_len :]
-        limit = self.max_prompt_tokens
-        positions = self._max_positions()
-        if positions is not None:
-            limit = max(1, min(limit, positions - self.max_candidate_tokens - 1))
-        ids = self._render(titles)
-        if len(ids) > limit and titles:
-            # keep the most recent titles that fit (the length grows with the titles kept)
-            lo, hi = 0, len(titles) - 1  # titles[-k:] fits for k = lo; try up to hi
-            while lo < hi:
-                mid = (lo + hi + 1) // 2
-                if len(self._render(titles[-mid:])) <= limit:
-                    lo = mid
-                else:
-                    hi = mid - 1
-            ids = self._render(titles[-lo:] if lo else [])
-        return ids[-limit:]
-
-    def _user_prompt_ids(self, user: int) -> list[int]:
-        return self._prompt_ids(History(self.history_items_, self.history_indptr_).row(user))
-
-    def _continuation_prefix(self) -> str:
-        """A space before the title unless the prompt ends in whitespace (chat templates)."""
-        if self.chat_template:
-            return ""
-        return "" if self._prompt_template()[-1:].isspace() else " "
-
-    def _candidate_ids(self, item: int) -> list[int] | None:
-        """Token ids of item ``item`` as a continuation (None when it has no text)."""
-        memo = self._candidate_memo
-        if item in memo:
-            return memo[item]
-        text = self.item_texts_[item]
-        ids: list[int] | None = None
-        if text:
-            tok = self._tokenizer
-            ids = list(
-                tok(self._continuation_prefix() + text, add_special_tokens=False)["input_ids"]
-            )
-            ids = ids[: self.max_candidate_tokens]
-            if self.score_end and tok.eos_token_id is not None:
-                ids.append(int(tok.eos_token_id))
-            ids = ids or None
-        memo[item] = ids
-        return ids
 
     # ------------------------------------------------------------------ scoring
     def score(self, users: np.ndarray, items: np.ndarray | None = None) -> np.ndarray:
@@ -617,144 +379,6 @@ class GenerativeRanker(LoRATraining, KeepsHistory, Recommender):
                 out[r] = scores[inverse]
         return out
 
-    def _score_candidates(self, prompt_ids: list[int], items: np.ndarray) -> np.ndarray:
-        """Scores of ``items`` after one prompt (unscorable ones at `UNSCORABLE_SCORE`)."""
-        conts = [self._candidate_ids(int(i)) for i in items]
-        ok = [k for k, c in enumerate(conts) if c is not None]
-        scores = np.full(len(items), UNSCORABLE_SCORE, dtype=np.float64)
-        if ok:
-            sums, counts = self._continuation_logprobs(prompt_ids, [conts[k] for k in ok])
-            values = self._normalise(sums, counts, items[ok])
-            scores[ok] = np.maximum(values, UNSCORABLE_SCORE)
-        return scores.astype(np.float32)
-
-    def _normalise(self, sums: np.ndarray, counts: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """The score of (scorable) ``items`` from their log-likelihood sums and token counts."""
-        if self.prior_correction:
-            sums = sums - self.prior_correction * self._prior_logliks(items)
-        return sums / counts if self.length_norm == "mean" else sums
-
-    def _prior_logliks(self, items: np.ndarray) -> np.ndarray:
-        """Log-likelihood of each (scorable) item after an empty history."""
-        null_prompt = self._prompt_ids(np.empty(0, dtype=np.int64))
-        conts = [self._candidate_ids(int(i)) for i in items]
-        sums, _ = self._continuation_logprobs(null_prompt, conts)  # type: ignore[arg-type]
-        return sums
-
-    def _continuation_logprobs(
-        self, prompt_ids: list[int], conts: list[list[int]], *, kv_cache: bool | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(sum of token log-probabilities, number of tokens) of each continuation.
-
-        The default path (``kv_cache`` None and the ``kv_cache`` parameter on) reads and
-        fills the shared memo of the decoder's session, when it has one.
-        """
-        self._ensure_lm()
-        counts = np.array([len(c) for c in conts], dtype=np.float64)
-        session = getattr(self, "_session", None)
-        memo = (
-            None if session is None or kv_cache is not None or not self.kv_cache else session.memo
-        )
-        if memo is None:
-            return self._compute_logprobs(prompt_ids, conts, kv_cache=kv_cache), counts
-        key = (self.batch_size, tuple(prompt_ids))
-        known = memo.get(key)
-        if known is None:
-            if len(memo) >= _MEMO_PROMPTS:
-                del memo[next(iter(memo))]  # the oldest prompt
-            known = memo[key] = {}
-        wanted = [tuple(c) for c in conts]
-        missing = list(dict.fromkeys(c for c in wanted if c not in known))
-        if missing:
-            sums = self._compute_logprobs(prompt_ids, [list(c) for c in missing])
-            known.update(zip(missing, sums.tolist(), strict=True))
-        return np.array([known[c] for c in wanted], dtype=np.float64), counts
-
-    def _compute_logprobs(
-        self, prompt_ids: list[int], conts: list[list[int]], *, kv_cache: bool | None = None
-    ) -> np.ndarray:
-        """Sum of token log-probabilities of each continuation, from the decoder."""
-        import torch
-
-        lm = self._ensure_lm()
-        use_cache = self.kv_cache if kv_cache is None else kv_cache
-        sums = np.zeros(len(conts), dtype=np.float64)
-        lengths = np.array([len(c) for c in conts], dtype=np.int64)
-        with torch.inference_mode():
-            device = model_device(lm)
-            prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-            if use_cache:
-                out = lm(input_ids=prompt, use_cache=True, logits_to_keep=1)
-                prefix = output_cache(out)
-                first = out.logits[0, -1].float().log_softmax(-1)
-            for idx in length_buckets(lengths, self.batch_size):
-                ids, mask = self._pad([conts[k] for k in idx], device)
-                if use_cache:
-                    token_lp = self._cached_batch(lm, prefix, first, prompt.shape[1], ids, mask)
-                else:
-                    token_lp = self._full_batch(lm, prompt, ids, mask)
-                sums[idx] = (token_lp * mask).sum(1).double().cpu().numpy()
-        return sums
-
-    def _pad(self, conts: list[list[int]], device: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch
-
-        width = max(len(c) for c in conts)
-        pad = self._tokenizer.pad_token_id
-        ids = torch.full((len(conts), width), 0 if pad is None else int(pad), dtype=torch.long)
-        mask = torch.zeros((len(conts), width), dtype=torch.long)
-        for r, c in enumerate(conts):
-            ids[r, : len(c)] = torch.tensor(c, dtype=torch.long)
-            mask[r, : len(c)] = 1
-        return ids.to(device), mask.to(device)
-
-    def _cached_batch(
-        self,
-        lm: Any,
-        prefix: Any,
-        first: torch.Tensor,
-        n_prompt: int,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-    ) -> torch.Tensor:
-        """Token log-probabilities (B, L) of a batch of continuations after the cached prompt.
-
-        Differentiable: training runs the same code with gradients through the prompt's
-        cache.
-        """
-        import torch
-
-        batch = ids.shape[0]
-        cache = expand_cache(prefix, batch)
-        attention = torch.cat(
-            [torch.ones((batch, n_prompt), dtype=mask.dtype, device=mask.device), mask], dim=1
-        )
-        # the first token's log-probability comes from the prompt's last position
-        lp0 = first[ids[:, 0]].unsqueeze(1)
-        if ids.shape[1] == 1:
-            return lp0
-        logits = lm(
-            input_ids=ids[:, :-1],
-            attention_mask=attention[:, :-1],
-            use_cache=True,
-            **{cache_kwarg(lm): cache},
-        ).logits
-        return torch.cat([lp0, token_logprobs(logits, ids[:, 1:])], dim=1)
-
-    def _full_batch(
-        self, lm: Any, prompt: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
-    ) -> torch.Tensor:
-        """The same log-probabilities from full prompt + continuation sequences, no cache."""
-        import torch
-
-        batch, n_prompt = ids.shape[0], prompt.shape[1]
-        seq = torch.cat([prompt.expand(batch, -1), ids], dim=1)
-        attention = torch.cat(
-            [torch.ones((batch, n_prompt), dtype=mask.dtype, device=mask.device), mask], dim=1
-        )
-        logits = lm(input_ids=seq[:, :-1], attention_mask=attention[:, :-1], use_cache=False).logits
-        return token_logprobs(logits[:, n_prompt - 1 :], ids)
-
     # ------------------------------------------------------------------ cost
     def n_parameters(self) -> tuple[int, int]:
         """(decoder + adapter parameters, trainable ones: the adapter's, 0 zero-shot)."""
@@ -782,12 +406,3 @@ class GenerativeRanker(LoRATraining, KeepsHistory, Recommender):
                 raise FileNotFoundError(f"{folder} holds a LoRA ranker but no adapter/")
             self._adapter_dir = adapter
             self._ensure_lm()  # now, while the folder certainly exists
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-def _clean(value: Any) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    return " ".join(str(value).split())

@@ -3,6 +3,38 @@ log-likelihoods, early stopping on validation NDCG@10, the zero-shot model kept 
 training does not beat it, and an adapter trained once per data and parameters
 (`Session.training`). `LoRATraining` is mixed into `GenerativeRanker`, whose prompts,
 scoring and decoder sessions it uses.
+
+LoRA fine-tuning (``lora=True``)
+    Every epoch draws ``max_train_pairs`` fresh (user, position) pairs of the training
+    histories (seeded); each pair is the prompt of the history before the position, that
+    position's title (the positive) and ``n_train_negatives`` titles drawn uniformly from
+    the items the user has not interacted with in training (drawn anew every epoch), the
+    way the sampled evaluation protocol draws its negatives. ``train_loss="contrastive"``
+    (default) is the cross-entropy of a softmax over the candidates' title scores
+    (``train_score``: the sum of the title's token log-probabilities, the probability the
+    decoder gives the whole title, or their mean), with the positive as the label: it
+    teaches what is measured, ranking the next item above other items for this history,
+    and, since positives follow the items' popularity and negatives do not, which items
+    are popular. The prompts of a batch run in one forward pass; their key-value caches,
+    with gradients, serve all the candidates (the scoring code path, checked equal in the
+    tests). With ``train_loss="generative"`` the loss is instead the cross-entropy of the
+    positive title's tokens (next-title language modelling; no negatives).
+
+    AdamW on the adapter's parameters (peft ``LoraConfig``: ``lora_r``, ``lora_alpha``,
+    ``lora_dropout``, ``lora_target_modules``), a linear warm-up over the first 10% of the
+    steps then linear decay, gradients clipped to norm 1, run through Hugging Face
+    Accelerate, so the same loop runs on one GPU, on the CPU, or under ``accelerate
+    launch``. With validation data, the held-out item of up to ``max_valid_users`` users is
+    ranked among ``n_valid_negatives`` seeded negatives after every epoch by the training
+    score (``early_stopping="ndcg"``, NDCG@10; the NDCG by the title's log-likelihood sum
+    and by its mean are logged too) or its title's mean token log-likelihood is measured
+    (``early_stopping="loglik"``); epoch 0 is the zero-shot model, which training must
+    beat. The best epoch's adapter is kept, ``refit_params()`` returns it as ``epochs``,
+    and ``training_log_`` has one row per epoch (the learning curve the runner saves as
+    ``training_log.json``). The rows of epoch 0 and of the kept epoch also hold a sanity
+    check: NDCG@10 of the validation items when the decoder is given no history (a
+    popularity ranking) and the Spearman correlation of that no-history score with the
+    items' training popularity.
 """
 
 from __future__ import annotations

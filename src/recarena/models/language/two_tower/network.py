@@ -15,9 +15,13 @@ from recarena.lm.top_layers import TopLayerEncoder
 
 Pooling = Literal["mean", "attention"]
 
+#: per-age recency biases of the attention pooling when every history item is read
+#: (history_len=None); older items share the last bias (the slope still orders them)
+RECENCY_AGES = 50
+
 
 class HistoryPooling(nn.Module):
-    """User vector from the vectors of the user's last items (see the module docstring).
+    """User vector from the vectors of the user's last items (see `recommender`'s docstring).
 
     ``forward(vectors, valid)``: ``vectors`` (B, H, d) right-aligned (column H-1 is the most
     recent item, age 0), ``valid`` (B, H) marks real items.

@@ -9,39 +9,9 @@ negative for every other pair of the batch, optionally with the logQ correction 
 (RecSys 2019), which subtracts each item's log sampling probability (its share of training
 targets) from its logit so that popular items are not over-penalised for being sampled often.
 
-**Warm start.** Before any training step the model *is* `lm-frozen` with the same encoder,
-text, truncation, ``recency_decay`` and ``history_len`` (with validation data and
-``tune_warm_start``, the pair of lm-frozen's grid that ranks the validation users best, as
-lm-frozen's own tuning would pick it): the item vectors are the frozen
-encoder's (LoRA's second matrices start at zero, ID embeddings at zero), the user vector is
-the recency-weighted mean of the history's vectors (the attention pooling starts with a zero
-query, recency biases ``age * log(recency_decay)`` and an identity output map), and scores
-are cosines. The temperature and the logQ correction only shape the training loss. This
-untrained state is measured on validation first (step 0, epoch 0 in the log) and competes
-with every epoch: an epoch is kept only if it beats every earlier measurement, step 0
-included, so early stopping can only keep or improve on the frozen vectors. When no epoch
-beats it, ``best_epoch_`` is 0 and the refit trains no epoch.
-
-What is cheap and what is not, on a CPU:
-
-- The layers below the tuned ones never change, so their output for every item's text is
-  computed once per fit and cached (`recarena.lm.top_layers.TopLayerEncoder`); a training
-  step runs only the tuned top layers, and so does the re-encoding of the catalog.
-- Only the *target* items of a batch run through the language model with gradients (each
-  distinct target once). The history side reads the item vectors of the whole catalog as
-  encoded (without gradients) after the previous epoch, plus the ID embeddings and the pooling
-  weights, which do get gradients. The tower is shared; only the gradient through the
-  history's text is cut. ``history_grad=True`` encodes the distinct history items with
-  gradients as well (the full two-tower gradient; several times the cost, for GPUs).
-- The catalog is encoded once per epoch without gradients: that table scores the validation
-  users (early stopping on NDCG@10) and feeds the next epoch's histories. The first table
-  comes from `recarena.lm.encoder.ItemTextEncoder`, so the untrained encoder's vectors are
-  shared with (and cached for) the frozen-feature models and the refit.
-- Early stopping ranks the validation users' held-out items over the full catalog, or, in
-  a cold-item split (no validation item was trained on), among the items without training
-  interactions, as the runner does (`cold_validation_pool`).
-- ``max_train_pairs`` (user, position) pairs are drawn per epoch, seeded, from all positions
-  of the training sequences; ``max_length`` caps the tokens per item text.
+Before any training step the model *is* `lm-frozen` with the same encoder (the warm start),
+and early stopping keeps an epoch only if it beats that on validation. How it trains (the
+warm start, step 0, what is cached and what is cheap, early stopping, devices): `training`.
 
 The user tower (``user_pooling``): ``"mean"`` is the recency-weighted mean of the history
 vectors, weights ``recency_decay ** age`` (age 0 is the latest item), as `lm-frozen`;
@@ -56,14 +26,6 @@ masked to zero for it, so the softmax denominator does not push an embedding tha
 ever pulls back); its vector is its text vector alone. A user without history scores every
 item alike (with ``"attention"`` pooling, by the learned output bias).
 
-Training runs through `recarena.lm.training.train_loop` on Hugging Face Accelerate: the same
-code runs on a CPU, one GPU, or several GPUs under ``accelerate launch`` (each process trains
-on its share of the pairs; the gradients are averaged; every process encodes the catalog for
-validation, so all reach the same early-stopping decision). On a GPU the forward passes use
-bfloat16 (float16 where bfloat16 is unsupported) mixed precision. AdamW (no decay on biases,
-norms and the heads), gradients clipped at norm 1, a constant learning rate, so that a refit
-for ``refit_params()`` epochs retraces the validation fit.
-
 Persistence: the encoder is saved with ``save_pretrained`` (the LoRA adapter alone with
 ``tuning="lora"``, the whole encoder with ``"full"``), the ID embeddings and the pooling as
 a torch state dict, the catalog vectors and histories with the base class; no module is
@@ -73,9 +35,7 @@ pickled.
 from __future__ import annotations
 
 import logging
-import math
 import os
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -83,30 +43,30 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from recarena._io import atomic_open
-from recarena.data.dataset import interactions_csr
-from recarena.lm.top_layers import TopLayerEncoder, mean_pool
-from recarena.lm.training import (
-    LoopConfig,
-    adamw,
-    make_accelerator,
-    seeded,
-    torch_threads,
-    train_loop,
-)
+from recarena.lm.top_layers import mean_pool
+from recarena.lm.training import make_accelerator, seeded, torch_threads
 from recarena.models._history import History, KeepsHistory
 from recarena.models.base import Recommender, TrainingData
 from recarena.models.language.common import (
     cold_validation_pool,
     load_saved_lm,
     save_pretrained_atomically,
-    trainable_encoder,
 )
-from recarena.models.language.two_tower.batching import ItemTokens, PairBatches, next_item_pairs
-from recarena.models.language.two_tower.network import Pooling, TowerHeads, TwoTowerNetwork
+from recarena.models.language.two_tower.batching import ItemTokens
+from recarena.models.language.two_tower.network import RECENCY_AGES, Pooling, TowerHeads
+from recarena.models.language.two_tower.training import (
+    EVAL_K,
+    TrainParams,
+    build_network,
+    train,
+    training_pairs,
+    tune_warm_start,
+    untrained_encoder,
+    validation_targets,
+    warm_start_pairs,
+)
 from recarena.ranking import RankedLists
 
 logger = logging.getLogger(__name__)
@@ -114,25 +74,11 @@ logger = logging.getLogger(__name__)
 Tuning = Literal["full", "lora"]
 Similarity = Literal["cosine", "dot"]
 
-#: cut-off of the validation metric used for early stopping, and its name in the logs
-_EVAL_K = 10
-_MONITOR = f"valid_ndcg@{_EVAL_K}"
-#: what train_loop monitors: the validation NDCG@10 where it beats every earlier
-#: measurement (step 0 included), NaN elsewhere; train_loop never keeps a NaN as best and
-#: counts it towards patience, so step 0 competes as if train_loop had measured it
-_GAIN = "valid_gain"
-#: per-age recency biases of the attention pooling when every history item is read
-#: (history_len=None); older items share the last bias (the slope still orders them)
-_RECENCY_AGES = 50
 #: files and folders next to the base class's model.json / state.pkl
 _TOWER_FILE = "tower.pt"
 _LM_FOLDER = "lm"
 
 
-# ---------------------------------------------------------------------- the towers
-
-
-# ---------------------------------------------------------------------- the recommender
 class TwoTowerRecommender(KeepsHistory, Recommender):
     """Two-tower model with a jointly trained LM item tower, in-batch softmax, early stopping.
 
@@ -151,7 +97,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         architecture, else the first of query/value, q/v, q_proj/v_proj found.
     train_layers
         Tune the top ``train_layers`` transformer layers (default 2); the layers below run
-        once per item and are cached (see the module docstring). None: every layer (the
+        once per item and are cached (see `training`). None: every layer (the
         token embeddings stay frozen either way: their output is what is cached).
     id_embedding
         Add a learned item-ID embedding to the text vector (default True); zero at the start
@@ -170,7 +116,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         ``"attention"`` (default) or ``"mean"``; see the module docstring.
     history_grad
         Encode the history items through the LM with gradients too (default False: histories
-        read the catalog vectors of the previous epoch; see the module docstring).
+        read the catalog vectors of the previous epoch; see `training`).
     similarity
         ``"cosine"`` (default: user and item vectors L2-normalised, the warm start is
         `lm-frozen`) or ``"dot"``.
@@ -342,7 +288,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         return TowerHeads(
             self.n_items_,
             dim,
-            history_len or _RECENCY_AGES,
+            history_len or RECENCY_AGES,
             self.user_pooling,
             self.id_embedding,
             self.similarity == "cosine",
@@ -350,228 +296,45 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         )
 
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
-        from recarena.lm.encoder import ItemTextEncoder
-        from recarena.lm.zoo import resolve_model
-
-        assert data.item_text is not None  # its length is checked by Recommender.fit
-        resolved = resolve_model(self.model, data.cache_dir)
-        if resolved.format != "transformers" or resolved.family == "decoder":
-            raise ValueError(
-                f"{resolved.name} is a {resolved.format} {resolved.family or ''} model; the "
-                "two-tower trains a transformers encoder (BERT-style)"
-            )
-        # the untrained encoder's catalog vectors, cached and shared with the frozen-feature
-        # models (lm-frozen reads the same vectors: the warm start is lm-frozen); float32
-        # weights, since they are trained next (autocast does the rest)
-        first = ItemTextEncoder(
+        table, loaded, resolved = untrained_encoder(
             self.model,
-            cache_dir=data.cache_dir,
-            pooling="mean",
+            data,
             max_length=self.max_length,
             batch_size=self.encode_batch_size,
             template=self.prompt,
             device=self.device,
-            dtype="float32",
-            progress=False,
         )
-        initial_table = first.encode(data.item_text)
-        loaded = first.load()  # the encoder that just encoded, or a load on a cache hit
-        first.unload()
-        if loaded.backend != "torch" or loaded.family != "encoder":
-            raise ValueError(f"{resolved.name} is not a transformers encoder (BERT-style)")
         self.item_has_id_ = data.item_popularity > 0
         self.recency_decay_, self.history_len_ = self.recency_decay, self.history_len
         self.warm_start_: list[dict[str, Any]] = []
         if self.tune_warm_start and valid is not None and len(valid):
-            self._tune_warm_start(data, initial_table, valid)
+            self._tune_warm_start(data, table, valid)
         self._keep_history(data)
+        params = TrainParams.of(self.get_params(), history_len=self.history_len_)
 
         accelerator = make_accelerator(self.device, "auto" if self.mixed_precision else "no")
         self.device_ = str(accelerator.device)
         with seeded(self.seed), torch_threads(self.num_threads):
-            self.lm_source_ = resolved.load_target
-            self.tokenizer_ = loaded.tokenizer
-            max_length = self.max_length
-            if loaded.max_positions:
-                max_length = min(max_length, loaded.max_positions)
-            self.token_length_ = max_length
+            self.lm_source_, self.tokenizer_ = resolved.load_target, loaded.tokenizer
+            self.token_length_ = min(self.max_length, loaded.max_positions or self.max_length)
             texts = [self.prompt.replace("{text}", t) for t in data.item_text]
-            tokens = ItemTokens.from_texts(self.tokenizer_, texts, max_length)
-            n_layers = int(getattr(loaded.model.config, "num_hidden_layers", 0) or 0)
-            if self.train_layers is not None and not 1 <= self.train_layers <= max(n_layers, 1):
-                raise ValueError(
-                    f"train_layers must be between 1 and the model's {n_layers} layers"
-                )
-            n_top = n_layers if self.train_layers is None else self.train_layers
-            lm = trainable_encoder(
-                loaded.model,
-                self.tuning,
-                n_top,
-                lora_r=self.lora_r,
-                lora_alpha=self.lora_alpha,
-                lora_dropout=self.lora_dropout,
-                lora_targets=self.lora_targets,
-            )
-            heads = self._heads(int(loaded.dim))
-            if heads.id_embedding is not None:
-                heads.id_mask.copy_(torch.from_numpy(self.item_has_id_.astype(np.float32))[:, None])
-            encoder = TopLayerEncoder(lm, n_top, tokens.ids, tokens.pad)
-            net = TwoTowerNetwork(lm, heads, encoder).to(accelerator.device)
+            tokens = ItemTokens.from_texts(self.tokenizer_, texts, self.token_length_)
+            net = build_network(loaded, tokens, self._heads, self.item_has_id_, params)
+            net = net.to(accelerator.device)
             self.n_parameters_ = (
                 sum(p.numel() for p in net.parameters()),
                 sum(p.numel() for p in net.parameters() if p.requires_grad),
             )
-            net, table = self._train(accelerator, net, data, initial_table, valid)
+            pairs = training_pairs(data.sequences)
+            # filled as training measures: step 0 is in it before the first epoch
+            self.training_log_: list[dict[str, Any]] = []
+            measure, log = self._validation_ndcg, self.training_log_
+            trained = train(accelerator, net, data, pairs, table, valid, params, measure, log)
+            net, table, self.best_epoch_, self.best_valid_ndcg_ = trained
             self.lm_, self.heads_ = net.lm, net.heads
             self.item_vectors_ = self._item_table(table)
             # scoring runs on the CPU, from the catalog vectors; the encoder stays where it is
             self.heads_ = self.heads_.cpu()
-
-    def _train(
-        self,
-        accelerator: Any,
-        net: TwoTowerNetwork,
-        data: TrainingData,
-        table: np.ndarray,
-        valid: pd.DataFrame | None,
-    ) -> tuple[TwoTowerNetwork, np.ndarray]:
-        """Step 0, then the epochs through `recarena.lm.training.train_loop`.
-
-        Returns the network with the kept weights (the best measurement's, step 0 included,
-        with validation data; the last epoch's without) and the catalog text table of those
-        weights.
-        """
-        pairs = next_item_pairs(data.sequences)
-        if len(pairs) == 0:
-            raise ValueError("no user has two training interactions: nothing to train on")
-        targets = np.concatenate([seq[1:] for seq in data.sequences])
-        share = np.maximum(np.bincount(targets, minlength=data.n_items), 1) / len(pairs)
-        log_q = torch.from_numpy(np.log(share).astype(np.float32)).to(accelerator.device)
-        rng = np.random.default_rng(self.seed)
-        valid_users, truth = self._validation_targets(valid, data, rng)
-        self.training_log_: list[dict[str, Any]] = []
-        best = {"ndcg": -math.inf, "table": table}
-
-        # step 0: the untrained model, i.e. lm-frozen, measured on validation; it competes
-        # with every epoch as the weights to keep
-        if valid_users is not None:
-            began = time.perf_counter()
-            net.eval()
-            with torch.inference_mode(), accelerator.autocast():
-                best["ndcg"] = self._validation_ndcg(table, net.heads, valid_users, truth)
-            self._log(0, None, 0, best["ndcg"], time.perf_counter() - began, 0.0)
-        self.best_epoch_, self.best_valid_ndcg_ = 0, None if valid_users is None else best["ndcg"]
-        if self.epochs == 0:
-            return net.eval(), table
-        untrained = {
-            k: v.detach().to("cpu", copy=True)
-            for k, v in net.state_dict().items()
-            if k in {n for n, p in net.named_parameters() if p.requires_grad}
-        }
-
-        began = time.perf_counter()
-        net.encoder.build_cache(self.encode_batch_size, autocast=accelerator.autocast)
-        cache_seconds = time.perf_counter() - began
-        batches = PairBatches(data.sequences, pairs, self.history_len_, self.history_grad)
-        batches.table = table
-        budget = (
-            len(pairs) if self.max_train_pairs is None else min(self.max_train_pairs, len(pairs))
-        )
-        # a fresh seeded draw of `budget` pairs each epoch (no replacement within an epoch)
-        sampler = torch.utils.data.RandomSampler(
-            range(len(pairs)),
-            num_samples=budget,
-            generator=torch.Generator().manual_seed(self.seed),
-        )
-        loader = torch.utils.data.DataLoader(
-            range(len(pairs)), batch_size=self.batch_size, sampler=sampler, collate_fn=batches
-        )
-
-        def loss_fn(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-            items = batch["items"]
-            n_targets = int(batch["n_targets"])
-            users, vectors = model(
-                items,
-                n_targets,
-                batch["history_items"],
-                batch["history_valid"],
-                history_text=batch.get("history_text"),
-                history_index=batch.get("history_index"),
-            )
-            # the logits in float32, outside autocast: at temperature 0.05 they span tens
-            logits = (users.float() @ vectors.float().T) / self.temperature
-            if self.logq_correction:
-                logits = logits - log_q[items[:n_targets]]
-            return F.cross_entropy(logits, batch["target_index"])
-
-        def evaluate(model: nn.Module) -> dict[str, float]:
-            # the catalog as the encoder now sees it: the next epoch's histories read it
-            began = time.perf_counter()
-            encoded = model.encoder.encode_all(self.encode_batch_size).cpu().numpy()
-            batches.table = encoded
-            seconds = time.perf_counter() - began
-            if valid_users is None:
-                best["table"] = encoded
-                return {_MONITOR: math.nan, _GAIN: math.nan, "encode_seconds": seconds}
-            ndcg = self._validation_ndcg(encoded, model.heads, valid_users, truth)
-            gain = math.nan
-            if ndcg > best["ndcg"]:
-                best["ndcg"], best["table"], gain = ndcg, encoded, ndcg
-            return {_MONITOR: ndcg, _GAIN: gain, "encode_seconds": seconds}
-
-        lr = self.lr if self.lr is not None else (5e-4 if self.tuning == "lora" else 5e-5)
-        optimizer = adamw(net.lm, lr, self.weight_decay)
-        # no decay on the heads: it would pull the pooling's identity map to zero
-        optimizer.add_param_group(
-            {"params": list(net.heads.parameters()), "lr": self.head_lr, "weight_decay": 0.0}
-        )
-        # a constant rate: a refit for refit_params()'s epochs retraces the validation fit
-        constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-        config = LoopConfig(
-            epochs=self.epochs,
-            lr=lr,
-            weight_decay=self.weight_decay,
-            warmup_ratio=0.0,
-            max_grad_norm=1.0,
-            patience=self.patience if valid_users is not None else None,
-            monitor=_GAIN,
-            keep_best="trainable",
-            progress=False,
-            desc="two-tower",
-        )
-        result = train_loop(
-            accelerator,
-            net,
-            loader,
-            loss_fn,
-            config,
-            evaluate=evaluate,
-            optimizer=optimizer,
-            scheduler=constant,
-        )
-        for row in result.log:
-            self._log(
-                row["epoch"],
-                row["train_loss"],
-                row["examples"],
-                None if valid_users is None else row.get(_MONITOR),
-                row["seconds"] + cache_seconds,
-                row.get("encode_seconds"),
-            )
-        net = result.model
-        if valid_users is None:
-            self.best_epoch_ = result.epochs
-        elif result.best_value is None:
-            # no epoch beat the untrained model: keep it
-            logger.info("two-tower: no epoch beat the untrained model (step 0); keeping it")
-            net.load_state_dict(
-                {k: v.to(next(net.parameters()).device) for k, v in untrained.items()},
-                strict=False,
-            )
-            best["table"] = table
-        else:
-            self.best_epoch_, self.best_valid_ndcg_ = result.best_epoch, result.best_value
-        return net.eval(), best["table"]
 
     def _tune_warm_start(self, data: TrainingData, table: np.ndarray, valid: pd.DataFrame) -> None:
         """Start from the lm-frozen of its grid that ranks the validation users best.
@@ -579,82 +342,23 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         Each (history_len, recency_decay) of `FrozenLMRecommender.param_grid` is the
         untrained tower with those values (ID embeddings are zero, so left out here),
         measured as step 0 is; the given pair is tried first and wins ties, then shorter
-        histories first.
+        histories first (`training.warm_start_pairs`).
         """
-        from recarena.models.language.frozen import FrozenLMRecommender
-
-        grid = FrozenLMRecommender.param_grid
-        # after the given pair, shorter histories first: of equal rankings, the first tried
-        # is kept, and a shorter history makes every training step cheaper
-        windows = sorted(grid["history_len"], key=lambda h: math.inf if h is None else h)
-        pairs = [(self.history_len, self.recency_decay)] + [
-            (h, d)
-            for h in windows
-            for d in grid["recency_decay"]
-            if (h, d) != (self.history_len, self.recency_decay)
-        ]
         # the same users as every later validation (a fresh generator of the same seed)
-        users, truth = self._validation_targets(valid, data, np.random.default_rng(self.seed))
-        for history_len, decay in pairs:
+        rng = np.random.default_rng(self.seed)
+        users, truth = validation_targets(valid, data, rng, self.max_valid_users)
+
+        def measure(history_len: int | None, decay: float) -> float:
             history = History.from_sequences(data.sequences, history_len)
             self.history_items_, self.history_indptr_ = history.items, history.indptr
-            heads = TowerHeads(
-                self.n_items_,
-                table.shape[1],
-                history_len or _RECENCY_AGES,
-                "mean",
-                False,
-                self.similarity == "cosine",
-                decay,
-            )
+            cosine = self.similarity == "cosine"
+            ages = history_len or RECENCY_AGES
+            heads = TowerHeads(self.n_items_, table.shape[1], ages, "mean", False, cosine, decay)
             with torch_threads(self.num_threads), torch.inference_mode():
-                ndcg = self._validation_ndcg(table, heads, users, truth)
-            self.warm_start_.append(
-                {"history_len": history_len, "recency_decay": decay, _MONITOR: ndcg}
-            )
-        chosen = max(self.warm_start_, key=lambda row: row[_MONITOR])  # the first of ties
-        self.history_len_, self.recency_decay_ = chosen["history_len"], chosen["recency_decay"]
-        logger.info(
-            "two-tower: warm start from lm-frozen with history_len %s, recency_decay %s "
-            "(%s %.4f; %d tried)",
-            self.history_len_,
-            self.recency_decay_,
-            _MONITOR,
-            chosen[_MONITOR],
-            len(pairs),
-        )
+                return self._validation_ndcg(table, heads, users, truth)
 
-    def _log(
-        self,
-        epoch: int,
-        loss: float | None,
-        pairs: int,
-        ndcg: float | None,
-        seconds: float,
-        encode_seconds: float | None,
-    ) -> None:
-        self.training_log_.append(
-            {
-                "epoch": epoch,
-                "loss": loss,
-                "pairs": pairs,
-                _MONITOR: ndcg,
-                "seconds": seconds,
-                "encode_seconds": encode_seconds,
-            }
-        )
-        if epoch == 0:
-            logger.info("two-tower: untrained (step 0): %s %.4f", _MONITOR, ndcg)
-
-    def _validation_targets(
-        self, valid: pd.DataFrame | None, data: TrainingData, rng: np.random.Generator
-    ) -> tuple[np.ndarray | None, Any]:
-        if valid is None or len(valid) == 0:
-            return None, None
-        users = np.unique(valid["user"].to_numpy()).astype(np.int64)
-        if self.max_valid_users is not None and len(users) > self.max_valid_users:
-            users = np.sort(rng.choice(users, size=self.max_valid_users, replace=False))
-        return users, interactions_csr(valid, data.n_users, data.n_items)
+        pairs = warm_start_pairs(self.history_len, self.recency_decay)
+        self.history_len_, self.recency_decay_ = tune_warm_start(pairs, measure, self.warm_start_)
 
     def _validation_ndcg(
         self, table: np.ndarray, heads: TowerHeads, users: np.ndarray, truth: Any
@@ -670,8 +374,8 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         self.heads_ = heads
         self.item_vectors_ = self._item_table(table)
         pool = cold_validation_pool(truth, self.item_has_id_)
-        lists: RankedLists = self.recommend(users, _EVAL_K, seed=self.seed, item_pool=pool)
-        return float(ranking_metrics(lists, truth, [_EVAL_K], ["ndcg"])[f"ndcg@{_EVAL_K}"].mean())
+        lists: RankedLists = self.recommend(users, EVAL_K, seed=self.seed, item_pool=pool)
+        return float(ranking_metrics(lists, truth, [EVAL_K], ["ndcg"])[f"ndcg@{EVAL_K}"].mean())
 
     @torch.inference_mode()
     def _item_table(self, table: np.ndarray) -> np.ndarray:
@@ -778,6 +482,3 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         heads.load_state_dict(weights)
         self.heads_ = heads.eval()
         self.lm_, self.tokenizer_ = load_saved_lm(folder / _LM_FOLDER, self.tuning, self.lm_source_)
-
-
-# ---------------------------------------------------------------------- helpers

@@ -1,0 +1,401 @@
+"""How `SASRec` trains: the epoch loop, early stopping, validation and checkpoints.
+
+Every position of a user's sequence is trained in one causal pass (one sample per user per
+epoch, see `batching`), never one sample per prefix, which would multiply the work by the
+mean sequence length. Each epoch visits the users with at least two items in a fresh
+random order (`run_epochs`, `train_epoch`) and minimises `next_item_loss`.
+
+Early stopping measures NDCG@10 on the validation users (`validation_ndcg`: full ranking,
+training items excluded) every ``eval_every`` epochs and at the last one; it stops once
+``patience`` measurements and ``patience_steps`` training steps have passed without a gain,
+and keeps the weights of the best measurement. Without validation data it trains exactly
+``epochs`` epochs, which is how a refit retraces the best epoch.
+
+A fit is seeded inside `seeded` (torch's global RNG forked, so the caller's is untouched;
+deterministic kernels on CPU), and with a checkpoint folder it saves its whole state after
+every epoch (`Checkpoint`: weights, Adam, both RNGs, early stopping's state and the log,
+keyed by `checkpoint_key`), so that a killed fit resumes at the next epoch and ends exactly
+as an unbroken one.
+
+The loop calls the model's hooks, which subclasses override (text-SASRec swaps the item
+embedding in `_prepare_training`; its joint variant trains in two stages through
+`_next_stage`, `_stage_start`, `_stage_state` and `_resume_stage`), and keeps the model's
+``training_log_``, ``best_epoch_`` and ``best_valid_ndcg_`` current, since those hooks read
+them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+
+from recarena._io import atomic_open
+from recarena.data.dataset import interactions_csr
+from recarena.models._history import History
+from recarena.models._moved import stable_class_path
+from recarena.models.classical.sasrec.batching import next_item_batches
+from recarena.models.classical.sasrec.network import SASRecNetwork, softmax_cross_entropy
+
+if TYPE_CHECKING:
+    from recarena.models.base import TrainingData
+    from recarena.models.classical.sasrec.recommender import SASRec
+
+logger = logging.getLogger(__name__)
+
+#: float cells of a (users x items) score block computed at once during validation
+EVAL_BLOCK_CELLS = 16 << 20
+#: cut-off of the validation metric used for early stopping
+EVAL_K = 10
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When training measures and stops: SASRec's parameters of these names."""
+
+    epochs: int
+    eval_every: int
+    patience: int
+    patience_steps: int
+    #: users per step, which counts the steps of ``patience_steps``
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Early stopping's data: the validation users, their held-out items and their training
+    items (excluded from the ranking)."""
+
+    users: np.ndarray
+    truth: sp.csr_matrix
+    seen: sp.csr_matrix
+
+
+def validation_targets(valid: pd.DataFrame | None, data: TrainingData) -> Validation | None:
+    """The `Validation` of ``valid`` (None without validation interactions)."""
+    if valid is None or len(valid) == 0:
+        return None
+    truth = interactions_csr(valid, data.n_users, data.n_items)
+    users = np.unique(valid["user"].to_numpy()).astype(np.int64)
+    return Validation(users, truth, data.csr())
+
+
+def checkpoint_key(
+    cls: type, params: dict[str, Any], data: TrainingData, valid: pd.DataFrame | None
+) -> str:
+    """What a checkpoint must match to be resumed: the class, its parameters, the data."""
+    items = data.interactions["item"].to_numpy()
+    fingerprint = {
+        "class": stable_class_path(cls),
+        "params": {k: repr(v) for k, v in sorted(params.items())},
+        "shape": [data.n_users, data.n_items, len(items)],
+        "items": int((items.astype(np.int64) * np.arange(1, len(items) + 1)).sum()),
+        "valid": 0 if valid is None else len(valid),
+    }
+    return hashlib.sha256(repr(fingerprint).encode()).hexdigest()[:16]
+
+
+class Checkpoint:
+    """One fit's training state in ``folder/sasrec-checkpoint.pt``, written atomically.
+
+    A checkpoint whose key differs (other parameters or data) is ignored and overwritten.
+    """
+
+    FILE = "sasrec-checkpoint.pt"
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.path = folder / self.FILE
+        self.key = key
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def load(self, device: torch.device) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location=device, weights_only=True)
+        except Exception as exc:  # a torn or foreign file: start over, say so
+            logger.warning("SASRec: ignoring unreadable checkpoint %s (%s)", self.path, exc)
+            return None
+        if state.get("key") != self.key:
+            logger.info("SASRec: %s belongs to another configuration; starting over", self.path)
+            return None
+        state["torch_rng"] = state["torch_rng"].cpu()
+        if state.get("cuda_rng") is not None:
+            state["cuda_rng"] = state["cuda_rng"].cpu()
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(self.path, "wb") as fh:
+            torch.save({"key": self.key, **state}, fh)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- the loop
+def run_epochs(
+    model: SASRec,
+    net: SASRecNetwork,
+    optimizer: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    train: History,
+    schedule: Schedule,
+    validation: Validation | None,
+    checkpoint: Checkpoint | None,
+    device: torch.device,
+) -> None:
+    """Train ``net`` (``model.network_``) epoch by epoch until ``schedule`` ends it, from
+    ``checkpoint`` where it holds a state of this fit; keep the best measurement's weights.
+
+    Sets ``model.training_log_`` (through ``model._log_epoch``), ``best_epoch_`` and
+    ``best_valid_ndcg_``. Runs inside `seeded`: ``rng`` orders the users, torch's global
+    generator draws the dropout and negatives.
+    """
+    cuda = cuda_devices(device)
+    train_users = np.flatnonzero(train.lengths >= 2)
+    steps_per_epoch = -(-len(train_users) // schedule.batch_size)
+    model.training_log_ = []
+    best_ndcg, best_state, model.best_epoch_, stale = -1.0, None, 0, 0
+    first_epoch, stopped, seconds_before = 1, False, 0.0
+    saved = None if checkpoint is None else checkpoint.load(device)
+    if saved is not None:
+        net.load_state_dict(saved["network"])
+        optimizer.load_state_dict(saved["optimizer"])
+        rng.bit_generator.state = saved["numpy_rng"]
+        torch.set_rng_state(saved["torch_rng"])
+        if cuda and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(saved["cuda_rng"], cuda[0])
+        best_ndcg, best_state = saved["best_ndcg"], saved["best_state"]
+        model.best_epoch_, stale = saved["best_epoch"], saved["stale"]
+        model.training_log_ = saved["log"]
+        first_epoch, stopped = saved["epoch"] + 1, saved["stopped"]
+        seconds_before = saved["seconds"]
+        model._resume_stage(net, saved.get("stage"))
+        logger.info("SASRec: resuming after epoch %d (%s)", saved["epoch"], checkpoint)
+    start = time.perf_counter() - seconds_before
+    for epoch in range(first_epoch, schedule.epochs + 1):
+        if stopped:
+            break
+        loss = model._train_epoch(net, optimizer, train, rng.permutation(train_users))
+        ndcg = None
+        if validation is not None and (
+            epoch % schedule.eval_every == 0 or epoch == schedule.epochs
+        ):
+            ndcg = model._validation_ndcg(validation.users, validation.truth, validation.seen)
+        model._log_epoch(epoch, loss, ndcg, time.perf_counter() - start)
+        if validation is None:
+            model.best_epoch_ = epoch
+        elif ndcg is not None and ndcg > best_ndcg:
+            best_ndcg, model.best_epoch_, stale = ndcg, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        elif ndcg is not None:
+            stale += 1
+            since = max(model.best_epoch_, model._stage_start())
+            steps = (epoch - since) * steps_per_epoch
+            if stale >= schedule.patience and steps >= schedule.patience_steps:
+                logger.info("SASRec: no gain in %d measurements (%d steps)", stale, steps)
+                stopped = True
+        if model._next_stage(net, optimizer, rng, epoch, stopped, best_state):
+            stopped, stale = False, 0
+        if checkpoint is not None:
+            checkpoint.save(
+                {
+                    "epoch": epoch,
+                    "stopped": stopped,
+                    "seconds": time.perf_counter() - start,
+                    "network": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "numpy_rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state(cuda[0]) if cuda else None,
+                    "best_ndcg": best_ndcg,
+                    "best_state": best_state,
+                    "best_epoch": model.best_epoch_,
+                    "stale": stale,
+                    "log": model.training_log_,
+                    "stage": model._stage_state(),
+                }
+            )
+    if best_state is not None:
+        logger.info("SASRec: keeping the weights of epoch %d", model.best_epoch_)
+        net.load_state_dict(best_state)
+    model.best_valid_ndcg_ = best_ndcg if validation is not None else None
+
+
+def train_epoch(
+    net: SASRecNetwork,
+    optimizer: torch.optim.Optimizer,
+    train: History,
+    order: np.ndarray,
+    batch_size: int,
+    loss_fn: Callable[[SASRecNetwork, torch.Tensor, torch.Tensor], torch.Tensor],
+    autocast: Callable[[torch.device], contextlib.AbstractContextManager[Any]],
+) -> float:
+    """One pass over ``order`` (user ids), ``batch_size`` users a step; returns the mean
+    loss per position."""
+    device = next(net.parameters()).device
+    net.train()
+    total = torch.zeros((), device=device)
+    count = 0
+    for inputs, targets, n in next_item_batches(train, order, batch_size, device):
+        with autocast(device):
+            states = net(inputs)
+            keep = targets != 0
+            loss = loss_fn(net, states[keep], targets[keep])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach().float() * n
+        count += n
+    return float(total) / max(count, 1)
+
+
+def next_item_loss(
+    kind: str,
+    n_negatives: int | None,
+    net: SASRecNetwork,
+    states: torch.Tensor,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Mean loss of kind ``"ce"``, ``"bce"`` or ``"sampled_ce"`` (SASRec's ``loss``) over
+    positions; ``targets`` are shifted ids (1..n_items)."""
+    table = net.item_embedding.weight
+    n_items = table.shape[0] - 1
+    if kind == "ce":
+        # CPU: rows whose logits stay in cache; GPU: ~256 MB of float32 logits at once
+        chunk = 1024 if states.device.type == "cpu" else max(1024, (64 << 20) // n_items)
+        return softmax_cross_entropy(states, table[1:], targets - 1, chunk)
+    positive = (states * table[targets]).sum(-1).float()
+    if kind == "sampled_ce":
+        n_neg = 256 if n_negatives is None else n_negatives
+        negatives = torch.randint(1, n_items + 1, (n_neg,), device=states.device)
+        negative = (states @ table[negatives].T).float()
+        # a negative that is the target itself is not a negative
+        negative = negative.masked_fill(negatives[None, :] == targets[:, None], -torch.inf)
+        logits = torch.cat([positive[:, None], negative], dim=1)
+        return F.cross_entropy(logits, torch.zeros_like(targets))
+    n_neg = 1 if n_negatives is None else n_negatives
+    negatives = torch.randint(1, n_items + 1, (len(targets), n_neg), device=states.device)
+    negative = torch.einsum("nd,nkd->nk", states, table[negatives]).float()
+    is_negative = (negatives != targets[:, None]).float()
+    negative_loss = (F.softplus(negative) * is_negative).sum(-1) / n_neg
+    return (F.softplus(-positive) + negative_loss).mean()
+
+
+# ---------------------------------------------------------------------- validation
+def validation_ndcg(
+    full_scores: Callable[[np.ndarray], torch.Tensor],
+    users: np.ndarray,
+    truth: sp.csr_matrix,
+    seen: sp.csr_matrix,
+    n_items: int,
+    batch_size: int,
+) -> float:
+    """Mean NDCG@10 over ``users``: full ranking by ``full_scores``, ``seen`` excluded.
+
+    Every user counts (a user whose held-out items are all excluded scores zero), as in
+    the runner's measurement; ties among float scores are left to ``torch.topk``. Users
+    are scored ``batch_size`` at a time, fewer on catalogs too large for that.
+    """
+    discount = 1.0 / np.log2(np.arange(2, EVAL_K + 2))
+    ideal = np.concatenate([[0.0], np.cumsum(discount)])
+    chunk = max(1, min(batch_size, EVAL_BLOCK_CELLS // max(1, n_items)))
+    total = 0.0
+    for begin in range(0, len(users), chunk):
+        batch = users[begin : begin + chunk]
+        scores = full_scores(batch)
+        scores[torch.from_numpy(dense_rows(seen, batch)).to(scores.device)] = -torch.inf
+        top = scores.topk(min(EVAL_K, scores.shape[1]), dim=1).indices.cpu().numpy()
+        relevant = dense_rows(truth, batch)
+        dcg = (np.take_along_axis(relevant, top, axis=1) * discount[: top.shape[1]]).sum(1)
+        n_relevant = np.minimum(relevant.sum(1), EVAL_K)
+        total += float((dcg / np.where(n_relevant > 0, ideal[n_relevant], 1.0)).sum())
+    return total / len(users)
+
+
+def dense_rows(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
+    """Boolean dense copy of some rows of a CSR matrix."""
+    sub = matrix[rows]
+    out = np.zeros(sub.shape, dtype=bool)
+    out[np.repeat(np.arange(len(rows)), np.diff(sub.indptr)), sub.indices] = True
+    return out
+
+
+# ---------------------------------------------------------------------- torch's state
+def autocast(device: torch.device, mixed_precision: bool) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast on CUDA devices that support it, when ``mixed_precision``; else none
+    (on CPU it would be slower)."""
+    if mixed_precision and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def cuda_devices(device: torch.device) -> list[int]:
+    """The CUDA device whose generator a fit on ``device`` draws from (none on CPU)."""
+    return [device.index or torch.cuda.current_device()] if device.type == "cuda" else []
+
+
+@contextlib.contextmanager
+def seeded(device: torch.device, seed: int, num_threads: int | None) -> Iterator[None]:
+    """A fit's torch state: the global generators forked and seeded with ``seed`` (the
+    caller's stay untouched), ``num_threads`` CPU threads, deterministic kernels on CPU."""
+    with (
+        torch.random.fork_rng(devices=cuda_devices(device)),
+        threads(num_threads),
+        deterministic(device.type == "cpu"),
+    ):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """Use ``n`` torch CPU threads inside the block (None: leave torch's setting)."""
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool) -> Iterator[None]:
+    """Deterministic torch kernels inside the block.
+
+    Used on CPU only, where it costs nothing once torch's NaN-filling of new tensors (a
+    debugging aid that comes with the mode) is turned off; on CUDA it would need
+    ``CUBLAS_WORKSPACE_CONFIG`` set before start-up and slower embedding gradients.
+    """
+    if not enabled:
+        yield
+        return
+    import torch.utils.deterministic as torch_deterministic
+
+    before = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch_deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch_deterministic.fill_uninitialized_memory = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn_only)
+        torch_deterministic.fill_uninitialized_memory = fill

@@ -37,20 +37,15 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
-import signal  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
 from recarena.config import builtin_config_path, load_config  # noqa: E402
+from recarena.experiment.local_cluster import local_cluster  # noqa: E402
 from recarena.runner import run_experiment  # noqa: E402
-
-HEAD, PORT = "127.0.0.2", 6390
-SECOND = "127.0.0.3"
 
 
 def experiment(output_dir: str, seeds: list[int]):
@@ -71,72 +66,6 @@ def measured_files(run: Path) -> dict[str, bytes]:
         if path.is_file() and path.name in ("per_user.parquet", "metrics.json"):
             out[path.relative_to(run).as_posix()] = path.read_bytes()
     return out
-
-
-def start_cluster(log_dir: Path) -> list[subprocess.Popen]:
-    ray_cli = Path(sys.executable).with_name("ray")
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    procs = []
-
-    def start(*args: str, log: str) -> None:
-        procs.append(
-            subprocess.Popen(
-                [
-                    str(ray_cli),
-                    "start",
-                    *args,
-                    "--num-cpus",
-                    "1",
-                    "--disable-usage-stats",
-                    "--block",
-                ],
-                stdout=(log_dir / log).open("w"),
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
-        )
-
-    import ray
-
-    start(
-        "--head",
-        "--node-ip-address",
-        HEAD,
-        "--port",
-        str(PORT),
-        "--include-dashboard",
-        "false",
-        log="head.log",
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            ray.init(address=f"{HEAD}:{PORT}", _node_ip_address=HEAD, logging_level="ERROR")
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-    start("--address", f"{HEAD}:{PORT}", "--node-ip-address", SECOND, log="node.log")
-    while len([n for n in ray.nodes() if n["Alive"]]) < 2:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the second node did not join")
-        time.sleep(1)
-    addresses = sorted(n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"])
-    assert all(a.startswith("127.") for a in addresses), addresses
-    print(f"cluster: nodes {addresses}", flush=True)
-    return procs
-
-
-def stop_cluster(procs: list[subprocess.Popen]) -> None:
-    for proc in reversed(procs):
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def task_overhead(run_dir: Path, probes: int) -> dict[str, float]:
@@ -229,17 +158,16 @@ def main() -> None:
     if "cluster" in parts:
         import ray
 
-        procs = start_cluster(root)
-        try:
-            ray.shutdown()
+        with local_cluster(root / "ray", nodes=2) as cluster:
+            print(f"cluster: nodes {cluster.node_addresses}", flush=True)
             config = experiment(str(root / "cluster"), args.seeds)
             config = config.model_copy(
                 update={
                     "execution": config.execution.model_copy(
                         update={
                             "executor": "ray",
-                            "address": f"{HEAD}:{PORT}",
-                            "node_ip_address": HEAD,
+                            "address": cluster.address,
+                            "node_ip_address": cluster.node_addresses[0],
                         }
                     )
                 }
@@ -256,7 +184,11 @@ def main() -> None:
             out["cluster_seconds"] = round(time.perf_counter() - start, 1)
             out["failed_on_cluster"] = result.failed
             out["tasks"] = sum(e.startswith("ray: ") and (" done on " in e) for e in events)
-            ray.init(address=f"{HEAD}:{PORT}", _node_ip_address=HEAD, logging_level="ERROR")
+            ray.init(
+                address=cluster.address,
+                _node_ip_address=cluster.node_addresses[0],
+                logging_level="ERROR",
+            )
             out["task_overhead"] = {
                 k: round(v, 3) for k, v in task_overhead(result.run_dir, args.probes).items()
             }
@@ -266,8 +198,6 @@ def main() -> None:
                 out["identical_metric_files"] = a == b
                 out["metric_files_compared"] = len(a)
                 out["speed_up"] = round(out["in_process_seconds"] / out["cluster_seconds"], 2)
-        finally:
-            stop_cluster(procs)
     print(json.dumps({k: v for k, v in out.items() if k != "seed_table"}, indent=2))
     for row in out.get("seed_table", []):
         per_seed = ", ".join(f"{v:.4f}" for v in row["per_seed"])

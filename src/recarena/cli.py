@@ -112,10 +112,19 @@ def run(
     result = run_experiment(
         cfg, output_dir=output_dir, cache_dir=cache_dir, overwrite=overwrite, on_event=event
     )
-    _print_leaderboards(result.run_dir, cfg.evaluation.ks)
-    with _report_locks([result.run_dir]):
-        report = _build_report_if_available([result.run_dir], None)
-    event(f"artifacts in {result.run_dir}" + (f"; report: {report}" if report else ""))
+    if cfg.split_seeds is not None:
+        reports = []
+        for split_result in result.runs.values():  # type: ignore[union-attr]
+            with _report_locks([split_result.run_dir]):
+                reports.append(_build_report_if_available([split_result.run_dir], None))
+        _print_split_table(result.run_dir, cfg.evaluation.ks)
+        where = f"; reports: one per split folder ({len(reports)})" if any(reports) else ""
+        event(f"artifacts in {result.run_dir}{where}; across splits: summary_splits.md")
+    else:
+        _print_leaderboards(result.run_dir, cfg.evaluation.ks)
+        with _report_locks([result.run_dir]):
+            report = _build_report_if_available([result.run_dir], None)
+        event(f"artifacts in {result.run_dir}" + (f"; report: {report}" if report else ""))
     if result.failed:
         for label, err in result.failed.items():
             console.print(f"[red]model {label} failed:[/red] {err}")
@@ -209,6 +218,39 @@ def _print_seed_table(run_dir: Path, proto: str, metric: str) -> None:
     console.print(t)
 
 
+def _print_split_table(run_dir: Path, ks: list[int]) -> None:
+    """Each model across the split seeds (``summary_splits.csv``), one table per protocol."""
+    import pandas as pd
+
+    from recarena.summary_splits import ranking_across_splits
+
+    table = pd.read_csv(run_dir / "summary_splits.csv")
+    metric = f"ndcg@{10 if 10 in ks else ks[0]}"
+    for proto in dict.fromkeys(table["protocol"]):
+        ranked = ranking_across_splits(table, proto, metric)
+        if ranked.empty:
+            continue
+        t = Table(title=f"{proto}: across split seeds", title_justify="left")
+        t.add_column("model")
+        t.add_column("splits", justify="right")
+        t.add_column(f"{metric.upper()} [95%: splits and users]", justify="right")
+        t.add_column("sd splits", justify="right")
+        t.add_column("± users", justify="right")
+        for _, r in ranked.iterrows():
+            interval = f"{r['mean']:.4f} [{_num(r['ci_low'], 4)}, {_num(r['ci_high'], 4)}]"
+            t.add_row(
+                str(r["model"]),
+                str(r["n_splits"]),
+                interval,
+                _num(r["split_sd"], 4),
+                _num(r["user_half_width"], 4),
+            )
+        t.caption = (
+            "sd splits: of the per-split means; ± users: half-width of the interval over users"
+        )
+        out.print(t)
+
+
 def _print_leaderboard(table: Any, title: str) -> None:
     if table.empty:
         return
@@ -275,9 +317,18 @@ def report(
     refused with a message.
     """
     from recarena._rundir import check_run_folder
+    from recarena.experiment.split_seeds import is_split_parent
     from recarena.summary import write_summaries
 
     _setup_logging(False)
+    if any(is_split_parent(run_dir) for run_dir in run_dirs):
+        if len(run_dirs) > 1:
+            raise typer.BadParameter(
+                "a folder of split seeds is reported alone (its splits differ, so their "
+                "models cannot share one report)"
+            )
+        _report_split_parent(run_dirs[0])
+        return
     configs = [check_run_folder(run_dir) for run_dir in run_dirs]
     with _report_locks(run_dirs):
         for run_dir, cfg in zip(run_dirs, configs, strict=True):
@@ -288,6 +339,25 @@ def report(
         console.print(f"report: {path}")
     else:
         console.print(f"summaries: {run_dirs[0] / 'summary.md'}")
+
+
+def _report_split_parent(run_dir: Path) -> None:
+    """Each split folder's summaries and report, then the summaries across the splits."""
+    from recarena._rundir import check_run_folder
+    from recarena.experiment.split_seeds import split_runs, summarise_split_parent
+    from recarena.summary import write_summaries
+
+    splits = {s: p for s, p in split_runs(run_dir).items() if (p / "run.json").exists()}
+    configs = {s: check_run_folder(p) for s, p in splits.items()}
+    for seed, split_dir in splits.items():
+        with _report_locks([split_dir]):
+            write_summaries(split_dir, configs[seed].evaluation, fairness=configs[seed].fairness)
+            path = _build_report_if_available([split_dir], None)
+        console.print(f"split seed {seed}: " + (f"report: {path}" if path else str(split_dir)))
+    summarise_split_parent(run_dir)
+    first = next(iter(configs.values()), None)
+    _print_split_table(run_dir, first.evaluation.ks if first else [10])
+    console.print(f"across splits: {run_dir / 'summary_splits.md'}")
 
 
 # ---------------------------------------------------------------------- recommend

@@ -385,6 +385,13 @@ class ExperimentConfig(_Strict):
         "the same split and candidates (`seed` above seeds the split and the samples); "
         "a [[models]] entry's own `seeds` overrides it; default: each model once",
     )
+    split_seeds: list[int] | None = Field(
+        None,
+        description="run the whole experiment once per split seed, each in a run folder of "
+        "its own (split-seed-N): the split, candidates and samples are drawn again at every "
+        "seed (in place of `seed`), and a summary across splits gives each model's mean "
+        "with an interval over splits and users; default: one split, drawn from `seed`",
+    )
     output_dir: str = "runs"
     cache_dir: str | None = Field(
         None, description="data and model cache (default: $RECARENA_CACHE or ~/.cache/recarena)"
@@ -396,10 +403,24 @@ class ExperimentConfig(_Strict):
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     fairness: FairnessConfig = Field(default_factory=FairnessConfig)
 
-    @field_validator("seeds")
+    @field_validator("seeds", "split_seeds")
     @classmethod
     def _seed_list(cls, seeds: list[int] | None) -> list[int] | None:
         return _check_seeds(seeds)
+
+    @model_validator(mode="after")
+    def _split_seeds_and_seed(self) -> ExperimentConfig:
+        if self.split_seeds is not None and "seed" in self.model_fields_set:
+            raise ValueError(
+                f"`seed = {self.seed}` and `split_seeds = {self.split_seeds}` both seed the "
+                "split: give `split_seeds` alone (each split is drawn from one of them)"
+            )
+        if self.split_seeds is not None and self.split.method == "predefined":
+            raise ValueError(
+                "`split_seeds` draws the split again at every seed, but `split.method = "
+                '"predefined"` reads the split from the data: leave `split_seeds` out'
+            )
+        return self
 
     def seeds_of(self, model: ModelConfig) -> list[int] | None:
         """The training seeds of a ``[[models]]`` entry: its own, else the experiment's."""
@@ -519,8 +540,10 @@ def builtin_config_path(name: str) -> Path:
 
 
 def dump_config(config: ExperimentConfig) -> str:
-    """The resolved configuration as TOML (every default written out)."""
-    return _to_toml(config.model_dump(mode="json", exclude_none=True))
+    """The resolved configuration as TOML (every default written out; with
+    ``split_seeds``, ``seed`` is left out: the split seeds replace it)."""
+    exclude = {"seed"} if config.split_seeds is not None else None
+    return _to_toml(config.model_dump(mode="json", exclude_none=True, exclude=exclude))
 
 
 def _to_toml(data: dict[str, Any], prefix: str = "") -> str:

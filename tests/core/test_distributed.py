@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -167,88 +165,19 @@ def test_execution_options_and_their_errors():
 
 # ------------------------------------------------------------------ a real cluster
 HEAD = "127.0.0.2"
-PORT = 6390
-
-
-def _ray(*args: str, log: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        # the workers import this test module's model
-        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-    }
-    ray_cli = Path(sys.executable).with_name("ray")
-    return subprocess.Popen(
-        [str(ray_cli), "start", *args, "--disable-usage-stats", "--block"],
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
 
 
 @pytest.fixture
 def cluster(tmp_path):
     """Two Ray nodes on this machine, one CPU each, on loopback addresses of their own."""
-    ray = pytest.importorskip("ray")
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    head = _ray(
-        "--head",
-        "--node-ip-address",
-        HEAD,
-        "--port",
-        str(PORT),
-        "--num-cpus",
-        "1",
-        "--include-dashboard",
-        "false",
-        log=tmp_path / "head.log",
-    )
-    procs = [head]
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                ray.init(address=f"{HEAD}:{PORT}", _node_ip_address=HEAD, logging_level="ERROR")
-                break
-            except Exception:
-                if time.monotonic() > deadline or head.poll() is not None:
-                    raise AssertionError((tmp_path / "head.log").read_text()) from None
-                time.sleep(1)
-        procs.append(
-            _ray(
-                "--address",
-                f"{HEAD}:{PORT}",
-                "--node-ip-address",
-                "127.0.0.3",
-                "--num-cpus",
-                "1",
-                log=tmp_path / "node.log",
-            )
-        )
-        while len([n for n in ray.nodes() if n["Alive"]]) < 2:
-            assert time.monotonic() < deadline, (tmp_path / "node.log").read_text()
-            time.sleep(1)
-        nodes = [n for n in ray.nodes() if n["Alive"]]
-        assert all(n["NodeManagerAddress"].startswith("127.") for n in nodes), nodes
-        ray.shutdown()  # the run connects by itself
-        yield f"{HEAD}:{PORT}"
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        for proc in reversed(procs):
-            _stop(proc)
+    pytest.importorskip("ray")
+    from recarena.experiment.local_cluster import local_cluster
+
+    # the workers import this test module's model
+    path = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    with local_cluster(tmp_path / "ray", nodes=2, env={"PYTHONPATH": path}, timeout=90) as c:
+        assert c.node_addresses == [HEAD, "127.0.0.3"]
+        yield c.address
 
 
 @pytest.mark.slow

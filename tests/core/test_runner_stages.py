@@ -141,11 +141,11 @@ def test_reuse_finished_returns_the_record_or_clears_a_changed_model(tmp_path):
     runner = _runner(tmp_path, [EASE_GRID])
     record = runner.run_model(runner.config.models[0])
     runner.events.clear()
-    assert runner._reuse_finished(runner.config.models[0]) == record
+    assert runner.reuse_finished(runner.config.models[0]) == record
     assert runner.events == ["ease: done earlier, reusing its results"]
 
     changed = runner.config.models[0].model_copy(update={"grid": {"l2": [3.0]}})
     runner._done_checks.clear()
-    assert runner._reuse_finished(changed) is None
+    assert runner.reuse_finished(changed) is None
     assert runner.events[-1] == "ease: its configuration changed, recomputing"
     assert not (runner.run_dir / "models" / "ease").exists()

@@ -440,13 +440,13 @@ def run_on_ray(
         cpus = float(ray.cluster_resources().get("CPU", 1))
         version = recarena_version()
         remote, trial_remote = ray.remote(run_task), ray.remote(run_trial_task)
-        first = [mc for mc in order if runner._is_first_stage(mc.display_name)]
-        rest = [mc for mc in order if not runner._is_first_stage(mc.display_name)]
+        first = [mc for mc in order if runner.is_first_stage(mc.display_name)]
+        rest = [mc for mc in order if not runner.is_first_stage(mc.display_name)]
         total = len(order)
         finished = 0
         dropped_gpu = False
         for models in (first, rest):
-            todo = [mc for mc in models if runner._reuse_finished(mc) is None]
+            todo = [mc for mc in models if runner.reuse_finished(mc) is None]
             finished += len(models) - len(todo)
             if not todo:
                 continue
@@ -518,7 +518,7 @@ def run_on_ray(
                     if result["status"] != "done":
                         record_failure(label, result["error"], result.get("traceback"))
                     else:
-                        runner._done_checks.pop(label, None)
+                        runner.forget_done_check(label)
                 for event in result.get("events", []):
                     # what the model said on its node (the set-up's lines are the driver's)
                     if not event.startswith(("data:", "split:")):

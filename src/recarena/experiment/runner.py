@@ -64,7 +64,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -127,6 +127,9 @@ from recarena.models.base import STALE_HISTORY_REASONS, Recommender, TrainingDat
 from recarena.models.registry import create_model
 from recarena.ranking import RankedLists
 from recarena.splits import CandidateSet, Split
+
+if TYPE_CHECKING:
+    from recarena.experiment.split_seeds import SplitRunResult
 
 log = logging.getLogger(__name__)
 
@@ -535,7 +538,7 @@ class ExperimentRunner:
         return self.run_dir / "split" / f"{FIRST_STAGE_PREFIX}{proto.label}__{stage}.npz"
 
     # -------------------------------------------------------------- one model
-    def _is_first_stage(self, label: str) -> bool:
+    def is_first_stage(self, label: str) -> bool:
         return is_first_stage(self.config, label)
 
     def protocols_for(
@@ -743,7 +746,7 @@ class ExperimentRunner:
     def run_model(self, mc: ModelConfig) -> dict[str, Any]:
         """Tune, fit, measure and record one model: a list of stage calls (each a method
         below), and the model's ``DONE.json`` record as the result."""
-        reused = self._reuse_finished(mc)
+        reused = self.reuse_finished(mc)
         if reused is not None:
             return reused
         job = self._start_model(mc)
@@ -755,7 +758,12 @@ class ExperimentRunner:
         cost = self._cost(tuning, fitted, measured, mem)
         return self._record_done(job, tuning, fitted, measured, cost)
 
-    def _reuse_finished(self, mc: ModelConfig) -> dict[str, Any] | None:
+    def forget_done_check(self, label: str) -> None:
+        """Check ``label``'s ``DONE.json`` again when next asked: its files were written
+        from elsewhere (a Ray task's results)."""
+        self._done_checks.pop(label, None)
+
+    def reuse_finished(self, mc: ModelConfig) -> dict[str, Any] | None:
         """A finished model's ``DONE.json`` record when it can be reused; else None, after
         clearing what a changed configuration or a damaged file left."""
         label = mc.display_name
@@ -795,7 +803,7 @@ class ExperimentRunner:
         protocols, skipped = self.protocols_for(mc, template)
         for plabel, why in skipped.items():
             self.on_event(f"{label}: not run on {plabel} ({why})")
-        first_stage = self._is_first_stage(label)
+        first_stage = self.is_first_stage(label)
         if not protocols and not first_stage:
             raise ConfigError(f"model {label!r} fits none of the experiment's protocols: {skipped}")
         refit = self.config.evaluation.refit if mc.refit is None else mc.refit
@@ -1330,7 +1338,7 @@ class ExperimentRunner:
                 write_json(mdir / "FAILED.json", {"error": error, "traceback": trace})
                 self.on_event(f"{label}: FAILED: {error} (traceback in {mdir / 'FAILED.json'})")
 
-        order = sorted(self.model_configs(), key=lambda m: not self._is_first_stage(m.display_name))
+        order = sorted(self.model_configs(), key=lambda m: not self.is_first_stage(m.display_name))
         if self.config.execution.executor == "ray":
             from recarena.experiment.distributed import run_on_ray
 
@@ -1378,8 +1386,12 @@ def run_experiment(
     overwrite: bool = False,
     progress: bool = True,
     on_event: Callable[[str], None] | None = None,
-) -> RunResult:
+) -> RunResult | SplitRunResult:
     """Run an experiment (a config object or the path of a TOML file).
+
+    With ``split_seeds``, the experiment runs once per split seed, each in a run folder of
+    its own inside the run directory, and a `recarena.experiment.split_seeds.SplitRunResult`
+    is returned (its ``run_dir``, ``summary`` and ``failed`` as here, ``runs`` per seed).
 
     Re-running into the same run directory resumes: models with a ``DONE.json`` are reused.
     ``overwrite`` empties the run directory first (once its lock is held, so never under a
@@ -1387,10 +1399,16 @@ def run_experiment(
     the run directory is locked while the run lasts (`ExperimentRunner.run`).
     """
     from recarena.config import load_config
+    from recarena.experiment.split_seeds import check_split_parent, run_split_seeds
 
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     run_dir = run_directory_for(config, output_dir)
     cache = resolve_cache_dir(cache_dir if cache_dir is not None else config.cache_dir)
+    if config.split_seeds is not None:
+        return run_split_seeds(
+            config, run_dir, cache, overwrite=overwrite, progress=progress, on_event=on_event
+        )
+    check_split_parent(run_dir, config, overwrite)
     runner = ExperimentRunner(config, run_dir, cache, progress=progress, on_event=on_event)
     return runner.run(overwrite=overwrite)

@@ -62,6 +62,7 @@ from recarena.metrics.segments import (
 )
 from recarena.metrics.uncertainty import (
     bootstrap_ci,
+    clustered_bootstrap_ci,
     paired_comparison,
     seeded_bootstrap_ci,
     seeded_paired_comparison,
@@ -100,6 +101,7 @@ __all__ = [
     "ranking_metrics",
     "restrict_truth",
     "roc_auc",
+    "clustered_bootstrap_ci",
     "seeded_bootstrap_ci",
     "seeded_paired_comparison",
     "segment_ranking_metrics",

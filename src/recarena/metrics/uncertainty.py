@@ -38,7 +38,7 @@ def _resample_counts(rng: np.random.Generator, n_boot: int, n: int):
         yield np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
 
 
-def _bootstrap_means(values: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+def _bootstrap_means(values: np.ndarray, n_boot: int, seed: int | Sequence[int]) -> np.ndarray:
     """(n_boot, n_metrics) NaN-ignoring means of the resampled users."""
     n = values.shape[0]
     present = ~np.isnan(values)
@@ -413,3 +413,81 @@ def seeded_paired_comparison(
         },
         index=pd.Index(names, name="metric"),
     )
+
+
+def clustered_bootstrap_ci(
+    groups: Sequence[np.ndarray],
+    *,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and two-stage bootstrap confidence interval over groups and the users in each.
+
+    The groups are independent draws of the whole experiment (its split seeds): each has
+    its own users, possibly different ones and in different numbers. Each resample draws
+    ``n_groups`` groups with replacement and, for every drawn group (a group drawn twice is
+    resampled twice, independently), its users with replacement; its value is the mean
+    over the drawn groups of their NaN-ignoring user means (the two-stage bootstrap of
+    Davison and Hinkley, 1997, section 3.8). The interval is the percentile interval of
+    these values, so it covers both the choice of users and the variation between groups.
+
+    Parameters
+    ----------
+    groups
+        One (n_users_g, n_metrics) array per group (1-d: one metric); the metric columns
+        the same in every group. NaN (undefined for that user) is left out of the user
+        means; a group whose user mean is undefined is left out of the mean over groups.
+    n_boot, confidence
+        As in `bootstrap_ci`; ``n_boot`` 0 gives NaN bounds.
+    seed
+        Seed of the resampling: the groups are drawn from ``default_rng([seed, 5])`` and
+        group ``g``'s users from ``default_rng([seed, 11, g])``.
+
+    Returns
+    -------
+    mean, low, high, group_sd : numpy.ndarray
+        (n_metrics,) each: the mean over groups of the per-group user means, the interval
+        bounds, and the standard deviation (``ddof=1``) of the per-group means (NaN with
+        one group).
+
+    Raises
+    ------
+    ValueError
+        For ``confidence`` outside (0, 1), a negative ``n_boot``, no group, or groups with
+        different numbers of metrics (the message gives the shapes).
+    """
+    _check_options(n_boot, confidence)
+    arrays = []
+    for g in groups:
+        x = np.asarray(g, dtype=np.float64)
+        arrays.append(x[:, None] if x.ndim == 1 else x)
+    if not arrays:
+        raise ValueError("clustered_bootstrap_ci needs at least one group")
+    shapes = [x.shape for x in arrays]
+    if any(len(shape) != 2 for shape in shapes) or len({shape[1] for shape in shapes}) > 1:
+        raise ValueError(
+            f"groups must be (n_users, n_metrics) arrays with the same metrics, got shapes {shapes}"
+        )
+    n_groups, m = len(arrays), shapes[0][1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # groups without users, one group
+        per_group = np.stack(
+            [np.nanmean(x, axis=0) if len(x) else np.full(m, np.nan) for x in arrays]
+        )
+        mean = np.nanmean(per_group, axis=0)
+        group_sd = np.nanstd(per_group, axis=0, ddof=1)
+    if n_boot == 0:
+        return mean, np.full(m, np.nan), np.full(m, np.nan), group_sd
+    picks = np.random.default_rng([seed, 5]).integers(0, n_groups, size=(n_boot, n_groups))
+    drawn = np.full((n_boot, n_groups, m), np.nan)
+    for g, x in enumerate(arrays):
+        where = picks == g
+        count = int(where.sum())
+        if count and len(x):
+            drawn[where] = _bootstrap_means(x, count, [seed, 11, g])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot = np.nanmean(drawn, axis=1)
+    low, high = _percentile_bounds(boot, confidence)
+    return mean, low, high, group_sd

@@ -360,6 +360,58 @@ def _report_split_parent(run_dir: Path) -> None:
     console.print(f"across splits: {run_dir / 'summary_splits.md'}")
 
 
+# ---------------------------------------------------------------------- audit
+@app.command()
+def audit(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    fraction: Annotated[
+        float, typer.Option(help="share of the training users held out as non-members")
+    ] = 0.1,
+    models: Annotated[
+        str | None, typer.Option(help="comma-separated labels to audit (default: all)")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="seed of the non-members (default: the run's)")
+    ] = None,
+    cache_dir: CacheOpt = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Membership-inference audit: refit each finished model without a share of its users
+    and measure how well its scores tell training users from those (attack AUC; .5 is
+    chance). Writes models/LABEL/membership.json and membership.csv; nothing else changes."""
+    from recarena.privacy.audit import audit_run
+
+    _setup_logging(verbose)
+    labels = [m.strip() for m in models.split(",")] if models else None
+    table = audit_run(
+        run_dir,
+        fraction=fraction,
+        seed=seed,
+        labels=labels,
+        cache_dir=cache_dir,
+        on_event=lambda msg: console.print(f"[dim]{msg}[/dim]", highlight=False),
+    )
+    t = Table(title=f"membership audit: {run_dir}", title_justify="left")
+    for name in ("model", "attack AUC [95%]", "members", "non-members", "epsilon", "status"):
+        t.add_column(name, justify="left" if name in ("model", "status") else "right")
+    for _, r in table.iterrows():
+        auc = (
+            f"{r['attack_auc']:.3f} [{_num(r['ci_low'], 3)}, {_num(r['ci_high'], 3)}]"
+            if r["status"] == "audited"
+            else "–"
+        )
+        t.add_row(
+            str(r["model"]),
+            auc,
+            _num(r["n_members"], 0),
+            _num(r["n_non_members"], 0),
+            _num(r["dp_epsilon"], 2),
+            str(r["status"]),
+        )
+    t.caption = "attack AUC: .5 is chance; members' last training item ranked against non-members'"
+    out.print(t)
+
+
 # ---------------------------------------------------------------------- recommend
 @app.command()
 def recommend(

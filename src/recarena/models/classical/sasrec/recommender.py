@@ -18,6 +18,13 @@ Two choices differ from the paper's code, both following later work:
   equation, with a final LayerNorm; padding is masked out of the attention keys instead of
   being zeroed after each block.
 
+**Differentially private training.** ``dp_epsilon`` (a target, with ``dp_delta``) or
+``dp_noise_multiplier`` trains with DP-SGD through Opacus, one user's whole training
+sequence being the privacy unit (`recarena.privacy.dp`): users are Poisson-sampled at rate
+``batch_size / n_users``, each user's gradient is clipped to ``dp_max_grad_norm`` and
+Gaussian noise is added to their sum; Opacus's RDP accountant records the epsilon spent
+(``dp_`` in ``cost.json``). A private fit keeps no checkpoints (a killed one starts over).
+
 A fitted model saves as the base class does, with the network as a state dict
 (``weights.pt``). With a checkpoint folder a fit saves its state after every epoch and a
 killed fit resumes where it stopped.
@@ -115,6 +122,14 @@ class SASRec(KeepsHistory, Recommender):
     seed
         Seeds the weights, dropout, negatives and the order of users: on CPU, the same seed
         gives the same scores.
+    dp_epsilon, dp_delta
+        Train with differential privacy for this target (epsilon, delta) over the
+        ``epochs`` budget (None: not private; ``dp_delta`` defaults to ``1 / n_users**1.1``).
+        Only ``loss="ce"``; users are sampled, not ordered.
+    dp_noise_multiplier
+        Or the noise multiplier itself (not both); the spent epsilon is still recorded.
+    dp_max_grad_norm
+        Clipping norm of one user's gradient (default 1.0).
 
     Attributes
     ----------
@@ -127,7 +142,10 @@ class SASRec(KeepsHistory, Recommender):
     training_log_
         One dict per epoch: ``epoch``, ``loss`` (mean over positions), ``valid_ndcg@10``
         (None where not measured) and ``seconds`` (since training began, validation
-        included).
+        included); a private fit adds ``epsilon`` (spent so far).
+    dp_
+        A private fit's record (`recarena.privacy.dp.DPRecord`): epsilon spent, delta, noise
+        multiplier, clipping norm, sampling rate, steps.
     """
 
     param_grid = {"hidden": [64, 128], "dropout": [0.2, 0.5]}
@@ -139,6 +157,7 @@ class SASRec(KeepsHistory, Recommender):
     history_length_param = "max_len"
     history_shift = 1
     history_dtype = np.int32
+    cost_attributes = (*Recommender.cost_attributes, "dp_")
 
     def __init__(
         self,
@@ -162,6 +181,10 @@ class SASRec(KeepsHistory, Recommender):
         num_threads: int | None = None,
         eval_batch_size: int = 256,
         seed: int = 0,
+        dp_epsilon: float | None = None,
+        dp_delta: float | None = None,
+        dp_noise_multiplier: float | None = None,
+        dp_max_grad_norm: float = 1.0,
     ) -> None:
         self.max_len = max_len
         self.hidden = hidden
@@ -182,6 +205,10 @@ class SASRec(KeepsHistory, Recommender):
         self.num_threads = num_threads
         self.eval_batch_size = eval_batch_size
         self.seed = seed
+        self.dp_epsilon = dp_epsilon
+        self.dp_delta = dp_delta
+        self.dp_noise_multiplier = dp_noise_multiplier
+        self.dp_max_grad_norm = dp_max_grad_norm
 
     # ------------------------------------------------------------------ fitting
     def check_params(self) -> None:
@@ -224,6 +251,26 @@ class SASRec(KeepsHistory, Recommender):
         require_param(
             self, "loss", self.loss in ("ce", "bce", "sampled_ce"), "'ce', 'bce' or 'sampled_ce'"
         )
+        self._check_dp_params()
+
+    def _check_dp_params(self) -> None:
+        from recarena.privacy.dp import dp_problems
+
+        dp = {k: vars(self).get(k) for k in ("dp_epsilon", "dp_delta", "dp_noise_multiplier")}
+        for name, value in dp.items():
+            require_param(self, name, value is None or is_number(value), "a number or None")
+        norm = vars(self).get("dp_max_grad_norm", 1.0)
+        require_param(self, "dp_max_grad_norm", is_number(norm), "a positive number")
+        problems = dp_problems(dp["dp_epsilon"], dp["dp_delta"], dp["dp_noise_multiplier"], norm)
+        if problems:
+            raise ValueError(f"{type(self).__name__} differential privacy: " + "; ".join(problems))
+        if self._private():
+            require_param(self, "loss", self.loss == "ce", "'ce' for a private fit")
+
+    def _private(self) -> bool:
+        """Whether this fit is differentially private."""
+        state = vars(self)
+        return state.get("dp_epsilon") is not None or state.get("dp_noise_multiplier") is not None
 
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
         device = self._torch_device()
@@ -245,14 +292,22 @@ class SASRec(KeepsHistory, Recommender):
                 net.parameters(), lr=self.lr, betas=(0.9, 0.98), weight_decay=self.weight_decay
             )
             self._prepare_training(net, optimizer)
+            self._dp_trainer = None
+            if self._private():
+                self._dp_trainer = training.private_trainer(
+                    self, net, optimizer, int((train.lengths >= 2).sum())
+                )
             checkpoint = None
-            if data.checkpoint_dir is not None:
+            if data.checkpoint_dir is not None and self._dp_trainer is None:
                 key = self._checkpoint_key(data, valid)
                 checkpoint = training.Checkpoint(Path(data.checkpoint_dir), key)
             training.run_epochs(
                 self, net, optimizer, rng, train, schedule, validation, checkpoint, device
             )
         net.eval()
+        if self._dp_trainer is not None:
+            self.dp_ = self._dp_trainer.record().as_dict()
+        del self._dp_trainer
         if checkpoint is not None:
             checkpoint.remove()
 
@@ -295,9 +350,10 @@ class SASRec(KeepsHistory, Recommender):
         return training.checkpoint_key(type(self), self.get_params(), data, valid)
 
     def _log_epoch(self, epoch: int, loss: float, ndcg: float | None, seconds: float) -> None:
-        self.training_log_.append(
-            {"epoch": epoch, "loss": loss, f"valid_ndcg@{EVAL_K}": ndcg, "seconds": seconds}
-        )
+        row = {"epoch": epoch, "loss": loss, f"valid_ndcg@{EVAL_K}": ndcg, "seconds": seconds}
+        if vars(self).get("_dp_trainer") is not None:
+            row["epsilon"] = self._dp_trainer.epsilon()
+        self.training_log_.append(row)
         shown = "-" if ndcg is None else f"{ndcg:.4f}"
         logger.info(
             "SASRec epoch %d: loss %.4f, valid NDCG@10 %s, %.1f s", epoch, loss, shown, seconds
@@ -310,7 +366,10 @@ class SASRec(KeepsHistory, Recommender):
         train: History,
         order: np.ndarray,
     ) -> float:
-        """One pass over ``order`` (user ids); returns the mean loss per position."""
+        """One pass over ``order`` (user ids); returns the mean loss per position. A private
+        fit draws its own Poisson-sampled batches from the same users instead."""
+        if vars(self).get("_dp_trainer") is not None:
+            return training.private_epoch(self._dp_trainer, train, order)
         loss = functools.partial(training.next_item_loss, self.loss, self.n_negatives)
         autocast = functools.partial(training.autocast, mixed_precision=self.mixed_precision)
         return training.train_epoch(net, optimizer, train, order, self.batch_size, loss, autocast)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -294,6 +295,61 @@ def next_item_loss(
     is_negative = (negatives != targets[:, None]).float()
     negative_loss = (F.softplus(negative) * is_negative).sum(-1) / n_neg
     return (F.softplus(-positive) + negative_loss).mean()
+
+
+# ---------------------------------------------------------------------- private training
+def private_trainer(
+    model: SASRec, net: SASRecNetwork, optimizer: torch.optim.Optimizer, n_users: int
+) -> Any:
+    """The DP-SGD trainer of a private fit (`recarena.privacy.dp.UserLevelDPSGD`): the
+    noise calibrated to the model's target over its ``epochs`` budget."""
+    from recarena.privacy.dp import UserLevelDPSGD
+
+    return UserLevelDPSGD(
+        net,
+        optimizer,
+        n_users=n_users,
+        batch_size=model.batch_size,
+        epochs=model.epochs,
+        epsilon=model.dp_epsilon,
+        delta=model.dp_delta,
+        noise_multiplier=model.dp_noise_multiplier,
+        max_grad_norm=model.dp_max_grad_norm,
+        seed=model.seed,
+    )
+
+
+def user_sequence_loss(net: Any, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One user's full-softmax cross-entropy, the mean over the positions of its sequence
+    (padding, target 0, left out); shapes without data-dependent sizes, for ``vmap``."""
+    states = net(inputs)
+    table = net.param("item_embedding.weight")
+    logits = states @ table[1:].T
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(),
+        (targets.long() - 1).reshape(-1),
+        ignore_index=-1,
+    )
+
+
+def private_epoch(dp: Any, train: History, order: np.ndarray) -> float:
+    """One epoch of DP-SGD: ``1 / q`` steps, each on the users of ``order`` drawn by
+    Poisson sampling (`UserLevelDPSGD.epoch_batches`); returns the mean of the steps'
+    per-user losses (steps with no user left out)."""
+    net = dp.module
+    device = next(net.parameters()).device
+    net.train()
+    users = np.sort(order)
+    losses = []
+    for picked in dp.epoch_batches():
+        batch = users[picked]
+        seq = torch.from_numpy(train.left_padded(batch, pad=0)).to(device)
+        if len(batch) == 0:
+            seq = torch.zeros((0, 2), dtype=torch.int32, device=device)
+        loss = dp.step(user_sequence_loss, (seq[:, :-1], seq[:, 1:]))
+        if not math.isnan(loss):
+            losses.append(loss)
+    return float(np.mean(losses)) if losses else math.nan
 
 
 # ---------------------------------------------------------------------- validation

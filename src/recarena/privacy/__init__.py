@@ -1,0 +1,2 @@
+"""Privacy: differentially private training (`dp`) and the empirical leakage audit
+(`membership`)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from recarena.cli import app
@@ -57,12 +58,13 @@ def test_a_private_model_records_its_epsilon_in_the_run_and_the_audit(tmp_path):
     raw = _config(
         tmp_path,
         [
+            {"name": "sasrec", "grid": {}, "params": sasrec},
             {
                 "name": "sasrec",
                 "label": "private",
                 "grid": {},
                 "params": {**sasrec, "dp_noise_multiplier": 1.0},
-            }
+            },
         ],
         bootstrap=20,
     )
@@ -74,6 +76,16 @@ def test_a_private_model_records_its_epsilon_in_the_run_and_the_audit(tmp_path):
     assert all("epsilon" in row for row in log)
     table = audit_run_table(result.run_dir, tmp_path)
     assert table.loc["private", "dp_epsilon"] == dp["epsilon_spent"]
+    assert pd.isna(table.loc["sasrec", "dp_epsilon"])
+    # the report: quality, epsilon and attack AUC side by side, and the curve
+    from recarena.report import build_report
+
+    html = build_report([result.run_dir], result.run_dir / "r.html").read_text()
+    assert "Privacy — " in html and "∞ (not private)" in html
+    assert "against epsilon" in html
+    raw = pd.read_csv(result.run_dir / "r_tables" / "privacy_full.csv").set_index("model")
+    assert raw.loc["private", "epsilon_spent"] == pytest.approx(dp["epsilon_spent"])
+    assert raw.loc["sasrec", "attack_auc"] == pytest.approx(table.loc["sasrec", "attack_auc"])
 
 
 def audit_run_table(run_dir, cache):

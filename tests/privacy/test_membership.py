@@ -94,3 +94,11 @@ def test_a_model_that_cannot_read_new_histories_is_not_audited():
 
     with pytest.raises(NotImplementedError, match="cannot score users it was not trained on"):
         audit_model(Trained, _data(), fraction=0.2)
+
+
+def test_a_re_ranker_is_not_audited():
+    class ReRanker(Memoriser):
+        scores_full_catalog = False
+
+    with pytest.raises(NotImplementedError, match="re-ranks candidates"):
+        audit_model(ReRanker, _data(), fraction=0.2)

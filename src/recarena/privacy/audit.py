@@ -84,8 +84,13 @@ def audit_run(
                     continue
             klass = resolve_class(rec["class"])
             params = dict(rec["params"])
-            if not klass.updates_history():
+            if not klass.scores_full_catalog:
                 result: dict[str, Any] = {
+                    "status": f"not audited: {klass.__name__} re-ranks candidates; the attack "
+                    "ranks the whole catalog"
+                }
+            elif not klass.updates_history():
+                result = {
                     "status": f"not audited: {klass.__name__} cannot score users it was not "
                     f"trained on (history_use = {klass.history_use!r})"
                 }

@@ -179,9 +179,15 @@ def audit_model(
     Raises
     ------
     NotImplementedError
-        The model cannot read histories it was not trained on (``history_use``).
+        The model cannot read histories it was not trained on (``history_use``), or cannot
+        score the whole catalog (a re-ranker).
     """
     model = make_model()
+    if not type(model).scores_full_catalog:
+        raise NotImplementedError(
+            f"{type(model).__name__} re-ranks candidates and cannot score the whole catalog, "
+            "which the attack ranks: no membership audit"
+        )
     if not type(model).updates_history():
         raise NotImplementedError(
             f"{type(model).__name__} cannot score users it was not trained on "

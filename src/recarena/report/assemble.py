@@ -23,6 +23,7 @@ from recarena.report.sections import (
     metric_display,
     popularity_table,
     preprocessing_table,
+    privacy_table,
     protocol_title,
     protocols_table,
     seeds_tables,
@@ -34,6 +35,36 @@ from recarena.report.tables import Table
 from recarena.report.verdict import build_verdict
 
 log = logging.getLogger(__name__)
+
+
+def _privacy_figure(data: ReportData, pa: ProtocolAnalysis, colors) -> Figure | None:
+    """The privacy-utility curve of each model family trained privately at least once:
+    quality with its interval against the epsilon spent (the non-private model at ∞)."""
+    curves: dict[str, list[tuple[float | None, float, float, float]]] = {}
+    for label in pa.ranking:
+        m = data.model(label)
+        est = pa.values.get(label, {}).get(pa.primary)
+        if est is None or not math.isfinite(est.mean):
+            continue
+        eps = (m.cost.get("dp") or {}).get("epsilon_spent")
+        curves.setdefault(m.name or label, []).append((eps, est.mean, est.low, est.high))
+    curves = {
+        name: pts
+        for name, pts in curves.items()
+        if any(e is not None for e, *_ in pts) and len(pts) > 1
+    }
+    if not curves:
+        return None
+    metric = metric_display(pa.primary)
+    title = f"{metric} against epsilon — {protocol_title(pa.label, pa.description)}"
+    family_colors = {name: colors.get(name, None) or "0.3" for name in curves}
+    svg = plots.privacy_utility(curves, metric, title, family_colors)
+    caption = (
+        "Each line is one model trained without and with differential privacy (Opacus, one "
+        "user's sequence the unit); x: the epsilon the final training spent, ∞ for the "
+        "non-private one; whiskers: the interval over users."
+    )
+    return Figure(svg, caption, f"privacy-{pa.label}")
 
 
 def _quality_cost_figure(data: ReportData, pa: ProtocolAnalysis, colors) -> Figure | None:
@@ -133,6 +164,13 @@ def assemble(data: ReportData, out_file: Path, tables_dir: Path) -> tuple[str, s
         for fair in fairness_tables(data, pa):
             section.tables.append(fair)
             all_tables.append(fair)
+        privacy = privacy_table(data, pa)
+        if privacy is not None:
+            section.tables.append(privacy)
+            all_tables.append(privacy)
+            fig = _privacy_figure(data, pa, colors)
+            if fig is not None:
+                section.figures.append(("Privacy and quality", fig))
         fig = _quality_cost_figure(data, pa, colors)
         if fig is not None:
             section.figures.append(("Quality vs cost", fig))

@@ -478,6 +478,45 @@ def training_curves(
     return to_svg(fig, title)
 
 
+def privacy_utility(
+    curves: Mapping[str, Sequence[tuple[float | None, float, float, float]]],
+    metric: str,
+    title: str,
+    colors: Mapping[str, Any],
+) -> str:
+    """Quality against the epsilon spent, one line per model family: points ``(epsilon,
+    mean, low, high)``, epsilon None (not private) drawn at the right edge as infinity."""
+    import matplotlib
+
+    finite = [e for pts in curves.values() for e, *_ in pts if e is not None and e > 0]
+    right = max(finite) * 4 if finite else 10.0
+    with matplotlib.rc_context(_RC):
+        fig = _figure(6.0, 3.6)
+        ax = fig.subplots()
+        for name, pts in curves.items():
+            rows = sorted(((right if e is None else e), m, lo, hi) for e, m, lo, hi in pts)
+            arr = np.array(rows, dtype=np.float64)
+            color = colors.get(name, "0.3")
+            ax.errorbar(
+                arr[:, 0],
+                arr[:, 1],
+                yerr=[arr[:, 1] - arr[:, 2], arr[:, 3] - arr[:, 1]],
+                marker="o",
+                capsize=3,
+                color=color,
+                label=name,
+            )
+        ax.set_xscale("log")
+        ticks = sorted({*(e for e in finite), right})
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([("∞" if t == right else f"{t:g}") for t in ticks])
+        ax.set_xlabel("epsilon spent (∞: not private)")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=8)
+        fig.suptitle(title, fontsize=10)
+    return to_svg(fig, title)
+
+
 def legend_html(labels: Sequence[str], colors: Mapping[str, Any]) -> str:
     """An HTML legend (colour swatch + name) for the figures: cheaper than matplotlib's."""
     from html import escape

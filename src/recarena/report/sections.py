@@ -977,3 +977,80 @@ def fairness_tables(data: ReportData, pa: ProtocolAnalysis) -> list[Table]:
 def _group_mean(groups: pd.DataFrame, model: str, grouping: str, group: str) -> str:
     key = (model, grouping, str(group))
     return fmt_metric(groups.loc[key, "mean"]) if key in groups.index else "–"
+
+
+def privacy_table(data: ReportData, pa: ProtocolAnalysis) -> Table | None:
+    """Each model's quality beside the epsilon its training spent (DP) and the membership
+    audit's attack AUC (``membership.csv``, from `recarena audit`); None when the run has
+    neither a private model nor an audit."""
+    audits: dict[str, pd.Series] = {}
+    for m in data.done_models:
+        path = data.runs[m.run].run_dir / "membership.csv"
+        if path.exists():
+            table = pd.read_csv(path).set_index("model")
+            if m.source_label in table.index:
+                audits[m.label] = table.loc[m.source_label]
+    private = {m.label: m.cost.get("dp") for m in data.done_models if m.cost.get("dp")}
+    if not audits and not private:
+        return None
+    rows, raw = [], []
+    for label in pa.ranking:
+        est = pa.values.get(label, {}).get(pa.primary)
+        dp = private.get(label) or {}
+        audit = audits.get(label)
+        audited = audit is not None and audit["status"] == "audited"
+        eps = dp.get("epsilon_spent")
+        rows.append(
+            [
+                Cell(label, cls="model"),
+                Cell(
+                    fmt_metric(est.mean) if est else "–",
+                    sub=fmt_ci(est.low, est.high) if est else "",
+                    cls="num",
+                ),
+                Cell("∞ (not private)" if eps is None else f"{eps:.2f}", cls="num"),
+                Cell("–" if not dp else f"{dp.get('noise_multiplier', math.nan):.3f}", cls="num"),
+                Cell(
+                    f"{audit['attack_auc']:.3f}" if audited else "–",
+                    sub=fmt_ci(audit["ci_low"], audit["ci_high"]) if audited else "",
+                    title="" if audit is None or audited else str(audit["status"]),
+                    cls="num",
+                ),
+            ]
+        )
+        raw.append(
+            {
+                "model": label,
+                "metric": pa.primary,
+                "mean": est.mean if est else math.nan,
+                "ci_low": est.low if est else math.nan,
+                "ci_high": est.high if est else math.nan,
+                "epsilon_spent": eps,
+                "delta": dp.get("delta"),
+                "noise_multiplier": dp.get("noise_multiplier"),
+                "attack_auc": audit["attack_auc"] if audited else math.nan,
+                "attack_ci_low": audit["ci_low"] if audited else math.nan,
+                "attack_ci_high": audit["ci_high"] if audited else math.nan,
+                "audit": None if audit is None else audit["status"],
+            }
+        )
+    return Table(
+        key=f"privacy_{pa.label}",
+        title=f"Privacy — {protocol_title(pa.label, pa.description)}",
+        header=[
+            "model",
+            f"{metric_display(pa.primary)} [{data.confidence:.0%}]",
+            "epsilon spent",
+            "noise multiplier",
+            "membership attack AUC",
+        ],
+        rows=rows,
+        raw=pd.DataFrame(raw),
+        notes=[
+            "Epsilon: what the final training spent by Opacus's RDP accountant, one user's whole "
+            "training sequence being the privacy unit (model selection on validation is not "
+            "counted). Attack AUC (recarena audit): how well the rank of a user's last training "
+            "item tells training users from users held out of training; .5 is chance. A model "
+            "without an audit result was not audited (hover for the reason)."
+        ],
+    )

@@ -1,6 +1,8 @@
 """The fine-tuned cross-encoder (a BERT-style pair classifier over candidate and history
 text): `recommender` (the `Recommender`), `network` (encoder, pooling and head; imported
-when a model is built) and `batching` (token pairs, training positives and negatives)."""
+when a model is built), `batching` (token pairs, training positives, negatives and
+batches) and `training` (how it is fine-tuned: the validation set, the losses and the loop;
+imported when a model is fitted)."""
 
 from recarena.models.language.cross_encoder.batching import (
     PairEncoder,

@@ -1,5 +1,7 @@
 """The cross-encoder's data: token pairs (candidate, then the history) as the tokenizer
-lays them out, and the training positives and negatives."""
+lays them out (`PairEncoder`, built from a tokenizer by `pair_encoder`), and the training
+positives and negatives (`sample_positives`, `sample_negatives`) in token batches
+(`training_loader`)."""
 
 from __future__ import annotations
 
@@ -179,6 +181,50 @@ class PairEncoder:
         return batch
 
 
+def effective_max_length(tokenizer: Any, config: Any, max_length: int) -> int:
+    """``max_length`` capped at what the model's position embeddings and its tokenizer take."""
+    limit = int(max_length)
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions:
+        if getattr(config, "model_type", "") in {
+            "roberta",
+            "xlm-roberta",
+            "camembert",
+            "mpnet",
+        }:
+            positions -= (getattr(config, "pad_token_id", 1) or 1) + 1
+        limit = min(limit, int(positions))
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if model_max and model_max < 1_000_000:
+        limit = min(limit, int(model_max))
+    return limit
+
+
+def pair_encoder(
+    tokenizer: Any,
+    item_token_ids: np.ndarray,
+    item_token_indptr: np.ndarray,
+    separator: str,
+    max_length: int,
+) -> PairEncoder:
+    """The `PairEncoder` of ``tokenizer`` over item tokens kept as one flat array
+    (`ragged`), with ``separator`` between history items."""
+    ids, indptr = item_token_ids, item_token_indptr
+    tokens = [ids[indptr[i] : indptr[i + 1]].tolist() for i in range(len(indptr) - 1)]
+    separator_ids = list(tokenizer(separator, add_special_tokens=False)["input_ids"])
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return PairEncoder(
+        pair_template(tokenizer),
+        tokens,
+        separator_ids,
+        max_length,
+        int(pad),
+        "token_type_ids" in getattr(tokenizer, "model_input_names", ()),
+    )
+
+
 def ragged(lists: Sequence[Sequence[int]], dtype: Any = np.int32) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
     indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
@@ -275,3 +321,54 @@ def sample_positives(
     users = users_all[eligible]
     start = np.maximum(offsets[users], eligible - history_len)
     return TrainingPositives(flat_items=flat, start=start, stop=eligible, user=users)
+
+
+def training_loader(
+    positives: TrainingPositives,
+    seen: sp.csr_matrix,
+    encoder: PairEncoder,
+    *,
+    n_negatives: int,
+    batch_size: int,
+    seed: int,
+) -> Any:
+    """Shuffled batches of ``batch_size`` positives, each with ``n_negatives`` negatives.
+
+    A batch holds the token tensors of its pairs (each positive, then its negatives, with
+    the positive's history), ``labels`` (1 for the positive) and ``valid`` (False where a
+    user who has every item has no negative: the positive stands in, masked out of the
+    loss). Negatives are drawn as batches are built, afresh each epoch, from a generator of
+    their own (seeded by ``seed``): the data order (the loader's generator, seeded by
+    ``seed`` too) does not depend on them.
+    """
+    import torch
+
+    negative_rng = np.random.default_rng([seed, 4243])
+
+    def collate(indices: list[int]) -> dict[str, Any]:
+        idx = np.asarray(indices, dtype=np.int64)
+        users = positives.user[idx]
+        negatives = sample_negatives(seen, users, n_negatives, negative_rng)
+        items = np.concatenate([positives.item[idx][:, None], negatives], axis=1)
+        rows = []
+        for r, e in enumerate(idx):
+            hist = positives.flat_items[positives.start[e] : positives.stop[e]][::-1]
+            tokens = encoder.history(hist)
+            # a user who has every item has no negative (-1): the positive stands in,
+            # masked out of the loss
+            rows.extend(encoder.pair(tokens, int(max(i, items[r, 0]))) for i in items[r])
+        batch = encoder.collate(rows)
+        labels = np.zeros(items.shape, dtype=np.float32)
+        labels[:, 0] = 1.0
+        batch["labels"] = torch.from_numpy(labels)
+        batch["valid"] = torch.from_numpy(items >= 0)
+        return batch
+
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.utils.data.DataLoader(
+        range(len(positives)),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=generator,
+        collate_fn=collate,
+    )

@@ -1,14 +1,31 @@
 """The cross-encoder's network: the encoder, a pooling of its token states (the mean under
 the attention mask, or a fresh dense + tanh pooler on the first token) and a linear head,
-one logit per (candidate, history) pair. Imported when a model is built, so that importing
-the recommender needs no torch."""
+one logit per (candidate, history) pair; loading a checkpoint into it (`load_pair_scorer`)
+and its forward passes over token pairs (`predict_logits`). Imported when a model is built,
+so that importing the recommender needs no torch."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from recarena.errors import ConfigError
+from recarena.models.language.cross_encoder.batching import PairEncoder
+
+#: config attributes that hold dropout rates (BERT, RoBERTa, MPNet, DistilBERT...)
+_DROPOUT_NAMES = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "dropout",
+    "attention_dropout",
+)
+#: config attributes that hold the number of transformer layers
+_LAYER_NAMES = ("num_hidden_layers", "n_layers", "num_layers")
 
 
 class PairScorer(nn.Module):
@@ -53,3 +70,106 @@ class PairScorer(nn.Module):
 
     def head_state(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+
+
+def load_pair_scorer(
+    target: str,
+    pooling: str,
+    *,
+    dropout: float | None,
+    num_layers: int | None,
+    freeze_embeddings: bool,
+    trained: bool = False,
+) -> tuple[PairScorer, Any]:
+    """The encoder of ``target`` (bottom ``num_layers`` layers, given ``dropout``) in a
+    `PairScorer`, and its tokenizer. ``trained``: ``target`` is a saved fine-tuned folder
+    (it holds only the layers it kept)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from recarena.errors import ModelNotAvailableError
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target)
+        config = AutoConfig.from_pretrained(target)
+        if dropout is not None:
+            for name in _DROPOUT_NAMES:
+                if hasattr(config, name):
+                    setattr(config, name, float(dropout))
+        if num_layers is not None and not trained:
+            for name in _LAYER_NAMES:
+                if hasattr(config, name):
+                    if int(getattr(config, name)) < num_layers:
+                        raise ConfigError(
+                            f"num_layers {num_layers}: {target} has only "
+                            f"{getattr(config, name)} layers"
+                        )
+                    setattr(config, name, int(num_layers))
+                    break
+            else:
+                raise ConfigError(f"cannot tell how many layers {target} has: num_layers")
+        # the sentence-encoder checkpoints carry no trained pooler and, with num_layers,
+        # unused upper layers: transformers reports those weights, expectedly, as
+        # missing or unused
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            try:
+                encoder = AutoModel.from_pretrained(target, config=config, add_pooling_layer=False)
+            except TypeError:  # a model class without a pooler
+                encoder = AutoModel.from_pretrained(target, config=config)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except OSError as exc:
+        raise ModelNotAvailableError(f"cannot load {target} for fine-tuning: {exc}") from exc
+    if freeze_embeddings:
+        encoder.get_input_embeddings().weight.requires_grad_(False)
+    rate = float(
+        dropout
+        if dropout is not None
+        else getattr(config, "hidden_dropout_prob", getattr(config, "dropout", 0.1)) or 0.0
+    )
+    return PairScorer(encoder, pooling, rate), tokenizer
+
+
+def autocast_context(device: torch.device, precision: str) -> Any:
+    """Autocast for ``precision`` (``mixed_precision_``) on ``device``: on a CPU only bf16."""
+    if precision == "no" or (device.type == "cpu" and precision != "bf16"):
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def predict_logits(
+    net: nn.Module,
+    encoder: PairEncoder,
+    rows: Sequence[tuple[list[int], list[int]]],
+    *,
+    batch_size: int,
+    context: Any,
+    progress: bool,
+) -> np.ndarray:
+    """The logit of each pair: batches of similar length, longest first, in ``context``
+    (an autocast or a null context)."""
+    from tqdm.auto import tqdm
+
+    device = next(net.parameters()).device
+    lengths = np.fromiter((len(ids) for ids, _ in rows), dtype=np.int64, count=len(rows))
+    order = np.argsort(-lengths, kind="stable")
+    out = np.empty(len(rows), dtype=np.float32)
+    bar = tqdm(
+        total=len(rows),
+        desc="cross-encoder scoring",
+        unit="pair",
+        disable=not progress or len(rows) < 4 * batch_size,
+        leave=False,
+    )
+    with torch.inference_mode(), context:
+        for begin in range(0, len(order), batch_size):
+            idx = order[begin : begin + batch_size]
+            batch = encoder.collate([rows[i] for i in idx])
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            out[idx] = net(**batch).float().cpu().numpy()
+            bar.update(len(idx))
+    bar.close()
+    return out

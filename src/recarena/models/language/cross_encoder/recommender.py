@@ -12,53 +12,20 @@ the encoder is a sentence encoder, ``minilm-l6`` (all-MiniLM-L6-v2, a 6-layer
 ``BertModel``); with a hub, any encoder checkpoint works (``model`` takes a zoo name, a
 local folder or a hub id).
 
-How it is set up, and why (a pair classifier set up otherwise can stall at a constant
-output, training loss ln 2 and AUC .5, which is a failure of the set-up, not of the method):
+How it is set up and trained, and why (pooling and head, input order, training pairs and
+losses, the budget on a CPU, early stopping and the learning curve): see
+`recarena.models.language.cross_encoder.training`.
 
-Pooling and head
-    A fresh linear head reads one vector per pair. ``pooling="mean"`` averages the token
-    states (the pooling sentence encoders such as all-MiniLM-L6-v2 were trained with);
-    ``"cls"`` reads the [CLS] state through a *re-initialised* pooler (dense + tanh): the
-    pooler that sentence-encoder checkpoints carry was never trained, and its outputs
-    barely differ between inputs. ``"auto"`` (default) takes the checkpoint's own pooling
-    (mean for the zoo's sentence encoders). The choice is a parameter, so the runner can
-    choose it on validation (``grid = { pooling = ["mean", "cls"] }``) and records it.
-Input order
-    The candidate comes first, at fixed positions, and is never cut; the history follows,
-    most recent item first, and only the history is cut (from its old end) to fit
-    ``max_length`` tokens. A candidate buried behind a long history at varying positions
-    makes differences between users swamp differences between candidates.
-Training
-    Held-in positives: a seeded sample of at most ``max_train_pairs`` (user, position)
-    pairs of the training sequences, each position's item with the ``history_len`` items
-    before it as the history (newest first; position 0 has an empty history). Each positive
-    gets ``n_negatives`` negatives with the same history, drawn afresh every epoch,
-    uniformly from the items the user never interacted with in the training data. Loss:
-    ``"bce"`` (each pair a binary label) or ``"softmax"`` (cross-entropy of the positive
-    against its own negatives). AdamW with linear warm-up (``warmup_ratio``) and decay,
-    gradient clipping, through `recarena.lm.training` (Hugging Face Accelerate: one CPU, one
-    GPU, or several GPUs with ``accelerate launch``).
-Budget on a CPU
-    Short pairs (``max_length`` 64: the candidate and a few recent titles), dynamic padding,
-    the word-embedding matrix frozen (``freeze_embeddings``: the optimizer then skips its
-    ~12M entries, the bulk of a small encoder's weights, while every transformer layer
-    trains), optionally only the bottom ``num_layers`` layers, and bfloat16 autocast where
-    the CPU has bfloat16 instructions (``mixed_precision="auto"``; weights and optimizer
-    state stay float32). ``max_train_seconds`` caps the training's wall time.
-Early stopping and the learning curve
-    With validation data (``valid`` given to ``fit``: each validation user's held-out
-    item), a frozen validation set is drawn once per fit, seeded: at most
-    ``max_valid_users`` users, their held-out item(s) against ``n_valid_negatives`` items
-    they never interacted with, with the user's training history. Its ROC AUC is measured
-    before training (step 0) and every ``eval_every`` steps: ``training_log_`` is the
-    learning curve. The best weights are kept and ``refit_params()`` gives the step count
-    to train on train + valid without validation.
 Scoring
     The head's logit for each candidate, from the user's last ``history_len`` items of the
     data ``fit`` saw (or given to ``update_history``). A re-ranker: it scores given
     candidate lists (sampled, or a first stage's top-N), never the full catalog. The logit
     is a score, not a calibrated probability: pointwise metrics threshold it by the rule
     every model gets.
+Persistence
+    ``save`` writes the fine-tuned encoder and its tokenizer to ``cross_encoder/``
+    (``save_pretrained``: ``AutoModel`` loads it as is), the pooler and head beside them
+    (``pair_head.pt``, a state dict, and ``pair_head.json``); no module is pickled.
 """
 
 from __future__ import annotations
@@ -77,15 +44,15 @@ import numpy as np
 import pandas as pd
 
 from recarena._io import publish_mode
-from recarena.errors import ConfigError
 from recarena.models._history import KeepsHistory
 from recarena.models.base import Recommender, TrainingData
 from recarena.models.language.cross_encoder.batching import (
     PairEncoder,
-    pair_template,
+    effective_max_length,
+    pair_encoder,
     ragged,
-    sample_negatives,
     sample_positives,
+    training_loader,
 )
 
 logger = logging.getLogger(__name__)
@@ -95,29 +62,17 @@ logger = logging.getLogger(__name__)
 WEIGHTS_FOLDER = "cross_encoder"
 HEAD_FILE = "pair_head.pt"
 HEAD_CONFIG = "pair_head.json"
-#: config attributes that hold dropout rates (BERT, RoBERTa, MPNet, DistilBERT...)
-_DROPOUT_NAMES = (
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "dropout",
-    "attention_dropout",
-)
-#: config attributes that hold the number of transformer layers
-_LAYER_NAMES = ("num_hidden_layers", "n_layers", "num_layers")
 #: (user, candidate) pairs tokenized at once when scoring (bounds host memory)
 _SCORE_CHUNK = 16_384
 POOLINGS = ("auto", "mean", "cls")
 LOSSES = ("bce", "softmax")
 
 
-# ---------------------------------------------------------------------------- sampling
-
-
-# ---------------------------------------------------------------------------- the model
 class CrossEncoderRecommender(KeepsHistory, Recommender):
     """Fine-tuned BERT-style cross-encoder over (candidate item text, user history text).
 
-    See the module docstring for the recipe. A re-ranker: give it candidate lists.
+    How it is set up and trained: `recarena.models.language.cross_encoder.training`. A
+    re-ranker: give it candidate lists.
 
     Parameters
     ----------
@@ -325,24 +280,13 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
             raise ValueError(f"lr must be positive, got {self.lr}")
 
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
-        import torch
-
         from recarena.lm import training as tr
-        from recarena.lm.zoo import resolve_model
+        from recarena.models.language.cross_encoder import training
 
         assert data.item_text is not None  # its length is checked by Recommender.fit
-        resolved = resolve_model(self.model, data.cache_dir)
-        if resolved.format != "transformers":
-            raise ConfigError(
-                f"{resolved.name} is a {resolved.format} model: the cross-encoder fine-tunes "
-                "a transformers encoder (e.g. minilm-l6, mpnet-base, a local folder or hub id)"
-            )
-        self.pooling_ = resolved.default_pooling if self.pooling == "auto" else self.pooling
-        if self.pooling_ not in ("mean", "cls"):
-            raise ConfigError(
-                f"{resolved.name} pools by {self.pooling_!r}; the cross-encoder reads the mean "
-                "of the token states or the [CLS] state: set pooling = 'mean' or 'cls'"
-            )
+        target, self.pooling_ = training.resolve_checkpoint(
+            self.model, self.pooling, data.cache_dir
+        )
         rng = np.random.default_rng([self.seed, 4242])
         accelerator = tr.make_accelerator(
             self.device,
@@ -352,18 +296,10 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         self.device_ = str(accelerator.device)
         self.mixed_precision_ = str(accelerator.mixed_precision)
         with tr.seeded(self.seed), tr.torch_threads(self.num_threads):
-            network, tokenizer = self._load_network(resolved.load_target, self.pooling_)
-            self.tokenizer_ = tokenizer
+            network, self.tokenizer_ = self._load_network(target, self.pooling_)
             self.encoder_parameters_ = sum(p.numel() for p in network.encoder.parameters())
-            encoder = self._build_encoder(tokenizer, network.encoder.config, data.item_text)
-            if encoder.n_cut_items:
-                logger.warning(
-                    "%d item texts are longer than max_length %d allows and were cut at the end",
-                    encoder.n_cut_items,
-                    encoder.max_length,
-                )
+            encoder = self._build_encoder(self.tokenizer_, network.encoder.config, data.item_text)
             self._keep_history(data)
-
             positives = sample_positives(
                 data.sequences,
                 history_len=self.history_len,
@@ -371,89 +307,29 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
                 rng=rng,
             )
             seen = data.csr()
-            group = 1 + self.n_negatives
             self.train_positives_ = len(positives)
-            self.train_examples_ = len(positives) * group
+            self.train_examples_ = len(positives) * (1 + self.n_negatives)
             validation = self._validation_set(data, valid, encoder, rng)
-            # negatives are drawn as batches are built, afresh each epoch, from a generator
-            # of their own: the data order (the loader's generator) does not depend on them
-            negative_rng = np.random.default_rng([self.seed, 4243])
-
-            def collate(indices: list[int]) -> dict[str, Any]:
-                idx = np.asarray(indices, dtype=np.int64)
-                users = positives.user[idx]
-                negatives = sample_negatives(seen, users, self.n_negatives, negative_rng)
-                items = np.concatenate([positives.item[idx][:, None], negatives], axis=1)
-                rows = []
-                for r, e in enumerate(idx):
-                    hist = positives.flat_items[positives.start[e] : positives.stop[e]][::-1]
-                    tokens = encoder.history(hist)
-                    # a user who has every item has no negative (-1): the positive stands in,
-                    # masked out of the loss
-                    rows.extend(encoder.pair(tokens, int(max(i, items[r, 0]))) for i in items[r])
-                batch = encoder.collate(rows)
-                labels = np.zeros(items.shape, dtype=np.float32)
-                labels[:, 0] = 1.0
-                batch["labels"] = torch.from_numpy(labels)
-                batch["valid"] = torch.from_numpy(items >= 0)
-                return batch
-
-            generator = torch.Generator().manual_seed(int(self.seed))
-            loader = torch.utils.data.DataLoader(
-                range(len(positives)),
+            loader = training_loader(
+                positives,
+                seen,
+                encoder,
+                n_negatives=self.n_negatives,
                 batch_size=self.batch_size,
-                shuffle=True,
-                generator=generator,
-                collate_fn=collate,
+                seed=self.seed,
             )
-            loss_name = self.loss
-
-            def loss_fn(net: Any, batch: dict[str, Any]) -> Any:
-                labels, keep = batch["labels"], batch["valid"]
-                inputs = {k: v for k, v in batch.items() if k not in ("labels", "valid")}
-                logits = net(**inputs).float().view(labels.shape)
-                if loss_name == "softmax":
-                    logits = logits.masked_fill(~keep, float("-inf"))
-                    target = torch.zeros(len(labels), dtype=torch.long, device=logits.device)
-                    return torch.nn.functional.cross_entropy(logits, target)
-                return torch.nn.functional.binary_cross_entropy_with_logits(
-                    logits[keep], labels[keep]
-                )
-
             evaluate = None
-            start_record: dict[str, Any] | None = None
             if validation is not None:
                 rows, labels = validation
 
                 def evaluate(net: Any) -> dict[str, float]:
                     return self._validation_metrics(net, encoder, rows, labels)
 
-                network.to(accelerator.device).eval()
-                with torch.inference_mode(), accelerator.autocast():
-                    start_record = {"epoch": 0, "step": 0, "train_loss": None, "lr": 0.0}
-                    start_record.update(evaluate(network))
-                start_record.update({"examples": 0, "seconds": 0.0})
-                logger.info("fine-tuning cross-encoder: before training: %s", start_record)
-                network.train()
-
-            config = tr.LoopConfig(
-                epochs=self.epochs,
-                max_steps=self.max_steps,
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                warmup_ratio=self.warmup_ratio,
-                max_grad_norm=self.max_grad_norm,
-                eval_every=self.eval_every,
-                patience=self.patience,
-                monitor="valid_auc",
-                mode="max",
-                max_seconds=self.max_train_seconds,
-                progress=self.progress,
-                desc="fine-tuning cross-encoder",
+            config = training.loop_config(self.get_params())
+            result, self.training_log_ = training.fine_tune(
+                accelerator, network, loader, config, self.loss, evaluate
             )
-            result = tr.train_loop(accelerator, network, loader, loss_fn, config, evaluate=evaluate)
         self.network_ = result.model
-        self.training_log_ = ([start_record] if start_record else []) + result.log
         self.best_step_ = int(result.best_step)
         self.best_epoch_ = int(result.best_epoch)
         self.best_valid_auc_ = result.best_value
@@ -466,95 +342,33 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
     def _load_network(self, target: str, pooling: str, *, trained: bool = False) -> tuple[Any, Any]:
         """The encoder (bottom ``num_layers`` layers, given dropout) in a `PairScorer`, and
         its tokenizer. ``trained``: ``target`` is a saved fine-tuned folder."""
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        from recarena.models.language.cross_encoder.network import load_pair_scorer
 
-        from recarena.errors import ModelNotAvailableError
-
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(target)
-            config = AutoConfig.from_pretrained(target)
-            if self.dropout is not None:
-                for name in _DROPOUT_NAMES:
-                    if hasattr(config, name):
-                        setattr(config, name, float(self.dropout))
-            if self.num_layers is not None and not trained:
-                for name in _LAYER_NAMES:
-                    if hasattr(config, name):
-                        if int(getattr(config, name)) < self.num_layers:
-                            raise ConfigError(
-                                f"num_layers {self.num_layers}: {target} has only "
-                                f"{getattr(config, name)} layers"
-                            )
-                        setattr(config, name, int(self.num_layers))
-                        break
-                else:
-                    raise ConfigError(f"cannot tell how many layers {target} has: num_layers")
-            # the sentence-encoder checkpoints carry no trained pooler and, with num_layers,
-            # unused upper layers: transformers reports those weights, expectedly, as
-            # missing or unused
-            verbosity = hf_logging.get_verbosity()
-            hf_logging.set_verbosity_error()
-            try:
-                try:
-                    encoder = AutoModel.from_pretrained(
-                        target, config=config, add_pooling_layer=False
-                    )
-                except TypeError:  # a model class without a pooler
-                    encoder = AutoModel.from_pretrained(target, config=config)
-            finally:
-                hf_logging.set_verbosity(verbosity)
-        except OSError as exc:
-            raise ModelNotAvailableError(f"cannot load {target} for fine-tuning: {exc}") from exc
-        if self.freeze_embeddings:
-            encoder.get_input_embeddings().weight.requires_grad_(False)
-        dropout = float(
-            self.dropout
-            if self.dropout is not None
-            else getattr(config, "hidden_dropout_prob", getattr(config, "dropout", 0.1)) or 0.0
+        return load_pair_scorer(
+            target,
+            pooling,
+            dropout=self.dropout,
+            num_layers=self.num_layers,
+            freeze_embeddings=self.freeze_embeddings,
+            trained=trained,
         )
-        from recarena.models.language.cross_encoder.network import PairScorer
-
-        return PairScorer(encoder, pooling, dropout), tokenizer
-
-    def _effective_max_length(self, tokenizer: Any, config: Any) -> int:
-        limit = int(self.max_length)
-        positions = getattr(config, "max_position_embeddings", None)
-        if positions:
-            if getattr(config, "model_type", "") in {
-                "roberta",
-                "xlm-roberta",
-                "camembert",
-                "mpnet",
-            }:
-                positions -= (getattr(config, "pad_token_id", 1) or 1) + 1
-            limit = min(limit, int(positions))
-        model_max = getattr(tokenizer, "model_max_length", None)
-        if model_max and model_max < 1_000_000:
-            limit = min(limit, int(model_max))
-        return limit
 
     def _build_encoder(self, tokenizer: Any, config: Any, item_text: Sequence[str]) -> PairEncoder:
         tokens = tokenizer(list(item_text), add_special_tokens=False)["input_ids"]
         self.item_token_ids_, self.item_token_indptr_ = ragged(tokens)
-        self.max_length_ = self._effective_max_length(tokenizer, config)
-        return self._encoder_from_state(tokenizer)
+        self.max_length_ = effective_max_length(tokenizer, config, self.max_length)
+        encoder = self._encoder_from_state(tokenizer)
+        if encoder.n_cut_items:
+            logger.warning(
+                "%d item texts are longer than max_length %d allows and were cut at the end",
+                encoder.n_cut_items,
+                encoder.max_length,
+            )
+        return encoder
 
     def _encoder_from_state(self, tokenizer: Any) -> PairEncoder:
         ids, indptr = self.item_token_ids_, self.item_token_indptr_
-        tokens = [ids[indptr[i] : indptr[i + 1]].tolist() for i in range(len(indptr) - 1)]
-        separator = list(tokenizer(self.separator, add_special_tokens=False)["input_ids"])
-        pad = tokenizer.pad_token_id
-        if pad is None:
-            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        return PairEncoder(
-            pair_template(tokenizer),
-            tokens,
-            separator,
-            self.max_length_,
-            int(pad),
-            "token_type_ids" in getattr(tokenizer, "model_input_names", ()),
-        )
+        return pair_encoder(tokenizer, ids, indptr, self.separator, self.max_length_)
 
     def _validation_set(
         self,
@@ -564,27 +378,17 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         rng: np.random.Generator,
     ) -> tuple[list[tuple[list[int], list[int]]], np.ndarray] | None:
         """Frozen validation pairs: held-out item(s) + sampled negatives per user, labels."""
-        if valid is None or len(valid) == 0:
-            return None
-        from recarena.data.dataset import interactions_csr
+        from recarena.models.language.cross_encoder.training import validation_set
 
-        held = interactions_csr(valid, data.n_users, data.n_items)
-        users = np.unique(valid["user"].to_numpy()).astype(np.int64)
-        if self.max_valid_users is not None and len(users) > self.max_valid_users:
-            users = np.sort(rng.choice(users, size=self.max_valid_users, replace=False))
-        exclude = (data.csr() + held).tocsr()
-        negatives = sample_negatives(exclude, users, self.n_valid_negatives, rng)
-        rows: list[tuple[list[int], list[int]]] = []
-        labels: list[int] = []
-        for r, user in enumerate(users):
-            history = encoder.history(self._history_of(int(user)))
-            positives = held.indices[held.indptr[user] : held.indptr[user + 1]]
-            for item, label in [(p, 1) for p in positives] + [
-                (n, 0) for n in negatives[r] if n >= 0
-            ]:
-                rows.append(encoder.pair(history, int(item)))
-                labels.append(label)
-        return rows, np.asarray(labels, dtype=np.int64)
+        return validation_set(
+            data,
+            valid,
+            encoder,
+            rng,
+            history_of=self._history_of,
+            max_users=self.max_valid_users,
+            n_negatives=self.n_valid_negatives,
+        )
 
     def _validation_metrics(
         self,
@@ -594,13 +398,10 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         labels: np.ndarray,
     ) -> dict[str, float]:
         """ROC AUC of the validation pairs, and their binary cross-entropy."""
-        from recarena.metrics.pointwise import roc_auc
+        from recarena.models.language.cross_encoder.training import validation_metrics
 
         logits = self._predict(net, encoder, rows, autocast=False, progress=False)
-        z = logits.astype(np.float64)
-        # -log sigmoid(z) for positives, -log(1 - sigmoid(z)) for negatives, stably
-        loss = float(np.mean(np.logaddexp(0.0, np.where(labels == 1, -z, z))))
-        return {"valid_auc": roc_auc(labels, logits), "valid_loss": loss}
+        return validation_metrics(logits, labels)
 
     def refit_params(self) -> dict[str, Any]:
         """Train as long as the best validation measurement: its epoch and optimizer step."""
@@ -618,13 +419,9 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         return encoder
 
     def _autocast(self, device: Any) -> Any:
-        import torch
+        from recarena.models.language.cross_encoder.network import autocast_context
 
-        precision = getattr(self, "mixed_precision_", "no")
-        if precision == "no" or (device.type == "cpu" and precision != "bf16"):
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-        return torch.autocast(device.type, dtype=dtype)
+        return autocast_context(device, getattr(self, "mixed_precision_", "no"))
 
     def _predict(
         self,
@@ -636,31 +433,14 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         progress: bool | None = None,
     ) -> np.ndarray:
         """The logit of each pair: batches of similar length, longest first."""
-        import torch
-        from tqdm.auto import tqdm
+        from recarena.models.language.cross_encoder.network import predict_logits
 
         device = next(net.parameters()).device
-        lengths = np.fromiter((len(ids) for ids, _ in rows), dtype=np.int64, count=len(rows))
-        order = np.argsort(-lengths, kind="stable")
-        out = np.empty(len(rows), dtype=np.float32)
-        show = self.progress if progress is None else progress
-        bar = tqdm(
-            total=len(rows),
-            desc="cross-encoder scoring",
-            unit="pair",
-            disable=not show or len(rows) < 4 * self.eval_batch_size,
-            leave=False,
-        )
         context = self._autocast(device) if autocast else contextlib.nullcontext()
-        with torch.inference_mode(), context:
-            for begin in range(0, len(order), self.eval_batch_size):
-                idx = order[begin : begin + self.eval_batch_size]
-                batch = encoder.collate([rows[i] for i in idx])
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                out[idx] = net(**batch).float().cpu().numpy()
-                bar.update(len(idx))
-        bar.close()
-        return out
+        show = self.progress if progress is None else progress
+        return predict_logits(
+            net, encoder, rows, batch_size=self.eval_batch_size, context=context, progress=show
+        )
 
     def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
         from recarena.lm.training import torch_threads

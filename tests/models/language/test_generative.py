@@ -822,3 +822,61 @@ def test_article_first_moves_a_trailing_article_back_to_the_front():
         "Toy Story",
     ]
     assert GenerativeRanker()._item_texts(data)[0] == "Usual Suspects, The"
+
+
+# ---------------------------------------------------------------------------- user attributes
+def _data_with_users() -> TrainingData:
+    data = _data()
+    data.users = pd.DataFrame({"user": [0, 1, 2, 3], "gender": ["F", "M", "F", "M"]})
+    return data
+
+
+def test_the_prompt_names_user_attributes(tiny_llama_dir):
+    ranker = _ranker(
+        tiny_llama_dir,
+        prompt="a {user:gender}: {history} ->",
+        user_values={"gender": {"F": "woman", "M": "man"}},
+    ).fit(_data_with_users())
+    ranker._ensure_lm()
+    tok = ranker._tokenizer
+    assert tok.decode(ranker._user_prompt_ids(0), skip_special_tokens=True).startswith("a woman:")
+    assert tok.decode(ranker._user_prompt_ids(1), skip_special_tokens=True).startswith("a man:")
+    # no user (the prior's empty-history prompt): the placeholder is left empty
+    assert tok.decode(
+        ranker._prompt_ids(np.empty(0, dtype=np.int64)), skip_special_tokens=True
+    ).startswith("a :")
+    with pytest.raises(ValueError, match=r"lacks; it has \['gender'\]"):
+        _ranker(tiny_llama_dir, prompt="{user:age} {history} ->").fit(_data_with_users())
+    with pytest.raises(ValueError, match="no user table"):
+        _ranker(tiny_llama_dir, prompt="{user:age} {history} ->").fit(_data())
+
+
+def test_the_counterfactual_probe_swaps_only_the_attribute(tiny_llama_dir):
+    from recarena.metrics.counterfactual import counterfactual_probe
+
+    data = _data_with_users()
+    ranker = _ranker(tiny_llama_dir, prompt="a {user:gender}: {history} ->").fit(data)
+    users = np.array([0, 1, 3])
+    before = ranker.score(users, SCORABLE[:3])
+    probe = counterfactual_probe(
+        ranker,
+        users,
+        SCORABLE[:3],
+        "gender",
+        {"F": "M", "M": "F"},
+        k=3,
+        positive=np.array([0, 1, 2]),
+        item_groups={"first half": np.arange(8) < 4},
+        n_boot=50,
+    )
+    assert not probe["invariant"] and probe["n_users"] == 3
+    assert probe["mean_abs_score_change"] > 0  # the tiny decoder reads the word
+    assert 0 <= probe["overlap_at_k"]["mean"] <= 1
+    assert set(probe["by_value"]) == {"F", "M"}
+    assert len(probe["exposure"]) == 1 and "ndcg@3_change" in probe
+    # the model reads its attributes back unchanged
+    assert np.array_equal(ranker.score(users, SCORABLE[:3]), before)
+    # a ranker whose prompt does not name the attribute is invariant by construction
+    plain = _ranker(tiny_llama_dir).fit(data)
+    out = counterfactual_probe(plain, users, SCORABLE[:3], "gender", {"F": "M"})
+    assert out["invariant"] and "does not read" in out["reason"]

@@ -21,6 +21,14 @@ Prompts
     title's tokens after a space (none after a prompt ending in whitespace or a chat
     template), at most ``max_candidate_tokens``, plus the end-of-sequence token with
     ``score_end``.
+
+User attributes
+    ``{user:COLUMN}`` in the template is the user's value in ``COLUMN`` of the data's user
+    table (`user_attributes` keeps them as text at fit, ``user_attributes_``), written with
+    the ranker's ``user_values`` words where it has one. A prompt without a user (the
+    empty-history prompt of the prior correction) leaves the placeholder empty. Replacing a
+    column of ``user_attributes_`` is how `recarena.metrics.counterfactual` swaps an
+    attribute while everything else stays the same.
 """
 
 from __future__ import annotations
@@ -47,6 +55,43 @@ _TRAILING_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
 _TRAILING_ARTICLE = re.compile(r"^(?P<main>.+?), (?P<article>The|A|An)(?P<rest>\s*\(.*\))?$")
 #: what ``{history}`` becomes for a user without history
 EMPTY_HISTORY = "nothing yet"
+#: a user attribute in a prompt template: ``{user:gender}``
+USER_FIELD = re.compile(r"\{user:([^{}]+)\}")
+
+
+def user_attributes(template: str, data: TrainingData) -> dict[str, list[str]]:
+    """The user-table columns ``template`` names (``{user:COLUMN}``), as text per user id.
+
+    Raises
+    ------
+    ValueError
+        The template names a column and the data has no user table, or not that column
+        (the message lists the columns there are).
+    """
+    columns = list(dict.fromkeys(USER_FIELD.findall(template)))
+    if not columns:
+        return {}
+    users = data.users
+    if users is None or len(users) == 0:
+        raise ValueError(
+            f"the prompt names user columns {columns} but the data has no user table "
+            "([data] users_path, or a data set with user attributes such as ml-100k)"
+        )
+    missing = [c for c in columns if c not in users.columns]
+    if missing:
+        raise ValueError(
+            f"the prompt names user columns {missing} that the user table lacks; it has "
+            f"{[c for c in users.columns if c != 'user']}"
+        )
+    ids = users["user"].to_numpy() if "user" in users.columns else np.arange(len(users))
+    out = {}
+    for column in columns:
+        text = [""] * data.n_users
+        for user, value in zip(ids.tolist(), users[column].tolist(), strict=True):
+            if 0 <= int(user) < data.n_users:
+                text[int(user)] = clean_text(value)
+        out[column] = text
+    return out
 
 
 def item_texts(
@@ -99,9 +144,12 @@ class PromptIds:
         value = getattr(config, "max_position_embeddings", None)
         return int(value) if value else None
 
-    def _render(self, titles: list[str]) -> list[int]:
+    def _render(self, titles: list[str], user: int | None = None) -> list[int]:
         history = self.history_sep.join(titles) if titles else EMPTY_HISTORY
         text = self._prompt_template().replace("{history}", history)
+        if "{user:" in text:
+            text = USER_FIELD.sub(lambda m: self._user_word(m.group(1), user), text)
+            text = re.sub(r"(?<=\S)  +(?=\S)", " ", text)  # an empty value's double space
         tok = self._tokenizer
         if self.chat_template:
             text = tok.apply_chat_template(
@@ -110,8 +158,17 @@ class PromptIds:
             return list(tok(text, add_special_tokens=False)["input_ids"])
         return list(tok(text)["input_ids"])
 
-    def _prompt_ids(self, history: np.ndarray) -> list[int]:
-        """Token ids of the prompt for a history (item ids, oldest first)."""
+    def _user_word(self, column: str, user: int | None) -> str:
+        """User ``user``'s value of ``column`` as the prompt writes it ("" without a user)."""
+        if user is None:
+            return ""
+        value = getattr(self, "user_attributes_", {}).get(column, [""] * (user + 1))[user]
+        words = (self.user_values or {}).get(column, {})
+        return str(words.get(value, value))
+
+    def _prompt_ids(self, history: np.ndarray, user: int | None = None) -> list[int]:
+        """Token ids of the prompt for a history (item ids, oldest first) of ``user``
+        (None: no user, for the user attributes of the template)."""
         titles = [self.item_texts_[i] for i in history.tolist() if self.item_texts_[i]]
         if self.history_len is not None:
             titles = titles[-self.history_len :]
@@ -119,21 +176,22 @@ class PromptIds:
         positions = self._max_positions()
         if positions is not None:
             limit = max(1, min(limit, positions - self.max_candidate_tokens - 1))
-        ids = self._render(titles)
+        ids = self._render(titles, user)
         if len(ids) > limit and titles:
             # keep the most recent titles that fit (the length grows with the titles kept)
             lo, hi = 0, len(titles) - 1  # titles[-k:] fits for k = lo; try up to hi
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                if len(self._render(titles[-mid:])) <= limit:
+                if len(self._render(titles[-mid:], user)) <= limit:
                     lo = mid
                 else:
                     hi = mid - 1
-            ids = self._render(titles[-lo:] if lo else [])
+            ids = self._render(titles[-lo:] if lo else [], user)
         return ids[-limit:]
 
     def _user_prompt_ids(self, user: int) -> list[int]:
-        return self._prompt_ids(History(self.history_items_, self.history_indptr_).row(user))
+        history = History(self.history_items_, self.history_indptr_).row(user)
+        return self._prompt_ids(history, user)
 
     def _continuation_prefix(self) -> str:
         """A space before the title unless the prompt ends in whitespace (chat templates)."""

@@ -53,6 +53,7 @@ from recarena.models.language.generative.prompts import (
     DEFAULT_PROMPT,
     EMPTY_HISTORY,
     PromptIds,
+    user_attributes,
 )
 from recarena.models.language.generative.scoring import UNSCORABLE_SCORE, CandidateScoring
 from recarena.models.language.generative.session import UsesSession
@@ -102,7 +103,13 @@ class GenerativeRanker(
     prompt
         Template of the prompt; ``{history}`` is replaced by the user's titles, oldest
         first, joined by ``history_sep``. None: `DEFAULT_PROMPT`, or `DEFAULT_CHAT_PROMPT`
-        with ``chat_template=True``.
+        with ``chat_template=True``. ``{user:COLUMN}`` is replaced by the user's value in
+        column ``COLUMN`` of the data's user table (``"A {user:age}-year-old {user:gender}
+        watched ..."``), the way a counterfactual probe puts an attribute into the input
+        (`recarena.metrics.counterfactual`).
+    user_values
+        Words for the user table's values in the prompt, per column: ``{"gender": {"M":
+        "man", "F": "woman"}}``; a value without a word is written as it is.
     history_len
         The user's last ``history_len`` items are listed (None: all that fit).
     history_sep
@@ -227,6 +234,7 @@ class GenerativeRanker(
         self,
         model: str = "smollm2-135m-instruct",
         prompt: str | None = None,
+        user_values: dict[str, dict[str, str]] | None = None,
         history_len: int | None = 10,
         history_sep: str = "; ",
         text_field: str | None = "title",
@@ -265,6 +273,7 @@ class GenerativeRanker(
     ) -> None:
         self.model = model
         self.prompt = prompt
+        self.user_values = user_values
         self.history_len = history_len
         self.history_sep = history_sep
         self.text_field = text_field
@@ -330,6 +339,7 @@ class GenerativeRanker(
         self._release_lm()
         self._adapter_dir: Path | None = None
         self.item_texts_ = self._item_texts(data)
+        self.user_attributes_ = user_attributes(self._prompt_template(), data)
         self.unscorable_items_ = np.flatnonzero(
             np.array([not t for t in self.item_texts_], dtype=bool)
         )

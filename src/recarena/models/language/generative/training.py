@@ -224,8 +224,14 @@ class LoRATraining:
         """What an adapter depends on: this class, its training parameters, the data."""
         digest = hashlib.sha256()
         params = {k: v for k, v in self.get_params().items() if k not in SCORING_ONLY}
+        if params.get("user_values") is None:
+            # a later parameter: without it the key is the one adapters were saved under
+            params.pop("user_values", None)
         digest.update(stable_class_path(type(self)).encode())
         digest.update(json.dumps(params, sort_keys=True, default=repr).encode())
+        attributes = getattr(self, "user_attributes_", {})
+        if attributes:
+            digest.update(json.dumps(attributes, sort_keys=True).encode())
         digest.update(json.dumps([data.n_users, data.n_items, self.item_texts_]).encode())
         for frame in (data.interactions, valid):
             if frame is None:
@@ -266,7 +272,7 @@ class LoRATraining:
         for user, position in pairs.tolist():
             seq = sequences[user]
             lo = 0 if self.history_len is None else max(0, position - self.history_len)
-            prompts.append(self._prompt_ids(seq[lo:position]))
+            prompts.append(self._prompt_ids(seq[lo:position], user))
             targets.append(self._candidate_ids(int(seq[position])))
             rows.append(user)
         pad = self._tokenizer.pad_token_id

@@ -1,0 +1,141 @@
+"""The counterfactual gender probe of the generative ranker on MovieLens-100k, sampled-19.
+
+SmolLM2-135M-Instruct, zero-shot, reads a prompt that names the user's age and gender
+(``"A 25-year-old woman watched, in order: ... The next movie they will watch is:"``,
+`recarena.models.language.generative`). For the same 200 seeded test users and the same
+19 sampled negatives plus the held-out item (the split and candidates of the runner, seed
+42), each user's candidates are scored as they are and with the gender swapped (woman <->
+man), nothing else changed (`recarena.metrics.counterfactual.counterfactual_probe`): how
+far the top 10 moves (overlap@10, rank shift, share of users whose top 10 changes), the
+change of NDCG@10 of the held-out item, and the change of each genre's share of the top 10
+slots. The same ranker with the attribute-free prompt is scored too, so a reader sees
+whether naming the user changes quality at all.
+
+The score normalisation is the one validation chose for this decoder on this protocol
+(log-likelihood sum, prior correction .5; see the README's decoder section); no grid here.
+
+Usage::
+
+    python benchmarks/bench_counterfactual.py --output-dir /tmp/bench-cf --threads 1
+    python benchmarks/bench_counterfactual.py --users 20     # pipeline check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from recarena.cache import resolve_cache_dir
+from recarena.config import parse_config
+from recarena.experiment.protocols import sample_users
+from recarena.experiment.runner import ExperimentRunner
+from recarena.metrics.counterfactual import counterfactual_probe
+from recarena.models.language.generative import GenerativeRanker
+
+ATTRIBUTE_PROMPT = (
+    "A {user:age}-year-old {user:gender} watched, in order: {history}. "
+    "The next movie they will watch is:"
+)
+WORDS = {"gender": {"M": "man", "F": "woman"}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--output-dir", default="runs/bench_counterfactual")
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    out_dir = Path(args.output_dir)
+    config = parse_config(
+        {
+            "name": "counterfactual-ml100k",
+            "output_dir": str(out_dir),
+            "data": {"name": "ml-100k"},
+            "split": {"method": "leave_one_out"},
+            "evaluation": {"protocols": [{"kind": "sampled", "n_negatives": 19}]},
+            "models": [{"name": "most_popular"}],
+        }
+    )
+    cache = resolve_cache_dir(args.cache_dir)
+    runner = ExperimentRunner(config, out_dir / config.name, cache, progress=False)
+    runner.prepare()
+    proto = config.evaluation.protocols[0]
+    cands = runner.candidates_for(proto, "test")
+    assert cands is not None
+    held = runner.split.held_out("test")
+    users = sample_users(runner.split.eval_users("test"), args.users, config.seed)
+    rows = np.searchsorted(cands.users, users)
+    candidates = cands.items[rows]
+    truth = dict(zip(held["user"].to_numpy(), held["item"].to_numpy(), strict=False))
+    positive = np.array(
+        [int(np.flatnonzero(candidates[r] == truth[u])[0]) for r, u in enumerate(users)]
+    )
+    items = runner.dataset.items
+    genres = items["genres"] if "genres" in items.columns else None
+    groups = {}
+    if genres is not None:
+        for genre in sorted({g for gs in genres for g in (gs if isinstance(gs, list) else [])}):
+            groups[genre] = np.array(
+                [genre in (gs if isinstance(gs, list) else []) for gs in genres]
+            )
+    data = runner.training_data("test")
+    common = dict(
+        model="smollm2-135m-instruct",
+        length_norm="sum",
+        prior_correction=0.5,
+        num_threads=args.threads,
+        progress=False,
+    )
+    result: dict = {"users": int(len(users)), "prompt": ATTRIBUTE_PROMPT}
+    start = time.perf_counter()
+    plain = GenerativeRanker(**common).fit(data)
+    plain_probe = counterfactual_probe(plain, users, candidates, "gender", {"M": "F", "F": "M"})
+    plain_scores = plain.score(users, candidates)
+    result["plain_seconds"] = time.perf_counter() - start
+    ranks = np.argsort(np.argsort(-plain_scores, axis=1, kind="stable"), axis=1)
+    r = ranks[np.arange(len(users)), positive]
+    result["plain_ndcg@10"] = float(np.where(r < 10, 1 / np.log2(r + 2.0), 0).mean())
+    result["plain_invariant"] = plain_probe
+    start = time.perf_counter()
+    ranker = GenerativeRanker(**common, prompt=ATTRIBUTE_PROMPT, user_values=WORDS).fit(data)
+    probe = counterfactual_probe(
+        ranker,
+        users,
+        candidates,
+        "gender",
+        {"M": "F", "F": "M"},
+        k=10,
+        positive=positive,
+        item_groups=groups,
+    )
+    result["probe_seconds"] = time.perf_counter() - start
+    result["probe"] = probe
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "counterfactual.json").write_text(json.dumps(result, indent=2, default=str))
+    print(json.dumps({k: v for k, v in result.items() if k != "probe"}, indent=2, default=str))
+    p = probe
+    print(
+        f"gender swap, {p['n_users']} users: overlap@10 {p['overlap_at_k']['mean']:.3f} "
+        f"[{p['overlap_at_k']['ci_low']:.3f}, {p['overlap_at_k']['ci_high']:.3f}], "
+        f"rank shift {p['rank_shift']['mean']:.2f}, changed users "
+        f"{p['changed_users']['mean']:.2f}; NDCG@10 {p['ndcg@10_before']:.4f} -> "
+        f"{p['ndcg@10_after']:.4f} (change {p['ndcg@10_change']['mean']:+.4f} "
+        f"[{p['ndcg@10_change']['ci_low']:+.4f}, {p['ndcg@10_change']['ci_high']:+.4f}])"
+    )
+    for v, row in p["by_value"].items():
+        print(f"  originally {v}: {row['n_users']} users, overlap@10 {row['overlap_at_k']:.3f}")
+    for row in sorted(p.get("exposure", []), key=lambda r: -abs(r["change_mean"]))[:6]:
+        print(
+            f"  {row['group']:<12} top-10 share {row['share_before']:.3f} -> "
+            f"{row['share_after']:.3f} ({row['change_mean']:+.4f} "
+            f"[{row['change_ci_low']:+.4f}, {row['change_ci_high']:+.4f}])"
+        )
+
+
+if __name__ == "__main__":
+    main()

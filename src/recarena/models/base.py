@@ -103,6 +103,12 @@ class TrainingData:
     def _csr_cache(self) -> dict[str, sp.csr_matrix]:
         return {}
 
+    @cached_property
+    def derived(self) -> dict[str, Any]:
+        """What models derive from this data and may share between fits on it (EASE keeps
+        its Gram matrix here, so a validation grid builds it once); freed with the data."""
+        return {}
+
     def csr(self, weights: Literal["binary", "rating", "count"] = "binary") -> sp.csr_matrix:
         """User x item matrix (cached)."""
         if weights not in self._csr_cache:

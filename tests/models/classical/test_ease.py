@@ -114,3 +114,42 @@ def test_update_history_scores_the_new_rows_with_the_same_weights():
     np.testing.assert_array_equal(model.weights_, weights)
     np.testing.assert_allclose(model.score(np.arange(5)), grown @ weights, rtol=1e-6)
     assert model.history_use == "interactions"
+
+
+def _random_data(n_users=300, n_items=120, density=0.08, seed=0) -> TrainingData:
+    rng = np.random.default_rng(seed)
+    return _data((rng.random((n_users, n_items)) < density).astype(np.float64))
+
+
+def test_float32_solve_agrees_with_float64():
+    data = _random_data()
+    exact = EASE(l2=50.0).fit(data)
+    single = EASE(l2=50.0, dtype="float32").fit(_random_data())
+    scale = np.abs(exact.weights_).max()
+    assert np.abs(single.weights_ - exact.weights_).max() < 1e-4 * scale
+    users = np.arange(50)
+    top_exact = np.argsort(-exact.score(users), axis=1)[:, :10]
+    top_single = np.argsort(-single.score(users), axis=1)[:, :10]
+    overlap = np.mean(
+        [len(set(a) & set(b)) / 10 for a, b in zip(top_exact, top_single, strict=True)]
+    )
+    assert overlap > 0.99
+    with pytest.raises(ValueError, match="'float64' or 'float32'"):
+        EASE(dtype="float16").check_params()
+
+
+def test_a_grid_on_one_data_builds_the_gram_matrix_once(monkeypatch):
+    import recarena.models.classical.ease as ease
+
+    calls = []
+    real = ease._gram
+    monkeypatch.setattr(ease, "_gram", lambda *a, **k: calls.append(1) or real(*a, **k))
+    data = _random_data()
+    fits = [EASE(l2=l2).fit(data) for l2 in (10.0, 100.0, 10.0)]
+    assert len(calls) == 1
+    # the kept matrix is not the one a fit overwrote: refits give the same weights
+    assert np.array_equal(fits[0].weights_, fits[2].weights_)
+    assert np.array_equal(fits[1].weights_, EASE(l2=100.0).fit(_random_data()).weights_)
+    assert len(calls) == 2  # other data: built again
+    EASE(l2=10.0, dtype="float32").fit(data)
+    assert len(calls) == 3  # another precision

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,9 +32,31 @@ logger = logging.getLogger(__name__)
 #: `_potrf_threads`; 12,000 was checked to work, 16,000 crashed)
 _THREADED_POTRF_MAX = 10_000
 
-#: bytes per item^2 at the peak of `EASE.fit`: the float64 Gram matrix / inverse, inverted
-#: in place, plus the float32 weights
-_BYTES_PER_CELL = 12
+#: bytes per item^2 at the peak of `EASE.fit`: the Gram matrix / inverse, inverted in
+#: place (8 bytes a cell in float64, 4 in float32), plus the float32 weights
+_BYTES_PER_CELL = {"float64": 12, "float32": 8}
+#: largest Gram matrix kept between fits on the same data (bytes): a validation grid then
+#: builds it once (`_shared_gram`)
+_GRAM_CACHE_BYTES = 4 << 30
+
+
+def _shared_gram(data: TrainingData, dtype: str) -> np.ndarray:
+    """``X^T X`` of ``data`` in ``dtype``, to be overwritten by the caller.
+
+    A validation grid fits EASE once per ``l2`` on one `TrainingData`: the Gram matrix is
+    the same each time, and building it is a large share of a fit on a big catalog. So a
+    copy is kept in ``data.derived`` (freed with the data), while it is at most
+    `_GRAM_CACHE_BYTES`; each fit factorises a copy of it in place.
+    """
+    key = f"ease_gram_{dtype}"
+    kept = data.derived.get(key)
+    if kept is not None:
+        logger.debug("EASE: Gram matrix reused")
+        return kept.copy()
+    gram = _gram(data.csr(), dtype)
+    if gram.nbytes <= _GRAM_CACHE_BYTES:
+        data.derived[key] = gram.copy()
+    return gram
 
 
 class EASE(Recommender):
@@ -49,7 +72,9 @@ class EASE(Recommender):
     which is ``B = I - P diag(1 / diag(P))``, the solution of
     :math:`\\min_B \\lVert X - XB \\rVert_F^2 + \\lambda \\lVert B \\rVert_F^2` subject to
     ``diag(B) = 0``. A user's scores are their history row times ``B``. The inverse is
-    computed in float64 (Cholesky, in place) and the weights kept in float32.
+    computed by Cholesky, in place, in ``dtype`` and the weights kept in float32. The
+    Gram matrix is kept with the training data for the next fit on it (a validation grid
+    builds it once).
 
     Users without history score 0 everywhere; items without interactions get a zero column
     (score 0 for everyone).
@@ -64,6 +89,10 @@ class EASE(Recommender):
         Largest catalog accepted (default 40,000). The fit needs about ``12 * n_items**2``
         bytes (19 GB for 40k items); above this a `ConfigError` says how much and suggests
         ItemKNN or a matrix factorisation instead. Raise it on a machine with more memory.
+    dtype
+        Precision of the Gram matrix and its inverse: ``"float64"`` (default) or
+        ``"float32"``, half the memory and faster (`benchmarks/bench_ease_large.py`
+        measures both on a 17,632-item catalog).
 
     References
     ----------
@@ -74,9 +103,10 @@ class EASE(Recommender):
     # scores are the history row of seen_ times B, read at scoring time
     history_use = "interactions"
 
-    def __init__(self, l2: float = 500.0, max_items: int = 40_000) -> None:
+    def __init__(self, l2: float = 500.0, max_items: int = 40_000, dtype: str = "float64") -> None:
         self.l2 = l2
         self.max_items = max_items
+        self.dtype = dtype
 
     def check_params(self) -> None:
         """``l2`` a positive number, ``max_items`` a positive integer."""
@@ -92,26 +122,28 @@ class EASE(Recommender):
             is_integer(self.max_items) and self.max_items >= 1,
             "a positive integer",
         )
+        require_param(self, "dtype", self.dtype in _BYTES_PER_CELL, "'float64' or 'float32'")
 
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
         n = data.n_items
         if n > self.max_items:
-            need = _BYTES_PER_CELL * n * n / 1e9
+            need = _BYTES_PER_CELL[self.dtype] * n * n / 1e9
             raise ConfigError(
                 f"EASE needs a dense {n:,} x {n:,} item-item inverse (about {need:,.1f} GB of "
                 f"memory) and this catalog has more than max_items={self.max_items:,} items. "
                 "Use 'itemknn', 'als' or 'bpr' for large catalogs, filter rare items (k-core), "
                 "or raise max_items if this machine has the memory."
             )
-        gram = _gram(data.csr())
+        gram = _shared_gram(data, self.dtype)
         gram[np.diag_indices(n)] += self.l2
-        # Cholesky factor and inverse in place: no second n x n float64 array
-        # (gram.T is the same symmetric matrix, in the Fortran order LAPACK works in place on)
+        potrf, potri = scipy.linalg.lapack.get_lapack_funcs(("potrf", "potri"), (gram,))
+        # Cholesky factor and inverse in place: no second n x n array (gram.T is the same
+        # symmetric matrix, in the Fortran order LAPACK works in place on)
         with _potrf_threads(n):
-            factor, info = scipy.linalg.lapack.dpotrf(gram.T, lower=False, overwrite_a=True)
+            factor, info = potrf(gram.T, lower=False, overwrite_a=True)
         if info != 0:
             raise np.linalg.LinAlgError(f"EASE: X^T X + l2 I is not positive definite ({info})")
-        inverse, info = scipy.linalg.lapack.dpotri(factor, lower=False, overwrite_c=True)
+        inverse, info = potri(factor, lower=False, overwrite_c=True)
         if info != 0:
             raise np.linalg.LinAlgError(f"EASE: inversion failed ({info})")
         _symmetrize_from_upper(inverse)
@@ -155,11 +187,12 @@ def _potrf_threads(n: int) -> contextlib.AbstractContextManager[object]:
     return threadpool_limits(1, "blas")
 
 
-def _gram(matrix: sp.csr_matrix) -> np.ndarray:
-    """Dense float64 ``X^T X``, built in column blocks so no large sparse product is held."""
-    matrix = sp.csr_matrix(matrix, dtype=np.float64)
+def _gram(matrix: sp.csr_matrix, dtype: Any = np.float64) -> np.ndarray:
+    """Dense ``X^T X`` in ``dtype``, built in column blocks so no large sparse product is
+    held (counts are integers: exact in float32 up to 2**24 users)."""
+    matrix = sp.csr_matrix(matrix, dtype=dtype)
     n = matrix.shape[1]
-    out = np.empty((n, n), dtype=np.float64)
+    out = np.empty((n, n), dtype=dtype)
     by_item = matrix.T.tocsr()
     by_col = matrix.tocsc()
     block = max(1, min(n, (32 << 20) // max(1, n)))

@@ -1,0 +1,138 @@
+"""EASE on a 17,632-item catalog: float64 against float32, and a validation grid that
+builds the Gram matrix once.
+
+The catalog has Last.fm HetRec's shape (1,892 users, 17,632 items, about 92,800
+interactions, item popularity Zipf-like), generated with a seed, so the benchmark needs no
+download. Each user's last interaction is held out; NDCG@10 over the full catalog (seen
+items excluded) says whether float32 ranks as float64 does.
+
+Measured, each in a fresh process so that peak memory is the fit's own (``ru_maxrss``):
+
+- one fit in float64 and in float32: seconds, peak resident memory, the largest weight
+  difference relative to the largest weight, NDCG@10, top-10 overlap with float64;
+- a six-point ``l2`` grid on one `TrainingData` (the Gram matrix built once and kept in
+  ``data.derived``) against six fits on fresh data (built each time, as before).
+
+Usage::
+
+    python benchmarks/bench_ease_large.py --out /tmp/ease.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+N_USERS, N_ITEMS, N_INTERACTIONS = 1_892, 17_632, 92_834
+GRID = [50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0]
+
+
+def make_data(seed: int = 0):
+    from recarena.models.base import TrainingData
+
+    rng = np.random.default_rng(seed)
+    popularity = 1.0 / np.arange(1, N_ITEMS + 1) ** 0.9
+    popularity /= popularity.sum()
+    per_user = np.maximum(2, rng.poisson(N_INTERACTIONS / N_USERS, N_USERS))
+    rows = []
+    for u, n in enumerate(per_user):
+        items = rng.choice(N_ITEMS, size=min(int(n), N_ITEMS), replace=False, p=popularity)
+        rows.append(pd.DataFrame({"user": u, "item": items, "timestamp": np.arange(len(items))}))
+    frame = pd.concat(rows, ignore_index=True)
+    last = frame.groupby("user").tail(1)
+    train = frame.drop(index=last.index).reset_index(drop=True)
+    data = TrainingData(train, N_USERS, N_ITEMS)
+    return data, last["item"].to_numpy()
+
+
+def ndcg10(model, data, held: np.ndarray) -> tuple[float, np.ndarray]:
+    users = np.arange(N_USERS)
+    top = model.recommend(users, 10)
+    items = top.items if hasattr(top, "items") else top[0]
+    gains = [
+        1.0 / np.log2(np.flatnonzero(row == h)[0] + 2) if h in row else 0.0
+        for row, h in zip(items, held, strict=True)
+    ]
+    return float(np.mean(gains)), np.asarray(items)
+
+
+def one_fit(dtype: str) -> dict:
+    from recarena.models.classical.ease import EASE
+
+    data, held = make_data()
+    start = time.perf_counter()
+    model = EASE(l2=500.0, dtype=dtype).fit(data)
+    seconds = time.perf_counter() - start
+    quality, top = ndcg10(model, data, held)
+    np.save(f"/tmp/ease_{dtype}_weights.npy", model.weights_)
+    np.save(f"/tmp/ease_{dtype}_top.npy", top)
+    return {
+        "dtype": dtype,
+        "fit_seconds": seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "ndcg@10": quality,
+    }
+
+
+def grid(shared: bool, dtype: str) -> dict:
+    from recarena.models.classical.ease import EASE
+
+    data, _ = make_data()
+    start = time.perf_counter()
+    for l2 in GRID:
+        EASE(l2=l2, dtype=dtype).fit(data if shared else make_data()[0])
+    return {
+        "shared_gram": shared,
+        "dtype": dtype,
+        "grid_seconds": time.perf_counter() - start,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def child(args: list[str]) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--child", nargs="+", default=None)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--skip-grid", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        result = one_fit(rest[0]) if kind == "fit" else grid(rest[0] == "shared", rest[1])
+        print(json.dumps(result))
+        return
+    results: dict = {"fits": [], "grids": []}
+    for dtype in ("float64", "float32"):
+        results["fits"].append(child(["fit", dtype]))
+        print(results["fits"][-1], flush=True)
+    w64, w32 = np.load("/tmp/ease_float64_weights.npy"), np.load("/tmp/ease_float32_weights.npy")
+    t64, t32 = np.load("/tmp/ease_float64_top.npy"), np.load("/tmp/ease_float32_top.npy")
+    results["max_relative_weight_difference"] = float(np.abs(w64 - w32).max() / np.abs(w64).max())
+    results["top10_overlap"] = float(
+        np.mean([len(set(a) & set(b)) / 10 for a, b in zip(t64, t32, strict=True)])
+    )
+    print({k: results[k] for k in ("max_relative_weight_difference", "top10_overlap")})
+    if not args.skip_grid:
+        for shared, dtype in ((False, "float64"), (True, "float64"), (True, "float32")):
+            results["grids"].append(child(["grid", "shared" if shared else "fresh", dtype]))
+            print(results["grids"][-1], flush=True)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(results, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

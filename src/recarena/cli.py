@@ -54,8 +54,9 @@ def _setup_logging(verbose: bool) -> None:
         handlers=[RichHandler(console=console, show_path=False, show_time=False)],
         force=True,
     )
-    for noisy in ("urllib3", "filelock", "httpx", "matplotlib", "numba", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from recarena._logs import quiet_libraries
+
+    quiet_libraries(verbose)
 
 
 # ---------------------------------------------------------------------- run
@@ -92,7 +93,12 @@ def run(
         str | None,
         typer.Option("--node-ip-address", help="this machine's address as the cluster sees it"),
     ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="debug messages, and the libraries' warnings and progress bars"
+        ),
+    ] = False,
 ) -> None:
     """Run an experiment and print its leaderboard. Re-running the same command resumes."""
     from recarena.config import builtin_config_path, load_config, with_execution
@@ -374,7 +380,12 @@ def audit(
         int | None, typer.Option(help="seed of the non-members (default: the run's)")
     ] = None,
     cache_dir: CacheOpt = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="debug messages, and the libraries' warnings and progress bars"
+        ),
+    ] = False,
 ) -> None:
     """Membership-inference audit: refit each finished model without a share of its users
     and measure how well its scores tell training users from those (attack AUC; .5 is

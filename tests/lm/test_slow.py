@@ -25,9 +25,9 @@ def test_minilm_l6_related_titles_are_closer(cache: Path):
     path = get_model("minilm-l6", cache, progress=False)
     assert (path / "model.safetensors").is_file()
     assert (cache / "models" / "minilm-l6" / "manifest.json").is_file()
-    vectors = ItemTextEncoder("minilm-l6", cache_dir=cache, device="cpu", progress=False).encode(
-        TITLES
-    )
+    vectors = ItemTextEncoder(
+        "minilm-l6", cache_dir=cache, device="cpu", dtype="float32", progress=False
+    ).encode(TITLES)
     related, unrelated = vectors[0] @ vectors[1], vectors[0] @ vectors[2]
     assert related > unrelated + 0.2, (related, unrelated)
     # the same vectors as sentence-transformers gives for the folder
@@ -37,6 +37,9 @@ def test_minilm_l6_related_titles_are_closer(cache: Path):
         TITLES, normalize_embeddings=True
     )
     np.testing.assert_allclose(vectors, reference, atol=1e-5)
+    # the default precision (bfloat16 autocast on a CPU that has it) stays within .999
+    auto = ItemTextEncoder("minilm-l6", cache_dir=cache, device="cpu", progress=False)
+    assert (np.sum(auto.encode(TITLES) * vectors, axis=1) >= 0.999).all(), auto.stats_
 
 
 def test_minilm_l6_int8_onnx_agrees_with_float(cache: Path):

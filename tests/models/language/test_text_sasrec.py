@@ -420,3 +420,21 @@ def test_joint_learning_rate_and_items_per_step_reach_the_encoder(
     h = 64
     layer = 4 * (h * h + h) + 2 * h + (h * 2 * h + 2 * h) + (2 * h * h + h) + 2 * h
     assert moved.lm_trained_parameters_ == layer
+
+
+def test_private_text_sasrec_records_its_epsilon(tiny_bert_dir: Path, planted_dataset):
+    """DP-SGD through the text embedding: per-user gradients of the adaptor, the ID table
+    and the network; the epsilon the accountant counts; the frozen text untouched."""
+    pytest.importorskip("opacus")
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    model = tiny(tiny_bert_dir, epochs=3, dp_noise_multiplier=0.8).fit(data)
+    dp = model.dp_
+    assert dp["noise_multiplier"] == 0.8 and dp["epsilon_spent"] > 0 and dp["steps"] > 0
+    assert [row["epsilon"] for row in model.training_log_] == sorted(
+        row["epsilon"] for row in model.training_log_
+    )
+    assert np.isfinite(model.score(np.arange(data.n_users))).all()
+    # without the DP parameters: not private, and the checkpoint key of before
+    plain = tiny(tiny_bert_dir, epochs=1).fit(data)
+    assert "dp" not in plain.cost_record()

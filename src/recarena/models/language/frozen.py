@@ -41,9 +41,9 @@ class FrozenLMRecommender(Recommender):
         Template around each item text before encoding; ``{text}`` is the text.
     dtype
         Precision of the encoding (`recarena.lm.encoder.ItemTextEncoder`): ``"auto"``
-        (bfloat16 autocast on a CPU with bfloat16 instructions where the vectors stay within
-        cosine .999 of float32's, else float32; half precision on a GPU), ``"float32"`` or
-        ``"bfloat16"``. The precision used is ``encode_dtype`` in ``cost.json``.
+        (float32 on a CPU, half precision on a GPU), ``"float32"``, or ``"bfloat16"``
+        (on a CPU: bfloat16 autocast where the vectors stay within cosine .999 of
+        float32's, else float32). The precision used is ``encode_dtype`` in ``cost.json``.
 
     Attributes
     ----------

@@ -95,7 +95,14 @@ def validation_targets(valid: pd.DataFrame | None, data: TrainingData) -> Valida
 def checkpoint_key(
     cls: type, params: dict[str, Any], data: TrainingData, valid: pd.DataFrame | None
 ) -> str:
-    """What a checkpoint must match to be resumed: the class, its parameters, the data."""
+    """What a checkpoint must match to be resumed: the class, its parameters, the data.
+
+    The differential-privacy parameters count only when set: a fit that is not private
+    keeps the key it had before they existed (its checkpoints still resume).
+    """
+    dp = {k: v for k, v in params.items() if k.startswith("dp_")}
+    if dp.get("dp_epsilon") is None and dp.get("dp_noise_multiplier") is None:
+        params = {k: v for k, v in params.items() if not k.startswith("dp_")}
     items = data.interactions["item"].to_numpy()
     fingerprint = {
         "class": stable_class_path(cls),
@@ -305,8 +312,15 @@ def private_trainer(
     noise calibrated to the model's target over its ``epochs`` budget."""
     from recarena.privacy.dp import UserLevelDPSGD
 
+    # a parameter the optimizer holds that the network dropped (text-SASRec swaps SASRec's
+    # ID table for its text embedding) gets no gradient, private or not
+    in_network = {id(p) for p in net.parameters()}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if id(p) not in in_network:
+                p.requires_grad_(False)
     return UserLevelDPSGD(
-        net,
+        StatesAndItems(net),
         optimizer,
         n_users=n_users,
         batch_size=model.batch_size,
@@ -319,12 +333,24 @@ def private_trainer(
     )
 
 
+class StatesAndItems(torch.nn.Module):
+    """The network as one call for per-user gradients: ``forward(items)`` is the hidden
+    states and the output item table (`SASRecNetwork.item_vectors`, which a text-SASRec
+    computes from its text), so both go through ``torch.func.functional_call``."""
+
+    def __init__(self, net: SASRecNetwork) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.net(items), self.net.item_vectors()
+
+
 def user_sequence_loss(net: Any, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """One user's full-softmax cross-entropy, the mean over the positions of its sequence
     (padding, target 0, left out); shapes without data-dependent sizes, for ``vmap``."""
-    states = net(inputs)
-    table = net.param("item_embedding.weight")
-    logits = states @ table[1:].T
+    states, table = net(inputs)
+    logits = states @ table.T
     return F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
         (targets.long() - 1).reshape(-1),

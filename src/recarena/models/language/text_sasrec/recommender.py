@@ -77,6 +77,10 @@ class TextSASRec(SASRec):
     batch_size, epochs, eval_every, patience, patience_steps, device, mixed_precision,
     num_threads, eval_batch_size, seed
         As for `recarena.models.classical.sasrec.SASRec` (same defaults).
+    dp_epsilon, dp_delta, dp_noise_multiplier, dp_max_grad_norm
+        Differentially private training as SASRec's (`recarena.privacy.dp`): the text
+        adaptor, ID embeddings and the network get per-user clipped, noised gradients; the
+        frozen text vectors are public (the encoder never saw the users).
 
     Attributes
     ----------
@@ -127,6 +131,10 @@ class TextSASRec(SASRec):
         num_threads: int | None = None,
         eval_batch_size: int = 256,
         seed: int = 0,
+        dp_epsilon: float | None = None,
+        dp_delta: float | None = None,
+        dp_noise_multiplier: float | None = None,
+        dp_max_grad_norm: float = 1.0,
     ) -> None:
         super().__init__(
             max_len=max_len,
@@ -148,6 +156,10 @@ class TextSASRec(SASRec):
             num_threads=num_threads,
             eval_batch_size=eval_batch_size,
             seed=seed,
+            dp_epsilon=dp_epsilon,
+            dp_delta=dp_delta,
+            dp_noise_multiplier=dp_noise_multiplier,
+            dp_max_grad_norm=dp_max_grad_norm,
         )
         self.model = model
         self.pooling = pooling
@@ -187,9 +199,11 @@ class TextSASRec(SASRec):
             batch_size=self.text_batch_size,
             template=self.prompt,
             device=self.encode_device,
+            dtype=self._encode_dtype(),
             progress=False,
         )
         self.encode_seconds_ = stats.encode_seconds
+        self.encode_dtype_ = stats.dtype
         self.encode_items_per_second_ = stats.items_per_second
         self.encode_cache_hit_ = stats.cache_hit
         self.lm_parameters_ = stats.n_parameters
@@ -199,6 +213,12 @@ class TextSASRec(SASRec):
             super()._fit(data, valid)
         finally:
             del self._text
+
+    def _encode_dtype(self) -> str:
+        """Precision of the catalog's text vectors (`recarena.lm.encoder.ItemTextEncoder`):
+        ``"auto"`` (float32 on a CPU), as the joint text-SASRec's frozen stage needs: its
+        joint stage re-encodes the catalog with the float32 encoder it trains."""
+        return "auto"
 
     def _text_embedding(self) -> TextItemEmbedding:
         return TextItemEmbedding(

@@ -107,7 +107,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--child", nargs="+", default=None)
     parser.add_argument("--out", default=None)
-    parser.add_argument("--skip-grid", action="store_true")
+    parser.add_argument(
+        "--grids",
+        default="fresh-float64,shared-float64,shared-float32",
+        help="comma-separated grids to time: fresh|shared - float64|float32 ('' for none)",
+    )
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
@@ -125,10 +129,10 @@ def main() -> None:
         np.mean([len(set(a) & set(b)) / 10 for a, b in zip(t64, t32, strict=True)])
     )
     print({k: results[k] for k in ("max_relative_weight_difference", "top10_overlap")})
-    if not args.skip_grid:
-        for shared, dtype in ((False, "float64"), (True, "float64"), (True, "float32")):
-            results["grids"].append(child(["grid", "shared" if shared else "fresh", dtype]))
-            print(results["grids"][-1], flush=True)
+    for grid_name in filter(None, args.grids.split(",")):
+        how, dtype = grid_name.split("-")
+        results["grids"].append(child(["grid", how, dtype]))
+        print(results["grids"][-1], flush=True)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(results, fh, indent=2)

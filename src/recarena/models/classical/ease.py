@@ -33,8 +33,9 @@ logger = logging.getLogger(__name__)
 _THREADED_POTRF_MAX = 10_000
 
 #: bytes per item^2 at the peak of `EASE.fit`: the Gram matrix / inverse, inverted in
-#: place (8 bytes a cell in float64, 4 in float32), plus the float32 weights
-_BYTES_PER_CELL = {"float64": 12, "float32": 8}
+#: place (8 bytes a cell in float64, 4 in float32), plus the float32 weights (a copy in
+#: float64, the inverse itself in float32), plus the kept counts of a grid (2 bytes)
+_BYTES_PER_CELL = {"float64": 14, "float32": 6}
 #: largest Gram matrix kept between fits on the same data (bytes): a validation grid then
 #: builds it once (`_shared_gram`)
 _GRAM_CACHE_BYTES = 4 << 30
@@ -44,18 +45,20 @@ def _shared_gram(data: TrainingData, dtype: str) -> np.ndarray:
     """``X^T X`` of ``data`` in ``dtype``, to be overwritten by the caller.
 
     A validation grid fits EASE once per ``l2`` on one `TrainingData`: the Gram matrix is
-    the same each time, and building it is a large share of a fit on a big catalog. So a
-    copy is kept in ``data.derived`` (freed with the data), while it is at most
-    `_GRAM_CACHE_BYTES`; each fit factorises a copy of it in place.
+    the same each time. So it is kept in ``data.derived`` (freed with the data), as the
+    smallest unsigned integers that hold its counts (the matrix is binary, so ``X^T X``
+    counts users: uint16 below 65,536 users, a quarter of float64's memory, and exact),
+    while that is at most `_GRAM_CACHE_BYTES`; each fit factorises a fresh copy in place.
     """
-    key = f"ease_gram_{dtype}"
+    key = "ease_gram_counts"
     kept = data.derived.get(key)
     if kept is not None:
         logger.debug("EASE: Gram matrix reused")
-        return kept.copy()
+        return kept.astype(dtype)
     gram = _gram(data.csr(), dtype)
-    if gram.nbytes <= _GRAM_CACHE_BYTES:
-        data.derived[key] = gram.copy()
+    counts = np.uint16 if data.n_users < 2**16 else np.uint32
+    if gram.size * np.dtype(counts).itemsize <= _GRAM_CACHE_BYTES:
+        data.derived[key] = gram.astype(counts)
     return gram
 
 
@@ -86,8 +89,8 @@ class EASE(Recommender):
         to a few thousands for MovieLens/Netflix-size data; larger catalogs and denser data
         want larger values. ``param_grid`` spans 50 to 2000.
     max_items
-        Largest catalog accepted (default 40,000). The fit needs about ``12 * n_items**2``
-        bytes (19 GB for 40k items); above this a `ConfigError` says how much and suggests
+        Largest catalog accepted (default 40,000). The fit needs about ``14 * n_items**2``
+        bytes in float64 (22 GB for 40k items), ``6 * n_items**2`` in float32; above this a `ConfigError` says how much and suggests
         ItemKNN or a matrix factorisation instead. Raise it on a machine with more memory.
     dtype
         Precision of the Gram matrix and its inverse: ``"float64"`` (default) or
@@ -148,9 +151,17 @@ class EASE(Recommender):
             raise np.linalg.LinAlgError(f"EASE: inversion failed ({info})")
         _symmetrize_from_upper(inverse)
         diag = np.diag(inverse).copy()
-        inverse /= -diag[None, :]
-        inverse[np.diag_indices(n)] = 0.0
-        self.weights_ = inverse.astype(np.float32, order="C")
+        if inverse.dtype == np.float32:
+            # the inverse is symmetric and Fortran-ordered: its transpose is the same
+            # matrix in C order, so the weights are computed in place, without a copy
+            weights = inverse.T
+            weights /= -diag[None, :]
+            weights[np.diag_indices(n)] = 0.0
+            self.weights_ = np.ascontiguousarray(weights)
+        else:
+            inverse /= -diag[None, :]
+            inverse[np.diag_indices(n)] = 0.0
+            self.weights_ = inverse.astype(np.float32, order="C")
         logger.debug("EASE: %d items, l2=%g", n, self.l2)
 
     def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:

@@ -22,6 +22,43 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+@pytest.fixture(autouse=True)
+def _library_logging_restored():
+    """A command-line test sets up logging for the whole process (its handler, and
+    `recarena._logs.quiet_libraries`): put the logging and the libraries' progress bars
+    back after each test, so no test depends on which ran before it in the same worker."""
+    import logging
+    import sys
+
+    from recarena._logs import LIBRARY_LOGGERS
+
+    names = ("py.warnings", *LIBRARY_LOGGERS)
+    levels = {name: logging.getLogger(name).level for name in names}
+    root = logging.getLogger()
+    root_state = (root.level, list(root.handlers))
+    env = {k: os.environ.get(k) for k in ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY")}
+    hf = sys.modules.get("transformers.utils.logging")
+    bars = hf.is_progress_bar_enabled() if hf is not None else True
+    verbosity = hf.get_verbosity() if hf is not None else None
+    yield
+    logging.captureWarnings(False)
+    # the command line's handler writes to a console that is gone after the test
+    root.setLevel(root_state[0])
+    root.handlers[:] = root_state[1]
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    hf = sys.modules.get("transformers.utils.logging")
+    if hf is not None:
+        (hf.enable_progress_bar if bars else hf.disable_progress_bar)()
+        if verbosity is not None:
+            hf.set_verbosity(verbosity)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--run-slow"):
         return

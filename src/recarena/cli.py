@@ -37,6 +37,12 @@ console = Console(stderr=True)
 # tables are wide: when stdout is not a terminal (a log, CI), do not cut them at 80 columns
 out = Console(width=None if sys.stdout.isatty() else 180)
 
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="debug messages, and the libraries' warnings and progress bars"
+    ),
+]
 CacheOpt = Annotated[
     Path | None,
     typer.Option(
@@ -93,12 +99,7 @@ def run(
         str | None,
         typer.Option("--node-ip-address", help="this machine's address as the cluster sees it"),
     ] = None,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            "--verbose", "-v", help="debug messages, and the libraries' warnings and progress bars"
-        ),
-    ] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run an experiment and print its leaderboard. Re-running the same command resumes."""
     from recarena.config import builtin_config_path, load_config, with_execution
@@ -380,12 +381,7 @@ def audit(
         int | None, typer.Option(help="seed of the non-members (default: the run's)")
     ] = None,
     cache_dir: CacheOpt = None,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            "--verbose", "-v", help="debug messages, and the libraries' warnings and progress bars"
-        ),
-    ] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Membership-inference audit: refit each finished model without a share of its users
     and measure how well its scores tell training users from those (attack AUC; .5 is

@@ -165,6 +165,22 @@ def _aligned(frames: list[pd.DataFrame]) -> tuple[np.ndarray, list[str], int]:
     return stack, metrics, len(users)
 
 
+def mean_user_half_width(
+    groups: list[np.ndarray], evaluation: EvaluationConfig, seed: int = 0
+) -> np.ndarray:
+    """The mean over ``groups`` (training seeds, or splits) of the half-width of each
+    one's bootstrap interval over its users alone, per metric."""
+    from recarena.metrics import bootstrap_ci
+
+    half = np.zeros(groups[0].shape[1])
+    for x in groups:
+        _, low, high = bootstrap_ci(
+            x, n_boot=evaluation.bootstrap, confidence=evaluation.confidence, seed=seed
+        )
+        half += (high - low) / 2
+    return half / len(groups)
+
+
 def build_seed_summary(
     run_dir: Path,
     evaluation: EvaluationConfig,
@@ -172,7 +188,7 @@ def build_seed_summary(
     seed: int = 0,
 ) -> pd.DataFrame:
     """One row per model (``[[models]]`` entry) x protocol x segment x per-user metric."""
-    from recarena.metrics import bootstrap_ci, seeded_bootstrap_ci
+    from recarena.metrics import seeded_bootstrap_ci
 
     rows: list[dict[str, Any]] = []
     for group in seed_groups(records).values():
@@ -191,16 +207,7 @@ def build_seed_summary(
                     confidence=evaluation.confidence,
                     seed=seed,
                 )
-                half = np.zeros(len(metrics))
-                for s in range(values.shape[0]):
-                    _, lo_s, hi_s = bootstrap_ci(
-                        values[s],
-                        n_boot=evaluation.bootstrap,
-                        confidence=evaluation.confidence,
-                        seed=seed,
-                    )
-                    half += (hi_s - lo_s) / 2
-                half /= values.shape[0]
+                half = mean_user_half_width(list(values), evaluation, seed)
                 counts = (~np.isnan(values)).all(axis=0).sum(axis=0)
                 for j, metric in enumerate(metrics):
                     rows.append(

@@ -35,18 +35,11 @@ import pandas as pd
 from recarena._io import atomic_path, write_json, write_text
 from recarena.config import EvaluationConfig
 from recarena.metrics.segments import SEGMENT_ALL
+from recarena.summary import SUMMARY_COLUMNS
 
-#: columns of ``summary_splits.csv``
+#: columns of ``summary_splits.csv``: the summary's, but its user counts, then the splits'
 SPLIT_SUMMARY_COLUMNS = [
-    "model",
-    "family",
-    "fusion",
-    "protocol",
-    "segment",
-    "metric",
-    "mean",
-    "ci_low",
-    "ci_high",
+    *(c for c in SUMMARY_COLUMNS if c not in ("n_users", "user_sample")),
     "n_splits",
     "split_seeds",
     "split_sd",
@@ -122,7 +115,8 @@ def build_split_summary(
     runs: dict[int, Path], evaluation: EvaluationConfig, seed: int = 0
 ) -> pd.DataFrame:
     """One row per model x protocol x segment x per-user metric, over the split seeds."""
-    from recarena.metrics import bootstrap_ci, clustered_bootstrap_ci
+    from recarena.metrics import clustered_bootstrap_ci
+    from recarena.summary_seeds import mean_user_half_width
 
     rows: list[dict[str, Any]] = []
     for model in _split_values(runs).values():
@@ -137,13 +131,7 @@ def build_split_summary(
             mean, low, high, sd = clustered_bootstrap_ci(
                 arrays, n_boot=evaluation.bootstrap, confidence=evaluation.confidence, seed=seed
             )
-            half = np.zeros(len(metrics))
-            for x in arrays:
-                _, lo_s, hi_s = bootstrap_ci(
-                    x, n_boot=evaluation.bootstrap, confidence=evaluation.confidence, seed=seed
-                )
-                half += (hi_s - lo_s) / 2
-            half /= len(arrays)
+            half = mean_user_half_width(arrays, evaluation, seed)
             counts = np.stack([(~np.isnan(x)).sum(axis=0) for x in arrays])
             for j, metric in enumerate(metrics):
                 rows.append(
@@ -170,13 +158,11 @@ def build_split_summary(
 
 
 def ranking_across_splits(table: pd.DataFrame, protocol: str, metric: str) -> pd.DataFrame:
-    """The models on ``protocol`` (segment ``all``), best mean of ``metric`` first."""
-    sub = table[
-        (table["protocol"] == protocol)
-        & (table["segment"] == SEGMENT_ALL)
-        & (table["metric"] == metric)
-    ]
-    return sub.sort_values("mean", ascending=False, kind="stable").reset_index(drop=True)
+    """The models on ``protocol`` (segment ``all``), best mean of ``metric`` first (the
+    same selection as `recarena.summary_seeds.ranking_across_seeds`)."""
+    from recarena.summary_seeds import ranking_across_seeds
+
+    return ranking_across_seeds(table, protocol, metric)
 
 
 def compare_across_splits(

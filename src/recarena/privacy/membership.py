@@ -26,6 +26,7 @@ the audit says how much *this recipe* leaks, not the exact weights the experimen
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -79,17 +80,13 @@ def choose_non_members(data: TrainingData, fraction: float, seed: int) -> np.nda
 def without_users(data: TrainingData, users: np.ndarray) -> TrainingData:
     """``data`` without the interactions of ``users`` (ids and side information kept)."""
     keep = ~data.interactions["user"].isin(users)
-    return TrainingData(
-        interactions=data.interactions[keep].reset_index(drop=True),
-        n_users=data.n_users,
-        n_items=data.n_items,
-        items=data.items,
-        item_text=data.item_text,
-        users=data.users,
-        dataset_name=data.dataset_name,
-        cache_dir=data.cache_dir,
-        checkpoint_dir=None,
-    )
+    return _with_interactions(data, data.interactions[keep].reset_index(drop=True))
+
+
+def _with_interactions(data: TrainingData, interactions: pd.DataFrame) -> TrainingData:
+    """``data`` with other interactions: ids and side information kept, nothing derived
+    from the old interactions (a fresh object), no checkpoints."""
+    return dataclasses.replace(data, interactions=interactions, checkpoint_dir=None)
 
 
 def _shown_and_hidden(data: TrainingData) -> tuple[TrainingData, np.ndarray]:
@@ -99,19 +96,7 @@ def _shown_and_hidden(data: TrainingData) -> tuple[TrainingData, np.ndarray]:
     hidden = np.full(data.n_users, -1, dtype=np.int64)
     hidden[last["user"].to_numpy()] = last["item"].to_numpy()
     shown = frame.drop(index=last.index).reset_index(drop=True)
-    return (
-        TrainingData(
-            interactions=shown,
-            n_users=data.n_users,
-            n_items=data.n_items,
-            items=data.items,
-            item_text=data.item_text,
-            users=data.users,
-            dataset_name=data.dataset_name,
-            cache_dir=data.cache_dir,
-        ),
-        hidden,
-    )
+    return _with_interactions(data, shown), hidden
 
 
 def rank_percentiles(

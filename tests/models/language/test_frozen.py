@@ -122,3 +122,20 @@ def test_missing_zoo_model_fails_fit_with_the_fix(tmp_path: Path):
 
     with pytest.raises(ModelNotAvailableError, match="recarena models get mpnet-base"):
         FrozenLMRecommender("mpnet-base").fit(_data(cache_dir=tmp_path))
+
+
+def test_dtype_reaches_the_encoder_and_is_recorded(tiny_bert_dir: Path, tmp_path: Path):
+    """lm-frozen's dtype is the encoder's: float32 by default on a CPU; bfloat16 asked for
+    is autocast where it holds (else float32), recorded, and cached under its own key."""
+    data = _data(cache_dir=tmp_path)
+    plain = FrozenLMRecommender(str(tiny_bert_dir), device="cpu").fit(data)
+    assert plain.cost_record()["encode_dtype"] == "float32"
+    bf16 = FrozenLMRecommender(str(tiny_bert_dir), device="cpu", dtype="bfloat16").fit(data)
+    used = bf16.cost_record()["encode_dtype"]
+    assert used in ("bfloat16-autocast", "float32")
+    assert not bf16.encode_cache_hit_  # another cache key: encoded, not read back
+    if used == "float32":  # the check kept float32: the same vectors
+        assert np.array_equal(bf16.item_vectors_, plain.item_vectors_)
+    else:
+        cosine = np.sum(bf16.item_vectors_ * plain.item_vectors_, axis=1)
+        assert cosine.min() >= 0.999

@@ -25,7 +25,6 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from recarena.metrics.uncertainty import bootstrap_ci
 
@@ -89,9 +88,11 @@ def counterfactual_probe(
     -------
     dict
         ``invariant`` (True, with ``reason``, for a model that does not read ``column``),
-        else the statistics above as ``{"mean", "ci_low", "ci_high"}``, the counts, the
-        overlap by the user's original value, and per item group the top-K share before
-        and after.
+        else the statistics above as ``{"mean", "ci_low", "ci_high"}``, the counts, and
+        per item group the top-K share before and after; ``by_value`` has the same for
+        each direction of the swap (the users whose original value is ``v``, swapped to
+        ``swap[v]``, under ``to``), since pooling both directions can hide two opposite
+        moves.
     """
     if not reads_attribute(model, column):
         return {
@@ -109,52 +110,83 @@ def counterfactual_probe(
     base = model.score(users, candidates)
     with swapped_attribute(model, column, swap):
         flipped = model.score(users, candidates)
-    rb, rf = _ranks(base), _ranks(flipped)
-    top_b, top_f = rb < k, rf < k
-    overlap = (top_b & top_f).sum(axis=1) / min(k, candidates.shape[1])
-    shift = np.abs(rb - rf).mean(axis=1)
-    changed = (top_b != top_f).any(axis=1).astype(np.float64)
-
-    def estimate(x: np.ndarray) -> dict[str, float]:
-        mean, low, high = bootstrap_ci(x.astype(np.float64), n_boot=n_boot, seed=seed)
-        return {"mean": float(mean[0]), "ci_low": float(low[0]), "ci_high": float(high[0])}
-
+    stats = _ProbeStatistics(base, flipped, candidates, k, positive, item_groups, n_boot, seed)
     out: dict[str, Any] = {
         "column": column,
         "invariant": False,
         "swap": dict(swap),
         "k": k,
         "n_users": int(len(users)),
-        "overlap_at_k": estimate(overlap),
-        "rank_shift": estimate(shift),
-        "changed_users": estimate(changed),
-        "mean_abs_score_change": float(np.abs(flipped - base).mean()) if len(users) else 0.0,
+        **stats.summary(np.ones(len(users), dtype=bool)),
+        # each direction of the swap on its own (the users whose value is v, given swap[v])
         "by_value": {
-            str(v): {
-                "n_users": int((values == v).sum()),
-                "overlap_at_k": float(overlap[values == v].mean()),
-            }
+            str(v): {"to": str(swap[v]), **stats.summary(values == v)}
             for v in dict.fromkeys(values.tolist())
         },
     }
-    if positive is not None:
-        before, after = _ndcg(rb, positive, k), _ndcg(rf, positive, k)
-        out[f"ndcg@{k}_before"] = float(before.mean())
-        out[f"ndcg@{k}_after"] = float(after.mean())
-        out[f"ndcg@{k}_change"] = estimate(after - before)
-    if item_groups:
-        rows = []
-        for name, mask in item_groups.items():
+    return out
+
+
+class _ProbeStatistics:
+    """The probe's per-user statistics of one scoring before and after the swap, and
+    their bootstrap summaries over any subset of the users."""
+
+    def __init__(
+        self,
+        base: np.ndarray,
+        flipped: np.ndarray,
+        candidates: np.ndarray,
+        k: int,
+        positive: np.ndarray | None,
+        item_groups: Mapping[str, np.ndarray] | None,
+        n_boot: int,
+        seed: int,
+    ) -> None:
+        rb, rf = _ranks(base), _ranks(flipped)
+        top_b, top_f = rb < k, rf < k
+        self.k, self.n_boot, self.seed = k, n_boot, seed
+        self.score_change = np.abs(flipped - base).mean(axis=1) if base.size else np.zeros(0)
+        self.per_user = {
+            "overlap_at_k": (top_b & top_f).sum(axis=1) / min(k, candidates.shape[1]),
+            "rank_shift": np.abs(rb - rf).mean(axis=1),
+            "changed_users": (top_b != top_f).any(axis=1).astype(np.float64),
+        }
+        self.before = self.after = None
+        if positive is not None:
+            self.before, self.after = _ndcg(rb, positive, k), _ndcg(rf, positive, k)
+        self.shares: list[tuple[str, np.ndarray, np.ndarray]] = []
+        for name, mask in (item_groups or {}).items():
             member = np.asarray(mask, dtype=bool)[candidates]
             share_b = (member & top_b).sum(axis=1) / top_b.sum(axis=1).clip(min=1)
             share_f = (member & top_f).sum(axis=1) / top_f.sum(axis=1).clip(min=1)
-            rows.append(
+            self.shares.append((name, share_b, share_f))
+
+    def _estimate(self, x: np.ndarray) -> dict[str, float]:
+        if not len(x):
+            return {"mean": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
+        mean, low, high = bootstrap_ci(x.astype(np.float64), n_boot=self.n_boot, seed=self.seed)
+        return {"mean": float(mean[0]), "ci_low": float(low[0]), "ci_high": float(high[0])}
+
+    def summary(self, rows: np.ndarray) -> dict[str, Any]:
+        out: dict[str, Any] = {"n_users": int(rows.sum())}
+        out.update({name: self._estimate(x[rows]) for name, x in self.per_user.items()})
+        out["mean_abs_score_change"] = float(self.score_change[rows].mean()) if rows.any() else 0.0
+        k = self.k
+        if self.before is not None and self.after is not None:
+            out[f"ndcg@{k}_before"] = float(self.before[rows].mean()) if rows.any() else 0.0
+            out[f"ndcg@{k}_after"] = float(self.after[rows].mean()) if rows.any() else 0.0
+            out[f"ndcg@{k}_change"] = self._estimate((self.after - self.before)[rows])
+        if self.shares:
+            out["exposure"] = [
                 {
                     "group": name,
-                    "share_before": float(share_b.mean()),
-                    "share_after": float(share_f.mean()),
-                    **{f"change_{k2}": v for k2, v in estimate(share_f - share_b).items()},
+                    "share_before": float(share_b[rows].mean()) if rows.any() else 0.0,
+                    "share_after": float(share_f[rows].mean()) if rows.any() else 0.0,
+                    **{
+                        f"change_{key}": value
+                        for key, value in self._estimate((share_f - share_b)[rows]).items()
+                    },
                 }
-            )
-        out["exposure"] = pd.DataFrame(rows).to_dict(orient="records")
-    return out
+                for name, share_b, share_f in self.shares
+            ]
+        return out

@@ -873,6 +873,17 @@ def test_the_counterfactual_probe_swaps_only_the_attribute(tiny_llama_dir):
     assert probe["mean_abs_score_change"] > 0  # the tiny decoder reads the word
     assert 0 <= probe["overlap_at_k"]["mean"] <= 1
     assert set(probe["by_value"]) == {"F", "M"}
+    # each direction of the swap has every statistic, over its own users
+    for value, row in probe["by_value"].items():
+        assert row["to"] == {"F": "M", "M": "F"}[value]
+        assert {"overlap_at_k", "rank_shift", "changed_users", "ndcg@3_change"} <= set(row)
+        assert len(row["exposure"]) == 1
+    assert sum(row["n_users"] for row in probe["by_value"].values()) == 3
+    # the pooled change is the users' weighted mean of the directions'
+    pooled = sum(
+        row["n_users"] * row["ndcg@3_change"]["mean"] for row in probe["by_value"].values()
+    )
+    assert pooled / 3 == pytest.approx(probe["ndcg@3_change"]["mean"])
     assert len(probe["exposure"]) == 1 and "ndcg@3_change" in probe
     # the model reads its attributes back unchanged
     assert np.array_equal(ranker.score(users, SCORABLE[:3]), before)

@@ -3,8 +3,10 @@
 ``recarena.ranking`` (top-K selection, `RankedLists`) and ``recarena._classes`` (class
 paths) sit below ``recarena.metrics`` and ``recarena.models``; the metrics never import a
 model, and `recarena.models.base` and the registry do not import each other inside
-functions. Checked twice: statically (every import statement, those inside functions
-included) and by importing in a fresh interpreter.
+functions. In ``recarena.experiment``, the stage helpers (artifacts, protocols, measuring,
+cost, ...) never import the modules that drive an experiment (the runner, the Ray and
+split-seed drivers), nor each other in a cycle. Checked twice: statically (every import
+statement, those inside functions included) and by importing in a fresh interpreter.
 """
 
 from __future__ import annotations
@@ -42,6 +44,29 @@ def _files(package: str) -> list[Path]:
     return sorted(folder.rglob("*.py")) if folder.is_dir() else [folder.with_suffix(".py")]
 
 
+#: the modules that drive an experiment: they import the stage helpers, never the reverse
+EXPERIMENT_DRIVERS = (
+    "recarena.runner",
+    "recarena.experiment.runner",
+    "recarena.experiment.distributed",
+    "recarena.experiment.split_seeds",
+)
+#: the experiment's stage helpers (`ExperimentRunner` delegates to them)
+EXPERIMENT_HELPERS = tuple(
+    f"recarena.experiment.{name}"
+    for name in (
+        "artifacts",
+        "cost",
+        "impressions",
+        "measuring",
+        "preflight",
+        "protocols",
+        "seeds",
+        "stages",
+        "tuning",
+    )
+)
+
 #: (modules, packages they must never import)
 RULES = [
     (
@@ -60,6 +85,24 @@ RULES = [
         "recarena.models.base",
         ("recarena.models.registry", "recarena.runner", "recarena.experiment"),
     ),
+    # what one stage hands the next sits below every module that takes it
+    (
+        "recarena.experiment.stages",
+        (
+            "recarena.runner",
+            "recarena.experiment.runner",
+            "recarena.experiment.artifacts",
+            "recarena.experiment.cost",
+            "recarena.experiment.protocols",
+            "recarena.experiment.tuning",
+        ),
+    ),
+    # measuring reads no run folder: writing a measurement is artifacts.py's job
+    *[
+        (module, ("recarena.experiment.artifacts", *EXPERIMENT_DRIVERS))
+        for module in ("recarena.experiment.measuring", "recarena.experiment.impressions")
+    ],
+    *[(module, EXPERIMENT_DRIVERS) for module in EXPERIMENT_HELPERS],
 ]
 
 
@@ -72,6 +115,26 @@ def test_no_import_goes_up(package, forbidden):
         if any(module == f or module.startswith(f + ".") for f in forbidden)
     ]
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_experiments_stage_helpers_import_each_other_without_a_cycle():
+    """Every import between the helpers, those inside functions included, goes one way."""
+    graph = {
+        module: {m for m in _imports(_files(module)[0]) if m in EXPERIMENT_HELPERS} - {module}
+        for module in EXPERIMENT_HELPERS
+    }
+    done: set[str] = set()
+
+    def visit(module: str, path: tuple[str, ...]) -> None:
+        assert module not in path, "import cycle: " + " -> ".join((*path, module))
+        if module in done:
+            return
+        for imported in sorted(graph[module]):
+            visit(imported, (*path, module))
+        done.add(module)
+
+    for module in EXPERIMENT_HELPERS:
+        visit(module, ())
 
 
 def _loaded_after_import(module: str) -> set[str]:

@@ -48,6 +48,7 @@ from recarena._artifacts import json_or_damage
 from recarena._io import atomic_path, write_json
 from recarena.config import ExperimentConfig, ModelConfig
 from recarena.errors import ConfigError, RecArenaError
+from recarena.experiment.artifacts import remove_task_leftovers
 
 if TYPE_CHECKING:
     from recarena.experiment.runner import ExperimentRunner
@@ -287,22 +288,6 @@ def write_task_files(run_dir: Path, label: str, files: dict[str, bytes]) -> None
         mdir.rename(old)
     incoming.rename(mdir)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def remove_task_leftovers(run_dir: Path) -> list[Path]:
-    """The half-written model folders (``.LABEL.incoming``, ``.LABEL.old``) a driver
-    killed while writing a task's files left."""
-    models = run_dir / "models"
-    if not models.is_dir():
-        return []
-    found = [
-        p
-        for p in models.iterdir()
-        if p.is_dir() and p.name.startswith(".") and p.name.endswith((".incoming", ".old"))
-    ]
-    for path in found:
-        shutil.rmtree(path, ignore_errors=True)
-    return found
 
 
 def task_options(runner: ExperimentRunner, mc: ModelConfig, has_gpu: bool) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 and the pointwise metrics of a candidate protocol, returned as a `Measurement`.
 
 Nothing here reads or writes a run folder: `measure_lists` takes the lists, what the split
-holds out (`HeldOut`) and the training data, and returns the per-user table and the record
-that ``metrics.json`` keeps; `recarena.experiment.artifacts.write_measurement` writes them.
-So a metric can be checked on lists built by hand, as LensKit's ``measure_list`` and
-Cornac's ``ranking_eval`` are.
+holds out (`HeldOut`, `held_out` of a split) and the training data, and returns the
+per-user table and the record that ``metrics.json`` keeps; `measure_protocol` adds a
+candidate protocol's pointwise metrics, as a run measures its test lists;
+`recarena.experiment.artifacts.write_measurement` writes them. So a metric can be checked
+on lists built by hand, as LensKit's ``measure_list`` and Cornac's ``ranking_eval`` are.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recarena.config import ACCURACY_METRICS, EvaluationConfig, ProtocolConfig
+from recarena.data.dataset import Dataset
 from recarena.metrics.pointwise import classify_pointwise
 from recarena.metrics.segments import SEGMENT_ALL
 from recarena.models.base import Recommender, TrainingData
 from recarena.ranking import RankedLists
-from recarena.splits import CandidateSet
+from recarena.splits import CandidateSet, Split
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,39 @@ class HeldOut:
     cold_items: np.ndarray | None = None
     #: item vectors for intra-list diversity (None: not measured)
     item_features: sp.csr_matrix | None = None
+
+
+def held_out(
+    split: Split, dataset: Dataset, stage: str, item_features: sp.csr_matrix | None = None
+) -> HeldOut:
+    """What ``split`` holds out at ``stage`` ("valid" or "test"), for `measure_lists`."""
+    return HeldOut(
+        truth=split.truth_csr(stage),
+        fit_interactions=split.fit_interactions(stage),  # type: ignore[arg-type]
+        n_users=dataset.n_users,
+        n_items=dataset.n_items,
+        cold_items=split.cold_items,
+        item_features=item_features,
+    )
+
+
+def measure_protocol(
+    model: Recommender,
+    proto: ProtocolConfig,
+    lists: RankedLists,
+    held_out: HeldOut,
+    data: TrainingData,
+    evaluation: EvaluationConfig,
+    *,
+    candidates: CandidateSet | None,
+    seed: int,
+) -> Measurement:
+    """A protocol's lists measured (`measure_lists`), with the pointwise metrics of its
+    ``candidates`` (`pointwise_metrics`) unless it ranks the full catalog."""
+    pointwise = None
+    if proto.kind != "full":
+        pointwise = pointwise_metrics(model, lists, candidates, held_out.truth, seed)
+    return measure_lists(lists, proto, held_out, data, evaluation, pointwise=pointwise)
 
 
 def measure_lists(

@@ -1,18 +1,25 @@
 """The split and what is measured on it: the configured split with its frozen candidates,
 the checks of its settings, the seeded user samples of a budget, the protocols each model
-is measured on."""
+is measured on, each protocol's candidates (`candidates_for`: a sampled protocol's from
+the split, a first stage's from its model's files in ``split/``), the ranked lists of a
+protocol (`rank_lists`) and a first stage's top-N (`first_stage_lists`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 
+from recarena._artifacts import load_npz_artifact
 from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig
 from recarena.data.dataset import Dataset
-from recarena.errors import ConfigError
+from recarena.errors import ArtifactError, ConfigError
+from recarena.experiment.artifacts import first_stage_path
 from recarena.models.base import Recommender
-from recarena.splits import SPLITTERS, Split
+from recarena.ranking import RankedLists
+from recarena.splits import SPLITTERS, CandidateSet, Split
 
 
 def item_text_template(config: ExperimentConfig, dataset: Dataset) -> str:
@@ -119,3 +126,87 @@ def protocols_for(
             continue
         chosen.append(proto)
     return chosen, skipped
+
+
+def candidates_for(
+    split: Split, run_dir: Path, proto: ProtocolConfig, stage: str
+) -> CandidateSet | None:
+    """The frozen candidates of ``proto`` at ``stage``: a sampled protocol's are the
+    split's, a first stage's the file its model wrote into ``split/`` (None before it did,
+    and for full ranking)."""
+    if proto.kind == "sampled":
+        return split.candidates.get(f"{proto.label}:{stage}")
+    if proto.kind == "first_stage":
+        path = first_stage_path(run_dir, proto, stage)
+        if path.exists():
+            z = load_npz_artifact(path)
+            return CandidateSet(z["users"], z["items"], str(z["kind"]), str(z["description"]))
+        return None
+    return None
+
+
+def rank_lists(
+    model: Recommender,
+    proto: ProtocolConfig,
+    stage: str,
+    users: np.ndarray,
+    exclude: sp.csr_matrix,
+    k: int,
+    *,
+    item_pool: np.ndarray | None,
+    candidates: CandidateSet | None,
+    seed: int,
+) -> RankedLists:
+    """``users``' top-``k`` under ``proto``: of the whole catalog (``item_pool``), or of
+    their ``candidates`` (which must cover every user)."""
+    if proto.kind == "full":
+        return model.recommend(users, k, exclude=exclude, item_pool=item_pool, seed=seed)
+    cand = candidates
+    if cand is None:
+        raise ArtifactError(f"no {proto.label} candidates for stage {stage!r}")
+    rows = np.searchsorted(cand.users, users)
+    if not np.array_equal(cand.users[np.minimum(rows, len(cand.users) - 1)], users):
+        raise ArtifactError(f"{proto.label} candidates do not cover every {stage} user")
+    return model.recommend(
+        users,
+        k,
+        candidates=cand.items[rows],
+        exclude=exclude,
+        item_pool=item_pool,
+        seed=seed,
+    )
+
+
+def first_stage_top_n(config: ExperimentConfig, label: str) -> int:
+    """How many candidates the first stage ``label`` gives (the most any protocol takes)."""
+    return max(
+        p.top_n
+        for p in config.evaluation.protocols
+        if p.kind == "first_stage" and p.first_stage == label
+    )
+
+
+def check_first_stage(label: str, model: Recommender) -> None:
+    """A first stage ranks the whole catalog: say so when ``model`` cannot."""
+    if not model.scores_full_catalog:
+        raise ConfigError(
+            f"model {label!r} cannot score the full catalog, so it cannot be a first stage"
+        )
+
+
+def first_stage_lists(
+    config: ExperimentConfig,
+    label: str,
+    model: Recommender,
+    split: Split,
+    stage: str,
+    exclude: sp.csr_matrix,
+) -> RankedLists:
+    """The first stage's top-N for every user of ``stage``, whatever its own budget."""
+    return model.recommend(
+        split.eval_users(stage),
+        first_stage_top_n(config, label),
+        exclude=exclude,
+        item_pool=split.item_pool.get(stage),
+        seed=config.seed,
+    )

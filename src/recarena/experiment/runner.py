@@ -2,6 +2,20 @@
 
 Stability: **stable** for `run_experiment`, `RunResult` and the run directory layout below.
 
+`ExperimentRunner` prepares the run (data set, split, the run's set-up files), runs every
+model and writes the summaries; one model's run, `ExperimentRunner.run_model`, is a list
+of stage calls. What the stages read and write lives beside it in `recarena.experiment`:
+
+- `artifacts`: the run folder (`RunFolder`: ``dataset/`` and ``split/`` stamped, verified
+  and reused, leftovers removed) and the model folders (`ModelFolders`: the ``DONE.json``
+  check, the fitted model saved before its lists, first-stage candidates, ``cost.json``
+  and ``DONE.json``), hashes and names;
+- `protocols`: the split, each protocol's candidates, ranking a protocol's lists, a first
+  stage's top-N; `tuning`: grid points and trial keys, the saved trials a resume reuses;
+- `measuring` (and `impressions`): the metrics of a protocol's lists, as a `Measurement`;
+- `cost`: latency and the ``cost.json`` record; `preflight`: the checks before a run;
+- `stages`: what one stage hands the next (`ModelJob`, `Tuning`, `Fitted`, `Measured`).
+
 Every stage leaves an artifact in the run directory, written atomically, so a killed run
 loses nothing already written and the same command resumes where it stopped: finished
 models (``DONE.json``) are not recomputed, a half-done validation grid restarts at its first
@@ -53,15 +67,13 @@ Run directory layout::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import shutil
-import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -71,50 +83,45 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recarena import _faults
-from recarena._artifacts import (
-    describe_damage,
-    file_checksums,
-    find_damage,
-    folder_files,
-    json_or_damage,
-    load_npz_artifact,
-    read_errors,
-    unreadable,
-)
-from recarena._io import jsonable, read_json, remove_stale_temporaries, write_json, write_text
+from recarena._artifacts import describe_damage, json_or_damage
+from recarena._io import read_json, write_json, write_text
 from recarena._rundir import LOCK_FILE, RunLock
 from recarena.cache import resolve_cache_dir
 from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig, dump_config
 from recarena.cost import PeakMemory, Stopwatch
 from recarena.data.dataset import Dataset
-from recarena.errors import ArtifactError, ConfigError, DamagedArtifactError, RecArenaError
+from recarena.errors import ArtifactError, ConfigError, RecArenaError
 from recarena.experiment import preflight
 from recarena.experiment.artifacts import (
-    FIRST_STAGE_PREFIX,
-    MODEL_FOLDER_EXCLUDE,
-    STAGE_FILE,
+    ModelFolders,
+    RunFolder,
     _hash,
-    _status,
     data_hash,
-    model_hash,
+    model_hash,  # noqa: F401 - imported from here before artifacts.py held it
     run_directory_for,
     setup_hash,
     write_measurement,
 )
-from recarena.experiment.impressions import impression_rows, impression_table, measure_impressions
-from recarena.experiment.measuring import (
-    HeldOut,
-    measure_lists,
-    pointwise_metrics,
+from recarena.experiment.artifacts import (  # noqa: F401 - recarena.runner re-exports it
+    quiet_library_progress as _quiet_library_progress,
 )
+from recarena.experiment.cost import cost_record, latency_ms
+from recarena.experiment.impressions import impression_rows, impression_table, measure_impressions
+from recarena.experiment.measuring import held_out, measure_protocol
 from recarena.experiment.protocols import (
     build_split,
+    candidates_for,
+    check_first_stage,
+    first_stage_lists,
+    first_stage_top_n,
     is_first_stage,
     item_text_template,
     protocols_for,
+    rank_lists,
     sample_users,
 )
 from recarena.experiment.seeds import seed_runs
+from recarena.experiment.stages import Fitted, Measured, ModelJob, Tuning
 from recarena.experiment.tuning import (
     grid_points,
     parameter_problems,
@@ -142,76 +149,6 @@ class RunResult:
     summary: pd.DataFrame
     failed: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _ModelJob:
-    """One model's run: its entry, folder, untrained model and protocols."""
-
-    mc: ModelConfig
-    label: str
-    mdir: Path
-    template: Recommender
-    protocols: list[ProtocolConfig]
-    skipped: dict[str, str]
-    budget_users: int | None
-    first_stage: bool
-    has_valid: bool
-    refit: bool
-    #: the protocol validation is measured on
-    tune_proto: ProtocolConfig
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.mdir / "checkpoints"
-
-
-@dataclass
-class _Tuning:
-    """What validation chose: the parameters, the trials and their time."""
-
-    needs_validation: bool
-    trials: list[dict[str, Any]]
-    seconds: float
-    chosen: dict[str, Any] = field(default_factory=dict)
-    #: what the chosen trial's fit learned for the refit (SASRec: its best epoch)
-    refit_extra: dict[str, Any] = field(default_factory=dict)
-    #: the chosen trial's model when it is still in memory
-    best_model: Recommender | None = None
-
-
-@dataclass
-class _Fitted:
-    """The model that is tested, and how it came to be."""
-
-    model: Recommender
-    #: the training data of the test stage (train + valid)
-    data: TrainingData
-    refitted: bool
-    fit_seconds: float
-    history_refreshed: bool | None
-
-
-@dataclass
-class _Measured:
-    """Every protocol's metrics, and the speed of the first ranking."""
-
-    test_users: np.ndarray
-    results: dict[str, Any] = field(default_factory=dict)
-    throughput: float | None = None
-    latency: tuple[float, float] | None = None
-
-
-def _remove_entries(folder: Path, keep: Callable[[Path], bool]) -> None:
-    """Delete every file and folder in ``folder`` for which ``keep`` is false (a link is
-    removed, never followed)."""
-    for entry in folder.iterdir():
-        if keep(entry):
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
 
 
 # ---------------------------------------------------------------------- the runner
@@ -245,10 +182,25 @@ class ExperimentRunner:
         self.k_max = max(self.ks)
         # True while `run(overwrite=True)` checks the experiment: saved results do not count
         self._overwrite = False
-        # the checksums of the dataset/split files verified by `_reusable_stage`
-        self._stage_checksums: dict[Path, dict[str, str] | None] = {}
-        # label -> (DONE.json's mtime, size, inode) and what `done_status` found
-        self._done_checks: dict[str, tuple[tuple[int, int, int], Any]] = {}
+        # the run folder's set-up stages and its model folders (their messages go to
+        # whatever `on_event` is when they are said)
+        self.run_folder = RunFolder(run_dir, self._event)
+        self.model_folders = ModelFolders(
+            run_dir, config.evaluation.protocols, self.runs, self._event
+        )
+
+    def _event(self, msg: str) -> None:
+        self.on_event(msg)
+
+    @property
+    def _done_checks(self) -> dict[str, tuple[tuple[int, int, int], Any]]:
+        """label -> (DONE.json's mtime, size, inode) and what `done_status` found."""
+        return self.model_folders.done_checks
+
+    @property
+    def _stage_checksums(self) -> dict[Path, dict[str, str] | None]:
+        """The checksums of the dataset/split files verified when they were reused."""
+        return self.run_folder.stage_checksums
 
     # -------------------------------------------------------------- setup
     def prepare(self) -> None:
@@ -260,6 +212,7 @@ class ExperimentRunner:
         from recarena.environment import collect_environment
 
         cfg = self.config
+        folder = self.run_folder
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state_path = self.run_dir / "run.json"
         digest = setup_hash(cfg)
@@ -268,7 +221,7 @@ class ExperimentRunner:
         if vouched:
             state, damage = json_or_damage(state_path)
             if damage is not None:
-                self._recover_run_state(state_path, damage, digest)
+                folder.recover_run_state(state_path, damage, digest)
             elif not isinstance(state, dict) or state.get("setup_hash") != digest:
                 raise ArtifactError(
                     f"{self.run_dir} holds a run with a different data/split/evaluation setup; "
@@ -279,12 +232,12 @@ class ExperimentRunner:
 
         dataset_dir = self.run_dir / "dataset"
         dataset_digest = data_hash(cfg)
-        reuse_dataset = self._reusable_stage(
+        reuse_dataset = folder.reusable_stage(
             dataset_dir, "dataset.json", "data", dataset_digest, vouched
         )
         if reuse_dataset:
             self.on_event(f"data: reusing {dataset_dir}")
-            loaded = self._load_stage(dataset_dir, "data", Dataset.load)
+            loaded = folder.load_stage(dataset_dir, "data", Dataset.load)
             reuse_dataset = loaded is not None
             if loaded is not None:
                 self.dataset = loaded
@@ -297,7 +250,7 @@ class ExperimentRunner:
             self.dataset.save(dataset_dir)
             _faults.point("data:saved")
         dump = cfg.model_dump(mode="json")
-        self._stamp_stage(
+        folder.stamp_stage(
             dataset_dir, "dataset", dataset_digest, {"data": dump["data"]}, reuse_dataset
         )
         ds = self.dataset
@@ -307,10 +260,10 @@ class ExperimentRunner:
 
         split_dir = self.run_dir / "split"
         split = None
-        if reuse_dataset and self._reusable_stage(
+        if reuse_dataset and folder.reusable_stage(
             split_dir, "split.json", "split", digest, vouched
         ):
-            split = self._load_stage(split_dir, "split", Split.load)
+            split = folder.load_stage(split_dir, "split", Split.load)
         reuse_split = split is not None
         if split is None:
             # a split of another data set is never reused, whatever its stamp says
@@ -319,7 +272,7 @@ class ExperimentRunner:
             split.save(split_dir)
             _faults.point("split:saved")
         self.split = split
-        self._stamp_stage(
+        folder.stamp_stage(
             split_dir,
             "split",
             digest,
@@ -354,129 +307,6 @@ class ExperimentRunner:
             },
         )
         _faults.point("run:prepared")
-
-    def _remove_leftovers(self) -> None:
-        """Remove the temporary files that writers killed mid-write left in the run folder.
-
-        Only with the folder's lock held: no other run is writing there.
-        """
-        from recarena.experiment.distributed import remove_task_leftovers
-
-        removed = remove_stale_temporaries(self.run_dir) + remove_task_leftovers(self.run_dir)
-        if removed:
-            names = ", ".join(str(p.relative_to(self.run_dir)) for p in removed[:5])
-            more = f" and {len(removed) - 5} more" if len(removed) > 5 else ""
-            self.on_event(
-                f"removed {len(removed)} temporary file(s) an interrupted run left: {names}{more}"
-            )
-
-    def _clear_run_dir(self) -> None:
-        """Delete everything the run folder holds but its lock file (``overwrite``)."""
-        _remove_entries(self.run_dir, keep=lambda entry: entry.name == LOCK_FILE)
-
-    def _reusable_stage(
-        self, folder: Path, marker: str, what: str, digest: str, vouched: bool
-    ) -> bool:
-        """True when ``folder`` holds a complete, undamaged stage made by this configuration.
-
-        ``marker`` is the file the stage writes last. The stage's ``stage.json`` must carry
-        ``digest``, and every file whose checksum it records must still have it; a folder
-        saved before stamps existed is trusted only when ``run.json`` (written after the
-        data and the split) vouches for it, and one stamped before stamps held checksums is
-        trusted as it is. A folder that does not pass is deleted, with a message naming the
-        reason (a damaged file by name), so that the stage is recomputed.
-        """
-        if not folder.exists():
-            return False
-        stamp_path = folder / STAGE_FILE
-        stamp, why = None, None
-        if stamp_path.exists():
-            stamp, damage = json_or_damage(stamp_path)
-            if damage is not None or not isinstance(stamp, dict):
-                stamp = None
-                why = describe_damage(stamp_path, damage or "not a JSON object")
-        if why is None and (folder / marker).exists():
-            if stamp is not None and stamp.get("config_hash") == digest:
-                recorded = stamp.get("files")
-                damaged = find_damage(folder, recorded or {}, f"{folder.name}/{STAGE_FILE}")
-                if not damaged:
-                    self._stage_checksums[folder] = dict(recorded) if recorded else None
-                    return True
-                why = describe_damage(folder / damaged[0][0], damaged[0][1])
-            elif not stamp_path.exists() and vouched:
-                self._stage_checksums[folder] = None
-                return True
-        if why is None:
-            why = f"{folder} " + (
-                f"was made by another {what} configuration"
-                if stamp_path.exists()
-                else "has no record of the configuration that made it (an interrupted run)"
-            )
-        self.on_event(f"{what}: {why}: recomputing it")
-        shutil.rmtree(folder)
-        return False
-
-    def _load_stage(self, folder: Path, what: str, load: Callable[[Path], Any]) -> Any:
-        """``load(folder)``, or None (the folder deleted, with a message) when it cannot be
-        read: a folder written before stages recorded checksums may hold a damaged file."""
-        try:
-            return load(folder)
-        except read_errors() as exc:
-            damaged = [(p, why) for p in folder_files(folder) if (why := unreadable(p))]
-            if damaged:
-                why = describe_damage(*damaged[0])
-            else:
-                detail = " ".join(str(exc).split()) or type(exc).__name__
-                why = f"{folder} cannot be read ({type(exc).__name__}: {detail})"
-            self.on_event(f"{what}: {why}: recomputing it")
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
-
-    def _recover_run_state(self, state_path: Path, damage: str, digest: str) -> None:
-        """Go on past a damaged ``run.json`` when the split's stamp vouches for the setup.
-
-        ``run.json`` holds the setup hash a resumed run must match. The split's
-        ``stage.json`` records the same hash (both are written by one set-up), so when it
-        is intact and matches, the folder holds this setup and ``run.json`` is rewritten at
-        the end of `prepare`. Otherwise the setup that made the folder cannot be told.
-        """
-        stamp_path = self.run_dir / "split" / STAGE_FILE
-        stamp, stamp_damage = (None, "missing")
-        if stamp_path.exists():
-            stamp, stamp_damage = json_or_damage(stamp_path)
-        if stamp_damage is None and isinstance(stamp, dict) and stamp.get("config_hash") == digest:
-            self.on_event(
-                f"{state_path} is damaged ({damage}); {stamp_path} records this setup: rewriting it"
-            )
-            return
-        raise DamagedArtifactError(
-            f"{state_path} is damaged ({damage}): it records the setup that made the run "
-            f"folder, and {stamp_path} does not record this experiment's either, so the folder "
-            "cannot be resumed; start over (--overwrite) or choose another output folder "
-            "(--output-dir)",
-            path=state_path,
-            reason=damage,
-        )
-
-    def _stamp_stage(
-        self, folder: Path, stage: str, digest: str, settings: dict[str, Any], reused: bool
-    ) -> None:
-        """Write ``stage.json``: the hash (and the settings) of the configuration behind it,
-        and the sha256 of every file the stage wrote (the checksums verified when it was
-        ``reused``, else those of the files just written)."""
-        files = self._stage_checksums.get(folder) if reused else None
-        if files is None:
-            # the first-stage candidates in split/ are a model's: its DONE.json records them
-            paths = [
-                p
-                for p in folder_files(folder, exclude=(STAGE_FILE,))
-                if not p.name.startswith(FIRST_STAGE_PREFIX)
-            ]
-            files = file_checksums(folder, paths)
-        write_json(
-            folder / STAGE_FILE,
-            {"stage": stage, "config_hash": digest, "settings": settings, "files": files},
-        )
 
     def _item_features(self) -> sp.csr_matrix | None:
         """Item vectors for intra-list diversity: genres when there are some, else text."""
@@ -515,29 +345,14 @@ class ExperimentRunner:
             cache_dir=self.cache_dir,
         )
 
-    # -------------------------------------------------------------- candidates
+    # -------------------------------------------------------------- protocols and candidates
     def candidates_for(self, proto: ProtocolConfig, stage: str) -> CandidateSet | None:
-        if proto.kind == "sampled":
-            return self.split.candidates.get(f"{proto.label}:{stage}")
-        if proto.kind == "first_stage":
-            path = self._first_stage_path(proto, stage)
-            if path.exists():
-                z = load_npz_artifact(path)
-                return CandidateSet(z["users"], z["items"], str(z["kind"]), str(z["description"]))
-            return None
-        return None
+        """The frozen candidates of ``proto`` at ``stage`` (`protocols.candidates_for`)."""
+        return candidates_for(self.split, self.run_dir, proto, stage)
 
     def _save_first_stage_candidates(self, label: str, stage: str, lists: RankedLists) -> None:
-        for proto in self.config.evaluation.protocols:
-            if proto.kind == "first_stage" and proto.first_stage == label:
-                items = lists.items[:, : proto.top_n]
-                cand = CandidateSet(lists.users, items, "first_stage", proto.description)
-                cand.save(self._first_stage_path(proto, stage))
+        self.model_folders.save_first_stage(label, stage, lists)
 
-    def _first_stage_path(self, proto: ProtocolConfig, stage: str) -> Path:
-        return self.run_dir / "split" / f"{FIRST_STAGE_PREFIX}{proto.label}__{stage}.npz"
-
-    # -------------------------------------------------------------- one model
     def is_first_stage(self, label: str) -> bool:
         return is_first_stage(self.config, label)
 
@@ -566,21 +381,16 @@ class ExperimentRunner:
         exclude: sp.csr_matrix,
         k: int,
     ) -> RankedLists:
-        pool = self.split.item_pool.get(stage)
-        if proto.kind == "full":
-            return model.recommend(users, k, exclude=exclude, item_pool=pool, seed=self.config.seed)
-        cand = self.candidates_for(proto, stage)
-        if cand is None:
-            raise ArtifactError(f"no {proto.label} candidates for stage {stage!r}")
-        rows = np.searchsorted(cand.users, users)
-        if not np.array_equal(cand.users[np.minimum(rows, len(cand.users) - 1)], users):
-            raise ArtifactError(f"{proto.label} candidates do not cover every {stage} user")
-        return model.recommend(
+        """``users``' top-``k`` of ``proto`` at ``stage`` (`protocols.rank_lists`)."""
+        return rank_lists(
+            model,
+            proto,
+            stage,
             users,
+            exclude,
             k,
-            candidates=cand.items[rows],
-            exclude=exclude,
-            item_pool=pool,
+            item_pool=self.split.item_pool.get(stage),
+            candidates=None if proto.kind == "full" else self.candidates_for(proto, stage),
             seed=self.config.seed,
         )
 
@@ -602,82 +412,19 @@ class ExperimentRunner:
         frame = ranking_metrics(lists, self.split.truth_csr("valid"), [k_val], [name])
         return float(frame[f"{name}@{k_val}"].mean())
 
+    # -------------------------------------------------------------- the model folders
     def _finished(self, mc: ModelConfig) -> bool:
-        """The model has a ``DONE.json`` written for its current configuration, and the
-        files it records are undamaged (`done_status`)."""
-        return self.done_status(mc)[0] == "done"
+        return self.model_folders.finished(mc)
 
     def done_status(self, mc: ModelConfig) -> tuple[str, list[tuple[str, str]]]:
-        """Whether the model finished earlier, and whether what it left can be reused.
+        """Whether the model finished earlier, and whether what it left can be reused
+        (`recarena.experiment.artifacts.ModelFolders.done_status`)."""
+        return self.model_folders.done_status(mc)
 
-        Returns
-        -------
-        tuple of (str, list of (str, str))
-            ``"done"`` (reuse it), ``"absent"`` (no ``DONE.json``), ``"changed"`` (made
-            by another configuration of the model) or ``"damaged"``, with the damaged files
-            (path relative to the run folder, what is wrong). ``DONE.json`` records the
-            sha256 of every file the model wrote (``artifacts``); a ``DONE.json`` written
-            before it did is trusted as before, its files only checked for being readable
-            (`recarena._artifacts.unreadable`). Each check is made once per ``DONE.json``.
-        """
-        done = self.run_dir / "models" / mc.display_name / "DONE.json"
-        try:
-            st = done.stat()
-        except OSError:  # not there, or the run folder is not a folder (said when locking)
-            return "absent", []
-        key = (st.st_mtime_ns, st.st_size, st.st_ino)
-        cached = self._done_checks.get(mc.display_name)
-        if cached is None or cached[0] != key:
-            cached = (key, self._check_done(mc, done))
-            self._done_checks[mc.display_name] = cached
-        return cached[1]
-
-    def _check_done(self, mc: ModelConfig, done: Path) -> tuple[str, list[tuple[str, str]]]:
-        rel = done.relative_to(self.run_dir).as_posix()
-        record, damage = json_or_damage(done)
-        if damage is not None or not isinstance(record, dict):
-            return "damaged", [(rel, damage or "not a JSON object")]
-        if record.get("model_hash") != model_hash(mc):
-            return "changed", []
-        recorded = record.get("artifacts")
-        if isinstance(recorded, dict):
-            return _status(find_damage(self.run_dir, recorded, rel))
-        # written before DONE.json recorded checksums: trusted, if its files can be read
-        # (and a first stage's test candidates are there: a recomputed split drops them)
-        paths = folder_files(done.parent, exclude=MODEL_FOLDER_EXCLUDE, recursive=True)
-        paths += self._first_stage_files(mc.display_name, required=("test",))
-        found = [(p.relative_to(self.run_dir).as_posix(), unreadable(p)) for p in paths]
-        return _status([(p, why) for p, why in found if why is not None])
-
-    def _first_stage_files(self, label: str, required: tuple[str, ...] = ()) -> list[Path]:
-        """The candidate files ``label`` wrote as the first stage of some protocol (those
-        of the ``required`` stages whether they exist or not)."""
-        return [
-            path
-            for proto in self.config.evaluation.protocols
-            if proto.kind == "first_stage" and proto.first_stage == label
-            for stage in ("valid", "test")
-            if (path := self._first_stage_path(proto, stage)).exists() or stage in required
-        ]
-
-    def _model_artifacts(self, label: str, mdir: Path) -> dict[str, str]:
-        """``{path relative to the run folder: sha256}`` of every file the model wrote."""
-        paths = folder_files(mdir, exclude=MODEL_FOLDER_EXCLUDE, recursive=True)
-        return file_checksums(self.run_dir, paths + self._first_stage_files(label))
-
-    def _discard_damaged_model(self, mdir: Path, damaged: list[tuple[str, str]]) -> None:
-        """Delete what a damaged model left but its validation trials, when they are intact.
-
-        Each saved trial carries the key it is reused under (`_saved_trials`), so an intact
-        ``tuning.json`` spares the grid search; it goes too when it is one of the damaged.
-        """
-        names = {self.run_dir / rel for rel, _ in damaged}
-        keep = mdir / "tuning.json"
-        if keep in names or (keep.exists() and unreadable(keep) is not None):
-            keep = None
-        # first: a report reading the folder meanwhile must not see a DONE.json without files
-        (mdir / "DONE.json").unlink(missing_ok=True)
-        _remove_entries(mdir, keep=lambda entry: entry == keep)
+    def forget_done_check(self, label: str) -> None:
+        """Check ``label``'s ``DONE.json`` again when next asked: its files were written
+        from elsewhere (a Ray task's results)."""
+        self.model_folders.forget(label)
 
     def _save_fitted(
         self,
@@ -689,58 +436,10 @@ class ExperimentRunner:
         history_refreshed: bool | None,
         peak_bytes: int,
     ) -> None:
-        """Save the final model before its lists are ranked (`_load_fitted` reads it back).
-
-        It lives under the model's ``checkpoints/``, which goes once ``DONE.json`` is
-        written. A model that cannot be saved is fitted again after a stop, and says so.
-        """
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            with _quiet_library_progress():
-                model.save(tmp)
-            write_json(
-                tmp / "fitted.json",
-                {
-                    "key": key,
-                    "fit_seconds": fit_seconds,
-                    "history_refreshed": history_refreshed,
-                    "peak_bytes": int(peak_bytes),
-                },
-            )
-        except Exception as exc:  # noqa: BLE001 - saving is a convenience, never a failure
-            shutil.rmtree(tmp, ignore_errors=True)
-            self.on_event(
-                f"{label}: could not save the fitted model ({type(exc).__name__}: {exc}); "
-                "a stopped run fits it again"
-            )
-            return
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-
-    def _load_fitted(
-        self, label: str, template: Recommender, folder: Path, key: str
-    ) -> tuple[Recommender, dict[str, Any]] | None:
-        """The final model saved by a run that stopped before it finished, when it was
-        fitted with the current parameters and setup (``key``); else None."""
-        record_path = folder / "fitted.json"
-        if not record_path.exists():
-            return None
-        record, damage = json_or_damage(record_path)
-        if damage is not None or not isinstance(record, dict) or record.get("key") != key:
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
-        try:
-            model = type(template).load(folder)
-        except Exception as exc:  # noqa: BLE001 - a model that cannot be read is refitted
-            self.on_event(
-                f"{label}: the fitted model saved in {folder} cannot be loaded "
-                f"({type(exc).__name__}: {exc}): fitting it again"
-            )
-            shutil.rmtree(folder, ignore_errors=True)
-            return None
-        self.on_event(f"{label}: reusing the model fitted before the run stopped")
-        return model, record
+        """`ModelFolders.save_fitted`: the final model saved before its lists are ranked."""
+        self.model_folders.save_fitted(
+            label, model, folder, key, fit_seconds, history_refreshed, peak_bytes
+        )
 
     # -------------------------------------------------------------- one model, in stages
     def run_model(self, mc: ModelConfig) -> dict[str, Any]:
@@ -758,16 +457,11 @@ class ExperimentRunner:
         cost = self._cost(tuning, fitted, measured, mem)
         return self._record_done(job, tuning, fitted, measured, cost)
 
-    def forget_done_check(self, label: str) -> None:
-        """Check ``label``'s ``DONE.json`` again when next asked: its files were written
-        from elsewhere (a Ray task's results)."""
-        self._done_checks.pop(label, None)
-
     def reuse_finished(self, mc: ModelConfig) -> dict[str, Any] | None:
         """A finished model's ``DONE.json`` record when it can be reused; else None, after
         clearing what a changed configuration or a damaged file left."""
         label = mc.display_name
-        mdir = self.run_dir / "models" / label
+        mdir = self.model_folders.folder(label)
         status, damaged = self.done_status(mc)
         if status == "done":
             record = read_json(mdir / "DONE.json")
@@ -790,13 +484,13 @@ class ExperimentRunner:
             self.on_event(
                 f"{label}: {describe_damage(self.run_dir / rel, why)}{more}: recomputing the model"
             )
-            self._discard_damaged_model(mdir, damaged)
+            self.model_folders.discard_damaged(mdir, damaged)
         return None
 
-    def _start_model(self, mc: ModelConfig) -> _ModelJob:
+    def _start_model(self, mc: ModelConfig) -> ModelJob:
         """The model folder, the untrained model and the protocols it is measured on."""
         label = mc.display_name
-        mdir = self.run_dir / "models" / label
+        mdir = self.model_folders.folder(label)
         mdir.mkdir(parents=True, exist_ok=True)
         (mdir / "FAILED.json").unlink(missing_ok=True)
         template = create_model(mc.name, mc.params)
@@ -807,7 +501,7 @@ class ExperimentRunner:
         if not protocols and not first_stage:
             raise ConfigError(f"model {label!r} fits none of the experiment's protocols: {skipped}")
         refit = self.config.evaluation.refit if mc.refit is None else mc.refit
-        return _ModelJob(
+        return ModelJob(
             mc=mc,
             label=label,
             mdir=mdir,
@@ -822,7 +516,7 @@ class ExperimentRunner:
         )
 
     def _trial_plan(
-        self, job: _ModelJob
+        self, job: ModelJob
     ) -> tuple[dict[str, list[Any]], list[dict[str, Any]], bool, dict[str, str]]:
         """The model's grid, the points tried, whether validation runs, and each point's
         trial key (by `params_key`)."""
@@ -871,7 +565,7 @@ class ExperimentRunner:
 
     def _fit_trial(
         self,
-        job: _ModelJob,
+        job: ModelJob,
         params: dict[str, Any],
         trial_keys: dict[str, str],
         train_data: TrainingData,
@@ -894,7 +588,7 @@ class ExperimentRunner:
         }
         return trial, model
 
-    def _tune(self, job: _ModelJob) -> _Tuning:
+    def _tune(self, job: ModelJob) -> Tuning:
         """Validation: the grid (or early stopping) on train -> valid, resuming the trials
         saved in ``tuning.json``; without validation, the parameters as given."""
         mc, label, template = job.mc, job.label, job.template
@@ -903,7 +597,7 @@ class ExperimentRunner:
         trials = saved_trials(
             label, tuning_path, trial_keys if needs_validation else {}, self.on_event
         )
-        tuning = _Tuning(
+        tuning = Tuning(
             needs_validation=needs_validation,
             trials=trials,
             seconds=sum(t["fit_seconds"] for t in trials),
@@ -949,7 +643,7 @@ class ExperimentRunner:
         )
         return tuning
 
-    def _fit_final(self, job: _ModelJob, tuning: _Tuning, mem: PeakMemory) -> _Fitted:
+    def _fit_final(self, job: ModelJob, tuning: Tuning, mem: PeakMemory) -> Fitted:
         """The model that is tested: refit on train + valid, or the validation model with
         the validation interactions in its histories; a run stopped after this fit (while
         ranking or writing the lists) resumes from the fitted model saved here."""
@@ -962,11 +656,11 @@ class ExperimentRunner:
         )
         resumed = None
         if not job.first_stage:
-            resumed = self._load_fitted(label, template, fitted_dir, fitted_key)
+            resumed = self.model_folders.load_fitted(label, template, fitted_dir, fitted_key)
         if resumed is not None:
             final, fitted_record = resumed
             mem.peak_bytes = max(mem.peak_bytes, int(fitted_record["peak_bytes"]))
-            return _Fitted(
+            return Fitted(
                 final,
                 data_test,
                 refitted,
@@ -992,12 +686,8 @@ class ExperimentRunner:
             vmodel = best_model or template.clone(**chosen).fit(
                 self.training_data("valid"), valid=self.split.valid
             )
-            vlists = vmodel.recommend(
-                self.split.eval_users("valid"),
-                self._first_stage_top_n(label),
-                exclude=self.split.seen_csr("valid"),
-                item_pool=self.split.item_pool.get("valid"),
-                seed=self.config.seed,
+            vlists = first_stage_lists(
+                self.config, label, vmodel, self.split, "valid", self.split.seen_csr("valid")
             )
             self._save_first_stage_candidates(label, "valid", vlists)
         # None: refit on the test-time data, so nothing to refresh
@@ -1024,210 +714,102 @@ class ExperimentRunner:
             self._save_fitted(
                 label, final, fitted_dir, fitted_key, fit_seconds, history_refreshed, mem.peak_bytes
             )
-        return _Fitted(final, data_test, refitted, fit_seconds, history_refreshed)
+        return Fitted(final, data_test, refitted, fit_seconds, history_refreshed)
 
-    def _measure_protocols(self, job: _ModelJob, fitted: _Fitted) -> _Measured:
+    def _measure_protocols(self, job: ModelJob, fitted: Fitted) -> Measured:
         """Rank the test users of every protocol (the first stage's candidates first) and
-        measure the lists; throughput and latency on the first ranking protocol."""
+        measure the lists (`measuring.measure_protocol`, `impressions.measure_impressions`;
+        written by `artifacts.write_measurement`); throughput and latency on the first
+        ranking protocol (`cost.latency_ms`)."""
         label, final = job.label, fitted.model
         exclude = self.split.seen_csr("test")
-        measured = _Measured(
+        measured = Measured(
             test_users=sample_users(
                 self.split.eval_users("test"), job.budget_users, self.config.seed
             )
         )
         test_users = measured.test_users
         if job.first_stage:
-            self._first_stage_test_candidates(label, final, exclude)
+            # the first stage's top-N for every test user, whatever this model's own budget
+            check_first_stage(label, final)
+            top_n = first_stage_top_n(self.config, label)
+            self.on_event(f"{label}: top-{top_n} candidates for re-rankers")
+            lists = first_stage_lists(self.config, label, final, self.split, "test", exclude)
+            self._save_first_stage_candidates(label, "test", lists)
         for proto in job.protocols:
+            out_dir = job.mdir / proto.label
             if proto.kind == "impressions":
                 self.on_event(f"{label}: impressions: scoring the test impression logs")
                 sample = None if job.budget_users is None else test_users
-                measured.results[proto.label] = self._measure_impressions(
-                    final, sample, job.mdir / proto.label, fitted.data
+                measurement = measure_impressions(
+                    final,
+                    impression_rows(self.dataset, "test", sample),
+                    held_out(self.split, self.dataset, "test", self.item_features),
+                    fitted.data,
+                    self.config.evaluation,
+                    self.config.seed,
                 )
+                write_measurement(out_dir, measurement)
+                measured.results[proto.label] = measurement.record
                 continue
             self.on_event(f"{label}: {proto.label}: ranking {len(test_users)} test users")
             with Stopwatch() as sw:
                 lists = self._lists(final, proto, "test", test_users, exclude, self.k_max)
             if measured.throughput is None:
                 measured.throughput = len(test_users) / max(sw.seconds, 1e-9)
-                measured.latency = self._latency(final, proto, test_users, exclude)
-            measured.results[proto.label] = self._measure(
-                final, proto, lists, job.mdir / proto.label, fitted.data
+                measured.latency = latency_ms(
+                    lambda user, proto=proto: self._lists(
+                        final, proto, "test", user, exclude, self.k_max
+                    ),
+                    test_users,
+                    self.config.evaluation.latency_users,
+                    self.config.seed,
+                )
+            lists.save(out_dir / "lists.npz")
+            measurement = measure_protocol(
+                final,
+                proto,
+                lists,
+                held_out(self.split, self.dataset, "test", self.item_features),
+                fitted.data,
+                self.config.evaluation,
+                candidates=self.candidates_for(proto, "test"),
+                seed=self.config.seed,
             )
+            write_measurement(out_dir, measurement)
+            measured.results[proto.label] = measurement.record
             _faults.point("model:measured")
         return measured
 
     @staticmethod
     def _cost(
-        tuning: _Tuning, fitted: _Fitted, measured: _Measured, mem: PeakMemory
+        tuning: Tuning, fitted: Fitted, measured: Measured, mem: PeakMemory
     ) -> dict[str, Any]:
-        """``cost.json``: sizes, times, speed and memory, then the model's own record."""
-        n_total, n_trainable = fitted.model.n_parameters()
-        latency = measured.latency
-        return {
-            "parameters_total": int(n_total),
-            "parameters_trainable": int(n_trainable),
-            "fit_seconds": fitted.fit_seconds,
-            "tuning_seconds": tuning.seconds,
-            "tuning_trials": len(tuning.trials),
-            "users_per_second": measured.throughput,
-            "latency_ms_p50": latency[0] if latency else None,
-            "latency_ms_p95": latency[1] if latency else None,
-            "peak_memory_mib": mem.peak_mib,
-            "gpu_peak_memory_mib": None
-            if mem.gpu_peak_bytes is None
-            else mem.gpu_peak_bytes / 2**20,
-            **fitted.model.cost_record(),
-        }
+        """``cost.json``'s record (`recarena.experiment.cost.cost_record`)."""
+        return cost_record(tuning, fitted, measured, mem)
 
     def _record_done(
         self,
-        job: _ModelJob,
-        tuning: _Tuning,
-        fitted: _Fitted,
-        measured: _Measured,
+        job: ModelJob,
+        tuning: Tuning,
+        fitted: Fitted,
+        measured: Measured,
         cost: dict[str, Any],
     ) -> dict[str, Any]:
         """Write ``cost.json``, the learning curve and, last, ``DONE.json``; remove the
-        checkpoints."""
-        mc, label, mdir, final = job.mc, job.label, job.mdir, fitted.model
-        write_json(mdir / "cost.json", cost)
-        if log := final.training_log():
-            write_json(mdir / "training_log.json", log)
+        checkpoints (`ModelFolders.record_done`)."""
         all_test_users = len(self.split.eval_users("test"))
-        record = {
-            "label": label,
-            "model": mc.name,
-            "model_hash": model_hash(mc),
-            # the [[models]] entry, so that a report can name what differs from config.toml
-            "model_config": mc.model_dump(mode="json", exclude_none=True),
-            "family": job.template.family,
-            "fusion": job.template.fusion,
-            "class": f"{type(job.template).__module__}:{type(job.template).__qualname__}",
-            "params": jsonable(final.get_params()),
-            "chosen_on_validation": tuning.needs_validation,
-            "refit": bool(fitted.refitted),
-            "history_use": type(final).history_use,
-            # False: not refit and unable to read the validation interactions (stale)
-            "history_refreshed": fitted.history_refreshed,
-            # the model's [[models]] label and the seeds asked for (absent without seeds)
-            **self._seed_record(label),
-            "protocols": list(measured.results),
-            "skipped_protocols": job.skipped,
-            "evaluated_users": int(len(measured.test_users)),
-            "all_test_users": int(all_test_users),
-            "user_sample": job.budget_users is not None
-            and len(measured.test_users) < all_test_users,
-            "cost": cost,
-            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            # verified before the model is reused (done_status) or reported
-            "artifacts": self._model_artifacts(label, mdir),
-        }
-        write_json(mdir / "DONE.json", record)
-        _faults.point("model:done")
-        shutil.rmtree(job.checkpoints, ignore_errors=True)
-        return record
+        return self.model_folders.record_done(job, tuning, fitted, measured, cost, all_test_users)
 
-    def _seed_record(self, label: str) -> dict[str, Any]:
-        run = self.runs.get(label)
-        record = None if run is None else run.record()
-        return {} if record is None else {"training_seeds": record}
-
-    def _first_stage_top_n(self, label: str) -> int:
-        return max(
-            p.top_n
-            for p in self.config.evaluation.protocols
-            if p.kind == "first_stage" and p.first_stage == label
-        )
-
-    def _first_stage_test_candidates(
-        self, label: str, model: Recommender, exclude: sp.csr_matrix
-    ) -> None:
-        """The first stage's top-N for every test user, whatever this model's own budget."""
-        if not model.scores_full_catalog:
-            raise ConfigError(
-                f"model {label!r} cannot score the full catalog, so it cannot be a first stage"
-            )
-        self.on_event(f"{label}: top-{self._first_stage_top_n(label)} candidates for re-rankers")
-        lists = model.recommend(
-            self.split.eval_users("test"),
-            self._first_stage_top_n(label),
-            exclude=exclude,
-            item_pool=self.split.item_pool.get("test"),
-            seed=self.config.seed,
-        )
-        self._save_first_stage_candidates(label, "test", lists)
-
-    def _latency(
-        self, model: Recommender, proto: ProtocolConfig, users: np.ndarray, exclude: sp.csr_matrix
-    ) -> tuple[float, float] | None:
-        n = self.config.evaluation.latency_users
-        if n == 0 or len(users) == 0:
-            return None
-        sample = sample_users(users, n, self.config.seed + 1)
-        times = []
-        for u in sample:
-            start = time.perf_counter()
-            self._lists(model, proto, "test", np.array([u]), exclude, self.k_max)
-            times.append((time.perf_counter() - start) * 1000)
-        return float(np.percentile(times, 50)), float(np.percentile(times, 95))
-
-    # -------------------------------------------------------------- measuring
-    def _held_out(self, stage: str) -> HeldOut:
-        return HeldOut(
-            truth=self.split.truth_csr(stage),
-            fit_interactions=self.split.fit_interactions(stage),  # type: ignore[arg-type]
-            n_users=self.dataset.n_users,
-            n_items=self.dataset.n_items,
-            cold_items=self.split.cold_items,
-            item_features=self.item_features,
-        )
-
-    def _measure(
-        self,
-        model: Recommender,
-        proto: ProtocolConfig,
-        lists: RankedLists,
-        out_dir: Path,
-        data: TrainingData,
-    ) -> dict[str, Any]:
-        """Measure a protocol's test lists (`measure_lists`) and write them and the result."""
-        lists.save(out_dir / "lists.npz")
-        held_out = self._held_out("test")
-        pointwise = None
-        if proto.kind != "full":
-            candidates = self.candidates_for(proto, "test")
-            pointwise = pointwise_metrics(
-                model, lists, candidates, held_out.truth, self.config.seed
-            )
-        measurement = measure_lists(
-            lists, proto, held_out, data, self.config.evaluation, pointwise=pointwise
-        )
-        write_measurement(out_dir, measurement)
-        return measurement.record
-
-    def _measure_impressions(
-        self, model: Recommender, users: np.ndarray | None, out_dir: Path, data: TrainingData
-    ) -> dict[str, Any]:
-        measurement = measure_impressions(
-            model,
-            impression_rows(self.dataset, "test", users),
-            self._held_out("test"),
-            data,
-            self.config.evaluation,
-            self.config.seed,
-        )
-        write_measurement(out_dir, measurement)
-        return measurement.record
-
-    # -------------------------------------------------------------- all models
     # -------------------------------------------------------------- checks before a run
     def _models_to_run(self) -> list[ModelConfig]:
         """The models without a ``DONE.json`` of their current configuration (all of them
         when the run starts over)."""
-        return [mc for mc in self.model_configs() if self._overwrite or not self._finished(mc)]
+        return [
+            mc
+            for mc in self.model_configs()
+            if self._overwrite or not self.model_folders.finished(mc)
+        ]
 
     def model_configs(self) -> list[ModelConfig]:
         """The configuration of every run: a ``[[models]]`` entry's, or one per seed of it
@@ -1315,20 +897,20 @@ class ExperimentRunner:
         with RunLock(self.run_dir, purpose="run", on_event=self.on_event):
             # with the lock held, nobody else writes here: what a killed writer left can go
             if overwrite:
-                self._clear_run_dir()
+                self.run_folder.clear(keep=LOCK_FILE)
             else:
-                self._remove_leftovers()
+                self.run_folder.remove_leftovers()
             return self._run_models()
 
     def _run_models(self) -> RunResult:
         """Data, split, every model (first stages first), summaries: the lock is held."""
         self.prepare()
         # a recomputed split has dropped the first stages' candidate files: check again
-        self._done_checks.clear()
+        self.model_folders.done_checks.clear()
         failed: dict[str, str] = {}
 
         def record_failure(label: str, error: str, trace: str | None) -> None:
-            mdir = self.run_dir / "models" / label
+            mdir = self.model_folders.folder(label)
             failed[label] = error
             mdir.mkdir(parents=True, exist_ok=True)
             if trace is None:
@@ -1362,20 +944,6 @@ class ExperimentRunner:
         )
         _faults.point("run:summarised")
         return RunResult(self.run_dir, summary, failed)
-
-
-@contextlib.contextmanager
-def _quiet_library_progress() -> Iterator[None]:
-    """No transformers progress bars ("Writing model shards") while a model is saved."""
-    hf_logging = sys.modules.get("transformers.utils.logging")
-    if hf_logging is None or not hf_logging.is_progress_bar_enabled():
-        yield
-        return
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.enable_progress_bar()
 
 
 def run_experiment(

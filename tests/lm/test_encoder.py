@@ -234,3 +234,23 @@ def test_bf16_autocast_where_it_holds(tiny_bert_dir: Path, tmp_path: Path, caplo
         with caplog.at_level(logging.WARNING, logger="recarena.lm.encoder"):
             _encoder(tiny_bert_dir, dtype="bfloat16").encode(TEXTS[:3])
         assert any("no bfloat16 instructions" in r.getMessage() for r in caplog.records)
+
+
+def test_a_run_that_asks_for_no_progress_draws_no_bar(tiny_bert_dir: Path, capsys):
+    from recarena._progress import bars_enabled, progress_bars
+
+    def encode() -> None:
+        enc = ItemTextEncoder(tiny_bert_dir, device="cpu", dtype="float32", batch_size=4)
+        assert enc.progress  # the encoder's own parameter asks for a bar
+        enc.encode(TEXTS)
+
+    encode()
+    assert "encoding with" in capsys.readouterr().err
+    with progress_bars(False):
+        assert not bars_enabled()
+        with progress_bars(True):  # an inner block cannot turn them back on
+            assert not bars_enabled()
+        encode()
+    err = capsys.readouterr().err
+    assert "encoding with" not in err and "Loading weights" not in err
+    assert bars_enabled()

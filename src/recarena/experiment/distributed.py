@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from recarena._artifacts import json_or_damage
 from recarena._io import atomic_path, write_json
+from recarena._progress import progress_bars
 from recarena.config import ExperimentConfig, ModelConfig
 from recarena.errors import ConfigError, RecArenaError
 from recarena.experiment.artifacts import remove_task_leftovers
@@ -159,7 +160,8 @@ def _in_scratch(
         )
         try:
             runner.prepare()
-            work(runner, root, result)
+            with progress_bars(False):  # no bars in a task's log
+                work(runner, root, result)
             result["status"] = "done"
         except Exception as exc:  # noqa: BLE001 - the driver records it as FAILED
             result["status"] = "failed"

@@ -85,6 +85,7 @@ import scipy.sparse as sp
 from recarena import _faults
 from recarena._artifacts import describe_damage, json_or_damage
 from recarena._io import read_json, write_json, write_text
+from recarena._progress import progress_bars
 from recarena._rundir import LOCK_FILE, RunLock
 from recarena.cache import resolve_cache_dir
 from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig, dump_config
@@ -900,7 +901,8 @@ class ExperimentRunner:
                 self.run_folder.clear(keep=LOCK_FILE)
             else:
                 self.run_folder.remove_leftovers()
-            return self._run_models()
+            with progress_bars(self.progress):
+                return self._run_models()
 
     def _run_models(self) -> RunResult:
         """Data, split, every model (first stages first), summaries: the lock is held."""

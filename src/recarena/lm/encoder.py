@@ -366,11 +366,13 @@ class ItemTextEncoder:
     ) -> np.ndarray:
         from tqdm.auto import tqdm
 
+        from recarena._progress import bars_enabled
+
         bar = tqdm(
             total=len(texts),
             desc=f"encoding with {self.resolved.name}",
             unit="text",
-            disable=not self.progress,
+            disable=not (self.progress and bars_enabled()),
             leave=False,
         )
         try:

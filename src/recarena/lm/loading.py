@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from recarena._io import publish_mode, read_json, write_json
+from recarena._progress import library_bars
 from recarena.errors import ModelNotAvailableError
 from recarena.lm.zoo import Family, ResolvedModel, _family_from_config
 
@@ -118,6 +119,11 @@ def load_encoder(
     through `load_causal_lm` (so GGUF files get their converted copy) and its base model,
     without the language-model head, is returned.
     """
+    with library_bars():
+        return _load_encoder(resolved, device, dtype)
+
+
+def _load_encoder(resolved: ResolvedModel, device: str, dtype: str) -> LoadedEncoder:
     start = time.perf_counter()
     if resolved.format == "onnx":
         loaded = _load_onnx(resolved, resolve_device(device))
@@ -343,6 +349,11 @@ def load_causal_lm(
     ``resolved.converted_dir``; later loads read the copy. The tokenizer gets a padding
     token (its end-of-text token) when it has none.
     """
+    with library_bars():
+        return _load_causal_lm(resolved, device, dtype)
+
+
+def _load_causal_lm(resolved: ResolvedModel, device: str, dtype: str) -> LoadedCausalLM:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

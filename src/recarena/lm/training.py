@@ -385,6 +385,8 @@ def train_loop(
     """
     from tqdm.auto import tqdm
 
+    from recarena._progress import bars_enabled
+
     if config.mode not in ("max", "min"):
         raise ValueError(f"mode must be 'max' or 'min', not {config.mode!r}")
     if config.eval_every is not None and config.eval_every < 1:
@@ -421,7 +423,7 @@ def train_loop(
         total=total_steps,
         desc=config.desc,
         unit="step",
-        disable=not (config.progress and accelerator.is_local_main_process),
+        disable=not (config.progress and bars_enabled() and accelerator.is_local_main_process),
         leave=False,
     )
 

@@ -153,6 +153,8 @@ def predict_logits(
     (an autocast or a null context)."""
     from tqdm.auto import tqdm
 
+    from recarena._progress import bars_enabled
+
     device = next(net.parameters()).device
     lengths = np.fromiter((len(ids) for ids, _ in rows), dtype=np.int64, count=len(rows))
     order = np.argsort(-lengths, kind="stable")
@@ -161,7 +163,7 @@ def predict_logits(
         total=len(rows),
         desc="cross-encoder scoring",
         unit="pair",
-        disable=not progress or len(rows) < 4 * batch_size,
+        disable=not (progress and bars_enabled()) or len(rows) < 4 * batch_size,
         leave=False,
     )
     with torch.inference_mode(), context:

@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from recarena._progress import bars_enabled
 from recarena.models._history import KeepsHistory
 from recarena.models.base import Recommender, TrainingData
 from recarena.models.language.generative.prompts import (
@@ -376,7 +377,7 @@ class GenerativeRanker(
         self._ensure_lm()
         out = np.empty(items.shape, dtype=np.float32)
         rows = range(len(users))
-        if self.progress and len(users) > 1:
+        if self.progress and bars_enabled() and len(users) > 1:
             from tqdm.auto import tqdm
 
             rows = tqdm(rows, desc="generative ranker", unit="user", leave=False)

@@ -1,0 +1,54 @@
+"""Whether RecArena's progress bars show.
+
+The models' own parameters (``progress`` of an encoder, a ranker, a training loop) say
+whether *they* may show a bar; a run can ask for none at all: `run_experiment(progress=
+False)` (and so a Ray task, the membership audit, a benchmark calling the runner) runs its
+models inside `progress_bars(False)`, where `bars_enabled` is False for every bar RecArena
+draws and the libraries' own bars (transformers' "Loading weights") are off while a model
+loads (`library_bars`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+_enabled = True
+
+
+def bars_enabled() -> bool:
+    """False inside `progress_bars(False)`."""
+    return _enabled
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """RecArena's bars on (as the models' parameters say) or off inside the block."""
+    global _enabled
+    before = _enabled
+    _enabled = before and enabled
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+@contextlib.contextmanager
+def library_bars() -> Iterator[None]:
+    """transformers' progress bars off inside the block where RecArena's are off (around
+    a model load); as they were otherwise."""
+    if _enabled:
+        yield
+        return
+    try:  # a model load imports transformers anyway
+        import transformers.utils.logging as hf_logging
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        hf_logging = None
+    if hf_logging is None or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()

@@ -4,7 +4,7 @@
 paths) sit below ``recarena.metrics`` and ``recarena.models``; the metrics never import a
 model, and `recarena.models.base` and the registry do not import each other inside
 functions. In ``recarena.experiment``, the stage helpers (artifacts, protocols, measuring,
-cost, ...) never import the modules that drive an experiment (the runner, the Ray and
+cost, tuning, fitting, ...) never import the modules that drive an experiment (the runner, the Ray and
 split-seed drivers), nor each other in a cycle. Checked twice: statically (every import
 statement, those inside functions included) and by importing in a fresh interpreter.
 """
@@ -57,6 +57,7 @@ EXPERIMENT_HELPERS = tuple(
     for name in (
         "artifacts",
         "cost",
+        "fitting",
         "impressions",
         "measuring",
         "preflight",
@@ -93,6 +94,7 @@ RULES = [
             "recarena.experiment.runner",
             "recarena.experiment.artifacts",
             "recarena.experiment.cost",
+            "recarena.experiment.fitting",
             "recarena.experiment.protocols",
             "recarena.experiment.tuning",
         ),

@@ -149,3 +149,21 @@ def test_reuse_finished_returns_the_record_or_clears_a_changed_model(tmp_path):
     assert runner.reuse_finished(changed) is None
     assert runner.events[-1] == "ease: its configuration changed, recomputing"
     assert not (runner.run_dir / "models" / "ease").exists()
+
+
+def test_the_stages_call_the_runners_hooks_as_they_are_when_called(runner, monkeypatch):
+    """`_tune` and `_fit_final` run in tuning.py and fitting.py, but a hook patched on the
+    runner (``validation_score``, ``_save_fitted``, ``fitted_save_min_seconds``) still
+    decides what they do."""
+    monkeypatch.setattr(ExperimentRunner, "validation_score", lambda self, model, proto: 0.25)
+    saved: list[str] = []
+    monkeypatch.setattr(
+        ExperimentRunner, "_save_fitted", lambda self, label, *a: saved.append(label)
+    )
+    monkeypatch.setattr(ExperimentRunner, "fitted_save_min_seconds", 0.0)
+    job = runner._start_model(runner.config.models[0])
+    tuning = runner._tune(job)
+    assert [t["value"] for t in tuning.trials] == [0.25, 0.25]
+    with PeakMemory() as mem:
+        runner._fit_final(job, tuning, mem)
+    assert saved == ["ease"]

@@ -11,10 +11,18 @@ of stage calls. What the stages read and write lives beside it in `recarena.expe
   check, the fitted model saved before its lists, first-stage candidates, ``cost.json``
   and ``DONE.json``), hashes and names;
 - `protocols`: the split, each protocol's candidates, ranking a protocol's lists, a first
-  stage's top-N; `tuning`: grid points and trial keys, the saved trials a resume reuses;
+  stage's top-N;
+- `tuning`: grid points and trial keys, the saved trials a resume reuses, and the tuning
+  stage (`Validation`: ``_tune``, ``pending_trials`` and ``run_trial`` delegate to it);
+- `fitting`: the refit stage (`FinalFit`: ``_fit_final`` delegates to it);
 - `measuring` (and `impressions`): the metrics of a protocol's lists, as a `Measurement`;
 - `cost`: latency and the ``cost.json`` record; `preflight`: the checks before a run;
 - `stages`: what one stage hands the next (`ModelJob`, `Tuning`, `Fitted`, `Measured`).
+
+The stages are given what they need of the run, never the runner; the runner's hooks
+(``validation_score``, ``_save_fitted``, ``_save_first_stage_candidates``, the
+``fitted_save_*`` settings) are handed over at each call, so a hook patched on the runner
+still decides what the stage does.
 
 Every stage leaves an artifact in the run directory, written atomically, so a killed run
 loses nothing already written and the same command resumes where it stopped: finished
@@ -67,7 +75,6 @@ Run directory layout::
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -96,7 +103,6 @@ from recarena.experiment import preflight
 from recarena.experiment.artifacts import (
     ModelFolders,
     RunFolder,
-    _hash,
     data_hash,
     model_hash,  # noqa: F401 - imported from here before artifacts.py held it
     run_directory_for,
@@ -107,6 +113,7 @@ from recarena.experiment.artifacts import (  # noqa: F401 - recarena.runner re-e
     quiet_library_progress as _quiet_library_progress,
 )
 from recarena.experiment.cost import cost_record, latency_ms
+from recarena.experiment.fitting import FinalFit
 from recarena.experiment.impressions import impression_rows, impression_table, measure_impressions
 from recarena.experiment.measuring import held_out, measure_protocol
 from recarena.experiment.protocols import (
@@ -124,14 +131,13 @@ from recarena.experiment.protocols import (
 from recarena.experiment.seeds import seed_runs
 from recarena.experiment.stages import Fitted, Measured, ModelJob, Tuning
 from recarena.experiment.tuning import (
+    Validation,
     grid_points,
-    parameter_problems,
     parameters_added_since,
-    params_key,
-    saved_trials,
     trial_key,
+    trial_plan,
 )
-from recarena.models.base import STALE_HISTORY_REASONS, Recommender, TrainingData
+from recarena.models.base import Recommender, TrainingData
 from recarena.models.registry import create_model
 from recarena.ranking import RankedLists
 from recarena.splits import CandidateSet, Split
@@ -516,53 +522,56 @@ class ExperimentRunner:
             tune_proto=protocols[0] if protocols else ProtocolConfig(kind="full"),
         )
 
+    # the tuning stage (`recarena.experiment.tuning.Validation`) and the refit stage
+    # (`recarena.experiment.fitting.FinalFit`), made at each call: they call back the
+    # runner's hooks (``validation_score``, ``_save_fitted``, ...) as they are then
+    def _validation(self) -> Validation:
+        """The tuning stage, given what it needs of this run."""
+        return Validation(
+            config=self.config,
+            valid=self.split.valid,
+            training_data=lambda: self.training_data("valid"),
+            score=self.validation_score,
+            on_event=self._event,
+        )
+
+    def _final_fit(self) -> FinalFit:
+        """The refit stage, given what it needs of this run."""
+        return FinalFit(
+            config=self.config,
+            split=self.split,
+            training_data=self.training_data,
+            load_fitted=self.model_folders.load_fitted,
+            save_fitted=self._save_fitted,
+            save_first_stage=self._save_first_stage_candidates,
+            on_event=self._event,
+            save_min_seconds=self.fitted_save_min_seconds,
+            save_max_parameters=self.fitted_save_max_parameters,
+        )
+
     def _trial_plan(
         self, job: ModelJob
     ) -> tuple[dict[str, list[Any]], list[dict[str, Any]], bool, dict[str, str]]:
         """The model's grid, the points tried, whether validation runs, and each point's
-        trial key (by `params_key`)."""
-        mc, template = job.mc, job.template
-        grid, points = self.grid_points(mc, template)
-        problems = parameter_problems(mc, template, points)
-        if problems:
-            raise ConfigError("; ".join(problems))
-        needs_validation = job.has_valid and (
-            len(points) > 1 or template.uses_validation or job.first_stage or not job.refit
-        )
-        trial_keys = {
-            params_key(params): self.trial_key(mc, params, job.tune_proto)
-            for params in ({**mc.params, **point} for point in points)
-        }
-        return grid, points, needs_validation, trial_keys
+        trial key (by `params_key`): `tuning.trial_plan`."""
+        plan = trial_plan(self.config, job)
+        return plan.grid, plan.points, plan.needs_validation, plan.trial_keys
 
     def pending_trials(self, mc: ModelConfig) -> list[int]:
         """The grid points (indices) of the model's validation that no saved trial in
         ``tuning.json`` covers: what `run_trial` has left to run (none when the model is
         not tuned). Creates the model folder, like a run of the model."""
         job = self._start_model(mc)
-        _, points, needs_validation, trial_keys = self._trial_plan(job)
-        if not needs_validation:
-            return []
-        saved = saved_trials(job.label, job.mdir / "tuning.json", trial_keys, self.on_event)
-        done_keys = {params_key(t["params"]) for t in saved}
-        return [
-            n
-            for n, point in enumerate(points)
-            if params_key({**mc.params, **point}) not in done_keys
-        ]
+        validation = self._validation()
+        return validation.pending(job, validation.plan(job))
 
     def run_trial(self, mc: ModelConfig, index: int) -> dict[str, Any]:
         """Fit and measure one validation trial, grid point ``index``, as `run_model` does
         (the record it saves in ``tuning.json``; nothing is written here but the
         checkpoints of a long training)."""
         job = self._start_model(mc)
-        _, points, _, trial_keys = self._trial_plan(job)
-        point = points[index]
-        self.on_event(f"{job.label}: validation {index + 1}/{len(points)} {point or ''}".rstrip())
-        trial, _ = self._fit_trial(
-            job, {**mc.params, **point}, trial_keys, self.training_data("valid")
-        )
-        return trial
+        validation = self._validation()
+        return validation.run_trial(job, validation.plan(job), index)
 
     def _fit_trial(
         self,
@@ -571,151 +580,23 @@ class ExperimentRunner:
         trial_keys: dict[str, str],
         train_data: TrainingData,
     ) -> tuple[dict[str, Any], Recommender]:
-        """One validation trial: the fit on train, its score on validation, its record."""
-        model = job.template.clone(**params)
-        # a long training stopped part-way resumes from here on the next run
-        train_data.checkpoint_dir = job.checkpoints / f"valid-{_hash(params)}"
-        with Stopwatch() as sw:
-            model.fit(train_data, valid=self.split.valid)
-        score = self.validation_score(model, job.tune_proto)
-        trial = {
-            "key": trial_keys[params_key(params)],
-            "params": params,
-            "metric": self.config.evaluation.tune_metric,
-            "protocol": job.tune_proto.label,
-            "value": score,
-            "fit_seconds": sw.seconds,
-            "refit_params": model.refit_params(),
-        }
-        return trial, model
+        """One validation trial: the fit on train, its score on validation, its record
+        (`tuning.Validation.fit_trial`)."""
+        return self._validation().fit_trial(job, params, trial_keys, train_data)
 
     def _tune(self, job: ModelJob) -> Tuning:
         """Validation: the grid (or early stopping) on train -> valid, resuming the trials
-        saved in ``tuning.json``; without validation, the parameters as given."""
-        mc, label, template = job.mc, job.label, job.template
-        grid, points, needs_validation, trial_keys = self._trial_plan(job)
-        tuning_path = job.mdir / "tuning.json"
-        trials = saved_trials(
-            label, tuning_path, trial_keys if needs_validation else {}, self.on_event
-        )
-        tuning = Tuning(
-            needs_validation=needs_validation,
-            trials=trials,
-            seconds=sum(t["fit_seconds"] for t in trials),
-        )
-        if not needs_validation:
-            # not tuned: a grid of one point (one value per parameter, or max_trials = 1)
-            # gives the model its parameters; a larger grid without validation data is not
-            # tried, and the split's notes say so
-            point = points[0] if len(points) == 1 else {}
-            tuning.chosen = {**mc.params, **point}
-            if point:
-                self.on_event(
-                    f"{label}: one grid point, not tuned: {json.dumps(point, default=str)}"
-                )
-            return tuning
-        done_keys = {params_key(t["params"]) for t in trials}
-        train_data = self.training_data("valid")
-        for n, point in enumerate(points):
-            params = {**mc.params, **point}
-            if params_key(params) in done_keys:
-                continue
-            self.on_event(f"{label}: validation {n + 1}/{len(points)} {point or ''}".rstrip())
-            trial, model = self._fit_trial(job, params, trial_keys, train_data)
-            trials.append(trial)
-            tuning.seconds += trial["fit_seconds"]
-            write_json(tuning_path, {"trials": trials})
-            _faults.point("model:trial")
-            best_so_far = max(trials, key=lambda t: t["value"])
-            if best_so_far["params"] == params:
-                tuning.best_model = model
-        best = max(trials, key=lambda t: t["value"])
-        if (
-            tuning.best_model is None
-            or tuning.best_model.get_params() != template.clone(**best["params"]).get_params()
-        ):
-            tuning.best_model = None  # resumed: the best trial's model is not in memory
-        tuning.chosen = dict(best["params"])
-        tuning.refit_extra = best.get("refit_params", {})
-        chosen = {k: v for k, v in tuning.chosen.items() if k in grid}
-        self.on_event(
-            f"{label}: chose {json.dumps(chosen) if grid else 'defaults'}"
-            f" ({best['metric']} {best['value']:.4f} on validation)"
-        )
-        return tuning
+        saved in ``tuning.json``; without validation, the parameters as given
+        (`tuning.Validation.tune`)."""
+        validation = self._validation()
+        return validation.tune(job, validation.plan(job))
 
     def _fit_final(self, job: ModelJob, tuning: Tuning, mem: PeakMemory) -> Fitted:
         """The model that is tested: refit on train + valid, or the validation model with
         the validation interactions in its histories; a run stopped after this fit (while
-        ranking or writing the lists) resumes from the fitted model saved here."""
-        label, template, chosen = job.label, job.template, tuning.chosen
-        data_test = self.training_data("test")
-        refitted = job.refit or not job.has_valid
-        fitted_dir = job.checkpoints / "fitted"
-        fitted_key = self.trial_key(
-            job.mc, {**chosen, **tuning.refit_extra, "refit": refitted}, job.tune_proto
-        )
-        resumed = None
-        if not job.first_stage:
-            resumed = self.model_folders.load_fitted(label, template, fitted_dir, fitted_key)
-        if resumed is not None:
-            final, fitted_record = resumed
-            mem.peak_bytes = max(mem.peak_bytes, int(fitted_record["peak_bytes"]))
-            return Fitted(
-                final,
-                data_test,
-                refitted,
-                fitted_record["fit_seconds"],
-                fitted_record["history_refreshed"],
-            )
-        best_model = tuning.best_model
-        if refitted:
-            final = template.clone(**{**chosen, **tuning.refit_extra})
-            self.on_event(f"{label}: fitting on train + valid")
-            data_test.checkpoint_dir = job.checkpoints / "refit"
-            with Stopwatch() as sw:
-                final.fit(data_test, valid=None)
-            fit_seconds = sw.seconds
-        else:
-            if best_model is None:
-                valid_data = self.training_data("valid")
-                valid_data.checkpoint_dir = job.checkpoints / f"valid-{_hash(chosen)}"
-                best_model = template.clone(**chosen).fit(valid_data, valid=self.split.valid)
-            final = best_model
-            fit_seconds = final.fit_seconds_
-        if job.first_stage and job.has_valid:
-            vmodel = best_model or template.clone(**chosen).fit(
-                self.training_data("valid"), valid=self.split.valid
-            )
-            vlists = first_stage_lists(
-                self.config, label, vmodel, self.split, "valid", self.split.seen_csr("valid")
-            )
-            self._save_first_stage_candidates(label, "valid", vlists)
-        # None: refit on the test-time data, so nothing to refresh
-        history_refreshed = None
-        if not refitted:
-            # only now, after any validation lists: the model ranks the test items from
-            # histories that hold the validation interactions (the SASRec paper's
-            # protocol), with what it learned on train; a model that cannot take them in
-            # without training is recorded, and the report names it
-            history_refreshed = final.updates_history()
-            if history_refreshed:
-                final.update_history(data_test)
-            else:
-                reason = STALE_HISTORY_REASONS.get(final.history_use, final.history_use)
-                self.on_event(
-                    f"{label}: not refit, and {reason}: it ranks the test items from "
-                    "histories without the validation interactions"
-                )
-        if (
-            not job.first_stage
-            and not fit_seconds < self.fitted_save_min_seconds  # NaN: unknown, saved
-            and final.n_parameters()[0] <= self.fitted_save_max_parameters
-        ):
-            self._save_fitted(
-                label, final, fitted_dir, fitted_key, fit_seconds, history_refreshed, mem.peak_bytes
-            )
-        return Fitted(final, data_test, refitted, fit_seconds, history_refreshed)
+        ranking or writing the lists) resumes from the fitted model saved here
+        (`fitting.FinalFit.fit`)."""
+        return self._final_fit().fit(job, tuning, mem)
 
     def _measure_protocols(self, job: ModelJob, fitted: Fitted) -> Measured:
         """Rank the test users of every protocol (the first stage's candidates first) and

@@ -2,7 +2,8 @@
 (`ModelJob`, from ``_start_model``), what validation chose (`Tuning`), the model that is
 tested (`Fitted`) and what was measured (`Measured`).
 
-Plain records, so that the modules that take a stage's result (`recarena.experiment.cost`,
+Plain records, so that the modules that run a stage or take its result
+(`recarena.experiment.tuning`, `recarena.experiment.fitting`, `recarena.experiment.cost`,
 `recarena.experiment.artifacts`) need nothing of the runner.
 """
 

@@ -1,27 +1,44 @@
 """Validation: the grid points a model tries, what is wrong with its parameters, the key a
-trial is saved under, and which saved trials a resumed run may reuse.
+trial is saved under, which saved trials a resumed run may reuse, and the tuning stage
+itself.
 
-The runner's ``_tune`` stage fits the points and measures them; everything here is a
-function of the experiment and the model's ``[[models]]`` entry, so it is checked before
-any data is read (`recarena.experiment.preflight`) and unit-tested without a run.
+The functions (`grid_points`, `parameter_problems`, `trial_key`, `saved_trials`) are
+functions of the experiment and the model's ``[[models]]`` entry, so they are checked
+before any data is read (`recarena.experiment.preflight`) and unit-tested without a run.
+The stage, `Validation` (``ExperimentRunner._tune``, ``pending_trials`` and ``run_trial``
+delegate to it), plans a model's trials (`trial_plan` -> `TrialPlan`), fits each grid
+point on train and scores it on validation, saving every trial in ``tuning.json`` as it is
+measured, so a resumed run fits only the points still missing; it returns a
+`recarena.experiment.stages.Tuning`. It is given what it needs of the run (the
+experiment, the validation interactions, the training data, the validation score, where
+messages go), never the runner.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from recarena import _faults
 from recarena._artifacts import json_or_damage
 from recarena._io import jsonable, write_json
 from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig
+from recarena.cost import Stopwatch
+from recarena.errors import ConfigError
 from recarena.experiment.artifacts import _hash, setup_hash
-from recarena.models.base import Recommender
+from recarena.experiment.stages import ModelJob, Tuning
+from recarena.models.base import Recommender, TrainingData
 from recarena.models.registry import get_model_class
 from recarena.tuning import expand_grid, params_key
 
 __all__ = [
+    "TrialPlan",
+    "Validation",
     "expand_grid",
     "grid_points",
     "parameter_problems",
@@ -30,6 +47,7 @@ __all__ = [
     "resolved_params",
     "saved_trials",
     "trial_key",
+    "trial_plan",
 ]
 
 
@@ -165,3 +183,172 @@ def saved_trials(
         else:
             path.unlink()
     return kept
+
+
+# ---------------------------------------------------------------------- the tuning stage
+@dataclass(frozen=True)
+class TrialPlan:
+    """What a model's validation tries: its grid, the points of it, whether validation runs
+    at all, and each point's trial key (by `params_key` of its parameters)."""
+
+    grid: dict[str, list[Any]]
+    points: list[dict[str, Any]]
+    needs_validation: bool
+    trial_keys: dict[str, str]
+
+    def params(self, mc: ModelConfig, index: int) -> dict[str, Any]:
+        """Grid point ``index`` over the model's fixed parameters."""
+        return {**mc.params, **self.points[index]}
+
+
+def trial_plan(config: ExperimentConfig, job: ModelJob) -> TrialPlan:
+    """The model's `TrialPlan`; a `ConfigError` names parameters it cannot take.
+
+    Validation runs when the split has validation data and there is something to learn
+    from it: more than one grid point, a model that uses validation (early stopping), a
+    first stage (its validation candidates), or a model that is not refit (its validation
+    fit is the tested model).
+    """
+    mc, template = job.mc, job.template
+    grid, points = grid_points(mc, template, config.seed)
+    problems = parameter_problems(mc, template, points)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    needs_validation = job.has_valid and (
+        len(points) > 1 or template.uses_validation or job.first_stage or not job.refit
+    )
+    trial_keys = {
+        params_key(params): trial_key(config, mc, params, job.tune_proto)
+        for params in ({**mc.params, **point} for point in points)
+    }
+    return TrialPlan(grid, points, needs_validation, trial_keys)
+
+
+@dataclass
+class Validation:
+    """The tuning stage: fit each grid point on train, score it on validation, save it.
+
+    It holds what the stage needs of a run, nothing more: the experiment, the validation
+    interactions (early stopping), the training data of the validation stage (asked for
+    only when a trial is fit), the score of a fitted model on validation (the runner's
+    ``validation_score``) and where messages go. ``tuning.json`` is read and written in
+    the model's folder (``job.mdir``).
+    """
+
+    config: ExperimentConfig
+    #: the split's validation interactions, given to ``fit`` (early stopping)
+    valid: pd.DataFrame
+    #: the training data of the validation stage (train), made when a trial is fit
+    training_data: Callable[[], TrainingData]
+    #: a fitted model's validation metric on a protocol
+    score: Callable[[Recommender, ProtocolConfig], float]
+    on_event: Callable[[str], None]
+
+    def plan(self, job: ModelJob) -> TrialPlan:
+        return trial_plan(self.config, job)
+
+    def pending(self, job: ModelJob, plan: TrialPlan) -> list[int]:
+        """The grid points (indices) no saved trial in ``tuning.json`` covers: none when
+        the model is not tuned."""
+        if not plan.needs_validation:
+            return []
+        saved = saved_trials(job.label, job.mdir / "tuning.json", plan.trial_keys, self.on_event)
+        done_keys = {params_key(t["params"]) for t in saved}
+        return [
+            n
+            for n in range(len(plan.points))
+            if params_key(plan.params(job.mc, n)) not in done_keys
+        ]
+
+    def run_trial(self, job: ModelJob, plan: TrialPlan, index: int) -> dict[str, Any]:
+        """Fit and score grid point ``index``: the record `tune` saves (nothing is written
+        but the checkpoints of a long training)."""
+        point = plan.points[index]
+        self.on_event(
+            f"{job.label}: validation {index + 1}/{len(plan.points)} {point or ''}".rstrip()
+        )
+        trial, _ = self.fit_trial(
+            job, plan.params(job.mc, index), plan.trial_keys, self.training_data()
+        )
+        return trial
+
+    def fit_trial(
+        self,
+        job: ModelJob,
+        params: dict[str, Any],
+        trial_keys: dict[str, str],
+        train_data: TrainingData,
+    ) -> tuple[dict[str, Any], Recommender]:
+        """One validation trial: the fit on train, its score on validation, its record."""
+        model = job.template.clone(**params)
+        # a long training stopped part-way resumes from here on the next run
+        train_data.checkpoint_dir = job.checkpoints / f"valid-{_hash(params)}"
+        with Stopwatch() as sw:
+            model.fit(train_data, valid=self.valid)
+        score = self.score(model, job.tune_proto)
+        trial = {
+            "key": trial_keys[params_key(params)],
+            "params": params,
+            "metric": self.config.evaluation.tune_metric,
+            "protocol": job.tune_proto.label,
+            "value": score,
+            "fit_seconds": sw.seconds,
+            "refit_params": model.refit_params(),
+        }
+        return trial, model
+
+    def tune(self, job: ModelJob, plan: TrialPlan) -> Tuning:
+        """Validation: the grid (or early stopping) on train -> valid, resuming the trials
+        saved in ``tuning.json`` (each saved as soon as it is measured); without
+        validation, the parameters as given."""
+        mc, label, template = job.mc, job.label, job.template
+        grid, points, needs_validation = plan.grid, plan.points, plan.needs_validation
+        tuning_path = job.mdir / "tuning.json"
+        trials = saved_trials(
+            label, tuning_path, plan.trial_keys if needs_validation else {}, self.on_event
+        )
+        tuning = Tuning(
+            needs_validation=needs_validation,
+            trials=trials,
+            seconds=sum(t["fit_seconds"] for t in trials),
+        )
+        if not needs_validation:
+            # not tuned: a grid of one point (one value per parameter, or max_trials = 1)
+            # gives the model its parameters; a larger grid without validation data is not
+            # tried, and the split's notes say so
+            point = points[0] if len(points) == 1 else {}
+            tuning.chosen = {**mc.params, **point}
+            if point:
+                self.on_event(
+                    f"{label}: one grid point, not tuned: {json.dumps(point, default=str)}"
+                )
+            return tuning
+        done_keys = {params_key(t["params"]) for t in trials}
+        train_data = self.training_data()
+        for n, point in enumerate(points):
+            params = {**mc.params, **point}
+            if params_key(params) in done_keys:
+                continue
+            self.on_event(f"{label}: validation {n + 1}/{len(points)} {point or ''}".rstrip())
+            trial, model = self.fit_trial(job, params, plan.trial_keys, train_data)
+            trials.append(trial)
+            tuning.seconds += trial["fit_seconds"]
+            write_json(tuning_path, {"trials": trials})
+            _faults.point("model:trial")
+            best_so_far = max(trials, key=lambda t: t["value"])
+            if best_so_far["params"] == params:
+                tuning.best_model = model
+        best = max(trials, key=lambda t: t["value"])
+        if (
+            tuning.best_model is None
+            or tuning.best_model.get_params() != template.clone(**best["params"]).get_params()
+        ):
+            tuning.best_model = None  # resumed: the best trial's model is not in memory
+        tuning.chosen = dict(best["params"])
+        tuning.refit_extra = best.get("refit_params", {})
+        chosen = {k: v for k, v in tuning.chosen.items() if k in grid}
+        self.on_event(
+            f"{label}: chose {json.dumps(chosen) if grid else 'defaults'}"
+            f" ({best['metric']} {best['value']:.4f} on validation)"
+        )
+        return tuning

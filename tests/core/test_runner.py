@@ -150,7 +150,11 @@ def test_a_saved_trial_of_other_resolved_defaults_is_measured_again(tmp_path, mo
     assert not any(e.startswith("ease: validation") for e in events)  # both reused
 
     done.unlink()
-    monkeypatch.setattr(EASE.__init__, "__defaults__", (500.0, 1_000, "float64"))  # max_items
+    # max_items' default changes; every other default stays (whatever EASE's signature)
+    names = EASE.__init__.__code__.co_varnames[1 : EASE.__init__.__code__.co_argcount]
+    defaults = dict(zip(names, EASE.__init__.__defaults__, strict=True))
+    defaults["max_items"] = 1_000
+    monkeypatch.setattr(EASE.__init__, "__defaults__", tuple(defaults.values()))
     events.clear()
     run_experiment(cfg, cache_dir=tmp_path / "cache", on_event=events.append)
     assert sum(e.startswith("ease: validation") for e in events) == 2

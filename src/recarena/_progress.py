@@ -11,6 +11,7 @@ loads (`library_bars`).
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 
 _enabled = True
@@ -34,16 +35,10 @@ def progress_bars(enabled: bool) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def library_bars() -> Iterator[None]:
-    """transformers' progress bars off inside the block where RecArena's are off (around
-    a model load); as they were otherwise."""
-    if _enabled:
-        yield
-        return
-    try:  # a model load imports transformers anyway
-        import transformers.utils.logging as hf_logging
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        hf_logging = None
+def quiet_library_progress() -> Iterator[None]:
+    """transformers' progress bars off inside the block ("Writing model shards" while a
+    model is saved), when transformers is imported and they are on; as they were after."""
+    hf_logging = sys.modules.get("transformers.utils.logging")
     if hf_logging is None or not hf_logging.is_progress_bar_enabled():
         yield
         return
@@ -52,3 +47,17 @@ def library_bars() -> Iterator[None]:
         yield
     finally:
         hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def library_bars() -> Iterator[None]:
+    """transformers' progress bars off inside the block where RecArena's are off (around
+    a model load); as they were otherwise."""
+    if _enabled:
+        yield
+        return
+    # a model load imports transformers anyway; its bar switch must exist first
+    with contextlib.suppress(ImportError):
+        import transformers.utils.logging  # noqa: F401
+    with quiet_library_progress():
+        yield

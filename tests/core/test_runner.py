@@ -437,3 +437,26 @@ def test_missing_language_model_stops_the_run_before_any_work(tmp_path):
     assert "'gen'" in message and "/no/such/folder" in message
     # stopped before the data was even read: no model directory was created
     assert not (tmp_path / "runs" / "t" / "models").exists()
+
+
+def test_progress_false_turns_every_progress_bar_off_for_the_models(tmp_path, monkeypatch):
+    """``run_experiment(progress=False)`` reaches the models: they run with RecArena's bars
+    off (`recarena._progress.bars_enabled`), and with them on by default."""
+    from recarena._progress import bars_enabled
+    from recarena.models.classical.baselines import MostPopular
+
+    seen: list[bool] = []
+    fit = MostPopular._fit
+
+    def spy(self, data, valid):
+        seen.append(bars_enabled())
+        return fit(self, data, valid)
+
+    monkeypatch.setattr(MostPopular, "_fit", spy)
+    cfg = parse_config(_config(tmp_path, [{"name": "most_popular", "grid": {}}]))
+    run_experiment(cfg, cache_dir=tmp_path / "cache", progress=False)
+    assert seen and not any(seen)
+    seen.clear()
+    run_experiment(cfg, cache_dir=tmp_path / "cache", output_dir=tmp_path / "again")
+    assert seen and all(seen)
+    assert bars_enabled()

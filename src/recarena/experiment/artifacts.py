@@ -23,14 +23,12 @@ Nothing here imports the runner: each class takes the paths and records it needs
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import shutil
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +43,7 @@ from recarena._artifacts import (
     unreadable,
 )
 from recarena._io import atomic_path, jsonable, remove_stale_temporaries, write_json
+from recarena._progress import quiet_library_progress
 from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig
 from recarena.errors import DamagedArtifactError
 from recarena.experiment.measuring import Measurement
@@ -143,20 +142,6 @@ def remove_task_leftovers(run_dir: Path) -> list[Path]:
     for path in found:
         shutil.rmtree(path, ignore_errors=True)
     return found
-
-
-@contextlib.contextmanager
-def quiet_library_progress() -> Iterator[None]:
-    """No transformers progress bars ("Writing model shards") while a model is saved."""
-    hf_logging = sys.modules.get("transformers.utils.logging")
-    if hf_logging is None or not hf_logging.is_progress_bar_enabled():
-        yield
-        return
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.enable_progress_bar()
 
 
 # ---------------------------------------------------------------------- the run folder

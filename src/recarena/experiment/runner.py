@@ -93,6 +93,9 @@ from recarena import _faults
 from recarena._artifacts import describe_damage, json_or_damage
 from recarena._io import read_json, write_json, write_text
 from recarena._progress import progress_bars
+from recarena._progress import (  # noqa: F401 - recarena.runner re-exports it
+    quiet_library_progress as _quiet_library_progress,
+)
 from recarena._rundir import LOCK_FILE, RunLock
 from recarena.cache import resolve_cache_dir
 from recarena.config import ExperimentConfig, ModelConfig, ProtocolConfig, dump_config
@@ -108,9 +111,6 @@ from recarena.experiment.artifacts import (
     run_directory_for,
     setup_hash,
     write_measurement,
-)
-from recarena.experiment.artifacts import (  # noqa: F401 - recarena.runner re-exports it
-    quiet_library_progress as _quiet_library_progress,
 )
 from recarena.experiment.cost import cost_record, latency_ms
 from recarena.experiment.fitting import FinalFit
@@ -135,7 +135,6 @@ from recarena.experiment.tuning import (
     grid_points,
     parameters_added_since,
     trial_key,
-    trial_plan,
 )
 from recarena.models.base import Recommender, TrainingData
 from recarena.models.registry import create_model
@@ -203,11 +202,6 @@ class ExperimentRunner:
     def _done_checks(self) -> dict[str, tuple[tuple[int, int, int], Any]]:
         """label -> (DONE.json's mtime, size, inode) and what `done_status` found."""
         return self.model_folders.done_checks
-
-    @property
-    def _stage_checksums(self) -> dict[Path, dict[str, str] | None]:
-        """The checksums of the dataset/split files verified when they were reused."""
-        return self.run_folder.stage_checksums
 
     # -------------------------------------------------------------- setup
     def prepare(self) -> None:
@@ -420,9 +414,6 @@ class ExperimentRunner:
         return float(frame[f"{name}@{k_val}"].mean())
 
     # -------------------------------------------------------------- the model folders
-    def _finished(self, mc: ModelConfig) -> bool:
-        return self.model_folders.finished(mc)
-
     def done_status(self, mc: ModelConfig) -> tuple[str, list[tuple[str, str]]]:
         """Whether the model finished earlier, and whether what it left can be reused
         (`recarena.experiment.artifacts.ModelFolders.done_status`)."""
@@ -549,14 +540,6 @@ class ExperimentRunner:
             save_max_parameters=self.fitted_save_max_parameters,
         )
 
-    def _trial_plan(
-        self, job: ModelJob
-    ) -> tuple[dict[str, list[Any]], list[dict[str, Any]], bool, dict[str, str]]:
-        """The model's grid, the points tried, whether validation runs, and each point's
-        trial key (by `params_key`): `tuning.trial_plan`."""
-        plan = trial_plan(self.config, job)
-        return plan.grid, plan.points, plan.needs_validation, plan.trial_keys
-
     def pending_trials(self, mc: ModelConfig) -> list[int]:
         """The grid points (indices) of the model's validation that no saved trial in
         ``tuning.json`` covers: what `run_trial` has left to run (none when the model is
@@ -572,17 +555,6 @@ class ExperimentRunner:
         job = self._start_model(mc)
         validation = self._validation()
         return validation.run_trial(job, validation.plan(job), index)
-
-    def _fit_trial(
-        self,
-        job: ModelJob,
-        params: dict[str, Any],
-        trial_keys: dict[str, str],
-        train_data: TrainingData,
-    ) -> tuple[dict[str, Any], Recommender]:
-        """One validation trial: the fit on train, its score on validation, its record
-        (`tuning.Validation.fit_trial`)."""
-        return self._validation().fit_trial(job, params, trial_keys, train_data)
 
     def _tune(self, job: ModelJob) -> Tuning:
         """Validation: the grid (or early stopping) on train -> valid, resuming the trials

@@ -1,14 +1,18 @@
-"""Privacy against quality on MovieLens-100k: SASRec and EASE trained with differential
-privacy at several epsilons beside the non-private ones, and a membership-inference audit
-of each.
+"""Privacy against quality on MovieLens-100k: SASRec, a text-SASRec and EASE trained with
+differential privacy at several epsilons beside the non-private ones, and a
+membership-inference audit of each.
 
 One experiment through the runner (leave-one-out by time, full-catalog ranking, bootstrap
 intervals over users): MostPopular, EASE, SASRec, and SASRec with DP-SGD at each
 ``--epsilons`` (Opacus; the privacy unit is one user's whole sequence, users Poisson-sampled
 at rate ``batch_size / n_users``, each user's gradient clipped to norm 1; see
-`recarena.privacy.dp`). The SASRec models share one budget: ``max_len`` 50, patience 3
-(with ``patience_steps``), at most ``--dp-epochs`` epochs for the private ones (the noise is
-calibrated to that budget; early stopping can only spend less). The private EASE at each
+`recarena.privacy.dp`). The language-model family enters as the text-SASRec with ID
+embeddings (frozen minilm-l6 item vectors inside SASRec), without DP and with DP-SGD at each
+``--text-epsilons`` (default 8): the pretrained encoder and the item texts are public, and
+the users' sequences are protected exactly as SASRec's. The SASRec-based models share one
+budget: ``max_len`` 50, patience 3 (with ``patience_steps``), at most ``--dp-epochs``
+epochs for the private ones (the noise is calibrated to that budget; early stopping can
+only spend less). The private EASE at each
 ``--ease-epsilons`` releases a noisy Gram matrix (the Gaussian mechanism, `recarena.privacy
 .gram`; the privacy unit is one user, weighted down to at most ``dp_max_items``, default
 50) and chooses ``l2`` on validation from `DP_EASE_GRID` (every point post-processing of
@@ -65,6 +69,23 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
                 "params": {**sequential, "epochs": args.dp_epochs, "dp_epsilon": eps},
             }
         )
+    if args.text_epsilons:
+        # the language-model family: frozen minilm-l6 item vectors inside SASRec (with ID
+        # embeddings), the same budget; the encoder is public, the users' data go through
+        # DP-SGD exactly as SASRec's do
+        text = {**sequential, "model": "minilm-l6", "id_embedding": True}
+        models.append(
+            {"name": "lm-text-sasrec", "label": "lm-text-sasrec+id", "grid": {}, "params": text}
+        )
+        for eps in args.text_epsilons:
+            models.append(
+                {
+                    "name": "lm-text-sasrec",
+                    "label": f"lm-text-sasrec+id-dp-eps{eps:g}",
+                    "grid": {},
+                    "params": {**text, "epochs": args.dp_epochs, "dp_epsilon": eps},
+                }
+            )
     for eps in args.ease_epsilons:
         models.append(
             {
@@ -90,6 +111,13 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs/bench_privacy")
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 4.0, 8.0])
     parser.add_argument("--ease-epsilons", type=float, nargs="*", default=[1.0, 4.0, 8.0])
+    parser.add_argument(
+        "--text-epsilons",
+        type=float,
+        nargs="*",
+        default=[8.0],
+        help="epsilons of the private text-SASRec (none: no text-SASRec at all)",
+    )
     parser.add_argument("--dp-epochs", type=int, default=40)
     parser.add_argument("--fraction", type=float, default=0.1, help="non-members' share")
     parser.add_argument("--threads", type=int, default=1)

@@ -214,4 +214,25 @@ def create_model(name: str, params: dict | None = None):  # -> Recommender
         return klass(**(params or {}))
     except TypeError as exc:
         valid = klass._param_names()
+        private = sorted(k for k in (params or {}) if k.startswith("dp_") and k not in valid)
+        if private:
+            raise ConfigError(
+                f"model {name!r} has no differentially private variant ({', '.join(private)} "
+                f"given); the models with one take dp_epsilon or dp_noise_multiplier: "
+                f"{', '.join(private_models())}"
+            ) from None
         raise ConfigError(f"model {name!r}: {exc}; its parameters are {sorted(valid)}") from None
+
+
+def private_models() -> list[str]:
+    """Names of the registered models with a differentially private variant (a
+    ``dp_epsilon`` parameter); models whose packages are missing are left out."""
+    names = []
+    for entry in model_entries():
+        try:
+            klass = get_model_class(entry.name)
+        except Exception:  # noqa: BLE001 - an optional package missing: not listed
+            continue
+        if "dp_epsilon" in klass._param_names():
+            names.append(entry.name)
+    return names

@@ -59,6 +59,7 @@ from recarena.models.classical.sasrec.training import EVAL_K
 logger = logging.getLogger(__name__)
 
 Loss = Literal["ce", "bce", "sampled_ce"]
+LRSchedule = Literal["constant", "cosine", "linear"]
 
 #: file holding the network weights (a state dict) next to the base class's state.pkl
 WEIGHTS_FILE = "weights.pt"
@@ -94,6 +95,18 @@ class SASRec(KeepsHistory, Recommender):
         Adam learning rate (default 1e-3; betas (0.9, 0.98) as in the paper).
     weight_decay
         Adam L2 penalty (default 0).
+    lr_schedule
+        How the learning rate moves over the epochs: ``"constant"`` (default; ``lr``
+        throughout, after any warm-up), ``"cosine"`` or ``"linear"`` (from ``lr`` after the
+        warm-up down to zero at ``decay_epochs``, set step by step). A decaying schedule
+        ends training at ``decay_epochs``; the refit trains the best epoch's count of the
+        *same* schedule (``refit_params`` passes ``decay_epochs`` on), so it retraces the
+        validation fit.
+    warmup_epochs
+        Epochs over which the rate rises linearly from near zero to ``lr`` (default 0).
+    decay_epochs
+        Length of a decaying schedule in epochs (None: ``epochs``). Ignored by
+        ``"constant"``.
     batch_size
         Users per training step (default 128).
     epochs
@@ -185,6 +198,9 @@ class SASRec(KeepsHistory, Recommender):
         dp_delta: float | None = None,
         dp_noise_multiplier: float | None = None,
         dp_max_grad_norm: float = 1.0,
+        lr_schedule: LRSchedule = "constant",
+        warmup_epochs: int = 0,
+        decay_epochs: int | None = None,
     ) -> None:
         self.max_len = max_len
         self.hidden = hidden
@@ -209,6 +225,9 @@ class SASRec(KeepsHistory, Recommender):
         self.dp_delta = dp_delta
         self.dp_noise_multiplier = dp_noise_multiplier
         self.dp_max_grad_norm = dp_max_grad_norm
+        self.lr_schedule = lr_schedule
+        self.warmup_epochs = warmup_epochs
+        self.decay_epochs = decay_epochs
 
     # ------------------------------------------------------------------ fitting
     def check_params(self) -> None:
@@ -252,6 +271,39 @@ class SASRec(KeepsHistory, Recommender):
             self, "loss", self.loss in ("ce", "bce", "sampled_ce"), "'ce', 'bce' or 'sampled_ce'"
         )
         self._check_dp_params()
+        self._check_schedule_params()
+
+    def _check_schedule_params(self) -> None:
+        schedule = self._lr_schedule()
+        require_param(
+            self,
+            "lr_schedule",
+            schedule.kind in ("constant", "cosine", "linear"),
+            "'constant', 'cosine' or 'linear'",
+        )
+        require_param(
+            self,
+            "warmup_epochs",
+            is_integer(schedule.warmup_epochs) and schedule.warmup_epochs >= 0,
+            "an integer >= 0",
+        )
+        decay = vars(self).get("decay_epochs")
+        require_param(
+            self,
+            "decay_epochs",
+            decay is None or (is_integer(decay) and decay > schedule.warmup_epochs),
+            f"None or an integer above warmup_epochs ({schedule.warmup_epochs})",
+        )
+
+    def _lr_schedule(self) -> training.LRScheduleSpec:
+        """The learning-rate schedule of this fit (constant for a model saved before
+        schedules existed)."""
+        state = vars(self)
+        return training.LRScheduleSpec(
+            kind=state.get("lr_schedule", "constant"),
+            warmup_epochs=state.get("warmup_epochs", 0),
+            decay_epochs=state.get("decay_epochs") or self.epochs,
+        )
 
     def _check_dp_params(self) -> None:
         from recarena.privacy.dp import dp_problems
@@ -277,8 +329,9 @@ class SASRec(KeepsHistory, Recommender):
         self._keep_history(data)
         # training reads one more item: inputs are items [0, n-1), targets items [1, n)
         train = shifted_history(data.sequences, self.max_len + 1)
+        lr_schedule = self._lr_schedule()
         schedule = training.Schedule(
-            epochs=self.epochs,
+            epochs=lr_schedule.last_epoch(self.epochs),
             eval_every=self.eval_every,
             patience=self.patience,
             patience_steps=self.patience_steps,
@@ -292,6 +345,7 @@ class SASRec(KeepsHistory, Recommender):
                 net.parameters(), lr=self.lr, betas=(0.9, 0.98), weight_decay=self.weight_decay
             )
             self._prepare_training(net, optimizer)
+            self._lr_at = lr_schedule.factor if lr_schedule.moves() else None
             self._dp_trainer = None
             if self._private():
                 self._dp_trainer = training.private_trainer(
@@ -307,7 +361,7 @@ class SASRec(KeepsHistory, Recommender):
         net.eval()
         if self._dp_trainer is not None:
             self.dp_ = self._dp_trainer.record().as_dict()
-        del self._dp_trainer
+        del self._dp_trainer, self._lr_at
         if checkpoint is not None:
             checkpoint.remove()
 
@@ -368,11 +422,15 @@ class SASRec(KeepsHistory, Recommender):
     ) -> float:
         """One pass over ``order`` (user ids); returns the mean loss per position. A private
         fit draws its own Poisson-sampled batches from the same users instead."""
+        lr_at = vars(self).get("_lr_at")
+        set_lr = None if lr_at is None else training.LRSetter(optimizer, lr_at, self._epoch)
         if vars(self).get("_dp_trainer") is not None:
-            return training.private_epoch(self._dp_trainer, train, order)
+            return training.private_epoch(self._dp_trainer, train, order, set_lr)
         loss = functools.partial(training.next_item_loss, self.loss, self.n_negatives)
         autocast = functools.partial(training.autocast, mixed_precision=self.mixed_precision)
-        return training.train_epoch(net, optimizer, train, order, self.batch_size, loss, autocast)
+        return training.train_epoch(
+            net, optimizer, train, order, self.batch_size, loss, autocast, set_lr
+        )
 
     @torch.inference_mode()
     def _validation_ndcg(
@@ -385,8 +443,14 @@ class SASRec(KeepsHistory, Recommender):
         )
 
     def refit_params(self) -> dict[str, Any]:
-        """The epochs to train on train + valid without validation: the best epoch here."""
-        return {"epochs": int(self.best_epoch_)}
+        """The epochs to train on train + valid without validation: the best epoch here;
+        with a decaying learning rate, also the schedule's length, so that the refit's
+        rates are the validation fit's."""
+        params: dict[str, Any] = {"epochs": int(self.best_epoch_)}
+        schedule = self._lr_schedule()
+        if schedule.kind != "constant":
+            params["decay_epochs"] = int(schedule.decay_epochs)
+        return params
 
     def _config(self) -> SASRecConfig:
         return SASRecConfig(

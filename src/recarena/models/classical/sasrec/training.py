@@ -59,6 +59,8 @@ logger = logging.getLogger(__name__)
 EVAL_BLOCK_CELLS = 16 << 20
 #: cut-off of the validation metric used for early stopping
 EVAL_K = 10
+#: SASRec's learning-rate schedule parameters (`LRScheduleSpec`)
+SCHEDULE_PARAMS = ("lr_schedule", "warmup_epochs", "decay_epochs")
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,54 @@ class Schedule:
     patience_steps: int
     #: users per step, which counts the steps of ``patience_steps``
     batch_size: int
+
+
+@dataclass(frozen=True)
+class LRScheduleSpec:
+    """SASRec's learning-rate schedule: a factor of ``lr`` at every point of training.
+
+    ``factor(t)`` at ``t`` epochs into training (fractional: an epoch's steps advance it
+    evenly): ``min(1, t / warmup_epochs)`` during the warm-up, then 1 (``"constant"``) or a
+    cosine or linear fall from 1 to 0 between ``warmup_epochs`` and ``decay_epochs``.
+    """
+
+    kind: str
+    warmup_epochs: int
+    decay_epochs: int
+
+    def moves(self) -> bool:
+        """Whether the rate ever differs from ``lr`` (a constant rate is never touched)."""
+        return self.kind != "constant" or self.warmup_epochs > 0
+
+    def last_epoch(self, epochs: int) -> int:
+        """The last epoch worth training: a decaying rate is zero from ``decay_epochs`` on."""
+        return epochs if self.kind == "constant" else min(epochs, self.decay_epochs)
+
+    def factor(self, t: float) -> float:
+        warm = 1.0 if self.warmup_epochs <= 0 else min(1.0, t / self.warmup_epochs)
+        if self.kind == "constant":
+            return warm
+        span = max(self.decay_epochs - self.warmup_epochs, 1e-12)
+        done = min(max((t - self.warmup_epochs) / span, 0.0), 1.0)
+        fall = 0.5 * (1.0 + math.cos(math.pi * done)) if self.kind == "cosine" else 1.0 - done
+        return warm * fall
+
+
+class LRSetter:
+    """Sets every parameter group's rate before each step of one epoch: its base rate
+    (``initial_lr``, recorded the first time a group is seen, so a checkpoint keeps it and
+    a group added later, e.g. a second training stage's, gets its own) times the schedule's
+    factor at the end of that step (the first step of a warm-up is not at rate zero)."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, factor: Callable[[float], float], epoch: int
+    ):
+        self.optimizer, self.factor, self.epoch = optimizer, factor, epoch
+
+    def __call__(self, step: int, n_steps: int) -> None:
+        value = self.factor(self.epoch - 1 + (step + 1) / max(n_steps, 1))
+        for group in self.optimizer.param_groups:
+            group["lr"] = group.setdefault("initial_lr", group["lr"]) * value
 
 
 @dataclass(frozen=True)
@@ -98,11 +148,15 @@ def checkpoint_key(
     """What a checkpoint must match to be resumed: the class, its parameters, the data.
 
     The differential-privacy parameters count only when set: a fit that is not private
-    keeps the key it had before they existed (its checkpoints still resume).
+    keeps the key it had before they existed (its checkpoints still resume); so do the
+    learning-rate schedule's at a constant rate.
     """
     dp = {k: v for k, v in params.items() if k.startswith("dp_")}
     if dp.get("dp_epsilon") is None and dp.get("dp_noise_multiplier") is None:
         params = {k: v for k, v in params.items() if not k.startswith("dp_")}
+    if params.get("lr_schedule", "constant") == "constant" and not params.get("warmup_epochs"):
+        # a constant rate keeps the key it had before schedules existed
+        params = {k: v for k, v in params.items() if k not in SCHEDULE_PARAMS}
     items = data.interactions["item"].to_numpy()
     fingerprint = {
         "class": stable_class_path(cls),
@@ -198,6 +252,7 @@ def run_epochs(
     for epoch in range(first_epoch, schedule.epochs + 1):
         if stopped:
             break
+        model._epoch = epoch  # the learning-rate schedule reads it
         loss = model._train_epoch(net, optimizer, train, rng.permutation(train_users))
         ndcg = None
         if validation is not None and (
@@ -252,14 +307,20 @@ def train_epoch(
     batch_size: int,
     loss_fn: Callable[[SASRecNetwork, torch.Tensor, torch.Tensor], torch.Tensor],
     autocast: Callable[[torch.device], contextlib.AbstractContextManager[Any]],
+    set_lr: Callable[[int, int], None] | None = None,
 ) -> float:
     """One pass over ``order`` (user ids), ``batch_size`` users a step; returns the mean
-    loss per position."""
+    loss per position. ``set_lr(step, n_steps)`` runs before each step (a schedule)."""
     device = next(net.parameters()).device
     net.train()
     total = torch.zeros((), device=device)
     count = 0
-    for inputs, targets, n in next_item_batches(train, order, batch_size, device):
+    n_steps = -(-len(order) // batch_size)
+    for step, (inputs, targets, n) in enumerate(
+        next_item_batches(train, order, batch_size, device)
+    ):
+        if set_lr is not None:
+            set_lr(step, n_steps)
         with autocast(device):
             states = net(inputs)
             keep = targets != 0
@@ -358,16 +419,23 @@ def user_sequence_loss(net: Any, inputs: torch.Tensor, targets: torch.Tensor) ->
     )
 
 
-def private_epoch(dp: Any, train: History, order: np.ndarray) -> float:
+def private_epoch(
+    dp: Any,
+    train: History,
+    order: np.ndarray,
+    set_lr: Callable[[int, int], None] | None = None,
+) -> float:
     """One epoch of DP-SGD: ``1 / q`` steps, each on the users of ``order`` drawn by
     Poisson sampling (`UserLevelDPSGD.epoch_batches`); returns the mean of the steps'
-    per-user losses (steps with no user left out)."""
+    per-user losses (steps with no user left out). ``set_lr`` as for `train_epoch`."""
     net = dp.module
     device = next(net.parameters()).device
     net.train()
     users = np.sort(order)
     losses = []
-    for picked in dp.epoch_batches():
+    for step, picked in enumerate(dp.epoch_batches()):
+        if set_lr is not None:
+            set_lr(step, dp.steps_per_epoch)
         batch = users[picked]
         seq = torch.from_numpy(train.left_padded(batch, pad=0)).to(device)
         if len(batch) == 0:

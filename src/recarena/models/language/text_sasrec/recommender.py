@@ -44,6 +44,7 @@ import torch
 
 from recarena.models.base import Recommender, TrainingData, is_integer, require_param
 from recarena.models.classical.sasrec import WEIGHTS_FILE, SASRec, SASRecNetwork
+from recarena.models.classical.sasrec.recommender import LRSchedule
 from recarena.models.language.common import cold_validation_pool
 from recarena.models.language.text_sasrec.network import (
     Adaptor,
@@ -75,7 +76,7 @@ class TextSASRec(SASRec):
         Device of the text encoding (default ``"auto"``).
     max_len, hidden, n_blocks, n_heads, dropout, loss, n_negatives, lr, weight_decay,
     batch_size, epochs, eval_every, patience, patience_steps, device, mixed_precision,
-    num_threads, eval_batch_size, seed
+    num_threads, eval_batch_size, seed, lr_schedule, warmup_epochs, decay_epochs
         As for `recarena.models.classical.sasrec.SASRec` (same defaults).
     dp_epsilon, dp_delta, dp_noise_multiplier, dp_max_grad_norm
         Differentially private training as SASRec's (`recarena.privacy.dp`): the text
@@ -135,6 +136,9 @@ class TextSASRec(SASRec):
         dp_delta: float | None = None,
         dp_noise_multiplier: float | None = None,
         dp_max_grad_norm: float = 1.0,
+        lr_schedule: LRSchedule = "constant",
+        warmup_epochs: int = 0,
+        decay_epochs: int | None = None,
     ) -> None:
         super().__init__(
             max_len=max_len,
@@ -160,6 +164,9 @@ class TextSASRec(SASRec):
             dp_delta=dp_delta,
             dp_noise_multiplier=dp_noise_multiplier,
             dp_max_grad_norm=dp_max_grad_norm,
+            lr_schedule=lr_schedule,
+            warmup_epochs=warmup_epochs,
+            decay_epochs=decay_epochs,
         )
         self.model = model
         self.pooling = pooling

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recarena._logs import quiet_libraries
 from recarena.data.dataset import Dataset
 from recarena.models.base import Recommender, TrainingData
 from recarena.models.registry import create_model
@@ -171,6 +172,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
 
     rows = run(args.datasets, args.models, _parse_overrides(args.set), args.repeats, args.cache_dir)
     table = pd.DataFrame(rows)[

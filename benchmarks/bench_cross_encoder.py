@@ -46,6 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from recarena._logs import quiet_libraries
 from recarena.config import ExperimentConfig
 from recarena.runner import run_experiment
 
@@ -298,6 +299,7 @@ def main() -> None:
     args = parser.parse_args()
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
     for noisy in ("httpx", "accelerate", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

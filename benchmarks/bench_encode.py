@@ -45,6 +45,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from recarena._logs import quiet_libraries  # noqa: E402
 from recarena.lm.encoder import ItemTextEncoder  # noqa: E402
 from recarena.lm.zoo import get_model  # noqa: E402
 
@@ -242,6 +243,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="recarena-bench-"))
     texts, source = ml1m_texts(cache)
     result: dict[str, Any] = {

@@ -32,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from recarena._logs import quiet_libraries
 from recarena.config import load_config, parse_config
 from recarena.runner import run_experiment
 
@@ -161,6 +162,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the models")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
     config = parse_config(experiment(args))
     start = time.perf_counter()
     result = run_experiment(config, cache_dir=args.cache_dir, progress=False, on_event=print)

@@ -57,6 +57,7 @@ import pandas as pd
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from recarena._logs import quiet_libraries
 from recarena.config import ExperimentConfig, load_config  # noqa: E402
 from recarena.runner import run_experiment  # noqa: E402
 
@@ -372,6 +373,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     parts = set(args.parts.split(","))

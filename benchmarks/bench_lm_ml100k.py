@@ -62,6 +62,7 @@ import numpy as np
 import pandas as pd
 
 from recarena._io import write_json
+from recarena._logs import quiet_libraries
 from recarena.cache import resolve_cache_dir
 from recarena.config import dump_config, parse_config
 from recarena.models.base import Recommender
@@ -318,6 +319,7 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
     for noisy in ("httpx", "urllib3", "filelock", "transformers", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

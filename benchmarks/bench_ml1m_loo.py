@@ -40,6 +40,7 @@ import sys
 import time
 from pathlib import Path
 
+from recarena._logs import quiet_libraries
 from recarena.config import load_config
 from recarena.runner import run_experiment
 
@@ -67,6 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     # the models' own progress (SASRec's epochs, with validation NDCG@10) on stderr
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
 
     config = load_config(args.config)
     if args.models:

@@ -43,6 +43,7 @@ from typing import Any
 
 import pandas as pd
 
+from recarena._logs import quiet_libraries
 from recarena.config import parse_config
 from recarena.privacy.audit import audit_run
 from recarena.runner import run_experiment
@@ -126,6 +127,7 @@ def main() -> None:
     if args.quick:
         args.dp_epochs = 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
     config = parse_config(experiment(args))
     if args.quick:
         config.models[2].params["epochs"] = 2

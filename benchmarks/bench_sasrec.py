@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recarena._logs import quiet_libraries
 from recarena.data.dataset import Dataset
 from recarena.metrics.ranking import ranking_metrics
 from recarena.models.base import TrainingData
@@ -175,6 +176,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
     start = time.perf_counter()
     result = run(args.dataset, _parse_params(args.set), not args.no_refit, args.cache_dir)
     result["total_s"] = time.perf_counter() - start

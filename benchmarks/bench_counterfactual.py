@@ -1,4 +1,5 @@
-"""The counterfactual gender probe of the generative ranker on MovieLens-100k, sampled-19.
+"""The counterfactual gender probe of the generative ranker (or the fine-tuned
+cross-encoder) on MovieLens-100k, sampled-19.
 
 SmolLM2-135M-Instruct, zero-shot, reads a prompt that names the user's age and gender
 (``"A 25-year-old woman watched, in order: ... The next movie they will watch is:"``,
@@ -14,9 +15,17 @@ whether naming the user changes quality at all.
 The score normalisation is the one validation chose for this decoder on this protocol
 (log-likelihood sum, prior correction .5; see the README's decoder section); no grid here.
 
+``--model cross-encoder``: the fine-tuned cross-encoder of the README's ladder (minilm-l6's
+bottom 3 layers, 20,000 training positives with 4 negatives each, one epoch, early stopping
+on validation AUC) trained with ``user_text = "A {user:age}-year-old {user:gender} who
+watched:"`` before the history, so it learns with the attribute in its input; the probe
+then swaps the gender in that text. Its NDCG@10 is that of the model with the attribute
+(the README's ladder has the one without).
+
 Usage::
 
     python benchmarks/bench_counterfactual.py --output-dir /tmp/bench-cf --threads 1
+    python benchmarks/bench_counterfactual.py --model cross-encoder --threads 1
     python benchmarks/bench_counterfactual.py --users 20     # pipeline check
 """
 
@@ -41,6 +50,11 @@ ATTRIBUTE_PROMPT = (
     "The next movie they will watch is:"
 )
 WORDS = {"gender": {"M": "man", "F": "woman"}}
+#: the cross-encoder's text about the user, before its history
+USER_TEXT = "A {user:age}-year-old {user:gender} who watched:"
+#: the cross-encoder of the README's sanity ladder (bench_cross_encoder.py --num-layers 3
+#: --epochs 1), with its default budget of 30 minutes
+CROSS_ENCODER = dict(model="minilm-l6", num_layers=3, epochs=1, max_train_seconds=1800)
 
 
 def main() -> None:
@@ -49,6 +63,13 @@ def main() -> None:
     parser.add_argument("--output-dir", default="runs/bench_counterfactual")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", choices=["generative", "cross-encoder"], default="generative")
+    parser.add_argument(
+        "--budget-seconds",
+        type=float,
+        default=1800.0,
+        help="the cross-encoder's training budget (max_train_seconds)",
+    )
     parser.add_argument(
         "--probe-only",
         action="store_true",
@@ -89,6 +110,9 @@ def main() -> None:
                 [genre in (gs if isinstance(gs, list) else []) for gs in genres]
             )
     data = runner.training_data("test")
+    if args.model == "cross-encoder":
+        probe_cross_encoder(args, runner, users, candidates, positive, groups, out_dir)
+        return
     common = dict(
         model="smollm2-135m-instruct",
         length_norm="sum",
@@ -124,7 +148,70 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "counterfactual.json").write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps({k: v for k, v in result.items() if k != "probe"}, indent=2, default=str))
-    p = probe
+    _print_probe(probe)
+
+
+def probe_cross_encoder(
+    args: argparse.Namespace,
+    runner: ExperimentRunner,
+    users: np.ndarray,
+    candidates: np.ndarray,
+    positive: np.ndarray,
+    groups: dict[str, np.ndarray],
+    out_dir: Path,
+) -> None:
+    """Train the cross-encoder with the user's age and gender in its input (on the
+    training data, early stopping on the validation item, as the runner's tuning fit with
+    ``refit = false``), then probe it."""
+    from recarena.models.language.cross_encoder import CrossEncoderRecommender
+
+    start = time.perf_counter()
+    model = CrossEncoderRecommender(
+        **{**CROSS_ENCODER, "max_train_seconds": args.budget_seconds},
+        user_text=USER_TEXT,
+        user_values=WORDS,
+        num_threads=args.threads,
+        progress=False,
+    ).fit(runner.training_data("valid"), valid=runner.split.valid)
+    # as the runner tests a model that is not refit: histories that hold the validation
+    # interactions, with what it learned on train
+    model.update_history(runner.training_data("test"))
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    probe = counterfactual_probe(
+        model,
+        users,
+        candidates,
+        "gender",
+        {"M": "F", "F": "M"},
+        k=10,
+        positive=positive,
+        item_groups=groups,
+    )
+    result = {
+        "users": int(len(users)),
+        "model": "cross-encoder",
+        "user_text": USER_TEXT,
+        "params": model.get_params(),
+        "fit_seconds": fit_seconds,
+        "probe_seconds": time.perf_counter() - start,
+        "best_valid_auc": model.best_valid_auc_,
+        "best_step": model.best_step_,
+        "training_log": model.training_log_,
+        "probe": probe,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "counterfactual-cross-encoder.json").write_text(
+        json.dumps(result, indent=2, default=str)
+    )
+    print(
+        f"cross-encoder with {USER_TEXT!r}: fit {fit_seconds:.0f} s, best validation AUC "
+        f"{model.best_valid_auc_:.3f} at step {model.best_step_}"
+    )
+    _print_probe(probe)
+
+
+def _print_probe(p: dict) -> None:
     print(
         f"gender swap, {p['n_users']} users: overlap@10 {p['overlap_at_k']['mean']:.3f} "
         f"[{p['overlap_at_k']['ci_low']:.3f}, {p['overlap_at_k']['ci_high']:.3f}], "

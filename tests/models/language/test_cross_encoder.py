@@ -526,3 +526,48 @@ def test_minilm_l6_climbs_the_ladder(minilm_cache: Path):
     aucs = ladder_aucs(make, dataset, cache_dir=minilm_cache)
     assert aucs["without history"] >= aucs["popularity"] - LADDER_TOLERANCE, aucs
     assert aucs["with history"] > aucs["without history"] + 0.05, aucs
+
+
+def _data_with_genders() -> tuple[TrainingData, pd.DataFrame]:
+    data, valid = _small_data()
+    genders = ["F" if u % 3 else "M" for u in range(data.n_users)]
+    data.users = pd.DataFrame({"user": np.arange(data.n_users), "gender": genders})
+    return data, valid
+
+
+def test_user_text_goes_before_the_history_and_is_swapped_by_the_probe(tiny_bert_dir: Path):
+    """``user_text`` names a user column: its words come first on the user's side of every
+    pair (training, validation, scoring), and the counterfactual probe sees the model read
+    it; without it the pairs are the ones the model always built."""
+    from recarena.metrics.counterfactual import counterfactual_probe, reads_attribute
+
+    data, valid = _data_with_genders()
+    params = {**QUICK, "max_train_pairs": 40, "batch_size": 4}
+    model = _model(
+        tiny_bert_dir,
+        user_text="a {user:gender} who liked:",
+        user_values={"gender": {"F": "woman", "M": "man"}},
+        **params,
+    ).fit(data, valid=valid)
+    tok = model.tokenizer_
+    enc = model._pair_encoder()
+    ids, _ = enc.pair(enc.history(model._history_of(1), model._user_tokens(1)), 5)
+    user_side = tok.decode(ids[ids.index(tok.sep_token_id) + 1 :], skip_special_tokens=True)
+    assert user_side.startswith("a woman who liked :") or user_side.startswith("a woman who liked:")
+    assert tok.decode(model._user_tokens(0)).startswith("a man")
+    assert reads_attribute(model, "gender")
+    users = np.arange(12)
+    cands = np.tile(np.arange(10), (12, 1))
+    before = model.score(users, cands)
+    probe = counterfactual_probe(
+        model, users, cands, "gender", {"F": "M", "M": "F"}, k=5, n_boot=20
+    )
+    assert not probe.get("invariant") and probe["n_users"] == 12
+    np.testing.assert_array_equal(model.score(users, cands), before)  # restored after
+    plain = _model(tiny_bert_dir, **params).fit(data, valid=valid)
+    assert plain._user_tokens(1) == [] and not reads_attribute(plain, "gender")
+    assert counterfactual_probe(plain, users, cands, "gender", {"F": "M"}, n_boot=20)["invariant"]
+    with pytest.raises(ValueError, match=r"lacks; it has \['gender'\]"):
+        _model(tiny_bert_dir, user_text="{user:age}:", **params).fit(data, valid=valid)
+    with pytest.raises(ValueError, match="user_values must map"):
+        _model(tiny_bert_dir, user_values={"gender": "woman"}).check_params()

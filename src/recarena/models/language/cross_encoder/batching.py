@@ -5,7 +5,7 @@ positives and negatives (`sample_positives`, `sample_negatives`) in token batche
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,13 +141,14 @@ class PairEncoder:
         self.pad_id = int(pad_id)
         self.use_type_ids = use_type_ids
 
-    def history(self, items_newest_first: Sequence[int]) -> list[int]:
-        """History tokens: item texts newest first, joined by the separator.
+    def history(self, items_newest_first: Sequence[int], prefix: Sequence[int] = ()) -> list[int]:
+        """History tokens: ``prefix`` (text about the user, kept whole), then the item texts
+        newest first, joined by the separator.
 
         Stops once no pair could hold more (the exact cut depends on the candidate and is
         made in `pair`).
         """
-        out: list[int] = []
+        out: list[int] = list(prefix)
         for n, item in enumerate(items_newest_first):
             if n:
                 out.extend(self.separator)
@@ -331,6 +332,7 @@ def training_loader(
     n_negatives: int,
     batch_size: int,
     seed: int,
+    prefix_of: Callable[[int], list[int]] | None = None,
 ) -> Any:
     """Shuffled batches of ``batch_size`` positives, each with ``n_negatives`` negatives.
 
@@ -339,7 +341,8 @@ def training_loader(
     user who has every item has no negative: the positive stands in, masked out of the
     loss). Negatives are drawn as batches are built, afresh each epoch, from a generator of
     their own (seeded by ``seed``): the data order (the loader's generator, seeded by
-    ``seed`` too) does not depend on them.
+    ``seed`` too) does not depend on them. ``prefix_of(user)``: the tokens put before a
+    user's history (`PairEncoder.history`).
     """
     import torch
 
@@ -353,7 +356,7 @@ def training_loader(
         rows = []
         for r, e in enumerate(idx):
             hist = positives.flat_items[positives.start[e] : positives.stop[e]][::-1]
-            tokens = encoder.history(hist)
+            tokens = encoder.history(hist, prefix_of(int(users[r])) if prefix_of else ())
             # a user who has every item has no negative (-1): the positive stands in,
             # masked out of the loss
             rows.extend(encoder.pair(tokens, int(max(i, items[r, 0]))) for i in items[r])

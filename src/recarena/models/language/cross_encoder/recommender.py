@@ -54,6 +54,7 @@ from recarena.models.language.cross_encoder.batching import (
     sample_positives,
     training_loader,
 )
+from recarena.models.language.user_text import fill_user_fields, user_attributes
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,16 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         Most recent training items of the user in the history text (default 5; 0: no
         history, the candidate alone: the model can then only learn what an item's text
         says about its popularity, the first rung of the sanity ladder).
+    user_text
+        Text about the user put before the history (default None: none), naming columns of
+        the data's user table as ``{user:COLUMN}``: ``"A {user:age}-year-old {user:gender}
+        who watched:"``. The model then trains and scores with it, and
+        `recarena.metrics.counterfactual` can swap the attribute (a probe of whether the
+        fine-tuned matcher treats people differently). It is never cut: a long one leaves
+        less room for the history.
+    user_values
+        Words for the user table's values in ``user_text``, per column: ``{"gender": {"M":
+        "man", "F": "woman"}}``; a value without a word is written as it is.
     max_length
         Most tokens in a (candidate, history) pair (default 64; capped at the model's limit).
     separator
@@ -186,6 +197,8 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         model: str = "minilm-l6",
         pooling: str = "auto",
         history_len: int = 5,
+        user_text: str | None = None,
+        user_values: dict[str, dict[str, str]] | None = None,
         max_length: int = 64,
         separator: str = " | ",
         n_negatives: int = 4,
@@ -217,6 +230,8 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         self.model = model
         self.pooling = pooling
         self.history_len = history_len
+        self.user_text = user_text
+        self.user_values = user_values
         self.max_length = max_length
         self.separator = separator
         self.n_negatives = n_negatives
@@ -261,6 +276,16 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.history_len is None or self.history_len < 0:
             raise ValueError(f"history_len must be 0 or more, got {self.history_len}")
+        if self.user_text is not None and not isinstance(self.user_text, str):
+            raise ValueError(f"user_text must be text or None, got {self.user_text!r}")
+        if self.user_values is not None and not (
+            isinstance(self.user_values, dict)
+            and all(isinstance(v, dict) for v in self.user_values.values())
+        ):
+            raise ValueError(
+                "user_values must map a user column to {value: word}, e.g. "
+                f'{{"gender": {{"M": "man", "F": "woman"}}}}; got {self.user_values!r}'
+            )
         optional = ("max_train_pairs", "max_steps", "eval_every", "max_valid_users", "patience")
         for name in (*optional, "num_layers"):
             value = getattr(self, name)
@@ -300,6 +325,7 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
             self.encoder_parameters_ = sum(p.numel() for p in network.encoder.parameters())
             encoder = self._build_encoder(self.tokenizer_, network.encoder.config, data.item_text)
             self._keep_history(data)
+            self.user_attributes_ = user_attributes(self.user_text or "", data)
             positives = sample_positives(
                 data.sequences,
                 history_len=self.history_len,
@@ -317,6 +343,7 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
                 n_negatives=self.n_negatives,
                 batch_size=self.batch_size,
                 seed=self.seed,
+                prefix_of=self._user_tokens,
             )
             evaluate = None
             if validation is not None:
@@ -386,6 +413,7 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
             encoder,
             rng,
             history_of=self._history_of,
+            prefix_of=self._user_tokens,
             max_users=self.max_valid_users,
             n_negatives=self.n_valid_negatives,
         )
@@ -411,6 +439,16 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
     def _history_of(self, user: int) -> np.ndarray:
         """The user's last ``history_len`` training items, newest first."""
         return self._kept_history().row(user)[::-1]
+
+    def _user_tokens(self, user: int) -> list[int]:
+        """Token ids of ``user_text`` for ``user`` (none without it), read from
+        ``user_attributes_`` at every call, so a swapped attribute is seen."""
+        template = vars(self).get("user_text")
+        if not template:
+            return []
+        attributes = vars(self).get("user_attributes_") or {}
+        text = fill_user_fields(template, attributes, self.user_values, int(user)).strip()
+        return list(self.tokenizer_(text, add_special_tokens=False)["input_ids"])
 
     def _pair_encoder(self) -> PairEncoder:
         encoder = getattr(self, "_encoder", None)
@@ -458,7 +496,9 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
                 rows = []
                 for user, cands in zip(users[chunk].tolist(), items[chunk], strict=True):
                     if user not in history:
-                        history[user] = encoder.history(self._history_of(user))
+                        history[user] = encoder.history(
+                            self._history_of(user), self._user_tokens(user)
+                        )
                     rows.extend(encoder.pair(history[user], int(c)) for c in cands)
                 if rows:
                     logits = self._predict(self.network_, encoder, rows)

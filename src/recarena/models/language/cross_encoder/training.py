@@ -114,6 +114,7 @@ def validation_set(
     rng: np.random.Generator,
     *,
     history_of: Callable[[int], np.ndarray],
+    prefix_of: Callable[[int], list[int]] | None = None,
     max_users: int | None,
     n_negatives: int,
 ) -> tuple[Rows, np.ndarray] | None:
@@ -121,7 +122,8 @@ def validation_set(
 
     At most ``max_users`` users (drawn from ``rng``), each with ``n_negatives`` items they
     never interacted with (training or validation), all with the user's history
-    (``history_of(user)``: item ids, newest first). None without validation data.
+    (``history_of(user)``: item ids, newest first; ``prefix_of(user)``: the tokens before
+    it, `PairEncoder.history`). None without validation data.
     """
     if valid is None or len(valid) == 0:
         return None
@@ -136,7 +138,8 @@ def validation_set(
     rows: Rows = []
     labels: list[int] = []
     for r, user in enumerate(users):
-        history = encoder.history(history_of(int(user)))
+        prefix = prefix_of(int(user)) if prefix_of is not None else ()
+        history = encoder.history(history_of(int(user)), prefix)
         positives = held.indices[held.indptr[user] : held.indptr[user + 1]]
         for item, label in [(p, 1) for p in positives] + [(n, 0) for n in negatives[r] if n >= 0]:
             rows.append(encoder.pair(history, int(item)))

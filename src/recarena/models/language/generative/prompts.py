@@ -34,12 +34,19 @@ User attributes
 from __future__ import annotations
 
 import re
-from typing import Any
 
 import numpy as np
 
 from recarena.models._history import History
 from recarena.models.base import TrainingData
+from recarena.models.language.user_text import (
+    USER_FIELD,
+    clean_text,
+    fill_user_fields,
+    user_attributes,
+)
+
+__all__ = ["USER_FIELD", "PromptIds", "clean_text", "item_texts", "user_attributes"]
 
 #: prompt of plain (non-chat) use; ``{history}`` is the user's titles joined by ``history_sep``
 DEFAULT_PROMPT = "A user watched, in order: {history}. The next movie they will watch is:"
@@ -55,43 +62,6 @@ _TRAILING_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
 _TRAILING_ARTICLE = re.compile(r"^(?P<main>.+?), (?P<article>The|A|An)(?P<rest>\s*\(.*\))?$")
 #: what ``{history}`` becomes for a user without history
 EMPTY_HISTORY = "nothing yet"
-#: a user attribute in a prompt template: ``{user:gender}``
-USER_FIELD = re.compile(r"\{user:([^{}]+)\}")
-
-
-def user_attributes(template: str, data: TrainingData) -> dict[str, list[str]]:
-    """The user-table columns ``template`` names (``{user:COLUMN}``), as text per user id.
-
-    Raises
-    ------
-    ValueError
-        The template names a column and the data has no user table, or not that column
-        (the message lists the columns there are).
-    """
-    columns = list(dict.fromkeys(USER_FIELD.findall(template)))
-    if not columns:
-        return {}
-    users = data.users
-    if users is None or len(users) == 0:
-        raise ValueError(
-            f"the prompt names user columns {columns} but the data has no user table "
-            "([data] users_path, or a data set with user attributes such as ml-100k)"
-        )
-    missing = [c for c in columns if c not in users.columns]
-    if missing:
-        raise ValueError(
-            f"the prompt names user columns {missing} that the user table lacks; it has "
-            f"{[c for c in users.columns if c != 'user']}"
-        )
-    ids = users["user"].to_numpy() if "user" in users.columns else np.arange(len(users))
-    out = {}
-    for column in columns:
-        text = [""] * data.n_users
-        for user, value in zip(ids.tolist(), users[column].tolist(), strict=True):
-            if 0 <= int(user) < data.n_users:
-                text[int(user)] = clean_text(value)
-        out[column] = text
-    return out
 
 
 def item_texts(
@@ -112,13 +82,6 @@ def item_texts(
     if article_first:
         texts = [_TRAILING_ARTICLE.sub(r"\g<article> \g<main>\g<rest>", t) for t in texts]
     return texts
-
-
-def clean_text(value: Any) -> str:
-    """``value`` as one line of single-spaced text ("" for None or NaN)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return ""
-    return " ".join(str(value).split())
 
 
 class PromptIds:
@@ -147,9 +110,7 @@ class PromptIds:
     def _render(self, titles: list[str], user: int | None = None) -> list[int]:
         history = self.history_sep.join(titles) if titles else EMPTY_HISTORY
         text = self._prompt_template().replace("{history}", history)
-        if "{user:" in text:
-            text = USER_FIELD.sub(lambda m: self._user_word(m.group(1), user), text)
-            text = re.sub(r"(?<=\S)  +(?=\S)", " ", text)  # an empty value's double space
+        text = fill_user_fields(text, getattr(self, "user_attributes_", {}), self.user_values, user)
         tok = self._tokenizer
         if self.chat_template:
             text = tok.apply_chat_template(
@@ -157,14 +118,6 @@ class PromptIds:
             )
             return list(tok(text, add_special_tokens=False)["input_ids"])
         return list(tok(text)["input_ids"])
-
-    def _user_word(self, column: str, user: int | None) -> str:
-        """User ``user``'s value of ``column`` as the prompt writes it ("" without a user)."""
-        if user is None:
-            return ""
-        value = getattr(self, "user_attributes_", {}).get(column, [""] * (user + 1))[user]
-        words = (self.user_values or {}).get(column, {})
-        return str(words.get(value, value))
 
     def _prompt_ids(self, history: np.ndarray, user: int | None = None) -> list[int]:
         """Token ids of the prompt for a history (item ids, oldest first) of ``user``

@@ -9,7 +9,11 @@ at rate ``batch_size / n_users``, each user's gradient clipped to norm 1; see
 `recarena.privacy.dp`). The language-model family enters as the text-SASRec with ID
 embeddings (frozen minilm-l6 item vectors inside SASRec), without DP and with DP-SGD at each
 ``--text-epsilons`` (default 8): the pretrained encoder and the item texts are public, and
-the users' sequences are protected exactly as SASRec's. The SASRec-based models share one
+the users' sequences are protected exactly as SASRec's. The jointly trained family enters
+as the two-tower (LoRA on minilm-l6's top two layers, at its CPU defaults), without DP and
+with user-level DP-SGD at each ``--tower-epsilons`` (default 8; `recarena.models.language
+.two_tower.private`: uniform negatives instead of in-batch ones, over its 10-epoch budget).
+The SASRec-based models share one
 budget: ``max_len`` 50, patience 3 (with ``patience_steps``), at most ``--dp-epochs``
 epochs for the private ones (the noise is calibrated to that budget; early stopping can
 only spend less). The private EASE at each
@@ -87,6 +91,21 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
                     "params": {**text, "epochs": args.dp_epochs, "dp_epsilon": eps},
                 }
             )
+    if args.tower_epsilons:
+        # the jointly trained language model: the two-tower (LoRA on minilm-l6's top two
+        # layers, ID embeddings, attention pooling) at its CPU defaults, without DP and
+        # with user-level DP-SGD (uniform negatives instead of in-batch ones)
+        tower = {"model": "minilm-l6", "num_threads": args.threads}
+        models.append({"name": "lm-two-tower", "grid": {}, "params": tower})
+        for eps in args.tower_epsilons:
+            models.append(
+                {
+                    "name": "lm-two-tower",
+                    "label": f"lm-two-tower-dp-eps{eps:g}",
+                    "grid": {},
+                    "params": {**tower, "dp_epsilon": eps},
+                }
+            )
     for eps in args.ease_epsilons:
         models.append(
             {
@@ -118,6 +137,13 @@ def main() -> None:
         nargs="*",
         default=[8.0],
         help="epsilons of the private text-SASRec (none: no text-SASRec at all)",
+    )
+    parser.add_argument(
+        "--tower-epsilons",
+        type=float,
+        nargs="*",
+        default=[8.0],
+        help="epsilons of the private two-tower (none: no two-tower at all)",
     )
     parser.add_argument("--dp-epochs", type=int, default=40)
     parser.add_argument("--fraction", type=float, default=0.1, help="non-members' share")

@@ -61,6 +61,26 @@ def test_each_users_gradient_is_clipped_then_averaged():
         assert torch.allclose(step, expected[n] / trainer.expected_batch_size, atol=1e-6)
 
 
+def test_user_by_user_gradients_step_as_the_vmapped_ones():
+    """`step_each` (one user's loss differentiated at a time) clips, noises and counts
+    exactly as `step` does: the same weights after a step with the same seed."""
+    torch.manual_seed(0)
+    x = torch.randn(10, 4, 3) * 5
+    y = torch.randn(10, 4)
+    start = nn.Linear(3, 1)
+    nets = [nn.Linear(3, 1) for _ in range(2)]
+    for net in nets:
+        net.load_state_dict(start.state_dict())
+    vmapped, looped = (_trainer(net, noise_multiplier=0.7) for net in nets)
+    vmapped.step(_loss, (x, y))
+    looped.step_each(lambda u: _loss(nets[1], x[u : u + 1], y[u : u + 1]), 10)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert looped.steps == 1 and looped.epsilon() == vmapped.epsilon()
+    assert math.isnan(looped.step_each(lambda u: _loss(nets[1], x, y), 0))  # noise alone
+    assert looped.steps == 2
+
+
 def test_the_recorded_epsilon_is_the_accountants_for_the_steps_taken():
     net = nn.Linear(3, 1)
     trainer = _trainer(net, noise_multiplier=1.3)

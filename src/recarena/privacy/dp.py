@@ -199,6 +199,32 @@ class UserLevelDPSGD:
         self.steps += 1
         return mean_loss
 
+    def step_each(self, loss_of: Callable[[int], torch.Tensor], n: int) -> float:
+        """One private step where ``loss_of(i)`` is the loss of the batch's ``i``-th user,
+        differentiated user by user (for a network that `step`'s ``vmap`` cannot run, e.g.
+        one that encodes text through cached layers). The same clipping, noise and
+        accounting as `step`; returns the mean loss (NaN when the batch is empty)."""
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        samples: list[list[torch.Tensor]] = [[] for _ in params]
+        losses = []
+        for i in range(n):
+            loss = loss_of(i)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            for rows, g, p in zip(samples, grads, params, strict=True):
+                rows.append(torch.zeros_like(p) if g is None else g.detach())
+            losses.append(float(loss.detach()))
+        for p, rows in zip(params, samples, strict=True):
+            p.grad_sample = (
+                torch.stack(rows)
+                if rows
+                else torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+            )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
+        self.steps += 1
+        return float(np.mean(losses)) if losses else math.nan
+
     def epsilon(self) -> float:
         """The epsilon spent so far, for this training's ``delta`` (Opacus's RDP accountant)."""
         if self.steps == 0:

@@ -471,3 +471,42 @@ def test_top_layers_over_cached_states_equal_the_full_encoder(tiny_bert_dir: Pat
     encoder.encode(rows).sum().backward()
     grads = {n for n, p in lm.named_parameters() if p.grad is not None}
     assert grads and all("layer.1." in n and "lora_" in n for n in grads)
+
+
+def test_a_private_two_tower_spends_what_the_accountant_says(tiny_bert_dir: Path, planted_dataset):
+    """User-level DP-SGD (`private`): the epsilon recorded is the RDP accountant's for the
+    steps taken at the sampling rate, per epoch in the log too; no ID embedding is masked
+    (which items were trained on is the users' data); the refit gets the kept epochs."""
+    pytest.importorskip("opacus")
+    from opacus.accountants import RDPAccountant
+
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    data.item_text = ["an item"] * data.n_items  # step 0 knows nothing: training must learn
+    model = tiny(tiny_bert_dir, epochs=3, patience=3, dp_noise_multiplier=0.3, dp_max_grad_norm=5.0)
+    model.fit(data, valid=split.valid)
+    record = model.dp_
+    accountant = RDPAccountant()
+    for _ in range(record["steps"]):
+        accountant.step(noise_multiplier=0.3, sample_rate=record["sample_rate"])
+    assert record["epsilon_spent"] == pytest.approx(accountant.get_epsilon(record["delta"]))
+    n_users = int((np.array([len(s) for s in data.sequences]) >= 2).sum())
+    assert record["n_users"] == n_users and record["sample_rate"] == pytest.approx(32 / n_users)
+    assert record["steps"] == 3 * round(n_users / 32)
+    epsilons = [row["epsilon"] for row in model.training_log_ if row["epoch"] >= 1]
+    assert epsilons == sorted(epsilons) and epsilons[-1] == pytest.approx(record["epsilon_spent"])
+    assert model.heads_.id_mask.min().item() == 1.0
+    assert model.cost_record()["dp"]["epsilon_spent"] == record["epsilon_spent"]
+    ndcg = [row["valid_ndcg@10"] for row in model.training_log_]
+    assert model.best_valid_ndcg_ == max(ndcg) and model.best_epoch_ >= 1, ndcg
+    assert model.refit_params()["epochs"] == model.best_epoch_
+    users = np.arange(data.n_users)
+    assert np.isfinite(model.score(users)).all()
+
+
+def test_private_two_tower_parameters_are_checked(tiny_bert_dir: Path):
+    with pytest.raises(ValueError, match="not both"):
+        tiny(tiny_bert_dir, dp_epsilon=8.0, dp_noise_multiplier=1.0).check_params()
+    with pytest.raises(ValueError, match="history_grad must be False"):
+        tiny(tiny_bert_dir, dp_epsilon=8.0, history_grad=True).check_params()
+    tiny(tiny_bert_dir, dp_epsilon=8.0).check_params()

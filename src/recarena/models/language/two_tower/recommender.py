@@ -160,6 +160,16 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
     seed
         Seeds the LoRA initialisation, dropout and the pairs drawn: on CPU, the same seed
         gives the same scores.
+    dp_epsilon, dp_delta
+        Train with differential privacy for this target (epsilon, delta) over the
+        ``epochs`` budget (None: not private; ``dp_delta`` defaults to ``1 / n_users**1.1``):
+        user-level DP-SGD through Opacus, each step's users Poisson-sampled at rate
+        ``batch_size / n_users``, each ranking one of their next items against uniformly
+        drawn negatives instead of the batch's (see `private`). ``history_grad`` must be off.
+    dp_noise_multiplier
+        Or the noise multiplier itself (not both); the spent epsilon is still recorded.
+    dp_max_grad_norm
+        Clipping norm of one user's gradient (default 1.0).
 
     Attributes
     ----------
@@ -176,6 +186,9 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         began) and ``encode_seconds`` (the catalog encoding after the epoch).
     lm_
         The trained encoder (a peft model with ``tuning="lora"``).
+    dp_
+        A private fit's record (`recarena.privacy.dp.DPRecord`): epsilon spent, delta,
+        noise multiplier, clipping norm, sampling rate, steps.
     heads_
         `TowerHeads`: the ID embeddings and the user pooling.
     """
@@ -192,6 +205,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
     history_length_param = "history_len_"
     scores_full_catalog = True
     param_grid = {"temperature": [0.05, 0.1]}
+    cost_attributes = (*Recommender.cost_attributes, "dp_")
 
     def __init__(
         self,
@@ -227,6 +241,10 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         mixed_precision: bool = True,
         num_threads: int | None = None,
         seed: int = 0,
+        dp_epsilon: float | None = None,
+        dp_delta: float | None = None,
+        dp_noise_multiplier: float | None = None,
+        dp_max_grad_norm: float = 1.0,
     ) -> None:
         self.model = model
         self.tuning = tuning
@@ -259,6 +277,10 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
         self.mixed_precision = mixed_precision
         self.num_threads = num_threads
         self.seed = seed
+        self.dp_epsilon = dp_epsilon
+        self.dp_delta = dp_delta
+        self.dp_noise_multiplier = dp_noise_multiplier
+        self.dp_max_grad_norm = dp_max_grad_norm
 
     # ------------------------------------------------------------------ fitting
     def check_params(self) -> None:
@@ -276,6 +298,22 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if "{text}" not in self.prompt:
             raise ValueError(f"prompt {self.prompt!r} must contain {{text}}")
+        from recarena.privacy.params import dp_problems
+
+        problems = dp_problems(
+            self.dp_epsilon, self.dp_delta, self.dp_noise_multiplier, self.dp_max_grad_norm
+        )
+        if problems:
+            raise ValueError("two-tower differential privacy: " + "; ".join(problems))
+        if self._private() and self.history_grad:
+            raise ValueError(
+                "history_grad must be False for a private fit: histories read the catalog table"
+            )
+
+    def _private(self) -> bool:
+        """Whether this fit is differentially private (False for a model saved before)."""
+        state = vars(self)
+        return state.get("dp_epsilon") is not None or state.get("dp_noise_multiplier") is not None
 
     def _update_history(self, data: TrainingData) -> None:
         if not hasattr(self, "history_len_"):  # saved before the warm start was tuned
@@ -319,7 +357,10 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
             self.token_length_ = min(self.max_length, loaded.max_positions or self.max_length)
             texts = [self.prompt.replace("{text}", t) for t in data.item_text]
             tokens = ItemTokens.from_texts(self.tokenizer_, texts, self.token_length_)
-            net = build_network(loaded, tokens, self._heads, self.item_has_id_, params)
+            # which items have training interactions depends on the users' data: a private
+            # fit masks no ID embedding
+            has_id = np.ones_like(self.item_has_id_) if self._private() else self.item_has_id_
+            net = build_network(loaded, tokens, self._heads, has_id, params)
             net = net.to(accelerator.device)
             self.n_parameters_ = (
                 sum(p.numel() for p in net.parameters()),
@@ -329,8 +370,21 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
             # filled as training measures: step 0 is in it before the first epoch
             self.training_log_: list[dict[str, Any]] = []
             measure, log = self._validation_ndcg, self.training_log_
-            trained = train(accelerator, net, data, pairs, table, valid, params, measure, log)
-            net, table, self.best_epoch_, self.best_valid_ndcg_ = trained
+            if self._private():
+                from recarena.models.language.two_tower.private import train_private
+
+                dp = {
+                    "epsilon": self.dp_epsilon,
+                    "delta": self.dp_delta,
+                    "noise_multiplier": self.dp_noise_multiplier,
+                    "max_grad_norm": self.dp_max_grad_norm,
+                }
+                net = net.cpu()  # per-user gradients, one user at a time
+                private = train_private(net, data, table, valid, params, dp, measure, log)
+                net, table, self.best_epoch_, self.best_valid_ndcg_, self.dp_ = private
+            else:
+                trained = train(accelerator, net, data, pairs, table, valid, params, measure, log)
+                net, table, self.best_epoch_, self.best_valid_ndcg_ = trained
             self.lm_, self.heads_ = net.lm, net.heads
             self.item_vectors_ = self._item_table(table)
             # scoring runs on the CPU, from the catalog vectors; the encoder stays where it is

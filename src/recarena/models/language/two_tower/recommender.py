@@ -380,6 +380,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
                     "max_grad_norm": self.dp_max_grad_norm,
                 }
                 net = net.cpu()  # per-user gradients, one user at a time
+                self.device_ = "cpu"
                 private = train_private(net, data, table, valid, params, dp, measure, log)
                 net, table, self.best_epoch_, self.best_valid_ndcg_, self.dp_ = private
             else:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recarena._logs import quiet_libraries
 from recarena.cache import resolve_cache_dir
 from recarena.config import parse_config
 from recarena.experiment.protocols import sample_users
@@ -76,6 +77,7 @@ def main() -> None:
         help="skip the ranker without the attribute (its invariance and its NDCG@10)",
     )
     args = parser.parse_args()
+    quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
     out_dir = Path(args.output_dir)
     config = parse_config(
         {

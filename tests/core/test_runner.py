@@ -133,6 +133,15 @@ def test_a_finished_model_measured_before_a_new_parameter_is_reused_with_a_notic
     run_experiment(cfg, cache_dir=tmp_path / "cache", on_event=events.append)
     assert "ease: done earlier, reusing its results" in events
 
+    # so does one from before an option that is off at its value (EASE.neutral_params:
+    # no differential privacy, float64 as before `dtype` existed): nothing changed
+    for name in ("dp_epsilon", "dp_max_items", "dtype"):
+        record["params"].pop(name)
+    done.write_text(json.dumps(record))
+    events.clear()
+    run_experiment(cfg, cache_dir=tmp_path / "cache", on_event=events.append)
+    assert "ease: done earlier, reusing its results" in events
+
 
 def test_a_saved_trial_of_other_resolved_defaults_is_measured_again(tmp_path, monkeypatch):
     """A validation trial carries the parameters as the model resolved them: after a

@@ -210,3 +210,19 @@ def test_one_trial_runs_alone_and_writes_nothing(tmp_path):
     assert trial["value"] == -abs(plan.points[1]["a"] - 2.0) and trial["protocol"] == "full"
     assert not (job.mdir / "tuning.json").exists()
     assert events == [f"probe: validation 2/3 {plan.points[1]}"]
+
+
+def test_an_added_parameter_away_from_its_neutral_value_is_named():
+    """`parameters_added_since` leaves out an added option only at its neutral value."""
+    from recarena.config import ModelConfig
+    from recarena.experiment.tuning import parameters_added_since, resolved_params
+
+    plain = ModelConfig(name="sasrec")
+    record = {"params": dict(resolved_params(plain, {}))}
+    for name in ("lr_schedule", "warmup_epochs", "decay_epochs", "dp_epsilon"):
+        record["params"].pop(name)
+    assert parameters_added_since(plain, record) == ""
+    cosine = ModelConfig(name="sasrec", params={"lr_schedule": "cosine"})
+    assert parameters_added_since(cosine, record) == "lr_schedule='cosine'"
+    record["params"].pop("patience_steps")  # not an option that is off: always named
+    assert parameters_added_since(plain, record) == "patience_steps=250"

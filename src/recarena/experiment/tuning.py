@@ -117,6 +117,9 @@ def parameters_added_since(mc: ModelConfig, record: dict[str, Any]) -> str:
 
     A finished model is reused for its unchanged ``[[models]]`` entry; a parameter added
     to the model since (a new default behaviour) is the one thing that entry cannot show.
+    A parameter the model class names in ``neutral_params`` (an option that, at that
+    value, is off: the behaviour from before it existed) is left out when it has that
+    value.
     """
     recorded = record.get("params")
     if not isinstance(recorded, dict):
@@ -124,7 +127,16 @@ def parameters_added_since(mc: ModelConfig, record: dict[str, Any]) -> str:
     current = resolved_params(mc, mc.params)
     if current is None:
         return ""
-    return ", ".join(f"{k}={current[k]!r}" for k in sorted(current) if k not in recorded)
+    try:
+        neutral = jsonable(dict(getattr(get_model_class(mc.name), "neutral_params", {})))
+    except Exception:  # noqa: BLE001 - resolved_params created it: not reached
+        neutral = {}
+    added = [
+        k
+        for k in sorted(current)
+        if k not in recorded and not (k in neutral and neutral[k] == current[k])
+    ]
+    return ", ".join(f"{k}={current[k]!r}" for k in added)
 
 
 def trial_key(

@@ -178,6 +178,16 @@ class EASE(Recommender):
     # scores are the history row of seen_ times B, read at scoring time
     history_use = "interactions"
     cost_attributes = (*Recommender.cost_attributes, "dp_")
+    #: parameters added after models were saved whose value here is an option left off
+    #: (the behaviour from before they existed): a finished run is reused without a notice
+    neutral_params = {
+        "dtype": "float64",
+        "dp_epsilon": None,
+        "dp_delta": None,
+        "dp_noise_multiplier": None,
+        "dp_max_items": 50,
+        "dp_seed": 0,
+    }
 
     def __init__(
         self,

@@ -171,6 +171,17 @@ class SASRec(KeepsHistory, Recommender):
     history_shift = 1
     history_dtype = np.int32
     cost_attributes = (*Recommender.cost_attributes, "dp_")
+    #: parameters added after models were saved whose value here is an option left off
+    #: (the behaviour from before they existed): a finished run is reused without a notice
+    neutral_params = {
+        "dp_epsilon": None,
+        "dp_delta": None,
+        "dp_noise_multiplier": None,
+        "dp_max_grad_norm": 1.0,
+        "lr_schedule": "constant",
+        "warmup_epochs": 0,
+        "decay_epochs": None,
+    }
 
     def __init__(
         self,

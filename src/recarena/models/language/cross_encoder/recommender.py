@@ -191,6 +191,9 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
     #: the pooling is chosen on validation: the checkpoint's own (mean for sentence
     #: encoders) against a re-initialised [CLS] pooler
     param_grid: dict[str, list[Any]] = {"pooling": ["mean", "cls"]}
+    #: parameters added after models were saved whose value here is an option left off
+    #: (the behaviour from before they existed): a finished run is reused without a notice
+    neutral_params = {"user_text": None, "user_values": None}
 
     def __init__(
         self,

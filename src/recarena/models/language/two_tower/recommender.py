@@ -206,6 +206,14 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
     scores_full_catalog = True
     param_grid = {"temperature": [0.05, 0.1]}
     cost_attributes = (*Recommender.cost_attributes, "dp_")
+    #: parameters added after models were saved whose value here is an option left off
+    #: (the behaviour from before they existed): a finished run is reused without a notice
+    neutral_params = {
+        "dp_epsilon": None,
+        "dp_delta": None,
+        "dp_noise_multiplier": None,
+        "dp_max_grad_norm": 1.0,
+    }
 
     def __init__(
         self,

@@ -127,10 +127,7 @@ def parameters_added_since(mc: ModelConfig, record: dict[str, Any]) -> str:
     current = resolved_params(mc, mc.params)
     if current is None:
         return ""
-    try:
-        neutral = jsonable(dict(getattr(get_model_class(mc.name), "neutral_params", {})))
-    except Exception:  # noqa: BLE001 - resolved_params created it: not reached
-        neutral = {}
+    neutral = jsonable(dict(get_model_class(mc.name).neutral_params))
     added = [
         k
         for k in sorted(current)

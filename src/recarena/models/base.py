@@ -212,6 +212,11 @@ class Recommender:
     #: task resources: ``num_cpus``, ``num_gpus`` (a fraction shares a GPU), ``memory`` in
     #: bytes); a ``num_threads`` parameter sets the CPUs (`task_resources`)
     resources: ClassVar[dict[str, float]] = {"num_cpus": 1}
+    #: parameters added to the model after runs were saved, each with the value at which it
+    #: is an option left off (the behaviour from before it existed, e.g. ``dp_epsilon:
+    #: None``): a finished model reused from such a run is not announced as possibly
+    #: different (`recarena.experiment.tuning.parameters_added_since`)
+    neutral_params: ClassVar[dict[str, Any]] = {}
     #: fitted attributes that `cost_record` reports (those the fit set), in this order
     cost_attributes: ClassVar[tuple[str, ...]] = (
         "encode_items_per_second_",

@@ -178,8 +178,7 @@ class EASE(Recommender):
     # scores are the history row of seen_ times B, read at scoring time
     history_use = "interactions"
     cost_attributes = (*Recommender.cost_attributes, "dp_")
-    #: parameters added after models were saved whose value here is an option left off
-    #: (the behaviour from before they existed): a finished run is reused without a notice
+    #: options added after runs were saved, off at these values (`Recommender.neutral_params`)
     neutral_params = {
         "dtype": "float64",
         "dp_epsilon": None,

@@ -191,8 +191,7 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
     #: the pooling is chosen on validation: the checkpoint's own (mean for sentence
     #: encoders) against a re-initialised [CLS] pooler
     param_grid: dict[str, list[Any]] = {"pooling": ["mean", "cls"]}
-    #: parameters added after models were saved whose value here is an option left off
-    #: (the behaviour from before they existed): a finished run is reused without a notice
+    #: options added after runs were saved, off at these values (`Recommender.neutral_params`)
     neutral_params = {"user_text": None, "user_values": None}
 
     def __init__(

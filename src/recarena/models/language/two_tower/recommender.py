@@ -206,8 +206,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
     scores_full_catalog = True
     param_grid = {"temperature": [0.05, 0.1]}
     cost_attributes = (*Recommender.cost_attributes, "dp_")
-    #: parameters added after models were saved whose value here is an option left off
-    #: (the behaviour from before they existed): a finished run is reused without a notice
+    #: options added after runs were saved, off at these values (`Recommender.neutral_params`)
     neutral_params = {
         "dp_epsilon": None,
         "dp_delta": None,

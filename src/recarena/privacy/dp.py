@@ -193,11 +193,16 @@ class UserLevelDPSGD:
             for p in params.values():
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
             mean_loss = math.nan
+        self._noised_step()
+        return mean_loss
+
+    def _noised_step(self) -> None:
+        """Opacus's clipping, noise and update from the parameters' ``grad_sample``, and
+        the step counted by the accountant."""
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
         self.steps += 1
-        return mean_loss
 
     def step_each(self, loss_of: Callable[[int], torch.Tensor], n: int) -> float:
         """One private step where ``loss_of(i)`` is the loss of the batch's ``i``-th user,
@@ -219,10 +224,7 @@ class UserLevelDPSGD:
                 if rows
                 else torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
             )
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=self.sample_rate)
-        self.steps += 1
+        self._noised_step()
         return float(np.mean(losses)) if losses else math.nan
 
     def epsilon(self) -> float:

@@ -49,6 +49,7 @@ import scipy.sparse as sp
 import torch
 
 from recarena._io import atomic_open
+from recarena.models._dp_sgd import DP_SGD_OFF, DPSGDParams
 from recarena.models._history import History, KeepsHistory
 from recarena.models.base import Recommender, TrainingData, is_integer, is_number, require_param
 from recarena.models.classical.sasrec import training
@@ -66,7 +67,7 @@ WEIGHTS_FILE = "weights.pt"
 
 
 # ---------------------------------------------------------------------- the recommender
-class SASRec(KeepsHistory, Recommender):
+class SASRec(DPSGDParams, KeepsHistory, Recommender):
     """SASRec trained with full softmax cross-entropy and early stopping on validation.
 
     Parameters
@@ -173,10 +174,7 @@ class SASRec(KeepsHistory, Recommender):
     cost_attributes = (*Recommender.cost_attributes, "dp_")
     #: options added after runs were saved, off at these values (`Recommender.neutral_params`)
     neutral_params = {
-        "dp_epsilon": None,
-        "dp_delta": None,
-        "dp_noise_multiplier": None,
-        "dp_max_grad_norm": 1.0,
+        **DP_SGD_OFF,
         "lr_schedule": "constant",
         "warmup_epochs": 0,
         "decay_epochs": None,
@@ -316,23 +314,9 @@ class SASRec(KeepsHistory, Recommender):
         )
 
     def _check_dp_params(self) -> None:
-        from recarena.privacy.dp import dp_problems
-
-        dp = {k: vars(self).get(k) for k in ("dp_epsilon", "dp_delta", "dp_noise_multiplier")}
-        for name, value in dp.items():
-            require_param(self, name, value is None or is_number(value), "a number or None")
-        norm = vars(self).get("dp_max_grad_norm", 1.0)
-        require_param(self, "dp_max_grad_norm", is_number(norm), "a positive number")
-        problems = dp_problems(dp["dp_epsilon"], dp["dp_delta"], dp["dp_noise_multiplier"], norm)
-        if problems:
-            raise ValueError(f"{type(self).__name__} differential privacy: " + "; ".join(problems))
+        super()._check_dp_params()
         if self._private():
             require_param(self, "loss", self.loss == "ce", "'ce' for a private fit")
-
-    def _private(self) -> bool:
-        """Whether this fit is differentially private."""
-        state = vars(self)
-        return state.get("dp_epsilon") is not None or state.get("dp_noise_multiplier") is not None
 
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
         device = self._torch_device()

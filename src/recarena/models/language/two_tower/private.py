@@ -42,7 +42,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from recarena.lm.training import adamw
 from recarena.models.base import TrainingData
 from recarena.models.language.two_tower.network import TwoTowerNetwork
 from recarena.models.language.two_tower.training import (
@@ -50,6 +49,7 @@ from recarena.models.language.two_tower.training import (
     Measure,
     TrainParams,
     log_row,
+    make_optimizer,
     validation_targets,
 )
 
@@ -62,6 +62,7 @@ DP_NEGATIVES = 256
 def train_private(
     net: TwoTowerNetwork,
     data: TrainingData,
+    pairs: np.ndarray,
     table: np.ndarray,
     valid: pd.DataFrame | None,
     params: TrainParams,
@@ -71,6 +72,9 @@ def train_private(
 ) -> tuple[TwoTowerNetwork, np.ndarray, int, float | None, dict[str, Any]]:
     """Step 0, then ``params.epochs`` epochs of user-level DP-SGD with early stopping.
 
+    ``pairs``: the (user, position) training pairs (`training.training_pairs`); their users
+    are the ones sampled. The recommender has checked that ``history_grad`` is off.
+
     Returns what `training.train` returns (the network with the kept weights, its catalog
     table, the kept epoch and its validation NDCG@10) and the privacy record
     (`recarena.privacy.dp.DPRecord.as_dict`). ``dp_params``: ``epsilon``, ``delta``,
@@ -78,21 +82,11 @@ def train_private(
     """
     from recarena.privacy.dp import UserLevelDPSGD
 
-    if params.history_grad:
-        raise ValueError(
-            "a private two-tower reads histories from the catalog table: history_grad=False"
-        )
     rng = np.random.default_rng(params.seed)
     valid_users, truth = validation_targets(valid, data, rng, params.max_valid_users)
     sequences = data.sequences
-    users = np.array([u for u, s in enumerate(sequences) if len(s) >= 2], dtype=np.int64)
-    if len(users) == 0:
-        raise ValueError("no user has two training interactions: nothing to train on")
-    lr = params.lr if params.lr is not None else (5e-4 if params.tuning == "lora" else 5e-5)
-    optimizer = adamw(net.lm, lr, params.weight_decay)
-    optimizer.add_param_group(
-        {"params": list(net.heads.parameters()), "lr": params.head_lr, "weight_decay": 0.0}
-    )
+    users = np.unique(pairs[:, 0])  # every user with a (history, next item) pair
+    _, optimizer = make_optimizer(net, params)
     dp = UserLevelDPSGD(
         net,
         optimizer,

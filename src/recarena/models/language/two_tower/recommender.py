@@ -47,6 +47,7 @@ import torch
 from recarena._io import atomic_open
 from recarena.lm.top_layers import mean_pool
 from recarena.lm.training import make_accelerator, seeded, torch_threads
+from recarena.models._dp_sgd import DP_SGD_OFF, DPSGDParams
 from recarena.models._history import History, KeepsHistory
 from recarena.models.base import Recommender, TrainingData
 from recarena.models.language.common import (
@@ -79,7 +80,7 @@ _TOWER_FILE = "tower.pt"
 _LM_FOLDER = "lm"
 
 
-class TwoTowerRecommender(KeepsHistory, Recommender):
+class TwoTowerRecommender(DPSGDParams, KeepsHistory, Recommender):
     """Two-tower model with a jointly trained LM item tower, in-batch softmax, early stopping.
 
     Parameters
@@ -207,12 +208,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
     param_grid = {"temperature": [0.05, 0.1]}
     cost_attributes = (*Recommender.cost_attributes, "dp_")
     #: options added after runs were saved, off at these values (`Recommender.neutral_params`)
-    neutral_params = {
-        "dp_epsilon": None,
-        "dp_delta": None,
-        "dp_noise_multiplier": None,
-        "dp_max_grad_norm": 1.0,
-    }
+    neutral_params = DP_SGD_OFF
 
     def __init__(
         self,
@@ -305,22 +301,11 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if "{text}" not in self.prompt:
             raise ValueError(f"prompt {self.prompt!r} must contain {{text}}")
-        from recarena.privacy.params import dp_problems
-
-        problems = dp_problems(
-            self.dp_epsilon, self.dp_delta, self.dp_noise_multiplier, self.dp_max_grad_norm
-        )
-        if problems:
-            raise ValueError("two-tower differential privacy: " + "; ".join(problems))
+        self._check_dp_params()
         if self._private() and self.history_grad:
             raise ValueError(
                 "history_grad must be False for a private fit: histories read the catalog table"
             )
-
-    def _private(self) -> bool:
-        """Whether this fit is differentially private (False for a model saved before)."""
-        state = vars(self)
-        return state.get("dp_epsilon") is not None or state.get("dp_noise_multiplier") is not None
 
     def _update_history(self, data: TrainingData) -> None:
         if not hasattr(self, "history_len_"):  # saved before the warm start was tuned
@@ -388,7 +373,7 @@ class TwoTowerRecommender(KeepsHistory, Recommender):
                 }
                 net = net.cpu()  # per-user gradients, one user at a time
                 self.device_ = "cpu"
-                private = train_private(net, data, table, valid, params, dp, measure, log)
+                private = train_private(net, data, pairs, table, valid, params, dp, measure, log)
                 net, table, self.best_epoch_, self.best_valid_ndcg_, self.dp_ = private
             else:
                 trained = train(accelerator, net, data, pairs, table, valid, params, measure, log)

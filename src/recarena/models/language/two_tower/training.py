@@ -282,6 +282,18 @@ def log_row(
         logger.info("two-tower: untrained (step 0): %s %.4f", MONITOR, ndcg)
 
 
+def make_optimizer(net: TwoTowerNetwork, params: TrainParams) -> tuple[float, torch.optim.AdamW]:
+    """The encoder's learning rate (``lr``; None: 5e-4 for LoRA, 5e-5 for full tuning) and
+    AdamW over the encoder's trained weights, then the heads at ``head_lr``."""
+    lr = params.lr if params.lr is not None else (5e-4 if params.tuning == "lora" else 5e-5)
+    optimizer = adamw(net.lm, lr, params.weight_decay)
+    # no decay on the heads: it would pull the pooling's identity map to zero
+    optimizer.add_param_group(
+        {"params": list(net.heads.parameters()), "lr": params.head_lr, "weight_decay": 0.0}
+    )
+    return lr, optimizer
+
+
 def train(
     accelerator: Any,
     net: TwoTowerNetwork,
@@ -374,12 +386,7 @@ def train(
             best["ndcg"], best["table"], gain = ndcg, encoded, ndcg
         return {MONITOR: ndcg, GAIN: gain, "encode_seconds": seconds}
 
-    lr = params.lr if params.lr is not None else (5e-4 if params.tuning == "lora" else 5e-5)
-    optimizer = adamw(net.lm, lr, params.weight_decay)
-    # no decay on the heads: it would pull the pooling's identity map to zero
-    optimizer.add_param_group(
-        {"params": list(net.heads.parameters()), "lr": params.head_lr, "weight_decay": 0.0}
-    )
+    lr, optimizer = make_optimizer(net, params)
     # a constant rate: a refit for refit_params()'s epochs retraces the validation fit
     constant = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     config = LoopConfig(

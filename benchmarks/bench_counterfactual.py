@@ -34,7 +34,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +46,7 @@ from recarena.config import parse_config
 from recarena.experiment.protocols import sample_users
 from recarena.experiment.runner import ExperimentRunner
 from recarena.metrics.counterfactual import counterfactual_probe
+from recarena.models.base import TrainingData
 from recarena.models.language.generative import GenerativeRanker
 
 ATTRIBUTE_PROMPT = (
@@ -112,8 +115,22 @@ def main() -> None:
                 [genre in (gs if isinstance(gs, list) else []) for gs in genres]
             )
     data = runner.training_data("test")
+
+    def probe_gender(model: Any) -> dict[str, Any]:
+        """The gender swap on the users' candidates, with NDCG@10 and genre exposure."""
+        return counterfactual_probe(
+            model,
+            users,
+            candidates,
+            "gender",
+            {"M": "F", "F": "M"},
+            k=10,
+            positive=positive,
+            item_groups=groups,
+        )
+
     if args.model == "cross-encoder":
-        probe_cross_encoder(args, runner, users, candidates, positive, groups, out_dir)
+        probe_cross_encoder(args, runner, data, probe_gender, out_dir, len(users))
         return
     common = dict(
         model="smollm2-135m-instruct",
@@ -135,16 +152,7 @@ def main() -> None:
         result["plain_invariant"] = plain_probe
     start = time.perf_counter()
     ranker = GenerativeRanker(**common, prompt=ATTRIBUTE_PROMPT, user_values=WORDS).fit(data)
-    probe = counterfactual_probe(
-        ranker,
-        users,
-        candidates,
-        "gender",
-        {"M": "F", "F": "M"},
-        k=10,
-        positive=positive,
-        item_groups=groups,
-    )
+    probe = probe_gender(ranker)
     result["probe_seconds"] = time.perf_counter() - start
     result["probe"] = probe
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -156,11 +164,10 @@ def main() -> None:
 def probe_cross_encoder(
     args: argparse.Namespace,
     runner: ExperimentRunner,
-    users: np.ndarray,
-    candidates: np.ndarray,
-    positive: np.ndarray,
-    groups: dict[str, np.ndarray],
+    data_test: TrainingData,
+    probe_gender: Callable[[Any], dict[str, Any]],
     out_dir: Path,
+    n_users: int,
 ) -> None:
     """Train the cross-encoder with the user's age and gender in its input (on the
     training data, early stopping on the validation item, as the runner's tuning fit with
@@ -176,22 +183,13 @@ def probe_cross_encoder(
         progress=False,
     ).fit(runner.training_data("valid"), valid=runner.split.valid)
     # as the runner tests a model that is not refit: histories that hold the validation
-    # interactions, with what it learned on train
-    model.update_history(runner.training_data("test"))
+    # interactions (train + valid, the test stage's data), with what it learned on train
+    model.update_history(data_test)
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    probe = counterfactual_probe(
-        model,
-        users,
-        candidates,
-        "gender",
-        {"M": "F", "F": "M"},
-        k=10,
-        positive=positive,
-        item_groups=groups,
-    )
+    probe = probe_gender(model)
     result = {
-        "users": int(len(users)),
+        "users": n_users,
         "model": "cross-encoder",
         "user_text": USER_TEXT,
         "params": model.get_params(),

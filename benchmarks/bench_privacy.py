@@ -56,6 +56,27 @@ from recarena.runner import run_experiment
 DP_EASE_GRID = {"l2": [500.0, 2000.0, 8000.0, 32000.0, 128000.0, 512000.0, 2048000.0]}
 
 
+def private_twins(
+    name: str,
+    label: str,
+    params: dict[str, Any],
+    epsilons: list[float],
+    epochs: int | None = None,
+) -> list[dict[str, Any]]:
+    """The model ``name`` with DP-SGD at each epsilon (``<label>-dp-eps<epsilon>``), its
+    other parameters ``params``, over an ``epochs`` budget where one is given."""
+    budget = {} if epochs is None else {"epochs": epochs}
+    return [
+        {
+            "name": name,
+            "label": f"{label}-dp-eps{eps:g}",
+            "grid": {},
+            "params": {**params, **budget, "dp_epsilon": eps},
+        }
+        for eps in epsilons
+    ]
+
+
 def experiment(args: argparse.Namespace) -> dict[str, Any]:
     sequential: dict[str, Any] = {"max_len": 50, "patience": 3, "num_threads": args.threads}
     if args.quick:
@@ -65,15 +86,7 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
         {"name": "ease"},
         {"name": "sasrec", "grid": {}, "params": {**sequential}},
     ]
-    for eps in args.epsilons:
-        models.append(
-            {
-                "name": "sasrec",
-                "label": f"sasrec-dp-eps{eps:g}",
-                "grid": {},
-                "params": {**sequential, "epochs": args.dp_epochs, "dp_epsilon": eps},
-            }
-        )
+    models += private_twins("sasrec", "sasrec", sequential, args.epsilons, args.dp_epochs)
     if args.text_epsilons:
         # the language-model family: frozen minilm-l6 item vectors inside SASRec (with ID
         # embeddings), the same budget; the encoder is public, the users' data go through
@@ -82,30 +95,16 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
         models.append(
             {"name": "lm-text-sasrec", "label": "lm-text-sasrec+id", "grid": {}, "params": text}
         )
-        for eps in args.text_epsilons:
-            models.append(
-                {
-                    "name": "lm-text-sasrec",
-                    "label": f"lm-text-sasrec+id-dp-eps{eps:g}",
-                    "grid": {},
-                    "params": {**text, "epochs": args.dp_epochs, "dp_epsilon": eps},
-                }
-            )
+        models += private_twins(
+            "lm-text-sasrec", "lm-text-sasrec+id", text, args.text_epsilons, args.dp_epochs
+        )
     if args.tower_epsilons:
         # the jointly trained language model: the two-tower (LoRA on minilm-l6's top two
         # layers, ID embeddings, attention pooling) at its CPU defaults, without DP and
         # with user-level DP-SGD (uniform negatives instead of in-batch ones)
         tower = {"model": "minilm-l6", "num_threads": args.threads}
         models.append({"name": "lm-two-tower", "grid": {}, "params": tower})
-        for eps in args.tower_epsilons:
-            models.append(
-                {
-                    "name": "lm-two-tower",
-                    "label": f"lm-two-tower-dp-eps{eps:g}",
-                    "grid": {},
-                    "params": {**tower, "dp_epsilon": eps},
-                }
-            )
+        models += private_twins("lm-two-tower", "lm-two-tower", tower, args.tower_epsilons)
     for eps in args.ease_epsilons:
         models.append(
             {

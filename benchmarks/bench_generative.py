@@ -3,7 +3,9 @@
 One command, through the real runner (`recarena.runner.run_experiment`), on the experiment
 ``configs/ml100k-generative.toml`` (``recarena run`` runs it as it is): leave-one-out by
 time; the same seeded ``--users`` test users (``evaluation.max_eval_users``, which also
-samples the validation users every model is tuned on) for every model; two candidate
+samples the validation users every model is tuned on) for every model, or
+``--test-users`` of them (every model's ``max_eval_users``: one larger sample, the same for
+every model, with validation still on ``--users``); two candidate
 protocols, drawn once with the split and shared by every model:
 
 - ``sampled-19``: the held-out item + 19 items the user never rated (a random order scores
@@ -31,6 +33,7 @@ Usage::
     python benchmarks/bench_generative.py                       # the table (hours on 2 CPUs)
     python benchmarks/bench_generative.py --users 100 --no-first-stage --threads 1
     python benchmarks/bench_generative.py --lora-params '{"lr": 5e-4, "epochs": 6}'
+    python benchmarks/bench_generative.py --no-first-stage --test-users 500  # tighter intervals
     python benchmarks/bench_generative.py --parts load,speed    # decoder load and scoring speed
 
 The other parts: ``load`` (first load of the GGUF file, dequantized and saved, against a
@@ -83,6 +86,10 @@ def experiment(args: argparse.Namespace) -> ExperimentConfig:
     evaluation = fields["evaluation"]
     # every model: the same seeded test users, and validation on as many
     evaluation["max_eval_users"] = args.users
+    if args.test_users is not None:
+        # every model tested on one larger seeded sample; validation stays on --users
+        for model in fields["models"]:
+            model["max_eval_users"] = args.test_users
     if not args.first_stage:
         evaluation["protocols"] = [p for p in evaluation["protocols"] if p["kind"] != "first_stage"]
     for model in fields["models"]:
@@ -363,6 +370,12 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--parts", default="runner", help="runner, load, speed (comma-separated)")
     parser.add_argument("--users", type=int, default=200, help="seeded test (and valid) users")
+    parser.add_argument(
+        "--test-users",
+        type=int,
+        default=None,
+        help="seeded test users for every model (default: --users); validation stays on --users",
+    )
     parser.add_argument("--speed-users", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-first-stage", dest="first_stage", action="store_false")

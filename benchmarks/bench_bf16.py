@@ -60,7 +60,7 @@ def main() -> None:
     import torch
 
     from recarena.cache import resolve_cache_dir
-    from recarena.lm.encoder import cpu_supports_bf16
+    from recarena.lm.loading import cpu_supports_bf16
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cache-dir", default=None)

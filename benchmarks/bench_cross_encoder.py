@@ -28,11 +28,17 @@ cross-encoder's learning curve (validation AUC every ``--eval-every`` steps, fro
 training and scoring throughput. The run directory holds the HTML report with the same
 ladder and curves.
 
+``--dp-epsilons`` adds, per target epsilon, a private twin of ``cross-encoder``: the same
+recipe fine-tuned with user-level DP-SGD (`recarena.models.language.cross_encoder.private`;
+``--dp-batch-size`` users a step, ``--dp-epochs`` epochs), with the epsilon spent.
+
 Usage::
 
     python benchmarks/bench_cross_encoder.py                       # the README's figures
     python benchmarks/bench_cross_encoder.py --budget-seconds 300 --users 200   # quicker
     python benchmarks/bench_cross_encoder.py --models cross-encoder-no-history --seed 1
+    python benchmarks/bench_cross_encoder.py --num-layers 3 --train-top-layers 0 \
+        --models cross-encoder --dp-epsilons 8         # the cost of privacy, head alone
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ def experiment(args: argparse.Namespace) -> ExperimentConfig:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "num_layers": args.num_layers,
+        "train_top_layers": args.train_top_layers,
         "freeze_embeddings": args.freeze_embeddings,
         "eval_every": args.eval_every,
         "patience": args.patience,
@@ -96,6 +103,15 @@ def experiment(args: argparse.Namespace) -> ExperimentConfig:
             "grid": {},
         },
     ]
+    for epsilon in args.dp_epsilons:
+        # the same recipe, fine-tuned with user-level DP-SGD: users per step and epochs
+        # are the private training's own budget
+        private = {**ce_params, "dp_epsilon": epsilon, "batch_size": args.dp_batch_size}
+        private["epochs"] = args.dp_epochs
+        cross.append(
+            {"name": "lm-cross-encoder", "label": private_label(epsilon), "params": private}
+        )
+        cross[-1]["grid"] = {}
     for entry in cross:
         entry["refit"] = False
         if args.users is not None:
@@ -121,6 +137,10 @@ def experiment(args: argparse.Namespace) -> ExperimentConfig:
             "models": [*references, *[c for c in cross if c["label"] in args.models]],
         }
     )
+
+
+def private_label(epsilon: float) -> str:
+    return f"{LABEL}-dp-eps{epsilon:g}"
 
 
 def collect(run_dir: Path) -> dict[str, Any]:
@@ -245,6 +265,13 @@ def report(results: dict[str, Any], run_dir: Path) -> str:
             extra += f", scoring {entry['score_pairs_per_second']:.0f} pairs/s"
         if cost.get("mixed_precision"):
             extra += f", autocast {cost['mixed_precision']}"
+        if cost.get("dp"):
+            dp = cost["dp"]
+            extra += (
+                f", DP: epsilon {dp['epsilon_spent']:.2f} spent (delta {dp['delta']:.1e}, "
+                f"noise multiplier {dp['noise_multiplier']:.2f}, {dp['steps']} steps of "
+                f"{dp['expected_batch_size']} users)"
+            )
         lines.append(
             f"{label}: fit {cost['fit_seconds']:.1f} s, {cost['parameters_total']:,} parameters "
             f"({cost['parameters_trainable']:,} trained){extra}, peak "
@@ -264,6 +291,21 @@ def main() -> None:
     parser.add_argument("--model", default="minilm-l6")
     parser.add_argument("--pooling", default=None)
     parser.add_argument("--num-layers", type=int, default=None)
+    parser.add_argument(
+        "--train-top-layers",
+        type=int,
+        default=None,
+        help="train only the top N layers and the head (0: the head alone)",
+    )
+    parser.add_argument(
+        "--dp-epsilons",
+        type=float,
+        nargs="*",
+        default=[],
+        help="add a private twin (user-level DP-SGD) per target epsilon, same recipe",
+    )
+    parser.add_argument("--dp-batch-size", type=int, default=64, help="users per private step")
+    parser.add_argument("--dp-epochs", type=int, default=10, help="the private epoch budget")
     parser.add_argument("--history-len", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--n-negatives", type=int, default=None)
@@ -298,6 +340,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args()
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.models += [private_label(e) for e in args.dp_epsilons]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
     for noisy in ("httpx", "accelerate", "transformers"):

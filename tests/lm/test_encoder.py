@@ -206,6 +206,7 @@ def test_bf16_autocast_where_it_holds(tiny_bert_dir: Path, tmp_path: Path, caplo
     import logging
 
     import recarena.lm.encoder as encoder
+    import recarena.lm.loading as loading
 
     exact = _encoder(tiny_bert_dir, cache_dir=tmp_path).encode(TEXTS)
     # auto on a CPU is float32, as before
@@ -229,11 +230,14 @@ def test_bf16_autocast_where_it_holds(tiny_bert_dir: Path, tmp_path: Path, caplo
         assert strict.stats_.dtype == "float32" and np.array_equal(same, exact)
         assert any("encoding in float32" in r.getMessage() for r in caplog.records)
         # a CPU without bfloat16 instructions is warned about
-        mp.setattr(encoder, "cpu_supports_bf16", lambda: False)
+        mp.setattr(loading, "cpu_supports_bf16", lambda: False)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="recarena.lm.encoder"):
+        with caplog.at_level(logging.WARNING, logger="recarena.lm.loading"):
             _encoder(tiny_bert_dir, dtype="bfloat16").encode(TEXTS[:3])
-        assert any("no bfloat16 instructions" in r.getMessage() for r in caplog.records)
+        assert any(
+            "without bfloat16 (AVX512-BF16, AMX) instructions" in r.getMessage()
+            for r in caplog.records
+        )
 
 
 def test_a_run_that_asks_for_no_progress_draws_no_bar(tiny_bert_dir: Path, capsys):

@@ -15,6 +15,7 @@ from recarena.lm.loading import (
     load_encoder,
     resolve_device,
     resolve_dtype,
+    warn_if_emulated,
 )
 from recarena.lm.zoo import resolve_model
 
@@ -28,6 +29,48 @@ def test_device_and_dtype_rules():
     assert resolve_dtype("bf16", "cpu", "encoder") == torch.bfloat16
     with pytest.raises(ValueError, match="dtype"):
         resolve_dtype("int3", "cpu", "encoder")
+
+
+def test_half_precision_on_a_cpu_without_its_instructions_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    import logging
+
+    import recarena.lm.loading as loading
+    from recarena.lm.training import resolve_training_precision
+
+    def warned(*args) -> bool:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="recarena.lm.loading"):
+            said = warn_if_emulated(*args)
+        assert said == any("emulates" in r.getMessage() for r in caplog.records)
+        return said
+
+    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: False)
+    assert warned("cpu", torch.bfloat16, "decoder x") and "decoder x" in caplog.text
+    assert warned("cpu", "float16", "encoder y")
+    assert not warned("cpu", "float32", "z") and not warned("cuda:0", "bfloat16", "z")
+    # auto training precision on such a CPU is float32
+    assert resolve_training_precision("auto", "cpu") == "no"
+    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: True)
+    assert not warned("cpu", "bfloat16", "decoder x")
+    assert warned("cpu", "float16", "encoder y")  # bfloat16 instructions do not cover it
+    assert resolve_training_precision("auto", "cpu") == "bf16"
+    assert resolve_training_precision("no", "cpu") == "no"
+
+
+def test_a_decoder_loaded_in_bfloat16_on_such_a_cpu_says_so(
+    tiny_llama_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+):
+    import logging
+
+    import recarena.lm.loading as loading
+
+    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="recarena.lm.loading"):
+        lm = load_causal_lm(resolve_model(tiny_llama_dir, tmp_path), device="cpu", dtype="bf16")
+    assert lm.dtype == "bfloat16"  # kept as asked, and recorded
+    assert any("emulates" in r.getMessage() for r in caplog.records)
 
 
 def test_load_encoder_from_a_local_folder(tiny_bert_dir: Path, tmp_path: Path):

@@ -30,6 +30,7 @@ import numpy as np
 
 from recarena._io import atomic_open, read_json, write_json
 from recarena.errors import ConfigError
+from recarena.lm.loading import warn_if_emulated
 from recarena.lm.zoo import ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -329,11 +330,7 @@ class ItemTextEncoder:
     def _bf16_holds(self, loaded: Any, texts: list[str], pooling: str) -> bool:
         """Whether bfloat16 autocast gives vectors within `BF16_MIN_COSINE` of float32's on
         the first `BF16_CHECK_TEXTS` texts (both encoded; the texts are encoded again)."""
-        if not cpu_supports_bf16():
-            logger.warning(
-                "this CPU has no bfloat16 instructions (AVX512-BF16, AMX): bfloat16 autocast "
-                "will be slower than float32 here"
-            )
+        warn_if_emulated("cpu", "bfloat16", f"the autocast encoding of {self.resolved.name}")
         sample = texts[:BF16_CHECK_TEXTS]
         if not sample:
             return True
@@ -510,16 +507,6 @@ def _l2_normalise(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX) that autocast uses."""
-    import torch
-
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):  # an older torch or another architecture
-        return False
 
 
 def _cpu_bf16_autocast(enabled: bool) -> Any:

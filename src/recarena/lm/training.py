@@ -89,14 +89,6 @@ def resolve_mixed_precision(mixed_precision: str, device: str) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def cpu_bf16_supported() -> bool:
-    """True when this CPU has bfloat16 instructions (AVX512-BF16 or AMX) that oneDNN uses."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def resolve_training_precision(mixed_precision: str, device: str) -> str:
     """Like `resolve_mixed_precision`, but ``"auto"`` on a CPU is bf16 autocast where the CPU
     has bfloat16 instructions (float32 master weights and optimizer state either way).
@@ -106,7 +98,9 @@ def resolve_training_precision(mixed_precision: str, device: str) -> str:
     """
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if mixed_precision == "auto" and cpu:
-        return "bf16" if cpu_bf16_supported() else "no"
+        from recarena.lm.loading import cpu_supports_bf16
+
+        return "bf16" if cpu_supports_bf16() else "no"
     return resolve_mixed_precision(mixed_precision, "cpu" if cpu else "cuda")
 
 

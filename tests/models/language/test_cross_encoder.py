@@ -571,3 +571,141 @@ def test_user_text_goes_before_the_history_and_is_swapped_by_the_probe(tiny_bert
         _model(tiny_bert_dir, user_text="{user:age}:", **params).fit(data, valid=valid)
     with pytest.raises(ValueError, match="user_values must map"):
         _model(tiny_bert_dir, user_values={"gender": "woman"}).check_params()
+
+
+def test_bf16_asked_for_on_a_cpu_without_its_instructions_is_kept_and_warned_about(
+    tiny_bert_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    import logging
+
+    import recarena.lm.loading as loading
+
+    monkeypatch.setattr(loading, "cpu_supports_bf16", lambda: False)
+    data, valid = _small_data()
+    with caplog.at_level(logging.WARNING, logger="recarena.lm.loading"):
+        auto = _model(tiny_bert_dir, **QUICK).fit(data, valid=valid)
+    assert auto.mixed_precision_ == "no" and "emulates" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="recarena.lm.loading"):
+        asked = _model(tiny_bert_dir, **QUICK, mixed_precision="bf16").fit(data, valid=valid)
+    assert asked.mixed_precision_ == "bf16"
+    assert "the cross-encoder's training and scoring computes in bfloat16" in caplog.text
+
+
+# ---------------------------------------------------------------------------- private
+def test_train_top_layers_fixes_everything_below_them(tiny_bert_dir: Path):
+    import torch
+
+    from recarena.errors import ConfigError
+
+    data, valid = _small_data()
+    model = _model(tiny_bert_dir, **QUICK, train_top_layers=1).fit(data, valid=valid)
+    trained = {n for n, p in model.network_.named_parameters() if p.requires_grad}
+    assert trained and all(
+        n.startswith(("encoder.encoder.layer.1.", "head.", "pooler.")) for n in trained
+    )
+    fresh, _ = model._load_network(str(tiny_bert_dir), "mean")
+    before = fresh.state_dict()
+    after = model.network_.state_dict()
+    for name in before:
+        if name.startswith("encoder.") and not name.startswith("encoder.encoder.layer.1."):
+            assert torch.equal(before[name], after[name]), name
+    assert not torch.equal(
+        before["encoder.encoder.layer.1.output.dense.weight"],
+        after["encoder.encoder.layer.1.output.dense.weight"],
+    )
+    head_only = _model(tiny_bert_dir, **QUICK, train_top_layers=0).fit(data, valid=valid)
+    assert {n for n, p in head_only.network_.named_parameters() if p.requires_grad} == {
+        "head.weight",
+        "head.bias",
+    }
+    assert head_only.n_parameters()[1] == 65  # 64 hidden + 1 bias
+    with pytest.raises(ConfigError, match="has only 2 layers"):
+        _model(tiny_bert_dir, **QUICK, train_top_layers=3).fit(data, valid=valid)
+    with pytest.raises(ValueError, match="train_top_layers"):
+        _model(tiny_bert_dir, train_top_layers=-1).check_params()
+
+
+def test_a_private_cross_encoder_spends_what_the_accountant_says(tiny_bert_dir: Path):
+    """User-level DP-SGD (`private`): the epsilon recorded is the RDP accountant's for the
+    steps taken at the sampling rate, per epoch in the log too; the untrained model
+    competes for the kept epoch, and the refit gets its epochs and steps."""
+    pytest.importorskip("opacus")
+    from opacus.accountants import RDPAccountant
+
+    from recarena.models.language.cross_encoder.private import DP_POSITIVES_PER_USER
+
+    data, valid = _small_data()
+    params = {**QUICK, "max_steps": None, "epochs": 2, "patience": 2, "batch_size": 8}
+    model = _model(tiny_bert_dir, **params, dp_noise_multiplier=0.5).fit(data, valid=valid)
+    record = model.dp_
+    accountant = RDPAccountant()
+    for _ in range(record["steps"]):
+        accountant.step(noise_multiplier=0.5, sample_rate=record["sample_rate"])
+    assert record["epsilon_spent"] == pytest.approx(accountant.get_epsilon(record["delta"]))
+    n_users = int((np.array([len(s) for s in data.sequences]) >= 1).sum())
+    assert record["n_users"] == n_users and record["sample_rate"] == pytest.approx(8 / n_users)
+    assert record["steps"] == model.train_steps_ == 2 * round(n_users / 8)
+    log = model.training_log_
+    assert [row["epoch"] for row in log] == [0, 1, 2]
+    epsilons = [row["epsilon"] for row in log]
+    assert epsilons[0] == 0.0 and epsilons == sorted(epsilons)
+    assert epsilons[-1] == pytest.approx(record["epsilon_spent"])
+    assert model.best_valid_auc_ == max(row["valid_auc"] for row in log)  # step 0 competes
+    assert model.refit_params() == {
+        "epochs": max(1, model.best_epoch_),
+        "max_steps": max(1, model.best_step_),
+    }
+    # every pair the sampled users drew: positives and negatives
+    assert model.train_examples_ == log[-1]["examples"] > 0
+    assert model.train_examples_ % (DP_POSITIVES_PER_USER * (1 + model.n_negatives)) == 0
+    assert model.cost_record()["dp"]["epsilon_spent"] == record["epsilon_spent"]
+    scores = model.score(np.array([0, 4]), np.array([[0, 1, 2], [10, 20, 30]]))
+    assert np.isfinite(scores).all()
+
+
+def test_a_private_cross_encoder_learns_popularity_when_the_noise_is_negligible(
+    tiny_bert_dir: Path,
+):
+    """The sanity rung of the private path: with noise far below the clipped gradients,
+    user-level DP-SGD at the ordinary recipe's learning rate learns item popularity from
+    the candidate alone, as the ordinary training does
+    (`test_tiny_model_learns_item_popularity_at_the_production_defaults`). It sees a third
+    of the positives the ordinary test trains on (each user draws 4 positions an epoch), and
+    its scores follow popularity less closely (Spearman about .4 where that test asks .5)."""
+    pytest.importorskip("opacus")
+    from scipy.stats import spearmanr
+
+    dataset = popularity_dataset()
+    models = []
+
+    def make(history_len):
+        models.append(
+            _model(
+                tiny_bert_dir,
+                history_len=history_len,
+                max_length=32,
+                batch_size=4,
+                epochs=6,
+                patience=None,
+                dp_noise_multiplier=1e-4,
+                dp_max_grad_norm=10.0,
+            )
+        )
+        return models[-1]
+
+    aucs = ladder_aucs(make, dataset, rungs=("without history",))
+    assert aucs["without history"] > 0.6, aucs
+    (model,) = models
+    scores = model.score(np.array([0]), np.arange(dataset.n_items)[None, :])[0]
+    popularity = np.bincount(dataset.interactions["item"], minlength=dataset.n_items)
+    assert spearmanr(scores, popularity).correlation > 0.3
+    curve = [row["valid_auc"] for row in model.training_log_]
+    assert curve[0] < 0.6 < max(curve), curve
+
+
+def test_private_cross_encoder_parameters_are_checked(tiny_bert_dir: Path):
+    with pytest.raises(ValueError, match="not both"):
+        _model(tiny_bert_dir, dp_epsilon=8.0, dp_noise_multiplier=1.0).check_params()
+    with pytest.raises(ValueError, match="dp_max_grad_norm"):
+        _model(tiny_bert_dir, dp_epsilon=8.0, dp_max_grad_norm="big").check_params()
+    _model(tiny_bert_dir, dp_epsilon=8.0).check_params()

@@ -79,11 +79,13 @@ def load_pair_scorer(
     dropout: float | None,
     num_layers: int | None,
     freeze_embeddings: bool,
+    train_top_layers: int | None = None,
     trained: bool = False,
 ) -> tuple[PairScorer, Any]:
     """The encoder of ``target`` (bottom ``num_layers`` layers, given ``dropout``) in a
     `PairScorer`, and its tokenizer. ``trained``: ``target`` is a saved fine-tuned folder
-    (it holds only the layers it kept)."""
+    (it holds only the layers it kept). ``train_top_layers``: only the top layers (and the
+    pooler and head) keep ``requires_grad``."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -124,12 +126,27 @@ def load_pair_scorer(
         raise ModelNotAvailableError(f"cannot load {target} for fine-tuning: {exc}") from exc
     if freeze_embeddings:
         encoder.get_input_embeddings().weight.requires_grad_(False)
+    if train_top_layers is not None:
+        _train_only_top(encoder, train_top_layers, target)
     rate = float(
         dropout
         if dropout is not None
         else getattr(config, "hidden_dropout_prob", getattr(config, "dropout", 0.1)) or 0.0
     )
     return PairScorer(encoder, pooling, rate), tokenizer
+
+
+def _train_only_top(encoder: Any, top: int, target: str) -> None:
+    """Fix every encoder parameter but those of its top ``top`` transformer layers."""
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ConfigError(f"train_top_layers: cannot find the transformer layers of {target}")
+    if top > len(layers):
+        raise ConfigError(f"train_top_layers {top}: {target} has only {len(layers)} layers")
+    keep = {id(p) for layer in list(layers)[len(layers) - top :] for p in layer.parameters()}
+    for param in encoder.parameters():
+        if id(param) not in keep:
+            param.requires_grad_(False)
 
 
 def autocast_context(device: torch.device, precision: str) -> Any:

@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from recarena._io import publish_mode
+from recarena.models._dp_sgd import DP_SGD_OFF, DPSGDParams
 from recarena.models._history import KeepsHistory
 from recarena.models.base import Recommender, TrainingData
 from recarena.models.language.cross_encoder.batching import (
@@ -69,7 +70,7 @@ POOLINGS = ("auto", "mean", "cls")
 LOSSES = ("bce", "softmax")
 
 
-class CrossEncoderRecommender(KeepsHistory, Recommender):
+class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
     """Fine-tuned BERT-style cross-encoder over (candidate item text, user history text).
 
     How it is set up and trained: `recarena.models.language.cross_encoder.training`. A
@@ -133,6 +134,11 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
     freeze_embeddings
         Keep the word-embedding matrix fixed (default True); position and type
         embeddings, every layer, the pooler and the head train.
+    train_top_layers
+        Train only the top ``train_top_layers`` transformer layers, the pooler and the head
+        (0: the pooler and the head alone); the embeddings and the layers below stay fixed
+        (default None: every layer trains). Cheaper, and the usual setting for a private
+        fit, whose noise grows with the number of trained parameters.
     eval_every
         Optimizer steps between validation measurements (default 200; None: after each
         epoch); the first is made before training.
@@ -154,6 +160,17 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         CPU threads for torch during fit and scoring (None: torch's default).
     progress
         Show progress bars for training and scoring.
+    dp_epsilon, dp_delta
+        Fine-tune with differential privacy for this target (epsilon, delta) over the
+        ``epochs`` budget (None: not private; ``dp_delta`` defaults to ``1 / n_users**1.1``):
+        user-level DP-SGD through Opacus, each step's users Poisson-sampled at rate
+        ``batch_size / n_users``, each contributing one clipped gradient from a few
+        positions of their own sequence (see `private`; ``max_train_pairs`` and
+        ``eval_every`` do not apply, validation is measured after every epoch).
+    dp_noise_multiplier
+        Or the noise multiplier itself (not both); the spent epsilon is still recorded.
+    dp_max_grad_norm
+        Clipping norm of one user's gradient (default 1.0).
     seed
         Seeds the head's initial weights, dropout, the training sample, negatives, the data
         order and the validation set: on CPU the same seed gives the same scores.
@@ -192,7 +209,13 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
     #: encoders) against a re-initialised [CLS] pooler
     param_grid: dict[str, list[Any]] = {"pooling": ["mean", "cls"]}
     #: options added after runs were saved, off at these values (`Recommender.neutral_params`)
-    neutral_params = {"user_text": None, "user_values": None}
+    neutral_params = {
+        "user_text": None,
+        "user_values": None,
+        "train_top_layers": None,
+        **DP_SGD_OFF,
+    }
+    cost_attributes = (*Recommender.cost_attributes, "dp_")
 
     def __init__(
         self,
@@ -218,6 +241,7 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         dropout: float | None = None,
         num_layers: int | None = None,
         freeze_embeddings: bool = True,
+        train_top_layers: int | None = None,
         eval_every: int | None = 200,
         patience: int | None = 4,
         n_valid_negatives: int = 19,
@@ -228,6 +252,10 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         num_threads: int | None = None,
         progress: bool = True,
         seed: int = 0,
+        dp_epsilon: float | None = None,
+        dp_delta: float | None = None,
+        dp_noise_multiplier: float | None = None,
+        dp_max_grad_norm: float = 1.0,
     ) -> None:
         self.model = model
         self.pooling = pooling
@@ -251,6 +279,7 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         self.dropout = dropout
         self.num_layers = num_layers
         self.freeze_embeddings = freeze_embeddings
+        self.train_top_layers = train_top_layers
         self.eval_every = eval_every
         self.patience = patience
         self.n_valid_negatives = n_valid_negatives
@@ -261,6 +290,10 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         self.num_threads = num_threads
         self.progress = progress
         self.seed = seed
+        self.dp_epsilon = dp_epsilon
+        self.dp_delta = dp_delta
+        self.dp_noise_multiplier = dp_noise_multiplier
+        self.dp_max_grad_norm = dp_max_grad_norm
 
     # ------------------------------------------------------------------ fitting
     def check_params(self) -> None:
@@ -289,6 +322,10 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
                 f'{{"gender": {{"M": "man", "F": "woman"}}}}; got {self.user_values!r}'
             )
         optional = ("max_train_pairs", "max_steps", "eval_every", "max_valid_users", "patience")
+        top = vars(self).get("train_top_layers")
+        if top is not None and (not isinstance(top, int) or isinstance(top, bool) or top < 0):
+            raise ValueError(f"train_top_layers must be 0 or more, or None, got {top!r}")
+        self._check_dp_params()
         for name in (*optional, "num_layers"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -322,6 +359,11 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         )
         self.device_ = str(accelerator.device)
         self.mixed_precision_ = str(accelerator.mixed_precision)
+        if self.mixed_precision_ in ("bf16", "fp16"):
+            from recarena.lm.loading import warn_if_emulated
+
+            half = "bfloat16" if self.mixed_precision_ == "bf16" else "float16"
+            warn_if_emulated(self.device_, half, "the cross-encoder's training and scoring")
         with tr.seeded(self.seed), tr.torch_threads(self.num_threads):
             network, self.tokenizer_ = self._load_network(target, self.pooling_)
             self.encoder_parameters_ = sum(p.numel() for p in network.encoder.parameters())
@@ -338,6 +380,9 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
             self.train_positives_ = len(positives)
             self.train_examples_ = len(positives) * (1 + self.n_negatives)
             validation = self._validation_set(data, valid, encoder, rng)
+            if self._private():
+                self._fit_private(network, data, encoder, validation, accelerator.device)
+                return
             loader = training_loader(
                 positives,
                 seen,
@@ -368,6 +413,54 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
         self.train_examples_per_second_ = float(result.examples_per_second)
         self._encoder = encoder
 
+    def _fit_private(
+        self,
+        network: Any,
+        data: TrainingData,
+        encoder: PairEncoder,
+        validation: tuple[list[tuple[list[int], list[int]]], np.ndarray] | None,
+        device: Any,
+    ) -> None:
+        """User-level DP-SGD (`private.train_private`) instead of the ordinary loop."""
+        from recarena.models.language.cross_encoder.private import train_private
+
+        evaluate = None
+        if validation is not None:
+            rows, labels = validation
+
+            def evaluate(net: Any) -> dict[str, float]:
+                return self._validation_metrics(net, encoder, rows, labels)
+
+        dp = {
+            "epsilon": self.dp_epsilon,
+            "delta": self.dp_delta,
+            "noise_multiplier": self.dp_noise_multiplier,
+            "max_grad_norm": self.dp_max_grad_norm,
+        }
+        network, self.training_log_, result, self.dp_ = train_private(
+            network.to(device),
+            data.sequences,
+            data.csr(),
+            encoder,
+            self.get_params(),
+            dp,
+            evaluate=evaluate,
+            prefix_of=self._user_tokens,
+            autocast=lambda: self._autocast(device),
+        )
+        # no fixed sample of positives: what the sampled users drew
+        self.train_examples_ = int(self.training_log_[-1]["examples"]) if self.training_log_ else 0
+        self.train_positives_ = self.train_examples_ // (1 + self.n_negatives)
+        self.network_ = network
+        self.best_step_ = int(result["best_step"])
+        self.best_epoch_ = int(result["best_epoch"])
+        self.best_valid_auc_ = result["best_value"]
+        self.train_steps_ = int(result["steps"])
+        self.stopped_early_ = bool(result["stopped_early"])
+        self.train_seconds_ = float(result["train_seconds"])
+        self.train_examples_per_second_ = float(result["examples_per_second"])
+        self._encoder = encoder
+
     def _load_network(self, target: str, pooling: str, *, trained: bool = False) -> tuple[Any, Any]:
         """The encoder (bottom ``num_layers`` layers, given dropout) in a `PairScorer`, and
         its tokenizer. ``trained``: ``target`` is a saved fine-tuned folder."""
@@ -379,6 +472,7 @@ class CrossEncoderRecommender(KeepsHistory, Recommender):
             dropout=self.dropout,
             num_layers=self.num_layers,
             freeze_embeddings=self.freeze_embeddings,
+            train_top_layers=vars(self).get("train_top_layers"),
             trained=trained,
         )
 

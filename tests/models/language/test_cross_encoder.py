@@ -677,9 +677,12 @@ def test_a_private_cross_encoder_learns_popularity_when_the_noise_is_negligible(
     """The sanity rung of the private path: with noise far below the clipped gradients,
     user-level DP-SGD at the ordinary recipe's learning rate learns item popularity from
     the candidate alone, as the ordinary training does
-    (`test_tiny_model_learns_item_popularity_at_the_production_defaults`). It sees a third
-    of the positives the ordinary test trains on (each user draws 4 positions an epoch), and
-    its scores follow popularity less closely (Spearman about .4 where that test asks .5)."""
+    (`test_tiny_model_learns_item_popularity_at_the_production_defaults`), to the same
+    thresholds. Each user draws 4 positions an epoch, a third of the positives that test
+    trains on, so the steps are small (1 expected user, 4 positives): 1,800 steps in 6
+    epochs, where the same compute in steps of 4 users (450 steps) reached AUC .59 to .62
+    and of 2 users .63 to .65 (the tiny model's tokenizer, trained anew each session,
+    changes from run to run); of 1 user, .646 to .664 in four runs."""
     pytest.importorskip("opacus")
     from scipy.stats import spearmanr
 
@@ -692,7 +695,7 @@ def test_a_private_cross_encoder_learns_popularity_when_the_noise_is_negligible(
                 tiny_bert_dir,
                 history_len=history_len,
                 max_length=32,
-                batch_size=4,
+                batch_size=1,
                 epochs=6,
                 patience=None,
                 dp_noise_multiplier=1e-4,
@@ -706,7 +709,7 @@ def test_a_private_cross_encoder_learns_popularity_when_the_noise_is_negligible(
     (model,) = models
     scores = model.score(np.array([0]), np.arange(dataset.n_items)[None, :])[0]
     popularity = np.bincount(dataset.interactions["item"], minlength=dataset.n_items)
-    assert spearmanr(scores, popularity).correlation > 0.3
+    assert spearmanr(scores, popularity).correlation > 0.5
     curve = [row["valid_auc"] for row in model.training_log_]
     assert curve[0] < 0.6 < max(curve), curve
 

@@ -5,7 +5,9 @@ ranking, all 6,040 users, each classical model tuned on its default grid) with t
 language-model entrants added: ``lm-frozen`` (minilm-l6 item vectors, the user the
 recency-weighted mean of their history) and ``lm-two-tower`` (LoRA on the encoder's top
 layers, its CPU defaults). SASRec and the text-SASRec train for an hour or more each on 2
-CPU cores; they run only when named with ``--models`` (``sasrec``, ``lm-text-sasrec+id``).
+CPU cores; they run only when named with ``--models`` (``sasrec``, ``lm-text-sasrec+id``;
+with ``--sasrec-recipe cosine``, both by configs/ml1m-sasrec-fast.toml's 40-epoch cosine
+schedule: ``sasrec-cosine``, ``lm-text-sasrec+id-cosine``).
 
 The run writes `fairness_users.csv`, `fairness_gaps.csv` and `fairness_items.csv`
 (`recarena.summary_fairness`); this script prints from them, per model: NDCG@10 for women
@@ -20,6 +22,8 @@ Usage::
     python benchmarks/bench_fairness_ml1m.py --output-dir /tmp/bench-fairness --threads 1
     python benchmarks/bench_fairness_ml1m.py --models ease,most_popular,lm-frozen
     python benchmarks/bench_fairness_ml1m.py --models ease,sasrec-cosine --sasrec-recipe cosine
+    python benchmarks/bench_fairness_ml1m.py --models ease,lm-text-sasrec+id-cosine \
+        --sasrec-recipe cosine
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ml1m-loo.toml"
 #: 40 epochs, about half an hour on 2 CPU cores) instead of ml1m-loo.toml's constant 1e-3
 FAST_SASREC = Path(__file__).resolve().parent.parent / "configs" / "ml1m-sasrec-fast.toml"
 #: run only when named with --models: an hour or more each on 2 CPU cores
-LONG = {"sasrec", "lm-text-sasrec+id"}
+LONG = {"sasrec", "lm-text-sasrec+id", "sasrec-cosine", "lm-text-sasrec+id-cosine"}
+#: the parameters of the cosine recipe that the text-SASRec takes from the fast SASRec
+COSINE_SCHEDULE = ("lr", "lr_schedule", "warmup_epochs", "decay_epochs", "epochs")
 
 
 def language_models(threads: int | None) -> list[dict[str, Any]]:
@@ -80,6 +86,12 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
         (cosine,) = (m for m in fast["models"] if m["name"] == "sasrec")
         cosine["params"].pop("num_threads", None)  # --threads decides, as for the others
         models = [cosine if m["name"] == "sasrec" else m for m in models]
+        # the text-SASRec trains by the same schedule as the SASRec beside it
+        schedule = {k: cosine["params"][k] for k in COSINE_SCHEDULE}
+        for entry in models:
+            if entry.get("label") == "lm-text-sasrec+id":
+                entry["params"].update(schedule)
+                entry["label"] = "lm-text-sasrec+id-cosine"
     if args.threads is not None:
         for entry in models:
             if entry["name"] == "sasrec":
@@ -88,7 +100,7 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
     chosen = [
         m
         for m in models
-        if (keep is None and m.get("label", m["name"]) not in LONG | {"sasrec-cosine"})
+        if (keep is None and m.get("label", m["name"]) not in LONG)
         or (keep is not None and m.get("label", m["name"]) in keep)
     ]
     base.update(name="fairness-ml1m", output_dir=args.output_dir, models=chosen)
@@ -174,7 +186,8 @@ def main() -> None:
         choices=("published", "cosine"),
         default="published",
         help="SASRec as configs/ml1m-loo.toml trains it (constant 1e-3, up to 200 epochs) or "
-        "as configs/ml1m-sasrec-fast.toml does (cosine over 40 epochs; label sasrec-cosine)",
+        "as configs/ml1m-sasrec-fast.toml does (cosine over 40 epochs; label sasrec-cosine, "
+        "and the text-SASRec by the same schedule: lm-text-sasrec+id-cosine)",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -209,3 +209,47 @@ def test_torch_threads_restores():
     assert torch.get_num_threads() == before
     with tr.torch_threads(None):
         assert torch.get_num_threads() == before
+
+
+def test_best_weights_keeps_the_best_epoch_and_lets_step_0_compete():
+    """`BestWeights`: only trainable weights are kept; an epoch that does not beat the best
+    counts towards patience; NaN never wins; with nothing better than step 0 the untrained
+    weights come back; an epoch without a value (no validation) is always kept."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    net[0].weight.requires_grad_(False)
+    frozen = net[0].weight.detach().clone()
+    start = net[1].weight.detach().clone()
+
+    def move(to: float) -> None:
+        with torch.no_grad():
+            net[1].weight.fill_(to)
+            net[0].weight.fill_(to)  # not trainable: never kept nor restored
+
+    best = tr.BestWeights(net, patience=2, value=0.5, step=0)
+    move(1.0)
+    assert best.offer(1, 0.4, step=10) is False and best.stale == 1
+    move(2.0)
+    assert best.offer(2, float("nan"), step=20) is True  # patience spent
+    best.restore()
+    assert best.epoch == 0 and best.value == 0.5 and best.extra == {"step": 0}
+    torch.testing.assert_close(net[1].weight, start)
+    assert (net[0].weight == 2.0).all() and not torch.equal(net[0].weight, frozen)
+
+    best = tr.BestWeights(net, patience=None, value=0.5, step=0)
+    move(3.0)
+    assert best.offer(1, 0.6, step=10) is False
+    move(4.0)
+    for epoch in range(2, 6):
+        assert best.offer(epoch, 0.55, step=10 * epoch) is False  # never stops early
+    best.restore()
+    assert (best.epoch, best.value, best.extra["step"]) == (1, 0.6, 10)
+    assert (net[1].weight == 3.0).all()
+
+    unvalidated = tr.BestWeights(net, patience=1)
+    for epoch, to in ((1, 5.0), (2, 6.0)):
+        move(to)
+        assert unvalidated.offer(epoch, None, table=epoch) is False
+    move(7.0)
+    unvalidated.restore()
+    assert unvalidated.epoch == 2 and unvalidated.extra["table"] == 2
+    assert (net[1].weight == 6.0).all()

@@ -554,6 +554,54 @@ def train_loop(
     return result
 
 
+# ---------------------------------------------------------------------------- early stopping
+class BestWeights:
+    """The trainable weights of the best epoch so far, for a training loop that measures a
+    validation number (higher is better) once an epoch and stops early on it.
+
+    The weights it is made with are epoch 0, and they compete: with ``value`` (the untrained
+    model's validation number) a training that never beats it ends on those weights. An
+    epoch offered without a value (no validation data) is always kept, so the last epoch's
+    weights end the training. ``patience`` counts epochs in a row without a gain (None:
+    never stop early). ``extra`` keeps whatever else belongs to the kept epoch (a catalog
+    table, a step count).
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        patience: int | None,
+        value: float | None = None,
+        **extra: Any,
+    ) -> None:
+        self.module = module
+        self.patience = patience
+        self.value = -math.inf if value is None else float(value)
+        self.epoch = 0
+        self.extra: dict[str, Any] = dict(extra)
+        self.state = _copy_state(module, trainable_only=True)
+        self.stale = 0
+
+    def offer(self, epoch: int, value: float | None, **extra: Any) -> bool:
+        """Keep this epoch's weights if ``value`` beats the best; True when it is time to stop."""
+        if value is None or value > self.value:
+            if value is not None:
+                self.value = float(value)
+            self.epoch = epoch
+            self.extra.update(extra)
+            self.state = _copy_state(self.module, trainable_only=True)
+            self.stale = 0
+            return False
+        self.stale += 1
+        return self.patience is not None and self.stale >= self.patience
+
+    def restore(self) -> torch.nn.Module:
+        """Load the kept weights into the module (the untrained ones when no epoch beat them)."""
+        self.module.load_state_dict(self.state, strict=False)
+        return self.module
+
+
 # ---------------------------------------------------------------------------- helpers
 def _split_batches(accelerator: Any) -> bool:
     config = getattr(accelerator, "dataloader_config", None)

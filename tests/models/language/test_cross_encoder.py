@@ -19,6 +19,7 @@ from recarena.models.language.cross_encoder import (
     sample_positives,
 )
 from tests.models.conformance import RecommenderConformance, _training_data
+from tests.privacy.accounting import assert_epsilon_is_the_accountants
 
 #: cheap settings for checks that do not need a trained model
 QUICK = dict(max_steps=3, max_length=32, history_len=2, max_valid_users=20, n_valid_negatives=3)
@@ -632,18 +633,13 @@ def test_a_private_cross_encoder_spends_what_the_accountant_says(
     steps taken at the sampling rate, per epoch in the log too; the untrained model
     competes for the kept epoch, and the refit gets its epochs and steps."""
     pytest.importorskip("opacus")
-    from opacus.accountants import RDPAccountant
-
     from recarena.models.language.cross_encoder.private import DP_POSITIVES_PER_USER
 
     data, valid = _small_data()
     params = {**QUICK, "max_steps": None, "epochs": 2, "patience": 2, "batch_size": 8}
     model = _model(tiny_bert_dir, **params, dp_noise_multiplier=0.5).fit(data, valid=valid)
     record = model.dp_
-    accountant = RDPAccountant()
-    for _ in range(record["steps"]):
-        accountant.step(noise_multiplier=0.5, sample_rate=record["sample_rate"])
-    assert record["epsilon_spent"] == pytest.approx(accountant.get_epsilon(record["delta"]))
+    assert_epsilon_is_the_accountants(record, noise_multiplier=0.5)
     n_users = int((np.array([len(s) for s in data.sequences]) >= 1).sum())
     assert record["n_users"] == n_users and record["sample_rate"] == pytest.approx(8 / n_users)
     assert record["steps"] == model.train_steps_ == 2 * round(n_users / 8)

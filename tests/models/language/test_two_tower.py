@@ -16,6 +16,7 @@ from recarena.models.language.two_tower.batching import next_item_pairs
 from recarena.splits import leave_one_out_split
 from tests.conftest import make_planted_dataset
 from tests.models.conformance import RecommenderConformance, _training_data, check_cold_validation
+from tests.privacy.accounting import assert_epsilon_is_the_accountants
 
 #: a fit on the planted data in about a second: few pairs, short histories, one thread
 TINY = dict(
@@ -478,17 +479,12 @@ def test_a_private_two_tower_spends_what_the_accountant_says(tiny_bert_dir: Path
     steps taken at the sampling rate, per epoch in the log too; no ID embedding is masked
     (which items were trained on is the users' data); the refit gets the kept epochs."""
     pytest.importorskip("opacus")
-    from opacus.accountants import RDPAccountant
-
     split = leave_one_out_split(planted_dataset)
     data = _training_data(planted_dataset, split.fit_interactions("valid"))
     model = tiny(tiny_bert_dir, epochs=2, patience=2, dp_noise_multiplier=0.3)
     model.fit(data, valid=split.valid)
     record = model.dp_
-    accountant = RDPAccountant()
-    for _ in range(record["steps"]):
-        accountant.step(noise_multiplier=0.3, sample_rate=record["sample_rate"])
-    assert record["epsilon_spent"] == pytest.approx(accountant.get_epsilon(record["delta"]))
+    assert_epsilon_is_the_accountants(record, noise_multiplier=0.3)
     n_users = int((np.array([len(s) for s in data.sequences]) >= 2).sum())
     assert record["n_users"] == n_users and record["sample_rate"] == pytest.approx(32 / n_users)
     assert record["steps"] == 2 * round(n_users / 32)

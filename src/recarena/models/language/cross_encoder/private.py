@@ -97,15 +97,8 @@ def train_private(
         budget = min(budget, params["max_steps"])
     schedule = tr.linear_warmup(optimizer, round(params["warmup_ratio"] * budget), budget)
     rng = np.random.default_rng([params["seed"], 4244])
-    trainable = [n for n, p in network.named_parameters() if p.requires_grad]
-
-    def snapshot() -> dict[str, torch.Tensor]:
-        state = network.state_dict()
-        return {k: state[k].detach().clone() for k in trainable if k in state}
-
     log: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"value": -math.inf, "epoch": 0, "step": 0, "state": snapshot()}
-    examples, steps, stale, train_seconds = 0, 0, 0, 0.0
+    examples, steps, train_seconds = 0, 0, 0.0
     stopped_early = False
     began = time.perf_counter()
 
@@ -123,8 +116,12 @@ def train_private(
         log.append(row)
         return value
 
-    if evaluate is not None:
-        best["value"] = measure(0, None)
+    best = tr.BestWeights(
+        network,
+        patience=params["patience"],
+        value=None if evaluate is None else measure(0, None),
+        step=0,
+    )
     out_of_budget = False
     for epoch in range(1, params["epochs"] + 1):
         network.train()
@@ -161,25 +158,18 @@ def train_private(
             "-" if value is None else f"{value:.4f}",
             dp.epsilon(),
         )
-        if value is None:
-            best.update(epoch=epoch, step=steps, state=snapshot())
-        elif value > best["value"]:
-            best.update(value=value, epoch=epoch, step=steps, state=snapshot())
-            stale = 0
-        else:
-            stale += 1
-            if params["patience"] is not None and stale >= params["patience"]:
-                stopped_early = True
-                break
+        if best.offer(epoch, value, step=steps):
+            stopped_early = True
+            break
         if out_of_budget:
             break
-    network.load_state_dict(best["state"], strict=False)
-    if evaluate is not None and best["epoch"] == 0:
+    best.restore()
+    if evaluate is not None and best.epoch == 0:
         logger.info("cross-encoder (private): no epoch beat the untrained model; keeping it")
     result = {
-        "best_step": best["step"],
-        "best_epoch": best["epoch"],
-        "best_value": None if evaluate is None else float(best["value"]),
+        "best_step": best.extra["step"],
+        "best_epoch": best.epoch,
+        "best_value": None if evaluate is None else best.value,
         "steps": steps,
         "stopped_early": stopped_early,
         "train_seconds": train_seconds,

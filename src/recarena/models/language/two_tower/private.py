@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from recarena.lm.training import BestWeights
 from recarena.models.base import TrainingData
 from recarena.models.language.two_tower.network import TwoTowerNetwork
 from recarena.models.language.two_tower.training import (
@@ -99,24 +100,19 @@ def train_private(
         max_grad_norm=dp_params["max_grad_norm"],
         seed=params.seed,
     )
-    best = {"ndcg": -math.inf, "table": table, "epoch": 0, "state": None}
     began = time.perf_counter()
+    untrained = None
     if valid_users is not None:
         net.eval()
         with torch.inference_mode():
-            best["ndcg"] = measure(table, net.heads, valid_users, truth)
-        log_row(log, 0, None, 0, best["ndcg"], time.perf_counter() - began, 0.0)
-    trainable = [n for n, p in net.named_parameters() if p.requires_grad]
-
-    def snapshot() -> dict[str, torch.Tensor]:
-        state = net.state_dict()
-        return {k: state[k].detach().clone() for k in trainable if k in state}
-
-    untrained = snapshot()
+            untrained = measure(table, net.heads, valid_users, truth)
+        log_row(log, 0, None, 0, untrained, time.perf_counter() - began, 0.0)
+    # the untrained weights compete (step 0); without validation the last epoch is kept
+    best = BestWeights(net, patience=params.patience, value=untrained, table=table)
     if params.epochs > 0:
         net.encoder.build_cache(params.encode_batch_size)
     current = torch.from_numpy(table)
-    stale, pairs = 0, 0
+    pairs = 0
     for epoch in range(1, params.epochs + 1):
         net.train()
         losses = []
@@ -152,25 +148,13 @@ def train_private(
             "-" if ndcg is None else f"{ndcg:.4f}",
             dp.epsilon(),
         )
-        if valid_users is None:
-            best.update(table=encoded, epoch=epoch)
-            continue
-        if ndcg is not None and ndcg > best["ndcg"]:
-            best.update(ndcg=ndcg, table=encoded, epoch=epoch, state=snapshot())
-            stale = 0
-        else:
-            stale += 1
-            if stale >= params.patience:
-                break
-    if valid_users is not None:
-        kept = best["state"] if best["state"] is not None else untrained
-        net.load_state_dict(kept, strict=False)
-        if best["state"] is None:
-            logger.info(
-                "two-tower (private): no epoch beat the untrained model (step 0); keeping it"
-            )
-    best_value = None if valid_users is None else float(best["ndcg"])
-    return net.eval(), best["table"], int(best["epoch"]), best_value, dp.record().as_dict()
+        if best.offer(epoch, ndcg, table=encoded):
+            break
+    best.restore()
+    if valid_users is not None and best.epoch == 0:
+        logger.info("two-tower (private): no epoch beat the untrained model (step 0); keeping it")
+    best_value = None if valid_users is None else best.value
+    return net.eval(), best.extra["table"], best.epoch, best_value, dp.record().as_dict()
 
 
 def _row_loss(

@@ -131,6 +131,7 @@ def decoder_part(cache: Path, n_users: int) -> dict:
 def main() -> None:
     import torch
 
+    from recarena._logs import quiet_libraries
     from recarena.cache import resolve_cache_dir
     from recarena.lm.loading import cpu_supports_bf16
 
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--skip-encoders", action="store_true", help="skip part 1")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
     torch.set_num_threads(args.threads)
     cache = resolve_cache_dir(args.cache_dir)
     out: dict = {"cpu_bf16": cpu_supports_bf16(), "threads": args.threads, "encoders": []}

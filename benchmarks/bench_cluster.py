@@ -43,6 +43,7 @@ from pathlib import Path  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
+from recarena._logs import quiet_libraries  # noqa: E402
 from recarena.config import builtin_config_path, load_config  # noqa: E402
 from recarena.experiment.local_cluster import local_cluster  # noqa: E402
 from recarena.runner import run_experiment  # noqa: E402
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=5)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
     parts = set(args.parts.split(","))
     out: dict = {
         "seeds": args.seeds,

@@ -649,6 +649,10 @@ def test_a_private_cross_encoder_spends_what_the_accountant_says(
     assert epsilons[0] == 0.0 and epsilons == sorted(epsilons)
     assert epsilons[-1] == pytest.approx(record["epsilon_spent"])
     assert model.best_valid_auc_ == max(row["valid_auc"] for row in log)  # step 0 competes
+    # the same seed's ordinary fit validates the same untrained network on the same users
+    ordinary = _model(tiny_bert_dir, **params).fit(data, valid=valid)
+    assert ordinary.training_log_[0]["step"] == 0
+    assert ordinary.training_log_[0]["valid_auc"] == log[0]["valid_auc"]
     assert model.refit_params() == {
         "epochs": max(1, model.best_epoch_),
         "max_steps": max(1, model.best_step_),

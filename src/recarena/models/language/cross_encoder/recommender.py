@@ -370,19 +370,22 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
             encoder = self._build_encoder(self.tokenizer_, network.encoder.config, data.item_text)
             self._keep_history(data)
             self.user_attributes_ = user_attributes(self.user_text or "", data)
+            # drawn for a private fit too, which does not train on it: the validation users
+            # come next from the same generator, so that private and ordinary fits of the
+            # same seed are validated on the same users
             positives = sample_positives(
                 data.sequences,
                 history_len=self.history_len,
                 max_pairs=self.max_train_pairs,
                 rng=rng,
             )
-            seen = data.csr()
-            self.train_positives_ = len(positives)
-            self.train_examples_ = len(positives) * (1 + self.n_negatives)
             validation = self._validation_set(data, valid, encoder, rng)
             if self._private():
                 self._fit_private(network, data, encoder, validation, accelerator.device)
                 return
+            seen = data.csr()
+            self.train_positives_ = len(positives)
+            self.train_examples_ = len(positives) * (1 + self.n_negatives)
             loader = training_loader(
                 positives,
                 seen,

@@ -433,6 +433,33 @@ def test_lora_without_validation_trains_the_given_epochs(tiny_llama_dir: Path):
     np.testing.assert_allclose(zero.score(users, cand), plain.score(users, cand), atol=1e-5)
 
 
+def test_lora_layers_puts_the_adapter_into_the_top_blocks_only(tiny_llama_dir: Path):
+    """``lora_layers = 1`` of the tiny decoder's 2 blocks: every LoRA weight sits in block 1,
+    half the adapter of every block, and it trains (its B leaves zero, the scores move)."""
+    from recarena.errors import ConfigError
+    from tests.models.conformance import _training_data
+
+    data = _training_data(make_planted_dataset())
+    opts = dict(history_len=3, lora=True, epochs=1, max_train_pairs=32)
+    every = _ranker(tiny_llama_dir, **opts).fit(data)
+    top = _ranker(tiny_llama_dir, **opts, lora_layers=1).fit(data)
+    names = [n for n, _ in top._session.lm.named_parameters() if "lora_" in n]
+    assert names and all(".layers.1." in n for n in names)
+    assert top.lora_parameters_ * 2 == every.lora_parameters_
+    trained = [p for n, p in top._session.lm.named_parameters() if "lora_B" in n]
+    assert any(p.abs().max().item() > 0 for p in trained)
+    plain = _ranker(tiny_llama_dir, history_len=3).fit(data)
+    users, cand = np.arange(5), np.tile(np.arange(10), (5, 1))
+    assert not np.allclose(top.score(users, cand), plain.score(users, cand), atol=1e-4)
+    with pytest.raises(ConfigError, match="has only 2 decoder blocks"):
+        _ranker(tiny_llama_dir, **opts, lora_layers=3).fit(data)
+    with pytest.raises(ValueError, match="lora_layers"):
+        _ranker(tiny_llama_dir, lora_layers=0).check_params()
+    with pytest.raises(ValueError, match="a list of module names"):
+        _ranker(tiny_llama_dir, lora_layers=1, lora_target_modules=".*proj").check_params()
+    assert GenerativeRanker.neutral_params == {"lora_layers": None}
+
+
 # ---------------------------------------------------------------------------- LoRA training
 def _planted_ranker(model_dir: Path, **params):
     from tests.models.conformance import _training_data

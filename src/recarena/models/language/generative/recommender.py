@@ -162,6 +162,11 @@ class GenerativeRanker(
     lora_r, lora_alpha, lora_dropout, lora_target_modules
         peft ``LoraConfig`` settings (target modules: names, or ``"all-linear"``: every
         linear layer of the decoder blocks, the output head excluded).
+    lora_layers
+        The adapter goes into the decoder's top ``lora_layers`` blocks only (peft's
+        ``layers_to_transform``; None: every block). The blocks below have nothing to
+        train, so no gradient flows through them: a training step costs less, and the
+        adapter sees less.
     lr, weight_decay
         AdamW settings (linear warm-up over 10% of the steps, then linear decay).
     epochs
@@ -230,6 +235,8 @@ class GenerativeRanker(
         "length_norm": ["sum", "mean"],
         "prior_correction": [0.0, 0.5, 1.0],
     }
+    #: options added after runs were saved, off at these values (`Recommender.neutral_params`)
+    neutral_params: ClassVar[dict[str, Any]] = {"lora_layers": None}
 
     def __init__(
         self,
@@ -256,6 +263,7 @@ class GenerativeRanker(
         lora_alpha: int = 16,
         lora_dropout: float = 0.05,
         lora_target_modules: Sequence[str] | str = "all-linear",
+        lora_layers: int | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         epochs: int = 4,
@@ -295,6 +303,7 @@ class GenerativeRanker(
         self.lora_alpha = lora_alpha
         self.lora_dropout = lora_dropout
         self.lora_target_modules = lora_target_modules
+        self.lora_layers = lora_layers
         self.lr = lr
         self.weight_decay = weight_decay
         self.epochs = epochs
@@ -330,6 +339,14 @@ class GenerativeRanker(
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.train_score not in ("sum", "mean"):
             raise ValueError(f"train_score must be 'sum' or 'mean', got {self.train_score!r}")
+        if self.lora_layers is not None and self.lora_layers < 1:
+            raise ValueError(f"lora_layers must be at least 1 or None, got {self.lora_layers}")
+        targets = self.lora_target_modules
+        if self.lora_layers is not None and isinstance(targets, str) and targets != "all-linear":
+            raise ValueError(
+                "lora_layers needs lora_target_modules as a list of module names or "
+                f"'all-linear', got the pattern {targets!r}"
+            )
         if self.lora and self.train_loss == "contrastive" and self.n_train_negatives < 1:
             raise ValueError(f"n_train_negatives must be at least 1, got {self.n_train_negatives}")
         template = self._prompt_template()

@@ -98,8 +98,7 @@ class LoRATraining:
         loaded = self._load()  # its own copy: peft puts the adapter into the module
         base = loaded.model
         device = model_device(base)
-        targets = self.lora_target_modules
-        targets = targets if isinstance(targets, str) else list(targets)
+        targets = self._lora_targets(base)
         monitor = MONITOR[self.early_stopping]
         log: list[dict[str, Any]] = []
         best_epoch = 0
@@ -111,6 +110,7 @@ class LoRATraining:
                 lora_alpha=self.lora_alpha,
                 lora_dropout=self.lora_dropout,
                 target_modules=targets,
+                layers_to_transform=self._lora_blocks(base),
                 task_type="CAUSAL_LM",
             )
             net = get_peft_model(base, config)
@@ -213,6 +213,39 @@ class LoRATraining:
         self._attach(session)
         self._take_training(session.training)
 
+    def _lora_targets(self, base: Any) -> str | list[str]:
+        """``lora_target_modules`` for peft: with ``lora_layers``, ``"all-linear"`` written out
+        as the names of the linear layers (peft takes blocks only with a list of names)."""
+        targets = self.lora_target_modules
+        if not isinstance(targets, str):
+            return list(targets)
+        if self.lora_layers is None:
+            return targets
+        import torch
+
+        head = base.get_output_embeddings()  # what "all-linear" leaves out
+        return sorted(
+            {
+                name.rsplit(".", 1)[-1]
+                for name, module in base.named_modules()
+                if isinstance(module, torch.nn.Linear) and module is not head
+            }
+        )
+
+    def _lora_blocks(self, base: Any) -> list[int] | None:
+        """Indices of the top ``lora_layers`` decoder blocks (None: every block)."""
+        if self.lora_layers is None:
+            return None
+        n_blocks = int(base.config.num_hidden_layers)
+        if self.lora_layers > n_blocks:
+            from recarena.errors import ConfigError
+
+            raise ConfigError(
+                f"lora_layers = {self.lora_layers}, but {self.model!r} has only {n_blocks} "
+                "decoder blocks"
+            )
+        return list(range(n_blocks - self.lora_layers, n_blocks))
+
     def _take_training(self, training: dict[str, Any]) -> None:
         self.training_log_ = copy.deepcopy(training["log"])
         self.best_epoch_ = int(training["best_epoch"])
@@ -224,9 +257,10 @@ class LoRATraining:
         """What an adapter depends on: this class, its training parameters, the data."""
         digest = hashlib.sha256()
         params = {k: v for k, v in self.get_params().items() if k not in SCORING_ONLY}
-        if params.get("user_values") is None:
-            # a later parameter: without it the key is the one adapters were saved under
-            params.pop("user_values", None)
+        for later in ("user_values", "lora_layers"):
+            if params.get(later) is None:
+                # a later parameter: without it the key is the one adapters were saved under
+                params.pop(later, None)
         digest.update(stable_class_path(type(self)).encode())
         digest.update(json.dumps(params, sort_keys=True, default=repr).encode())
         attributes = getattr(self, "user_attributes_", {})

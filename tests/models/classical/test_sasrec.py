@@ -13,6 +13,7 @@ from recarena.models.classical.sasrec import (
     SASRecConfig,
     SASRecNetwork,
     softmax_cross_entropy,
+    training,
 )
 from recarena.models.registry import create_model
 from tests.conftest import make_planted_dataset
@@ -133,6 +134,44 @@ class TestSASRec(RecommenderConformance):
         assert [r["epoch"] for r in model.training_log_] == [1, 2]
         path.write_bytes(b"torn write")
         assert [r["epoch"] for r in tiny(epochs=2).fit(data).training_log_] == [1, 2]
+
+    def test_the_recipe_options_of_klenitskiy_and_vasilev(self, planted):
+        """``init="normal"`` draws every matrix from N(0, 0.02); ``adam_beta2`` reaches Adam;
+        both at their defaults keep the fit, and the checkpoint key, of before they existed."""
+        torch.manual_seed(0)
+        config = SASRecConfig(n_items=500, max_len=50, hidden=64, init="normal")
+        net = SASRecNetwork(config)
+        for name, p in net.named_parameters():
+            if p.dim() > 1:
+                rows = p[1:] if name == "item_embedding.weight" else p
+                assert abs(float(rows.std()) - 0.02) < 0.002, name
+        assert not net.item_embedding.weight[0].any()  # padding
+        xavier = SASRecNetwork(SASRecConfig(n_items=500, max_len=50, hidden=64))
+        assert float(xavier.blocks[0].attention.out.weight.std()) > 0.1  # sqrt(2 / 128)
+        with pytest.raises(ValueError, match="init must be one of xavier, normal"):
+            SASRecNetwork(SASRecConfig(n_items=5, init="kaiming"))
+        with pytest.raises(ValueError, match="parameter init must be"):
+            tiny(init="kaiming").check_params()
+        with pytest.raises(ValueError, match="parameter adam_beta2 must be"):
+            tiny(adam_beta2=1.0).check_params()
+
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        default = tiny(epochs=2).fit(data)
+        explicit = tiny(epochs=2, adam_beta2=0.98, init="xavier").fit(data)
+        users = np.arange(data.n_users)
+        np.testing.assert_array_equal(default.score(users), explicit.score(users))
+        other = tiny(epochs=2, adam_beta2=0.999, init="normal").fit(data)
+        assert not np.array_equal(default.score(users), other.score(users))
+        key = tiny()._checkpoint_key(data, split.valid)
+        assert key == training.checkpoint_key(
+            SASRec,
+            {k: v for k, v in tiny().get_params().items() if k not in ("adam_beta2", "init")},
+            data,
+            split.valid,
+        )
+        assert tiny(init="normal")._checkpoint_key(data, split.valid) != key
+        assert tiny(adam_beta2=0.999)._checkpoint_key(data, split.valid) != key
 
     def test_early_stopping_keeps_the_best_epoch(self, planted):
         dataset, split = planted

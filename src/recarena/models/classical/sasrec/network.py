@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: the initial weights `SASRecConfig.init` names
+INITS = ("xavier", "normal")
+
 
 @dataclass
 class SASRecConfig:
@@ -33,6 +36,10 @@ class SASRecConfig:
     n_heads: int = 1
     #: dropout on the embeddings, the attention weights and each block's output
     dropout: float = 0.2
+    #: initial weights: ``"xavier"`` (Xavier-normal on every matrix, as the reference
+    #: PyTorch SASRec) or ``"normal"`` (N(0, 0.02) on every matrix, embeddings included, as
+    #: Klenitskiy & Vasilev's SASRec with cross-entropy and GPT-2)
+    init: str = "xavier"
 
 
 class CausalSelfAttention(nn.Module):
@@ -97,9 +104,13 @@ class SASRecNetwork(nn.Module):
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
         self.ln_final = nn.LayerNorm(config.hidden)
+        if config.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, not {config.init!r}")
         for name, p in self.named_parameters():
-            if p.dim() > 1:  # as the reference PyTorch SASRec: Xavier on every matrix
+            if p.dim() > 1 and config.init == "xavier":  # the reference PyTorch SASRec
                 nn.init.xavier_normal_(p)
+            elif p.dim() > 1:
+                nn.init.normal_(p, mean=0.0, std=0.02)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
         with torch.no_grad():

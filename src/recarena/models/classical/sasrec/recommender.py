@@ -54,7 +54,7 @@ from recarena.models._history import History, KeepsHistory
 from recarena.models.base import Recommender, TrainingData, is_integer, is_number, require_param
 from recarena.models.classical.sasrec import training
 from recarena.models.classical.sasrec.batching import shifted_history
-from recarena.models.classical.sasrec.network import SASRecConfig, SASRecNetwork
+from recarena.models.classical.sasrec.network import INITS, SASRecConfig, SASRecNetwork
 from recarena.models.classical.sasrec.training import EVAL_K
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,14 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
         Negatives for ``"bce"`` and ``"sampled_ce"``; None means 1 for ``"bce"`` (the paper)
         and 256 for ``"sampled_ce"``. Ignored by ``"ce"``.
     lr
-        Adam learning rate (default 1e-3; betas (0.9, 0.98) as in the paper).
+        Adam learning rate (default 1e-3).
+    adam_beta2
+        Adam's second-moment decay (default 0.98, the SASRec paper's; PyTorch's and
+        Klenitskiy & Vasilev's is 0.999). The first is 0.9.
+    init
+        Initial weights: ``"xavier"`` (default; Xavier-normal on every matrix, as the
+        reference PyTorch SASRec) or ``"normal"`` (N(0, 0.02) on every matrix, embeddings
+        included, as Klenitskiy & Vasilev's SASRec with cross-entropy).
     weight_decay
         Adam L2 penalty (default 0).
     lr_schedule
@@ -178,6 +185,8 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
         "lr_schedule": "constant",
         "warmup_epochs": 0,
         "decay_epochs": None,
+        "adam_beta2": 0.98,
+        "init": "xavier",
     }
 
     def __init__(
@@ -209,6 +218,8 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
         lr_schedule: LRSchedule = "constant",
         warmup_epochs: int = 0,
         decay_epochs: int | None = None,
+        adam_beta2: float = 0.98,
+        init: Literal["xavier", "normal"] = "xavier",
     ) -> None:
         self.max_len = max_len
         self.hidden = hidden
@@ -236,6 +247,8 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
         self.lr_schedule = lr_schedule
         self.warmup_epochs = warmup_epochs
         self.decay_epochs = decay_epochs
+        self.adam_beta2 = adam_beta2
+        self.init = init
 
     # ------------------------------------------------------------------ fitting
     def check_params(self) -> None:
@@ -278,6 +291,13 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
         require_param(
             self, "loss", self.loss in ("ce", "bce", "sampled_ce"), "'ce', 'bce' or 'sampled_ce'"
         )
+        require_param(
+            self,
+            "adam_beta2",
+            is_number(self.adam_beta2) and 0 <= self.adam_beta2 < 1,
+            "in [0, 1)",
+        )
+        require_param(self, "init", self.init in INITS, " or ".join(repr(i) for i in INITS))
         self._check_dp_params()
         self._check_schedule_params()
 
@@ -336,7 +356,10 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
             rng = np.random.default_rng(self.seed)
             self.network_ = net = SASRecNetwork(self._config()).to(device)
             optimizer = torch.optim.Adam(
-                net.parameters(), lr=self.lr, betas=(0.9, 0.98), weight_decay=self.weight_decay
+                net.parameters(),
+                lr=self.lr,
+                betas=(0.9, self.adam_beta2),
+                weight_decay=self.weight_decay,
             )
             self._prepare_training(net, optimizer)
             self._lr_at = lr_schedule.factor if lr_schedule.moves() else None
@@ -454,6 +477,7 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
             n_blocks=self.n_blocks,
             n_heads=self.n_heads,
             dropout=self.dropout,
+            init=self.init,
         )
 
     # ------------------------------------------------------------------ scoring

@@ -61,6 +61,8 @@ EVAL_BLOCK_CELLS = 16 << 20
 EVAL_K = 10
 #: SASRec's learning-rate schedule parameters (`LRScheduleSpec`)
 SCHEDULE_PARAMS = ("lr_schedule", "warmup_epochs", "decay_epochs")
+#: recipe options added after checkpoints were written, at their behaviour from before
+NEUTRAL_RECIPE: dict[str, Any] = {"adam_beta2": 0.98, "init": "xavier"}
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def checkpoint_key(
 
     The differential-privacy parameters count only when set: a fit that is not private
     keeps the key it had before they existed (its checkpoints still resume); so do the
-    learning-rate schedule's at a constant rate.
+    learning-rate schedule's at a constant rate, and `NEUTRAL_RECIPE`'s at their values.
     """
     dp = {k: v for k, v in params.items() if k.startswith("dp_")}
     if dp.get("dp_epsilon") is None and dp.get("dp_noise_multiplier") is None:
@@ -157,6 +159,8 @@ def checkpoint_key(
     if params.get("lr_schedule", "constant") == "constant" and not params.get("warmup_epochs"):
         # a constant rate keeps the key it had before schedules existed
         params = {k: v for k, v in params.items() if k not in SCHEDULE_PARAMS}
+    # options added later keep the key they had before they existed at their old behaviour
+    params = {k: v for k, v in params.items() if NEUTRAL_RECIPE.get(k, object()) != v}
     items = data.interactions["item"].to_numpy()
     fingerprint = {
         "class": stable_class_path(cls),

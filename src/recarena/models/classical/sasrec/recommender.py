@@ -185,8 +185,7 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
         "lr_schedule": "constant",
         "warmup_epochs": 0,
         "decay_epochs": None,
-        "adam_beta2": 0.98,
-        "init": "xavier",
+        **training.NEUTRAL_RECIPE,
     }
 
     def __init__(

@@ -62,6 +62,7 @@ EVAL_K = 10
 #: SASRec's learning-rate schedule parameters (`LRScheduleSpec`)
 SCHEDULE_PARAMS = ("lr_schedule", "warmup_epochs", "decay_epochs")
 #: recipe options added after checkpoints were written, at their behaviour from before
+#: (part of `SASRec.neutral_params`; `checkpoint_key` leaves them out at these values)
 NEUTRAL_RECIPE: dict[str, Any] = {"adam_beta2": 0.98, "init": "xavier"}
 
 

@@ -7,7 +7,9 @@ recency-weighted mean of their history) and ``lm-two-tower`` (LoRA on the encode
 layers, its CPU defaults). SASRec and the text-SASRec train for an hour or more each on 2
 CPU cores; they run only when named with ``--models`` (``sasrec``, ``lm-text-sasrec+id``;
 with ``--sasrec-recipe cosine``, both by configs/ml1m-sasrec-fast.toml's 40-epoch cosine
-schedule: ``sasrec-cosine``, ``lm-text-sasrec+id-cosine``).
+schedule: ``sasrec-cosine``, ``lm-text-sasrec+id-cosine``). ``lm-text-sasrec-joint+id``, the
+text-SASRec with the encoder's top layers then trained with it, always trains by the constant
+learning rate: under the cosine schedule its frozen stage would use every epoch.
 
 The run writes `fairness_users.csv`, `fairness_gaps.csv` and `fairness_items.csv`
 (`recarena.summary_fairness`); this script prints from them, per model: NDCG@10 for women
@@ -22,6 +24,7 @@ Usage::
     python benchmarks/bench_fairness_ml1m.py --output-dir /tmp/bench-fairness --threads 1
     python benchmarks/bench_fairness_ml1m.py --models ease,most_popular,lm-frozen
     python benchmarks/bench_fairness_ml1m.py --models ease,sasrec-cosine --sasrec-recipe cosine
+    python benchmarks/bench_fairness_ml1m.py --models ease,lm-text-sasrec-joint+id
     python benchmarks/bench_fairness_ml1m.py --models ease,lm-text-sasrec+id-cosine \
         --sasrec-recipe cosine
 """
@@ -46,7 +49,13 @@ CONFIG = Path(__file__).resolve().parent.parent / "configs" / "ml1m-loo.toml"
 #: 40 epochs, about half an hour on 2 CPU cores) instead of ml1m-loo.toml's constant 1e-3
 FAST_SASREC = Path(__file__).resolve().parent.parent / "configs" / "ml1m-sasrec-fast.toml"
 #: run only when named with --models: an hour or more each on 2 CPU cores
-LONG = {"sasrec", "lm-text-sasrec+id", "sasrec-cosine", "lm-text-sasrec+id-cosine"}
+LONG = {
+    "sasrec",
+    "lm-text-sasrec+id",
+    "sasrec-cosine",
+    "lm-text-sasrec+id-cosine",
+    "lm-text-sasrec-joint+id",
+}
 #: the parameters of the cosine recipe that the text-SASRec takes from the fast SASRec
 COSINE_SCHEDULE = ("lr", "lr_schedule", "warmup_epochs", "decay_epochs", "epochs")
 
@@ -63,6 +72,24 @@ def language_models(threads: int | None) -> list[dict[str, Any]]:
         {
             "name": "lm-text-sasrec",
             "label": "lm-text-sasrec+id",
+            "params": {
+                "model": "minilm-l6",
+                "id_embedding": True,
+                "max_len": 200,
+                "dropout": 0.2,
+                "eval_every": 2,
+                "patience": 5,
+                **torch_opts,
+            },
+            "grid": {},
+            "refit": False,
+        },
+        {
+            # the text-SASRec above, then LoRA on the encoder's top 2 layers trained with it
+            # (its defaults) once its frozen stage stops improving; always the constant 1e-3
+            # schedule: the cosine one leaves no epochs for a second stage
+            "name": "lm-text-sasrec-joint",
+            "label": "lm-text-sasrec-joint+id",
             "params": {
                 "model": "minilm-l6",
                 "id_embedding": True,

@@ -103,6 +103,14 @@ class DataConfig(_Strict):
         None, description="item text, e.g. 'Title: {title}. Genres: {genres}.'"
     )
     text_max_chars: int = Field(400, gt=0, description="longest text kept per field")
+    ties: Literal["hash", "file"] = Field(
+        "hash",
+        description="order of a user's interactions with equal timestamps: 'hash' (a fixed "
+        "hash of the ids: any row order gives the same split) or 'file' (the order the rows "
+        "are read in, as the SASRec and BERT4Rec preprocessing's stable sort: for "
+        "reproducing splits published that way; a temporal split's cut is decided by the "
+        "hash either way)",
+    )
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
 
     @field_validator("columns")

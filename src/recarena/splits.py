@@ -257,9 +257,10 @@ def leave_one_out_split(dataset: Dataset, *, min_history: int = 1) -> Split:
 
     Users need ``min_history`` training interactions plus the two held out; users with fewer
     stay wholly in training and are not evaluated (their number is in ``notes``). Without
-    timestamps, file order is used, and a note says so. Equal timestamps are ordered by the
-    data set's fixed tie key, not file order (see `recarena.data.dataset`); a note says for
-    how many users a tie decided the held-out item.
+    timestamps, file order is used, and a note says so. Equal timestamps are in the data
+    set's order: its fixed tie key, not file order, unless it was built with ``ties="file"``
+    (see `recarena.data.dataset`); a note says for how many users a tie decided the held-out
+    item, and by which order.
 
     Raises
     ------
@@ -292,7 +293,7 @@ def leave_one_out_split(dataset: Dataset, *, min_history: int = 1) -> Split:
             "kept in training only and not evaluated"
         )
     if dataset.has_timestamps:
-        notes.extend(_tie_notes(frame, test_mask, valid_mask))
+        notes.extend(_tie_notes(frame, test_mask, valid_mask, dataset.info.get("ties", "hash")))
     return Split(
         method="leave_one_out",
         train=frame.loc[train_mask].reset_index(drop=True),
@@ -310,7 +311,9 @@ def _after_preprocessing(dataset: Dataset) -> str:
     return f" after preprocessing ({', '.join(steps)})" if steps else ""
 
 
-def _tie_notes(frame: pd.DataFrame, test_mask: np.ndarray, valid_mask: np.ndarray) -> list[str]:
+def _tie_notes(
+    frame: pd.DataFrame, test_mask: np.ndarray, valid_mask: np.ndarray, ties: str = "hash"
+) -> list[str]:
     """How many users' held-out item shares its timestamp with another of their items.
 
     For those users the tie order, not time, decided which item was held out.
@@ -327,8 +330,14 @@ def _tie_notes(frame: pd.DataFrame, test_mask: np.ndarray, valid_mask: np.ndarra
     return [
         f"ties decided the held-out item of {tied_test} of {n_test} test users and "
         f"{tied_valid} of {n_valid} validation users (it shares its timestamp with another "
-        "of the user's items); equal timestamps are ordered by a fixed hash of the user and "
-        "item ids, never by file order"
+        "of the user's items); "
+        + (
+            "equal timestamps are ordered as the rows were read (data.ties = 'file'), so "
+            "the file's row order decided these users' held-out items"
+            if ties == "file"
+            else "equal timestamps are ordered by a fixed hash of the user and item ids, never "
+            "by file order"
+        )
     ]
 
 

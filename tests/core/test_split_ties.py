@@ -192,7 +192,7 @@ def test_a_run_folder_written_with_file_order_ties_resumes_on_its_own_split(tmp_
     # only new run folders get the new order
     import recarena.data.dataset as dataset_module
 
-    def file_order(frame, user_ids, item_ids):  # the rule before the tie key
+    def file_order(frame, user_ids, item_ids, ties="hash"):  # the rule before the tie key
         cols = ["user", "timestamp"] if "timestamp" in frame.columns else ["user"]
         return frame.sort_values(cols, kind="stable").reset_index(drop=True)
 
@@ -225,3 +225,90 @@ def test_a_run_folder_written_with_file_order_ties_resumes_on_its_own_split(tmp_
         run.run_dir / "models" / "most_popular" / "full" / "lists.npz"
     ).read_bytes() == old_lists
     assert (run.run_dir / "models" / "itemknn" / "DONE.json").exists()
+
+
+# ---------------------------------------------------------------- [data] ties = "file"
+def _file_order_config(tmp_path, rows: pd.DataFrame, ties: str = "file", **data) -> dict:
+    path = tmp_path / "tied.csv"
+    rows.to_csv(path, index=False)
+    return {
+        "name": "ties",
+        "output_dir": str(tmp_path / "runs"),
+        "data": {"format": "csv", "path": str(path), "ties": ties, **data},
+        "evaluation": {"ks": [5], "tune_metric": "ndcg@5", "bootstrap": 50},
+        "models": [{"name": "most_popular"}],
+    }
+
+
+def test_file_ties_order_equal_timestamps_as_the_rows_were_read(tmp_path):
+    # the SASRec and BERT4Rec preprocessing: a stable sort by user, then time, of the file
+    from recarena.config import DataConfig, PreprocessConfig
+    from recarena.data import load_dataset
+
+    rows = _tied_rows(seed=4)
+    config = DataConfig(**_file_order_config(tmp_path, rows)["data"])
+    ds = load_dataset(config)
+    expected = rows.sort_values(["user", "timestamp"], kind="stable")
+    inter = ds.interactions
+    got = list(zip(ds.user_ids[inter["user"]], ds.item_ids[inter["item"]], strict=True))
+    assert got == list(zip(expected["user"], expected["item"], strict=True))
+    assert ds.info["ties"] == "file"
+
+    hashed = load_dataset(config.model_copy(update={"ties": "hash"}))
+    assert "ties" not in hashed.info
+    split, hashed_split = leave_one_out_split(ds), leave_one_out_split(hashed)
+    assert _raw(ds, split.test) != _raw(hashed, hashed_split.test), "no tie moved: vacuous"
+    assert split.notes[-1].endswith(
+        "equal timestamps are ordered as the rows were read (data.ties = 'file'), so the "
+        "file's row order decided these users' held-out items"
+    )
+
+    # the order lasts through preprocessing, a save and a load
+    steps = PreprocessConfig(min_rating=3, dedup="latest", item_core=5)
+    kept = load_dataset(config.model_copy(update={"preprocess": steps}))
+    assert kept.info["ties"] == "file" and kept.n_interactions < ds.n_interactions
+    inter = kept.interactions
+    got_kept = list(zip(kept.user_ids[inter["user"]], kept.item_ids[inter["item"]], strict=True))
+    assert got_kept == [pair for pair in got if pair in set(got_kept)]
+    kept.save(tmp_path / "saved")
+    again = Dataset.load(tmp_path / "saved")
+    assert again.info["ties"] == "file"
+    pd.testing.assert_frame_equal(again.interactions, kept.interactions)
+
+
+def test_file_ties_follow_the_file_and_a_bad_value_is_refused(tmp_path):
+    rows = _tied_rows(seed=5)
+    forward = Dataset.from_raw("f", rows, ties="file")
+    backward = Dataset.from_raw("b", rows.iloc[::-1].reset_index(drop=True), ties="file")
+    assert not forward.interactions.equals(backward.interactions)  # the file decides
+    with pytest.raises(ValueError, match="ties must be one of hash, file, not 'time'"):
+        Dataset.from_raw("x", rows, ties="time")  # type: ignore[arg-type]
+    with pytest.raises(RecArenaError, match="ties"):
+        parse_config(_file_order_config(tmp_path, rows, ties="time"))
+
+
+def test_the_ties_option_leaves_earlier_run_folders_resumable_and_a_change_is_refused(tmp_path):
+    from recarena.experiment.artifacts import _hash, data_hash, setup_hash
+
+    rows = _tied_rows(seed=6, n_users=50)
+    hashed = parse_config(_file_order_config(tmp_path, rows, ties="hash"))
+    # at "hash" the hashes are those of a configuration from before the option
+    before = hashed.model_dump(mode="json")
+    del before["data"]["ties"]
+    assert data_hash(hashed) == _hash({"data": before["data"]})
+    assert setup_hash(hashed) == _hash(
+        {k: before[k] for k in ("data", "split", "evaluation", "seed")}
+    )
+
+    run = run_experiment(hashed, cache_dir=tmp_path / "cache", progress=False)
+    assert not run.failed
+    filed = parse_config(_file_order_config(tmp_path, rows))
+    assert data_hash(filed) != data_hash(hashed)
+    # the same folder under the other tie order is not reused with the old split
+    with pytest.raises(RecArenaError, match="different data/split/evaluation setup"):
+        run_experiment(filed, cache_dir=tmp_path / "cache", progress=False)
+    elsewhere = run_experiment(
+        filed, output_dir=tmp_path / "other", cache_dir=tmp_path / "cache", progress=False
+    )
+    saved = Dataset.load(elsewhere.run_dir / "dataset")
+    assert saved.info["ties"] == "file"

@@ -17,7 +17,7 @@ from recarena.data.catalog import (
     list_catalog,
     load_catalog_dataset,
 )
-from recarena.data.dataset import Dataset, interactions_csr
+from recarena.data.dataset import Dataset, interactions_csr, tie_order
 from recarena.data.loaders import FORMATS, get_format_loader, register_format
 from recarena.data.preprocess import deduplicate, k_core, rating_threshold
 from recarena.data.text import ItemTextTemplate
@@ -39,6 +39,8 @@ def load_dataset(config: DataConfig, cache_dir: Path | None = None) -> Dataset:
     config
         ``config.name`` names a catalog data set (fetched into the cache when missing);
         otherwise ``config.format`` picks a loader from `FORMATS` for ``config.path``.
+        ``config.ties`` decides how the loader's `Dataset.from_raw` orders equal
+        timestamps (`recarena.data.dataset.tie_order`).
         Relative paths (``path``, ``items_path``, ``users_path``) are relative to the
         current directory.
     cache_dir
@@ -70,11 +72,13 @@ def load_dataset(config: DataConfig, cache_dir: Path | None = None) -> Dataset:
                 ", data.".join(ignored),
                 config.name,
             )
-        dataset = load_catalog_dataset(config.name, resolve_cache_dir(cache_dir))
+        with tie_order(config.ties):
+            dataset = load_catalog_dataset(config.name, resolve_cache_dir(cache_dir))
     else:
         assert config.path is not None and config.format is not None  # DataConfig checks this
         loader = get_format_loader(config.format)
-        dataset = loader(Path(config.path).expanduser(), config)
+        with tie_order(config.ties):
+            dataset = loader(Path(config.path).expanduser(), config)
     dataset = preprocess(dataset, config.preprocess)
     if config.text_template:
         ItemTextTemplate(config.text_template, config.text_max_chars).validate(

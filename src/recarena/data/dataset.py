@@ -17,7 +17,10 @@ Equal timestamps (several ratings in one second, reviews dated by the day) are o
 a fixed tie key, a hash of the raw user and item ids (`tie_order_keys`), then by item,
 rating and part, never by file order: the same data in any row order gives the same rows
 in the same order, hence the same split, and an exact duplicate sits next to its original.
-Without timestamps the file order is the only order there is and is kept. Dense ids are
+Without timestamps the file order is the only order there is and is kept. A data set built
+with ``ties="file"`` (``[data] ties = "file"``, recorded as ``info["ties"]``) orders equal
+timestamps by the order its loader read the rows in instead, as the stable sort of the
+SASRec and BERT4Rec preprocessing does: for reproducing splits published that way. Dense ids are
 assigned by sorting the raw ids, so they carry no information about time or popularity.
 ``user_ids[u]`` and ``item_ids[i]`` give the raw ids back. The item table ``items`` has one
 row per dense item id (a ``RangeIndex``); text columns are strings and multi-valued columns
@@ -46,7 +49,9 @@ Additions (v0.2; optional, absent unless a loader sets them):
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -127,6 +132,7 @@ class Dataset:
         source: str | os.PathLike[str] | None = None,
         keep_items: bool = False,
         impressions: pd.DataFrame | None = None,
+        ties: TieOrder | None = None,
     ) -> Dataset:
         """Build a dataset from raw ids.
 
@@ -154,7 +160,16 @@ class Dataset:
             ``label`` (1 clicked, 0 not clicked), optional ``timestamp`` (int seconds) and
             ``part``. Its users and items join the id space. Stored, with dense ids, as
             `Dataset.impressions` (see the module docstring).
+        ties
+            How equal timestamps of a user are ordered: ``"hash"`` (the tie key) or
+            ``"file"`` (the order of the rows given); None: ``info["ties"]`` when it is
+            there, else the setting of an enclosing `tie_order` block, else ``"hash"``.
+            ``"file"`` is recorded as ``info["ties"]``, so `subset` keeps it.
         """
+        info = dict(info or {})
+        ties = ties or info.get("ties") or _TIES.get()
+        if ties not in TIE_ORDERS:
+            raise ValueError(f"ties must be one of {', '.join(TIE_ORDERS)}, not {ties!r}")
         for col in ("user", "item"):
             if col not in interactions.columns:
                 raise DataError(
@@ -191,9 +206,10 @@ class Dataset:
             frame["rating"] = interactions["rating"].to_numpy().astype(np.float32)
         if "part" in interactions.columns:
             frame["part"] = _part_column(interactions["part"], source, "interaction")
-        frame = _history_order(frame, user_ids, item_ids)
+        frame = _history_order(frame, user_ids, item_ids, ties)
 
-        info = dict(info or {})
+        if ties == "file":
+            info["ties"] = "file"
         if keep_items:
             info["keep_items"] = True
         item_table = _align_table(items, item_ids, "item")
@@ -485,6 +501,25 @@ class Dataset:
         )
 
 
+#: how equal timestamps of a user are ordered (`Dataset.from_raw`'s ``ties``)
+TieOrder = Literal["hash", "file"]
+TIE_ORDERS: tuple[str, ...] = ("hash", "file")
+_TIES: ContextVar[str] = ContextVar("recarena_dataset_ties", default="hash")
+
+
+@contextmanager
+def tie_order(ties: TieOrder) -> Iterator[None]:
+    """Within the block, `Dataset.from_raw` orders equal timestamps by ``ties`` unless told
+    otherwise: how `recarena.data.load_dataset` hands ``[data] ties`` to every loader."""
+    if ties not in TIE_ORDERS:
+        raise ValueError(f"ties must be one of {', '.join(TIE_ORDERS)}, not {ties!r}")
+    token = _TIES.set(ties)
+    try:
+        yield
+    finally:
+        _TIES.reset(token)
+
+
 def tie_order_keys(
     interactions: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray
 ) -> np.ndarray:
@@ -516,12 +551,18 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _history_order(frame: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -> pd.DataFrame:
-    """Rows by user, then time, then the tie key, item, rating and part (module docstring)."""
+def _history_order(
+    frame: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray, ties: str = "hash"
+) -> pd.DataFrame:
+    """Rows by user, then time, then the tie key (or, with ``ties="file"``, the row
+    order), item, rating and part (module docstring)."""
     if "timestamp" not in frame.columns:
         return frame.sort_values(["user"], kind="stable").reset_index(drop=True)
     keys = [frame["user"].to_numpy(), frame["timestamp"].to_numpy()]
-    keys.append(tie_order_keys(frame, user_ids, item_ids))
+    if ties == "file":
+        keys.append(np.arange(len(frame)))
+    else:
+        keys.append(tie_order_keys(frame, user_ids, item_ids))
     keys.append(frame["item"].to_numpy())
     keys.extend(frame[c].to_numpy() for c in ("rating", "part") if c in frame.columns)
     order = np.lexsort(keys[::-1])  # lexsort sorts by its last key first

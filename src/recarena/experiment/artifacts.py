@@ -69,15 +69,28 @@ def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+#: ``[data]`` options added after run folders were saved, at the values that mean what the
+#: folders saved without them meant: left out of the hashes there, so those folders resume
+DATA_OPTIONS_NEUTRAL: dict[str, Any] = {"ties": "hash"}
+
+
+def _hashed_dump(config: ExperimentConfig) -> dict[str, Any]:
+    dump = config.model_dump(mode="json")
+    for key, neutral in DATA_OPTIONS_NEUTRAL.items():
+        if dump["data"].get(key) == neutral:
+            del dump["data"][key]
+    return dump
+
+
 def setup_hash(config: ExperimentConfig) -> str:
     """Hash of everything that makes two runs comparable: data, split, evaluation, seed."""
-    dump = config.model_dump(mode="json")
+    dump = _hashed_dump(config)
     return _hash({k: dump[k] for k in ("data", "split", "evaluation", "seed")})
 
 
 def data_hash(config: ExperimentConfig) -> str:
     """Hash of what the preprocessed data set depends on: the ``[data]`` table."""
-    return _hash({"data": config.model_dump(mode="json")["data"]})
+    return _hash({"data": _hashed_dump(config)["data"]})
 
 
 def model_hash(model_config: ModelConfig) -> str:

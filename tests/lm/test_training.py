@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -253,3 +254,24 @@ def test_best_weights_keeps_the_best_epoch_and_lets_step_0_compete():
     unvalidated.restore()
     assert unvalidated.epoch == 2 and unvalidated.extra["table"] == 2
     assert (net[1].weight == 6.0).all()
+
+
+def test_early_stopping_is_the_one_rule_of_train_loop_and_best_weights():
+    """`EarlyStopping`: a gain restarts the count, NaN never gains, ``min`` reverses the
+    comparison, and `BestWeights` and `train_loop` both read it."""
+    stopping = tr.EarlyStopping(2)
+    assert stopping.improves(0.3) and stopping.value == 0.3
+    assert not stopping.improves(float("nan")) and not stopping.should_stop
+    assert not stopping.improves(0.3) and stopping.should_stop  # equal is no gain
+    assert stopping.improves(0.4) and stopping.stale == 0 and not stopping.should_stop
+    lower = tr.EarlyStopping(None, mode="min", value=1.0)
+    assert lower.improves(0.5) and not lower.improves(0.7)
+    assert not any(lower.improves(2.0) or lower.should_stop for _ in range(50))
+    with pytest.raises(ValueError, match="mode must be 'max' or 'min'"):
+        tr.EarlyStopping(1, mode="up")  # type: ignore[arg-type]
+
+    net = torch.nn.Linear(2, 1)
+    best = tr.BestWeights(net, patience=1)
+    assert best.value == -math.inf and isinstance(best.stopping, tr.EarlyStopping)
+    assert not best.offer(1, 0.2) and best.value == 0.2 and best.epoch == 1
+    assert best.offer(2, 0.1) and best.stale == 1 and best.epoch == 1

@@ -403,9 +403,8 @@ def train_loop(
     raw_model = accelerator.unwrap_model(model)
 
     result = LoopResult(model=raw_model, steps_per_epoch=steps_per_epoch)
-    better = (lambda a, b: a > b) if config.mode == "max" else (lambda a, b: a < b)
+    stopping = EarlyStopping(config.patience, mode=config.mode)
     best_state: dict[str, torch.Tensor] | None = None
-    stale = 0
     start = time.perf_counter()
     eval_seconds = 0.0
     loss_sum = torch.zeros((), device=accelerator.device)
@@ -457,7 +456,7 @@ def train_loop(
 
     def run_evaluation(epoch: int) -> bool:
         """Evaluate, log, keep the best weights; True when training should stop."""
-        nonlocal best_state, stale, eval_seconds
+        nonlocal best_state, eval_seconds
         began = time.perf_counter()
         metrics = None
         if evaluate is not None:
@@ -476,17 +475,13 @@ def train_loop(
             result.best_step, result.best_epoch = step, epoch
             return False
         value = float(metrics[config.monitor])
-        if not math.isnan(value) and (
-            result.best_value is None or better(value, result.best_value)
-        ):
+        if stopping.improves(value):
             result.best_value, result.best_step, result.best_epoch = value, step, epoch
-            stale = 0
             if config.keep_best != "no":
                 best_state = _copy_state(raw_model, trainable_only=config.keep_best == "trainable")
             return False
-        stale += 1
-        if config.patience is not None and stale >= config.patience:
-            logger.info("%s: no gain in %d evaluations, stopping", config.desc, stale)
+        if stopping.should_stop:
+            logger.info("%s: no gain in %d evaluations, stopping", config.desc, stopping.stale)
             return True
         return False
 
@@ -555,6 +550,47 @@ def train_loop(
 
 
 # ---------------------------------------------------------------------------- early stopping
+class EarlyStopping:
+    """The best validation value so far, and the evaluations in a row that did not beat it.
+
+    ``mode``: whether higher (``"max"``) or lower (``"min"``) is better; NaN never beats
+    anything. ``value``: the value to beat first (None: the first number offered is the
+    best). ``patience``: evaluations in a row without a gain before `should_stop` (None:
+    never).
+    """
+
+    def __init__(
+        self,
+        patience: int | None,
+        *,
+        mode: Literal["max", "min"] = "max",
+        value: float | None = None,
+    ) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', not {mode!r}")
+        self.patience = patience
+        self.mode = mode
+        self.value = None if value is None else float(value)
+        self.stale = 0
+
+    def improves(self, value: float) -> bool:
+        """Offer ``value``: True when it is the new best (the count of evaluations without
+        a gain starts again), False when it counts as one more of them."""
+        if not math.isnan(value) and (
+            self.value is None or (value > self.value if self.mode == "max" else value < self.value)
+        ):
+            self.value = float(value)
+            self.stale = 0
+            return True
+        self.stale += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether ``patience`` evaluations in a row brought no gain."""
+        return self.patience is not None and self.stale >= self.patience
+
+
 class BestWeights:
     """The trainable weights of the best epoch so far, for a training loop that measures a
     validation number (higher is better) once an epoch and stops early on it.
@@ -576,25 +612,31 @@ class BestWeights:
         **extra: Any,
     ) -> None:
         self.module = module
-        self.patience = patience
-        self.value = -math.inf if value is None else float(value)
+        self.stopping = EarlyStopping(patience, value=-math.inf if value is None else value)
         self.epoch = 0
         self.extra: dict[str, Any] = dict(extra)
         self.state = _copy_state(module, trainable_only=True)
-        self.stale = 0
+
+    @property
+    def value(self) -> float:
+        """The kept epoch's validation number (-inf before any)."""
+        assert self.stopping.value is not None  # it starts at a number
+        return self.stopping.value
+
+    @property
+    def stale(self) -> int:
+        """Epochs in a row without a gain."""
+        return self.stopping.stale
 
     def offer(self, epoch: int, value: float | None, **extra: Any) -> bool:
         """Keep this epoch's weights if ``value`` beats the best; True when it is time to stop."""
-        if value is None or value > self.value:
-            if value is not None:
-                self.value = float(value)
+        if value is None or self.stopping.improves(value):
             self.epoch = epoch
             self.extra.update(extra)
             self.state = _copy_state(self.module, trainable_only=True)
-            self.stale = 0
+            self.stopping.stale = 0
             return False
-        self.stale += 1
-        return self.patience is not None and self.stale >= self.patience
+        return self.stopping.should_stop
 
     def restore(self) -> torch.nn.Module:
         """Load the kept weights into the module (the untrained ones when no epoch beat them)."""

@@ -23,6 +23,7 @@ Usage::
 
     python benchmarks/bench_ml1m_loo.py --cache-dir /tmp/cache --output-dir /tmp/bench
     python benchmarks/bench_ml1m_loo.py --models ease,itemknn   # a subset
+    python benchmarks/bench_ml1m_loo.py --ties file   # ties in file order, a run of its own
 
 Re-running resumes: finished models are read back, not recomputed (``--overwrite`` starts
 over). Peak memory then covers only what this process did.
@@ -65,12 +66,22 @@ def main() -> None:
     parser.add_argument("--models", default=None, help="comma-separated model labels to keep")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--ties",
+        choices=("hash", "file"),
+        default=None,
+        help="override [data] ties: 'file' gives the split of the tables measured before "
+        "equal timestamps had a fixed order",
+    )
     args = parser.parse_args()
     # the models' own progress (SASRec's epochs, with validation NDCG@10) on stderr
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
 
     config = load_config(args.config)
+    if args.ties is not None:
+        data = config.data.model_copy(update={"ties": args.ties})
+        config = config.model_copy(update={"data": data, "name": f"{config.name}-ties-{args.ties}"})
     if args.models:
         keep = set(args.models.split(","))
         config = config.model_copy(

@@ -62,6 +62,16 @@ COSINE_SCHEDULE = ("lr", "lr_schedule", "warmup_epochs", "decay_epochs", "epochs
 
 def language_models(threads: int | None) -> list[dict[str, Any]]:
     torch_opts = {} if threads is None else {"num_threads": threads}
+    # the text-SASRec with ids, frozen and jointly trained alike
+    text_sasrec = {
+        "model": "minilm-l6",
+        "id_embedding": True,
+        "max_len": 200,
+        "dropout": 0.2,
+        "eval_every": 2,
+        "patience": 5,
+        **torch_opts,
+    }
     return [
         {"name": "lm-frozen", "params": {"model": "minilm-l6"}},
         {
@@ -72,15 +82,7 @@ def language_models(threads: int | None) -> list[dict[str, Any]]:
         {
             "name": "lm-text-sasrec",
             "label": "lm-text-sasrec+id",
-            "params": {
-                "model": "minilm-l6",
-                "id_embedding": True,
-                "max_len": 200,
-                "dropout": 0.2,
-                "eval_every": 2,
-                "patience": 5,
-                **torch_opts,
-            },
+            "params": dict(text_sasrec),
             "grid": {},
             "refit": False,
         },
@@ -90,15 +92,7 @@ def language_models(threads: int | None) -> list[dict[str, Any]]:
             # schedule: the cosine one leaves no epochs for a second stage
             "name": "lm-text-sasrec-joint",
             "label": "lm-text-sasrec-joint+id",
-            "params": {
-                "model": "minilm-l6",
-                "id_embedding": True,
-                "max_len": 200,
-                "dropout": 0.2,
-                "eval_every": 2,
-                "patience": 5,
-                **torch_opts,
-            },
+            "params": dict(text_sasrec),
             "grid": {},
             "refit": False,
         },

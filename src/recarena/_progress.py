@@ -11,6 +11,7 @@ loads (`library_bars`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from collections.abc import Iterator
 
@@ -47,6 +48,32 @@ def quiet_library_progress() -> Iterator[None]:
         yield
     finally:
         hf_logging.enable_progress_bar()
+
+
+@contextlib.contextmanager
+def gguf_conversion_bar() -> Iterator[None]:
+    """transformers' GGUF de-quantisation ("Converting and de-quantizing GGUF tensors...")
+    draws a plain tqdm bar that its progress-bar switch does not reach: inside the block it
+    follows that switch (off after `quiet_libraries` or inside `library_bars`), as every
+    other bar of the library does; as it was after."""
+    hf_logging = sys.modules.get("transformers.utils.logging")
+    if hf_logging is None or hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    try:
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 @contextlib.contextmanager

@@ -51,3 +51,26 @@ def test_quiet_by_default_and_verbose_on_request(restore_logging, caplog):
         warnings.simplefilter("always")
         _library_warning()
     assert any("is deprecated" in r.getMessage() for r in caplog.records)
+
+
+def test_the_gguf_conversion_bar_follows_the_libraries_switch(restore_logging, capsys):
+    # transformers' GGUF de-quantisation draws a plain tqdm bar that its own
+    # disable_progress_bar() does not reach
+    hf = pytest.importorskip("transformers.utils.logging")
+    gguf_utils = pytest.importorskip("transformers.modeling_gguf_pytorch_utils")
+    from recarena._progress import gguf_conversion_bar
+
+    original = gguf_utils.tqdm
+    hf.enable_progress_bar()
+    with gguf_conversion_bar():
+        assert gguf_utils.tqdm is original  # -v, or a bench that shows bars: unchanged
+    quiet_libraries(False)
+    with gguf_conversion_bar():
+        for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors"):
+            pass
+    assert gguf_utils.tqdm is original
+    assert "de-quantizing" not in capsys.readouterr().err
+    # the unpatched bar does draw (so the check above is not vacuous)
+    for _ in gguf_utils.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors"):
+        pass
+    assert "de-quantizing" in capsys.readouterr().err

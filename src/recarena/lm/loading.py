@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from recarena._io import publish_mode, read_json, write_json
-from recarena._progress import library_bars
+from recarena._progress import gguf_conversion_bar, library_bars
 from recarena.errors import ModelNotAvailableError
 from recarena.lm.zoo import Family, ResolvedModel, _family_from_config
 
@@ -417,9 +417,10 @@ def _load_causal_lm(resolved: ResolvedModel, device: str, dtype: str) -> LoadedC
         tokenizer = AutoTokenizer.from_pretrained(target, **gguf_kwargs)
         if gguf_kwargs:
             # dequantize in float32 on the CPU, keep a copy, then move
-            model = AutoModelForCausalLM.from_pretrained(
-                target, **gguf_kwargs, **_dtype_kwarg(torch.float32)
-            )
+            with gguf_conversion_bar():
+                model = AutoModelForCausalLM.from_pretrained(
+                    target, **gguf_kwargs, **_dtype_kwarg(torch.float32)
+                )
             if converted is not None:
                 _save_converted(model, tokenizer, converted, resolved)
             model = model.to(torch_dtype)

@@ -1,5 +1,5 @@
-"""EASE on a 17,632-item catalog: float64 against float32, and a validation grid that
-builds the Gram matrix once.
+"""EASE on a 17,632-item catalog: float64 against float32, the Cholesky solve against the
+dual (user-user) one, and a validation grid that builds its decomposition once.
 
 The catalog has Last.fm HetRec's shape (1,892 users, 17,632 items, about 92,800
 interactions, item popularity Zipf-like), generated with a seed, so the benchmark needs no
@@ -8,14 +8,18 @@ items excluded) says whether float32 ranks as float64 does.
 
 Measured, each in a fresh process so that peak memory is the fit's own (``ru_maxrss``):
 
-- one fit in float64 and in float32: seconds, peak resident memory, the largest weight
-  difference relative to the largest weight, NDCG@10, top-10 overlap with float64;
-- a six-point ``l2`` grid on one `TrainingData` (the Gram matrix built once and kept in
-  ``data.derived``) against six fits on fresh data (built each time, as before).
+- one fit in float64 and in float32 (``--fits``; ``-dual`` for ``solver="dual"``):
+  seconds, peak resident memory, the largest weight difference relative to the largest
+  weight of the float64 Cholesky fit, NDCG@10, top-10 overlap with it;
+- a six-point ``l2`` grid on one `TrainingData` (the Gram matrix, or for the dual solver
+  the user-user eigendecomposition, built once and kept in ``data.derived``) against six
+  fits on fresh data (built each time, as before); each point is fitted and then scored
+  (NDCG@10 of the held-out items, the tuning's validation), the best ``l2`` reported.
 
 Usage::
 
     python benchmarks/bench_ease_large.py --out /tmp/ease.json
+    python benchmarks/bench_ease_large.py --fits float64,float32-dual --grids shared-float32-dual
 """
 
 from __future__ import annotations
@@ -63,35 +67,46 @@ def ndcg10(model, data, held: np.ndarray) -> tuple[float, np.ndarray]:
     return float(np.mean(gains)), np.asarray(items)
 
 
-def one_fit(dtype: str) -> dict:
+def one_fit(name: str) -> dict:
     from recarena.models.classical.ease import EASE
 
+    dtype, _, solver = name.partition("-")
     data, held = make_data()
     start = time.perf_counter()
-    model = EASE(l2=500.0, dtype=dtype).fit(data)
+    model = EASE(l2=500.0, dtype=dtype, solver=solver or "cholesky").fit(data)
     seconds = time.perf_counter() - start
     quality, top = ndcg10(model, data, held)
-    np.save(f"/tmp/ease_{dtype}_weights.npy", model.weights_)
-    np.save(f"/tmp/ease_{dtype}_top.npy", top)
+    np.save(f"/tmp/ease_{name}_weights.npy", model.weights_)
+    np.save(f"/tmp/ease_{name}_top.npy", top)
     return {
-        "dtype": dtype,
+        "fit": name,
+        "solver": model.solver_,
         "fit_seconds": seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "ndcg@10": quality,
     }
 
 
-def grid(shared: bool, dtype: str) -> dict:
+def grid(shared: bool, dtype: str, solver: str) -> dict:
     from recarena.models.classical.ease import EASE
 
-    data, _ = make_data()
+    data, held = make_data()
     start = time.perf_counter()
+    fit_seconds, quality = 0.0, {}
     for l2 in GRID:
-        EASE(l2=l2, dtype=dtype).fit(data if shared else make_data()[0])
+        begin = time.perf_counter()
+        model = EASE(l2=l2, dtype=dtype, solver=solver).fit(data if shared else make_data()[0])
+        fit_seconds += time.perf_counter() - begin
+        quality[l2] = ndcg10(model, data, held)[0]
+        del model
     return {
         "shared_gram": shared,
         "dtype": dtype,
+        "solver": solver,
         "grid_seconds": time.perf_counter() - start,
+        "fit_seconds": fit_seconds,
+        "ndcg@10": quality,
+        "best_l2": max(quality, key=quality.get),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -108,30 +123,47 @@ def main() -> None:
     parser.add_argument("--child", nargs="+", default=None)
     parser.add_argument("--out", default=None)
     parser.add_argument(
+        "--fits",
+        default="float64,float32",
+        help="comma-separated single fits, the first the reference: float64|float32[-dual]",
+    )
+    parser.add_argument(
         "--grids",
         default="fresh-float64,shared-float64,shared-float32",
-        help="comma-separated grids to time: fresh|shared - float64|float32 ('' for none)",
+        help="comma-separated grids to time: fresh|shared - float64|float32 [-dual|-auto] "
+        "('' for none; the Cholesky solve without a suffix)",
     )
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        result = one_fit(rest[0]) if kind == "fit" else grid(rest[0] == "shared", rest[1])
+        if kind == "fit":
+            result = one_fit(rest[0])
+        else:
+            result = grid(rest[0] == "shared", rest[1], rest[2] if len(rest) > 2 else "cholesky")
         print(json.dumps(result))
         return
     results: dict = {"fits": [], "grids": []}
-    for dtype in ("float64", "float32"):
-        results["fits"].append(child(["fit", dtype]))
+    names = [n for n in args.fits.split(",") if n]
+    for name in names:
+        results["fits"].append(child(["fit", name]))
         print(results["fits"][-1], flush=True)
-    w64, w32 = np.load("/tmp/ease_float64_weights.npy"), np.load("/tmp/ease_float32_weights.npy")
-    t64, t32 = np.load("/tmp/ease_float64_top.npy"), np.load("/tmp/ease_float32_top.npy")
-    results["max_relative_weight_difference"] = float(np.abs(w64 - w32).max() / np.abs(w64).max())
-    results["top10_overlap"] = float(
-        np.mean([len(set(a) & set(b)) / 10 for a, b in zip(t64, t32, strict=True)])
-    )
-    print({k: results[k] for k in ("max_relative_weight_difference", "top10_overlap")})
+    reference = names[0] if names else None
+    for name in names[1:]:
+        w_ref, w = (
+            np.load(f"/tmp/ease_{reference}_weights.npy"),
+            np.load(f"/tmp/ease_{name}_weights.npy"),
+        )
+        t_ref, t = np.load(f"/tmp/ease_{reference}_top.npy"), np.load(f"/tmp/ease_{name}_top.npy")
+        against = {
+            "max_relative_weight_difference": float(np.abs(w_ref - w).max() / np.abs(w_ref).max()),
+            "top10_overlap": float(
+                np.mean([len(set(a) & set(b)) / 10 for a, b in zip(t_ref, t, strict=True)])
+            ),
+        }
+        results.setdefault("against_" + reference, {})[name] = against
+        print(name, "against", reference, against, flush=True)
     for grid_name in filter(None, args.grids.split(",")):
-        how, dtype = grid_name.split("-")
-        results["grids"].append(child(["grid", how, dtype]))
+        results["grids"].append(child(["grid", *grid_name.split("-")]))
         print(results["grids"][-1], flush=True)
     if args.out:
         with open(args.out, "w") as fh:

@@ -65,7 +65,8 @@ def test_cost_record_and_training_log_defaults():
     dataset = make_planted_dataset()
     data = _training_data(dataset, dataset.interactions)
     ease = EASE().fit(data)
-    assert ease.cost_record() == {"device": "cpu"}
+    # EASE names the solver it used; nothing else beyond the device
+    assert ease.cost_record() == {"device": "cpu", "solver": "cholesky"}
     assert ease.training_log() == []
 
     sasrec = SASRec(**{**SASREC_TINY, "epochs": 2}).fit(data)

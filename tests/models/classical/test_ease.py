@@ -69,7 +69,7 @@ class TestEASE(RecommenderConformance):
         n = 50_000
         data = TrainingData(pd.DataFrame({"user": [0], "item": [n - 1]}), n_users=1, n_items=n)
         with pytest.raises(ConfigError, match=r"50,000 x 50,000 .*35\.0 GB"):
-            EASE().fit(data)
+            EASE(solver="cholesky").fit(data)
 
     def test_symmetrize_in_blocks(self):
         rng = np.random.default_rng(0)
@@ -157,3 +157,75 @@ def test_a_grid_on_one_data_builds_the_gram_matrix_once(monkeypatch):
     assert np.array_equal(
         kept.weights_, EASE(l2=10.0, dtype="float32").fit(_random_data()).weights_
     )
+
+
+# --------------------------------------------------------------------------- dual solver
+def _wide_data(seed: int = 0) -> tuple[TrainingData, np.ndarray]:
+    """30 users (the last without history) x 200 items (the last 10 never interacted):
+    a catalog of the shape where the dual solver pays."""
+    rng = np.random.default_rng(seed)
+    matrix = (rng.random((30, 200)) < 0.08).astype(np.float64)
+    matrix[-1] = 0.0
+    matrix[:, -10:] = 0.0
+    return _data(matrix), matrix
+
+
+class TestEASEDual(RecommenderConformance):
+    def make_model(self, seed: int = 0):
+        return EASE(l2=10.0, solver="dual")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("l2", [0.5, 20.0, 2000.0])
+def test_dual_solver_matches_the_direct_solution(dtype, l2):
+    data, matrix = _wide_data()
+    model = EASE(l2=l2, dtype=dtype, solver="dual").fit(data)
+    assert model.solver_ == "dual" and model.weights_.dtype == np.float32
+    p = np.linalg.inv(matrix.T @ matrix + l2 * np.eye(200))
+    expected = np.eye(200) - p / np.diag(p)[None, :]
+    scale = np.abs(expected).max()
+    tolerance = 1e-9 if dtype == "float64" else 2e-5
+    assert np.abs(model.weights_ - expected).max() <= tolerance * scale + 1e-7
+    assert np.all(np.diag(model.weights_) == 0.0)
+    assert np.all(model.weights_[:, -10:] == 0.0)  # items without interactions: zero columns
+    cholesky = EASE(l2=l2, dtype=dtype, solver="cholesky").fit(_wide_data()[0])
+    assert cholesky.solver_ == "cholesky"
+    np.testing.assert_allclose(
+        model.score(np.arange(30)), cholesky.score(np.arange(30)), atol=1e-4 * scale
+    )
+
+
+def test_auto_takes_the_dual_only_where_it_is_far_cheaper():
+    from recarena.models.classical.ease import dual_is_cheaper
+
+    assert dual_is_cheaper(1_892, 17_632)  # Last.fm HetRec's shape
+    assert not dual_is_cheaper(943, 1_682)  # MovieLens-100k: the Cholesky solve of before
+    assert not dual_is_cheaper(6_040, 3_706)  # MovieLens-1M
+    wide = EASE(l2=10.0).fit(_wide_data()[0])
+    assert wide.solver_ == "dual" and wide.cost_record()["solver"] == "dual"
+    assert EASE(l2=10.0).fit(_data(X)).solver_ == "cholesky"
+    with pytest.raises(ValueError, match="'auto', 'cholesky' or 'dual'"):
+        EASE(solver="woodbury").check_params()
+
+
+def test_a_dual_grid_decomposes_the_user_gram_matrix_once(monkeypatch):
+    import recarena.models.classical.ease as ease
+
+    calls = []
+    real = ease.scipy.linalg.eigh
+    monkeypatch.setattr(ease.scipy.linalg, "eigh", lambda *a, **k: calls.append(1) or real(*a, **k))
+    data = _wide_data()[0]
+    fits = [EASE(l2=l2, solver="dual").fit(data) for l2 in (10.0, 100.0, 10.0)]
+    assert len(calls) == 1
+    assert np.array_equal(fits[0].weights_, fits[2].weights_)
+    assert np.array_equal(
+        fits[1].weights_, EASE(l2=100.0, solver="dual").fit(_wide_data()[0]).weights_
+    )
+    assert len(calls) == 2  # other data: decomposed again
+
+
+def test_the_dual_memory_estimate_counts_its_own_arrays():
+    n = 50_000
+    data = TrainingData(pd.DataFrame({"user": [0], "item": [n - 1]}), n_users=1, n_items=n)
+    with pytest.raises(ConfigError, match=r"50,000 x 50,000 .*10\.0 GB"):
+        EASE(dtype="float32", solver="dual").fit(data)

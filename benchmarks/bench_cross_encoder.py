@@ -37,6 +37,7 @@ Usage::
     python benchmarks/bench_cross_encoder.py                       # the README's figures
     python benchmarks/bench_cross_encoder.py --budget-seconds 300 --users 200   # quicker
     python benchmarks/bench_cross_encoder.py --models cross-encoder-no-history --seed 1
+    python benchmarks/bench_cross_encoder.py --dataset ml-1m --models cross-encoder  # ML-1M
     python benchmarks/bench_cross_encoder.py --num-layers 3 --train-top-layers 0 \
         --models cross-encoder --dp-epsilons 8         # the cost of privacy, head alone
 """
@@ -124,7 +125,7 @@ def experiment(args: argparse.Namespace) -> ExperimentConfig:
         {
             "name": args.name,
             "seed": 42,
-            "data": {"name": "ml-100k", "text_template": "{title}. Genres: {genres}."},
+            "data": {"name": args.dataset, "text_template": "{title}. Genres: {genres}."},
             "split": {"method": "leave_one_out"},
             "evaluation": {
                 "ks": [5, 10],
@@ -289,6 +290,9 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=None, help="test users (default: all)")
     parser.add_argument("--budget-seconds", type=float, default=1800.0)
     parser.add_argument("--model", default="minilm-l6")
+    parser.add_argument(
+        "--dataset", default="ml-100k", help="a MovieLens of the data zoo (ml-100k, ml-1m)"
+    )
     parser.add_argument("--pooling", default=None)
     parser.add_argument("--num-layers", type=int, default=None)
     parser.add_argument(

@@ -9,12 +9,14 @@ items excluded) says whether float32 ranks as float64 does.
 Measured, each in a fresh process so that peak memory is the fit's own (``ru_maxrss``):
 
 - one fit in float64 and in float32 (``--fits``; ``-dual`` for ``solver="dual"``):
-  seconds, peak resident memory, the largest weight difference relative to the largest
-  weight of the float64 Cholesky fit, NDCG@10, top-10 overlap with it;
+  seconds of fitting and of scoring every user, peak resident memory of the two, the
+  largest weight difference relative to the largest weight of the first fit, NDCG@10,
+  top-10 overlap with it;
 - a six-point ``l2`` grid on one `TrainingData` (the Gram matrix, or for the dual solver
   the user-user eigendecomposition, built once and kept in ``data.derived``) against six
   fits on fresh data (built each time, as before); each point is fitted and then scored
-  (NDCG@10 of the held-out items, the tuning's validation), the best ``l2`` reported.
+  (NDCG@10 of the held-out items, the tuning's validation; the grid's seconds include
+  it), the best ``l2`` reported.
 
 Usage::
 
@@ -75,14 +77,19 @@ def one_fit(name: str) -> dict:
     start = time.perf_counter()
     model = EASE(l2=500.0, dtype=dtype, solver=solver or "cholesky").fit(data)
     seconds = time.perf_counter() - start
+    begin = time.perf_counter()
     quality, top = ndcg10(model, data, held)
-    np.save(f"/tmp/ease_{name}_weights.npy", model.weights_)
+    score_seconds = time.perf_counter() - begin
+    # the peak of fitting and scoring, before `weights` forms a factored model's matrix
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    np.save(f"/tmp/ease_{name}_weights.npy", model.weights())
     np.save(f"/tmp/ease_{name}_top.npy", top)
     return {
         "fit": name,
         "solver": model.solver_,
         "fit_seconds": seconds,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "score_seconds": score_seconds,
+        "peak_rss_mb": peak,
         "ndcg@10": quality,
     }
 
@@ -92,12 +99,14 @@ def grid(shared: bool, dtype: str, solver: str) -> dict:
 
     data, held = make_data()
     start = time.perf_counter()
-    fit_seconds, quality = 0.0, {}
+    fit_seconds, score_seconds, quality = 0.0, 0.0, {}
     for l2 in GRID:
         begin = time.perf_counter()
         model = EASE(l2=l2, dtype=dtype, solver=solver).fit(data if shared else make_data()[0])
         fit_seconds += time.perf_counter() - begin
+        begin = time.perf_counter()
         quality[l2] = ndcg10(model, data, held)[0]
+        score_seconds += time.perf_counter() - begin
         del model
     return {
         "shared_gram": shared,
@@ -105,6 +114,7 @@ def grid(shared: bool, dtype: str, solver: str) -> dict:
         "solver": solver,
         "grid_seconds": time.perf_counter() - start,
         "fit_seconds": fit_seconds,
+        "score_seconds": score_seconds,
         "ndcg@10": quality,
         "best_l2": max(quality, key=quality.get),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -147,6 +157,11 @@ def main() -> None:
     for name in names:
         results["fits"].append(child(["fit", name]))
         print(results["fits"][-1], flush=True)
+    # the grids before the weight comparisons: a child's peak RSS (ru_maxrss) starts from
+    # this process's at the fork, and comparing two weight matrices holds several GB here
+    for grid_name in filter(None, args.grids.split(",")):
+        results["grids"].append(child(["grid", *grid_name.split("-")]))
+        print(results["grids"][-1], flush=True)
     reference = names[0] if names else None
     for name in names[1:]:
         w_ref, w = (
@@ -162,9 +177,6 @@ def main() -> None:
         }
         results.setdefault("against_" + reference, {})[name] = against
         print(name, "against", reference, against, flush=True)
-    for grid_name in filter(None, args.grids.split(",")):
-        results["grids"].append(child(["grid", *grid_name.split("-")]))
-        print(results["grids"][-1], flush=True)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(results, fh, indent=2)

@@ -35,6 +35,7 @@ Usage::
     python benchmarks/bench_generative.py --lora-params '{"lr": 5e-4, "epochs": 6}'
     python benchmarks/bench_generative.py --no-first-stage --test-users 500  # tighter intervals
     python benchmarks/bench_generative.py --parts load,speed    # decoder load and scoring speed
+    python benchmarks/bench_generative.py --dataset ml-1m --models most_popular,ease,smollm2-zero-shot
 
 The other parts: ``load`` (first load of the GGUF file, dequantized and saved, against a
 load of the saved float copy) and ``speed`` (candidates per second with and without the
@@ -83,6 +84,15 @@ def experiment(args: argparse.Namespace) -> ExperimentConfig:
     """
     fields = load_config(CONFIG).model_dump(mode="json", exclude_none=True)
     fields["name"] = args.name
+    if args.dataset != "ml-100k":
+        # the same protocol on another MovieLens: the catalog's own name, nothing else
+        fields["data"]["name"] = args.dataset
+    if args.models is not None:
+        labels = set(args.models.split(","))
+        unknown = labels - {m.get("label") or m["name"] for m in fields["models"]}
+        if unknown:
+            raise SystemExit(f"--models: unknown labels {sorted(unknown)}")
+        fields["models"] = [m for m in fields["models"] if (m.get("label") or m["name"]) in labels]
     evaluation = fields["evaluation"]
     # every model: the same seeded test users, and validation on as many
     evaluation["max_eval_users"] = args.users
@@ -368,6 +378,15 @@ def main() -> None:
     parser.add_argument("--output-dir", default="/tmp/recarena-bench-runs")
     parser.add_argument("--name", default="bench-generative-ml100k")
     parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument(
+        "--dataset", default="ml-100k", help="a MovieLens of the data zoo (ml-100k, ml-1m)"
+    )
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated labels of the config's models to run (default: all): "
+        f"most_popular, ease, {ZERO_SHOT}, {LORA}",
+    )
     parser.add_argument("--parts", default="runner", help="runner, load, speed (comma-separated)")
     parser.add_argument("--users", type=int, default=200, help="seeded test (and valid) users")
     parser.add_argument(

@@ -180,18 +180,36 @@ class TestEASEDual(RecommenderConformance):
 def test_dual_solver_matches_the_direct_solution(dtype, l2):
     data, matrix = _wide_data()
     model = EASE(l2=l2, dtype=dtype, solver="dual").fit(data)
-    assert model.solver_ == "dual" and model.weights_.dtype == np.float32
+    assert model.solver_ == "dual" and "weights_" not in vars(model)  # kept factored
+    assert model.factors_.shape == (200, 30) and model.factors_.dtype == np.dtype(dtype)
+    weights = model.weights()
+    assert weights.dtype == np.float32
     p = np.linalg.inv(matrix.T @ matrix + l2 * np.eye(200))
     expected = np.eye(200) - p / np.diag(p)[None, :]
     scale = np.abs(expected).max()
     tolerance = 1e-9 if dtype == "float64" else 2e-5
-    assert np.abs(model.weights_ - expected).max() <= tolerance * scale + 1e-7
-    assert np.all(np.diag(model.weights_) == 0.0)
-    assert np.all(model.weights_[:, -10:] == 0.0)  # items without interactions: zero columns
+    assert np.abs(weights - expected).max() <= tolerance * scale + 1e-7
+    assert np.all(np.diag(weights) == 0.0)
+    assert np.all(weights[:, -10:] == 0.0)  # items without interactions: zero columns
     cholesky = EASE(l2=l2, dtype=dtype, solver="cholesky").fit(_wide_data()[0])
-    assert cholesky.solver_ == "cholesky"
+    assert cholesky.solver_ == "cholesky" and cholesky.factors_ is None
+    np.testing.assert_array_equal(cholesky.weights(), cholesky.weights_)
+    # the scores from the factors are the history times B, seen items included
+    users = np.arange(30)
+    exact = (matrix @ expected).astype(np.float32)
+    score_scale = np.abs(exact).max()
     np.testing.assert_allclose(
-        model.score(np.arange(30)), cholesky.score(np.arange(30)), atol=1e-4 * scale
+        model._score(users, None), exact, atol=(tolerance * 10 + 1e-6) * score_scale
+    )
+    np.testing.assert_allclose(model.score(users), cholesky.score(users), atol=1e-4 * score_scale)
+    # candidates (seen ones among them) score as the same columns of the full scores
+    rng = np.random.default_rng(1)
+    candidates = rng.integers(0, 200, size=(30, 7))
+    np.testing.assert_allclose(
+        model._score(users, candidates),
+        np.take_along_axis(model._score(users, None), candidates, axis=1),
+        rtol=1e-5,
+        atol=1e-6 * score_scale,
     )
 
 
@@ -217,15 +235,23 @@ def test_a_dual_grid_decomposes_the_user_gram_matrix_once(monkeypatch):
     data = _wide_data()[0]
     fits = [EASE(l2=l2, solver="dual").fit(data) for l2 in (10.0, 100.0, 10.0)]
     assert len(calls) == 1
-    assert np.array_equal(fits[0].weights_, fits[2].weights_)
+    assert np.array_equal(fits[0].factors_, fits[2].factors_)
     assert np.array_equal(
-        fits[1].weights_, EASE(l2=100.0, solver="dual").fit(_wide_data()[0]).weights_
+        fits[1].factors_, EASE(l2=100.0, solver="dual").fit(_wide_data()[0]).factors_
     )
     assert len(calls) == 2  # other data: decomposed again
 
 
-def test_the_dual_memory_estimate_counts_its_own_arrays():
+def test_the_dual_solver_is_not_bounded_by_the_dense_catalog_limit():
+    """max_items bounds the n_items x n_items matrix of the Cholesky solve; the dual forms
+    none (its factors are n_items x n_users), so a catalog above the limit fits."""
     n = 50_000
-    data = TrainingData(pd.DataFrame({"user": [0], "item": [n - 1]}), n_users=1, n_items=n)
-    with pytest.raises(ConfigError, match=r"50,000 x 50,000 .*10\.0 GB"):
-        EASE(dtype="float32", solver="dual").fit(data)
+    frame = pd.DataFrame({"user": [0, 0, 1], "item": [3, n - 1, 3]})
+    data = TrainingData(frame, n_users=2, n_items=n)
+    with pytest.raises(ConfigError, match=r"50,000 x 50,000 .*15\.0 GB"):
+        EASE(dtype="float32", solver="cholesky").fit(data)
+    model = EASE(l2=1.0, dtype="float32", solver="dual").fit(data)
+    assert model.factors_.shape == (n, 2)
+    scores = model.score(np.array([1]))
+    # user 1 (item 3) is close to item n - 1 through user 0: the one positive unseen score
+    assert scores[0, n - 1] > 0 and np.count_nonzero(scores[0] > 0) == 1

@@ -41,9 +41,6 @@ _BYTES_PER_CELL = {"float64": 14, "float32": 6}
 #: the same for a private fit: the noisy Gram matrix, the noise, the eigenvectors and the
 #: inverse
 _PRIVATE_BYTES_PER_CELL = {"float64": 32, "float32": 16}
-#: the same for the dual solver: the product ``Y^T W Y`` (8 or 4 bytes a cell) and the
-#: float32 weights computed from it in place (float32) or copied (float64)
-_DUAL_BYTES_PER_CELL = {"float64": 12, "float32": 4}
 #: largest Gram matrix kept between fits on the same data (bytes): a validation grid then
 #: builds it once (`_shared_gram`)
 _GRAM_CACHE_BYTES = 4 << 30
@@ -73,10 +70,11 @@ def _shared_gram(data: TrainingData, dtype: str) -> np.ndarray:
 
 
 def dual_is_cheaper(n_users: int, n_items: int) -> bool:
-    """Whether ``solver="auto"`` takes the dual: its flops (the ``n_items^2 x n_users``
-    product, about ``9 n_users^3`` for the eigendecomposition) are under half of the
-    Cholesky inverse's ``n_items^3``. Only catalogs with about three times more items
-    than users qualify (not MovieLens-100k: 943 users, 1,682 items)."""
+    """Whether ``solver="auto"`` takes the dual: its flops, counted generously (an
+    ``n_items^2 x n_users`` product, more than scoring every user from the factors,
+    ``n_users^2 x n_items``; about ``9 n_users^3`` for the eigendecomposition), are under
+    half of the Cholesky inverse's ``n_items^3``. Only catalogs with about three times more
+    items than users qualify (not MovieLens-100k: 943 users, 1,682 items)."""
     n_u, n_i = float(n_users), float(n_items)
     return n_i * n_i * n_u + 9.0 * n_u**3 < 0.5 * n_i**3
 
@@ -101,35 +99,26 @@ def _shared_dual(data: TrainingData) -> tuple[np.ndarray, np.ndarray]:
     return values, by_item
 
 
-def _dual_weights(values: np.ndarray, by_item: np.ndarray, l2: float, dtype: str) -> np.ndarray:
-    """EASE's weights from the user-user eigendecomposition (`_shared_dual`).
+def _dual_factors(
+    values: np.ndarray, by_item: np.ndarray, l2: float, dtype: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """EASE's weights in factored form, from the user-user eigendecomposition
+    (`_shared_dual`).
 
     Woodbury's identity gives ``P = (X^T X + l2 I)^-1 = (I - C) / l2`` with
     ``C = X^T (X X^T + l2 I)^-1 X = Y^T W Y``, ``W = diag(1 / (s + l2))``; so
-    ``B_ij = -P_ij / P_jj = C_ij / (1 - C_jj)`` for ``i != j``. ``C`` is one symmetric
-    rank-``n_users`` product (BLAS ``syrk``) in ``dtype``; its diagonal is computed in
-    float64 from ``Y`` (``1 - C_jj`` loses digits when ``l2`` is small against an item's
-    count). An item without interactions has ``Y_j = 0``: a zero column, as in the
-    Cholesky solve.
+    ``B_ij = -P_ij / P_jj = C_ij / (1 - C_jj)`` for ``i != j``, that is
+    ``B = (C - diag(c)) diag(1 / (1 - c))`` with ``c = diag(C)``. Returned: ``Z^T =
+    Y^T W^(1/2)`` (items x users, ``dtype``, C order; ``C = Z^T Z``) and ``c``, computed in
+    float64 from ``Y`` (``1 - c_j`` loses digits when ``l2`` is small against an item's
+    count). Scoring a user from these costs ``n_users * n_items`` flops, and no
+    ``n_items x n_items`` matrix is formed. An item without interactions has ``Y_j = 0``:
+    a zero column, as in the Cholesky solve.
     """
     weight = 1.0 / (values + l2)
     diag = np.einsum("jk,jk,k->j", by_item, by_item, weight)  # C_jj in float64
-    scaled = np.asarray(by_item * np.sqrt(weight)[None, :], dtype=dtype)  # Z^T, C order
-    syrk = scipy.linalg.blas.get_blas_funcs("syrk", (scaled,))
-    # scaled.T is Z (users x items) in Fortran order: syrk(trans=1) forms Z^T Z = C
-    # (upper triangle) without copying its input
-    product = syrk(1.0, scaled.T, trans=1, lower=0)
-    del scaled
-    _symmetrize_from_upper(product)
-    denominator = 1.0 - diag
-    if product.dtype == np.float32:
-        weights = product.T  # symmetric, Fortran order: the same matrix in C order
-        weights /= denominator.astype(np.float32)[None, :]
-        weights[np.diag_indices(len(diag))] = 0.0
-        return np.ascontiguousarray(weights)
-    product /= denominator[None, :]
-    product[np.diag_indices(len(diag))] = 0.0
-    return product.astype(np.float32, order="C")
+    factors = np.asarray(by_item * np.sqrt(weight)[None, :], dtype=dtype)  # Z^T, C order
+    return factors, diag
 
 
 def _shared_release(data: TrainingData, model: EASE) -> Any:
@@ -184,11 +173,13 @@ class EASE(Recommender):
     builds it once).
 
     With far fewer users than items, the dual solver computes the same ``B`` from the
-    user-user Gram matrix ``X X^T`` (Woodbury's identity, see `_dual_weights`): one
+    user-user Gram matrix ``X X^T`` (Woodbury's identity, see `_dual_factors`): one
     eigendecomposition of an ``n_users x n_users`` matrix, shared by every ``l2`` of a
-    grid, and one rank-``n_users`` product per fit, instead of an ``n_items^3``
-    inverse per fit. On a 17,632-item catalog of 1,892 users it replaces a minute of
-    Cholesky per fit with seconds (`benchmarks/bench_ease_large.py`).
+    grid, instead of an ``n_items^3`` inverse per fit, and ``B`` is kept factored
+    (``n_items x n_users``), never formed: a user's scores cost ``n_users * n_items``
+    flops. On a 17,632-item catalog of 1,892 users it replaces minutes of Cholesky per fit
+    with seconds (`benchmarks/bench_ease_large.py`). `weights` returns ``B`` in either
+    form.
 
     Users without history score 0 everywhere; items without interactions get a zero column
     (score 0 for everyone).
@@ -212,10 +203,12 @@ class EASE(Recommender):
         to a few thousands for MovieLens/Netflix-size data; larger catalogs and denser data
         want larger values. ``param_grid`` spans 50 to 2000.
     max_items
-        Largest catalog accepted (default 40,000). The fit needs about ``14 * n_items**2``
-        bytes in float64 (22 GB for 40k items), ``6 * n_items**2`` in float32 (the dual solver
-        12 and 4); above this a `ConfigError` says how much and suggests
+        Largest catalog accepted by the Cholesky solve (default 40,000). The fit needs
+        about ``14 * n_items**2`` bytes in float64 (22 GB for 40k items), ``6 *
+        n_items**2`` in float32; above this a `ConfigError` says how much and suggests
         ItemKNN or a matrix factorisation instead. Raise it on a machine with more memory.
+        The dual solver forms no ``n_items x n_items`` matrix (about ``16 * n_items *
+        n_users`` bytes) and is not bounded by it.
     dtype
         Precision of the Gram matrix and its inverse: ``"float64"`` (default) or
         ``"float32"``, half the memory and faster (`benchmarks/bench_ease_large.py`
@@ -223,7 +216,7 @@ class EASE(Recommender):
     solver
         ``"cholesky"`` (the item-item inverse), ``"dual"`` (the user-user
         eigendecomposition; always float64 for the decomposition, ``dtype`` for the
-        product) or ``"auto"`` (default): the dual where it has under half the
+        factors and the scores) or ``"auto"`` (default): the dual where it has under half the
         Cholesky's flops (`dual_is_cheaper`: about three times more items than users),
         else Cholesky. The one used is recorded (``solver`` in ``cost.json``). A private
         fit uses its own eigendecomposition of the noisy Gram matrix instead.
@@ -334,17 +327,15 @@ class EASE(Recommender):
     def _fit(self, data: TrainingData, valid: pd.DataFrame | None) -> None:
         n = data.n_items
         private = self._private()
+        # one form of the weights per fit: dense (weights_) or factored (factors_)
+        vars(self).pop("weights_", None)
+        self.factors_ = self.self_weight_ = self.denominator_ = None
         dual = not private and (
             self.solver == "dual" or (self.solver == "auto" and dual_is_cheaper(data.n_users, n))
         )
-        if n > self.max_items:
-            per_cell = (
-                _PRIVATE_BYTES_PER_CELL
-                if private
-                else _DUAL_BYTES_PER_CELL
-                if dual
-                else _BYTES_PER_CELL
-            )[self.dtype]
+        if n > self.max_items and not dual:
+            # the dual solver forms no n x n matrix: its factors are n_items x n_users
+            per_cell = (_PRIVATE_BYTES_PER_CELL if private else _BYTES_PER_CELL)[self.dtype]
             need = per_cell * n * n / 1e9
             raise ConfigError(
                 f"EASE needs a dense {n:,} x {n:,} item-item matrix (about {need:,.1f} GB of "
@@ -364,8 +355,12 @@ class EASE(Recommender):
             return
         self.solver_ = "dual" if dual else "cholesky"
         if dual:
+            # kept factored: scoring reads Z^T and c, and B is never formed (`weights`)
             values, by_item = _shared_dual(data)
-            self.weights_ = _dual_weights(values, by_item, float(self.l2), self.dtype)
+            factors, diag = _dual_factors(values, by_item, float(self.l2), self.dtype)
+            self.factors_ = factors
+            self.self_weight_ = diag.astype(factors.dtype)
+            self.denominator_ = (1.0 - diag).astype(factors.dtype)
             logger.debug("EASE: %d items, %d users, l2=%g, dual", n, data.n_users, self.l2)
             return
         gram = _shared_gram(data, self.dtype)
@@ -395,9 +390,23 @@ class EASE(Recommender):
             self.weights_ = inverse.astype(np.float32, order="C")
         logger.debug("EASE: %d items, l2=%g", n, self.l2)
 
+    def weights(self) -> np.ndarray:
+        """The item-item weight matrix ``B`` (float32, zero diagonal) of the fitted model;
+        formed here from the factors where the dual solver kept them factored."""
+        factors = vars(self).get("factors_")
+        if factors is None:
+            return self.weights_
+        product = factors @ factors.T
+        product -= np.diag(self.self_weight_)
+        product /= self.denominator_[None, :]
+        product[np.diag_indices(len(product))] = 0.0
+        return product.astype(np.float32)
+
     def _score(self, users: np.ndarray, items: np.ndarray | None) -> np.ndarray:
         # seen_ is the binary training matrix (set by Recommender.fit, saved with the model)
         history = self.seen_[users]
+        if vars(self).get("factors_") is not None:
+            return self._score_factored(history, items)
         if items is None:
             return np.asarray(history @ self.weights_)
         # score_uj = sum over the user's items i of B[i, j], only at the candidate columns
@@ -407,9 +416,29 @@ class EASE(Recommender):
             out[row] = self.weights_[np.ix_(known, items[row])].sum(axis=0)
         return out
 
+    def _score_factored(self, history: sp.csr_matrix, items: np.ndarray | None) -> np.ndarray:
+        """``history @ B`` from the factors: ``(x Z^T) Z - x * c``, divided by ``1 - c``."""
+        factors = self.factors_
+        history = sp.csr_matrix(history, dtype=factors.dtype)
+        latent = np.asarray(history @ factors)  # users x n_users of training
+        if items is None:
+            out = latent @ factors.T
+            rows = np.repeat(np.arange(history.shape[0]), np.diff(history.indptr))
+            out[rows, history.indices] -= history.data * self.self_weight_[history.indices]
+            out /= self.denominator_[None, :]
+            return out.astype(np.float32, copy=False)
+        out = np.einsum("uk,uck->uc", latent, factors[items])
+        rows = np.repeat(np.arange(len(items)), items.shape[1])
+        own = np.asarray(history[rows, items.ravel()]).reshape(items.shape)
+        out -= own * self.self_weight_[items]
+        out /= self.denominator_[items]
+        return out.astype(np.float32, copy=False)
+
     def n_parameters(self) -> tuple[int, int]:
-        """Off-diagonal weights: ``n_items * (n_items - 1)``."""
-        n = int(self.weights_.shape[0])
+        """Off-diagonal weights: ``n_items * (n_items - 1)`` (the dual solver keeps them
+        as ``n_items x n_users`` factors, the same matrix)."""
+        factors = vars(self).get("factors_")
+        n = int((factors if factors is not None else self.weights_).shape[0])
         return n * (n - 1), n * (n - 1)
 
 

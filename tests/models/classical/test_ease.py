@@ -255,3 +255,27 @@ def test_the_dual_solver_is_not_bounded_by_the_dense_catalog_limit():
     scores = model.score(np.array([1]))
     # user 1 (item 3) is close to item n - 1 through user 0: the one positive unseen score
     assert scores[0, n - 1] > 0 and np.count_nonzero(scores[0] > 0) == 1
+
+
+def test_a_model_saved_before_the_factored_form_loads_and_scores_the_same(tmp_path):
+    """A dense model saved before the dual solver existed has ``weights_`` and no
+    ``factors_`` in its state: it loads and scores from the dense weights."""
+    import pickle
+
+    from recarena.models.base import Recommender
+
+    data = _wide_data()[0]
+    model = EASE(l2=10.0, solver="cholesky").fit(data)
+    model.save(tmp_path / "m")
+    state_path = tmp_path / "m" / "state.pkl"
+    state = pickle.loads(state_path.read_bytes())
+    old = {k: v for k, v in state.items() if k not in ("factors_", "self_weight_", "denominator_")}
+    state_path.write_bytes(pickle.dumps(old))
+    loaded = Recommender.load(tmp_path / "m")
+    users = np.arange(30)
+    np.testing.assert_array_equal(loaded.score(users), model.score(users))
+    np.testing.assert_array_equal(loaded.weights(), model.weights_)
+    # and a factored model round-trips through save and load
+    dual = EASE(l2=10.0, solver="dual").fit(data)
+    dual.save(tmp_path / "d")
+    np.testing.assert_array_equal(Recommender.load(tmp_path / "d").score(users), dual.score(users))

@@ -427,7 +427,12 @@ class EASE(Recommender):
             out[rows, history.indices] -= history.data * self.self_weight_[history.indices]
             out /= self.denominator_[None, :]
             return out.astype(np.float32, copy=False)
-        out = np.einsum("uk,uck->uc", latent, factors[items])
+        out = np.empty(items.shape, dtype=factors.dtype)
+        # factors[items] is users x candidates x n_users: in chunks of about 64 MB
+        step = max(1, (64 << 20) // max(1, items.shape[1] * factors.shape[1] * factors.itemsize))
+        for start in range(0, len(items), step):
+            chunk = slice(start, start + step)
+            out[chunk] = np.einsum("uk,uck->uc", latent[chunk], factors[items[chunk]])
         rows = np.repeat(np.arange(len(items)), items.shape[1])
         own = np.asarray(history[rows, items.ravel()]).reshape(items.shape)
         out -= own * self.self_weight_[items]

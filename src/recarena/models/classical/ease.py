@@ -23,6 +23,7 @@ from recarena.errors import ConfigError
 from recarena.models.base import (
     Recommender,
     TrainingData,
+    _seen_lookup,
     is_integer,
     is_number,
     require_param,
@@ -406,7 +407,7 @@ class EASE(Recommender):
         # seen_ is the binary training matrix (set by Recommender.fit, saved with the model)
         history = self.seen_[users]
         if vars(self).get("factors_") is not None:
-            return self._score_factored(history, items)
+            return self._score_factored(users, history, items)
         if items is None:
             return np.asarray(history @ self.weights_)
         # score_uj = sum over the user's items i of B[i, j], only at the candidate columns
@@ -416,7 +417,9 @@ class EASE(Recommender):
             out[row] = self.weights_[np.ix_(known, items[row])].sum(axis=0)
         return out
 
-    def _score_factored(self, history: sp.csr_matrix, items: np.ndarray | None) -> np.ndarray:
+    def _score_factored(
+        self, users: np.ndarray, history: sp.csr_matrix, items: np.ndarray | None
+    ) -> np.ndarray:
         """``history @ B`` from the factors: ``(x Z^T) Z - x * c``, divided by ``1 - c``."""
         factors = self.factors_
         history = sp.csr_matrix(history, dtype=factors.dtype)
@@ -433,8 +436,7 @@ class EASE(Recommender):
         for start in range(0, len(items), step):
             chunk = slice(start, start + step)
             out[chunk] = np.einsum("uk,uck->uc", latent[chunk], factors[items[chunk]])
-        rows = np.repeat(np.arange(len(items)), items.shape[1])
-        own = np.asarray(history[rows, items.ravel()]).reshape(items.shape)
+        own = _seen_lookup(self.seen_, users, items)  # x_uj at the candidates (binary)
         out -= own * self.self_weight_[items]
         out /= self.denominator_[items]
         return out.astype(np.float32, copy=False)

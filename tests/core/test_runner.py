@@ -134,8 +134,9 @@ def test_a_finished_model_measured_before_a_new_parameter_is_reused_with_a_notic
     assert "ease: done earlier, reusing its results" in events
 
     # so does one from before an option that is off at its value (EASE.neutral_params:
-    # no differential privacy, float64 as before `dtype` existed): nothing changed
-    for name in ("dp_epsilon", "dp_max_items", "dtype"):
+    # no differential privacy, float64 as before `dtype` existed, the solver chosen
+    # automatically as before `solver` existed): nothing changed
+    for name in ("dp_epsilon", "dp_max_items", "dtype", "solver"):
         record["params"].pop(name)
     done.write_text(json.dumps(record))
     events.clear()

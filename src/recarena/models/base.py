@@ -472,7 +472,7 @@ class Recommender:
                     scores[:, ~pool_mask] = -np.inf
             else:
                 if exclude_seen:
-                    hit = _seen_lookup(seen, batch, cand)
+                    hit = seen_lookup(seen, batch, cand)
                     scores[hit] = -np.inf
                 if pool_mask is not None:
                     scores[~pool_mask[np.where(cand < 0, 0, cand)]] = -np.inf
@@ -570,7 +570,9 @@ def _mask_seen(scores: np.ndarray, seen: sp.csr_matrix, users: np.ndarray) -> No
     scores[rows, sub.indices] = -np.inf
 
 
-def _seen_lookup(seen: sp.csr_matrix, users: np.ndarray, cand: np.ndarray) -> np.ndarray:
+def seen_lookup(seen: sp.csr_matrix, users: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Whether each candidate ``cand[i, j]`` is in ``seen`` for user ``users[i]`` (boolean,
+    shaped like ``cand``); padding candidates (negative ids) are never seen."""
     sub = seen[users].tocsr()
     safe = np.where(cand < 0, 0, cand)
     rows = np.repeat(np.arange(len(users)), cand.shape[1]).reshape(cand.shape)

@@ -23,10 +23,10 @@ from recarena.errors import ConfigError
 from recarena.models.base import (
     Recommender,
     TrainingData,
-    _seen_lookup,
     is_integer,
     is_number,
     require_param,
+    seen_lookup,
 )
 
 logger = logging.getLogger(__name__)
@@ -436,7 +436,7 @@ class EASE(Recommender):
         for start in range(0, len(items), step):
             chunk = slice(start, start + step)
             out[chunk] = np.einsum("uk,uck->uc", latent[chunk], factors[items[chunk]])
-        own = _seen_lookup(self.seen_, users, items)  # x_uj at the candidates (binary)
+        own = seen_lookup(self.seen_, users, items)  # x_uj at the candidates (binary)
         out -= own * self.self_weight_[items]
         out /= self.denominator_[items]
         return out.astype(np.float32, copy=False)

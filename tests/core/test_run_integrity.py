@@ -114,11 +114,11 @@ def _kill_at_validation(monkeypatch, after: int) -> None:
     score = ExperimentRunner.validation_score
     calls: list[int] = []
 
-    def killed(self, model, proto):
+    def killed(self, model, proto, max_users=None):
         if len(calls) == after:
             raise KeyboardInterrupt
         calls.append(1)
-        return score(self, model, proto)
+        return score(self, model, proto, max_users)
 
     monkeypatch.setattr(ExperimentRunner, "validation_score", killed)
 

@@ -337,6 +337,43 @@ def test_budgeted_model_is_evaluated_on_a_seeded_user_sample(tmp_path):
     assert "*" in (run / "summary.md").read_text()
 
 
+def test_a_models_own_user_budget_applies_to_its_validation_too(tmp_path, monkeypatch):
+    """A budget set in one ``[[models]]`` entry samples its validation users like its test
+    users (the experiment-wide budget did so already); the trials it saves carry the budget
+    in their key, so trials scored on every user are not reused for it, and a model without
+    a budget of its own keeps its earlier trial keys."""
+    from recarena.experiment.runner import ExperimentRunner
+    from recarena.experiment.tuning import trial_key
+
+    scored: dict[tuple[str, str], int] = {}
+    lists = ExperimentRunner._lists
+
+    def spy(self, model, proto, stage, users, exclude, k):
+        key = (type(model).__name__, stage)  # the largest call: latency ranks one user
+        scored[key] = max(scored.get(key, 0), len(users))
+        return lists(self, model, proto, stage, users, exclude, k)
+
+    monkeypatch.setattr(ExperimentRunner, "_lists", spy)
+    models = [
+        {"name": "ease", "grid": {"l2": [1.0, 10.0]}, "max_eval_users": 25},
+        {"name": "most_popular", "grid": {}, "refit": False},
+    ]
+    raw = _config(tmp_path, models)
+    cfg = parse_config(raw)
+    run = run_experiment(cfg, cache_dir=tmp_path / "cache").run_dir
+    every_user = scored[("MostPopular", "valid")]
+    assert every_user > 25
+    assert scored[("EASE", "valid")] == 25 and scored[("EASE", "test")] == 25
+
+    trials = json.loads((run / "models" / "ease" / "tuning.json").read_text())["trials"]
+    ease, popular = cfg.models
+    for t in trials:
+        assert t["key"] == trial_key(cfg, ease, t["params"], cfg.evaluation.protocols[0], 25)
+        assert t["key"] != trial_key(cfg, ease, t["params"], cfg.evaluation.protocols[0])
+    [t] = json.loads((run / "models" / "most_popular" / "tuning.json").read_text())["trials"]
+    assert t["key"] == trial_key(cfg, popular, t["params"], cfg.evaluation.protocols[0])
+
+
 def _write_mind(root: Path, n_users: int = 40, seed: int = 0) -> Path:
     """A MIND-shaped release: users click the news of their own topic."""
     rng = np.random.default_rng(seed)

@@ -155,7 +155,9 @@ def test_the_stages_call_the_runners_hooks_as_they_are_when_called(runner, monke
     """`_tune` and `_fit_final` run in tuning.py and fitting.py, but a hook patched on the
     runner (``validation_score``, ``_save_fitted``, ``fitted_save_min_seconds``) still
     decides what they do."""
-    monkeypatch.setattr(ExperimentRunner, "validation_score", lambda self, model, proto: 0.25)
+    monkeypatch.setattr(
+        ExperimentRunner, "validation_score", lambda self, model, proto, max_users=None: 0.25
+    )
     saved: list[str] = []
     monkeypatch.setattr(
         ExperimentRunner, "_save_fitted", lambda self, label, *a: saved.append(label)

@@ -70,7 +70,7 @@ def _validation(config, events: list[str], scored: list[float]) -> Validation:
     """Scores a model by how close its ``a`` is to 2: the grid point a = 2 wins."""
     dataset = make_planted_dataset(users_per_cluster=5)
 
-    def score(model: Recommender, proto: ProtocolConfig) -> float:
+    def score(model: Recommender, proto: ProtocolConfig, max_users: int | None) -> float:
         scored.append(model.a)
         return -abs(model.a - 2.0)
 

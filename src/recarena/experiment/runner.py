@@ -395,7 +395,11 @@ class ExperimentRunner:
             seed=self.config.seed,
         )
 
-    def validation_score(self, model: Recommender, proto: ProtocolConfig) -> float:
+    def validation_score(
+        self, model: Recommender, proto: ProtocolConfig, max_users: int | None = None
+    ) -> float:
+        """``model``'s tuning metric on validation, over a seeded sample of ``max_users``
+        users (the model's budget: ``max_eval_users`` of its entry, else the experiment's)."""
         from recarena.metrics import ranking_metrics
 
         metric = self.config.evaluation.tune_metric
@@ -407,7 +411,9 @@ class ExperimentRunner:
             column = metric if metric in table.columns else ("mrr" if name == "mrr" else "auc")
             return float(table[column].mean())
         users = sample_users(
-            self.split.eval_users("valid"), self.config.evaluation.max_eval_users, self.config.seed
+            self.split.eval_users("valid"),
+            max_users if max_users is not None else self.config.evaluation.max_eval_users,
+            self.config.seed,
         )
         lists = self._lists(model, proto, "valid", users, self.split.seen_csr("valid"), k_val)
         frame = ranking_metrics(lists, self.split.truth_csr("valid"), [k_val], [name])

@@ -137,23 +137,38 @@ def parameters_added_since(mc: ModelConfig, record: dict[str, Any]) -> str:
 
 
 def trial_key(
-    config: ExperimentConfig, mc: ModelConfig, params: dict[str, Any], proto: ProtocolConfig
+    config: ExperimentConfig,
+    mc: ModelConfig,
+    params: dict[str, Any],
+    proto: ProtocolConfig,
+    valid_users: int | None = None,
 ) -> str:
     """What a validation trial depends on, hashed: model, parameters, setup, protocol.
 
     The parameters as the model resolves them (``get_params``: every default written
     out) are part of it, so a trial saved before a default changed or a parameter was
-    added (SASRec's ``patience_steps``) is measured again, never reused.
+    added (SASRec's ``patience_steps``) is measured again, never reused. ``valid_users``
+    is a model's own user budget where it differs from the experiment's (`scored_users`):
+    its trials are scored on that sample. It enters the key only when given, so the keys
+    of every other model (and their saved trials) are as before.
     """
-    return _hash(
-        {
-            "model": mc.name,
-            "params": params,
-            "resolved": resolved_params(mc, params),
-            "setup": setup_hash(config),
-            "protocol": proto.label,
-        }
-    )
+    fields: dict[str, Any] = {
+        "model": mc.name,
+        "params": params,
+        "resolved": resolved_params(mc, params),
+        "setup": setup_hash(config),
+        "protocol": proto.label,
+    }
+    if valid_users is not None:
+        fields["valid_users"] = valid_users
+    return _hash(fields)
+
+
+def scored_users(config: ExperimentConfig, job: ModelJob) -> int | None:
+    """A model's own ``max_eval_users`` where it differs from the experiment's: its
+    validation trials are scored on a seeded sample of that many users, like its test."""
+    own = job.budget_users
+    return own if own != config.evaluation.max_eval_users else None
 
 
 def saved_trials(
@@ -227,7 +242,9 @@ def trial_plan(config: ExperimentConfig, job: ModelJob) -> TrialPlan:
         len(points) > 1 or template.uses_validation or job.first_stage or not job.refit
     )
     trial_keys = {
-        params_key(params): trial_key(config, mc, params, job.tune_proto)
+        params_key(params): trial_key(
+            config, mc, params, job.tune_proto, valid_users=scored_users(config, job)
+        )
         for params in ({**mc.params, **point} for point in points)
     }
     return TrialPlan(grid, points, needs_validation, trial_keys)
@@ -249,8 +266,9 @@ class Validation:
     valid: pd.DataFrame
     #: the training data of the validation stage (train), made when a trial is fit
     training_data: Callable[[], TrainingData]
-    #: a fitted model's validation metric on a protocol
-    score: Callable[[Recommender, ProtocolConfig], float]
+    #: a fitted model's validation metric on a protocol, over a seeded sample of the
+    #: given number of users (None: the experiment's ``max_eval_users``)
+    score: Callable[[Recommender, ProtocolConfig, int | None], float]
     on_event: Callable[[str], None]
 
     def plan(self, job: ModelJob) -> TrialPlan:
@@ -294,7 +312,7 @@ class Validation:
         train_data.checkpoint_dir = job.checkpoints / f"valid-{_hash(params)}"
         with Stopwatch() as sw:
             model.fit(train_data, valid=self.valid)
-        score = self.score(model, job.tune_proto)
+        score = self.score(model, job.tune_proto, job.budget_users)
         trial = {
             "key": trial_keys[params_key(params)],
             "params": params,

@@ -167,12 +167,86 @@ class TestSASRec(RecommenderConformance):
         key = tiny()._checkpoint_key(data, split.valid)
         assert key == training.checkpoint_key(
             SASRec,
-            {k: v for k, v in tiny().get_params().items() if k not in ("adam_beta2", "init")},
+            {
+                k: v
+                for k, v in tiny().get_params().items()
+                if k not in ("adam_beta2", "init", "block", "positions")
+            },
             data,
             split.valid,
         )
         assert tiny(init="normal")._checkpoint_key(data, split.valid) != key
         assert tiny(adam_beta2=0.999)._checkpoint_key(data, split.valid) != key
+
+    def test_the_reference_block_and_first_positions_match_klenitskiy_and_vasilev(self):
+        """``block="reference"`` with ``positions="first"`` computes what Klenitskiy &
+        Vasilev's SASRec (the reference PyTorch code, sequences padded on the right, an
+        ``nn.MultiheadAttention``) computes with the same weights, at every real position."""
+        from torch import nn
+
+        torch.manual_seed(0)
+        config = SASRecConfig(
+            n_items=30, max_len=12, hidden=16, dropout=0.1, init="normal",
+            block="reference", positions="first",
+        )  # fmt: skip
+        ours = SASRecNetwork(config).eval()
+        # their init: N(0, 0.02) except the attention's own Xavier-uniform input projection
+        qkv = ours.blocks[0].attention.qkv.weight
+        assert (
+            float(qkv.std()) > 3 * 0.02 and float(ours.blocks[0].attention.out.weight.std()) < 0.03
+        )
+
+        lengths = [12, 7, 1, 4]
+        rows = [torch.randint(1, 31, (n,)) for n in lengths]
+        left = torch.zeros(len(rows), 12, dtype=torch.long)
+        right = torch.zeros(len(rows), 12, dtype=torch.long)
+        for i, r in enumerate(rows):
+            left[i, 12 - len(r) :], right[i, : len(r)] = r, r
+
+        d = config.hidden
+        mha = [nn.MultiheadAttention(d, 1, 0.1) for _ in range(2)]
+        for m, block in zip(mha, ours.blocks, strict=True):
+            m.in_proj_weight.data.copy_(block.attention.qkv.weight)
+            m.in_proj_bias.data.copy_(block.attention.qkv.bias)
+            m.out_proj.weight.data.copy_(block.attention.out.weight)
+            m.out_proj.bias.data.copy_(block.attention.out.bias)
+            m.eval()
+
+        def theirs(ids: torch.Tensor) -> torch.Tensor:  # their SASRec.forward, transcribed
+            seqs = ours.item_embedding(ids) * d**0.5
+            seqs = seqs + ours.position_embedding(torch.arange(ids.shape[1]))[None]
+            timeline = ids == 0
+            seqs = seqs * ~timeline[..., None]
+            t = ids.shape[1]
+            causal = ~torch.tril(torch.ones(t, t, dtype=torch.bool))
+            for m, block in zip(mha, ours.blocks, strict=True):
+                seqs = seqs.transpose(0, 1)
+                q = block.ln_attention(seqs)
+                out, _ = m(q, seqs, seqs, attn_mask=causal)
+                seqs = (q + out).transpose(0, 1)
+                seqs = block.ln_ffn(seqs)
+                seqs = seqs + block.ffn(seqs)  # conv1 - ReLU - conv2 (dropout off in eval)
+                seqs = seqs * ~timeline[..., None]
+            return ours.ln_final(seqs)
+
+        with torch.no_grad():
+            mine, reference = ours(left), theirs(right)
+            trimmed = ours(left[:, -7:][1:2])  # trimmed of leading padding: the same states
+        for i, n in enumerate(lengths):
+            torch.testing.assert_close(mine[i, 12 - n :], reference[i, :n], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(trimmed[0], mine[1, -7:], atol=1e-6, rtol=1e-5)
+
+        # each option reaches the network, and the defaults are what they were
+        plain = SASRecNetwork(SASRecConfig(n_items=30, max_len=12, hidden=16)).eval()
+        for changed in ({"block": "reference"}, {"positions": "first"}):
+            other = SASRecNetwork(SASRecConfig(n_items=30, max_len=12, hidden=16, **changed))
+            other.load_state_dict(plain.state_dict())  # the same parameters either way
+            with torch.no_grad():
+                assert not torch.allclose(plain(left)[:, -1], other.eval()(left)[:, -1]), changed
+        with pytest.raises(ValueError, match="parameter block must be"):
+            tiny(block="post_ln").check_params()
+        with pytest.raises(ValueError, match="positions must be one of recent, first"):
+            SASRecNetwork(SASRecConfig(n_items=5, positions="last"))
 
     def test_early_stopping_keeps_the_best_epoch(self, planted):
         dataset, split = planted

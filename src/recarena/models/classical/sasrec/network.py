@@ -18,6 +18,10 @@ from torch import nn
 
 #: the initial weights `SASRecConfig.init` names
 INITS = ("xavier", "normal")
+#: the block layouts `SASRecConfig.block` names
+BLOCKS = ("pre_ln", "reference")
+#: how `SASRecConfig.positions` numbers a sequence's positions
+POSITIONS = ("recent", "first")
 
 
 @dataclass
@@ -40,6 +44,13 @@ class SASRecConfig:
     #: PyTorch SASRec) or ``"normal"`` (N(0, 0.02) on every matrix, embeddings included, as
     #: Klenitskiy & Vasilev's SASRec with cross-entropy and GPT-2)
     init: str = "xavier"
+    #: ``"pre_ln"`` (the paper's equation, see `Block`) or ``"reference"`` (the reference
+    #: PyTorch SASRec's block, which Klenitskiy & Vasilev's code keeps, see `ReferenceBlock`)
+    block: str = "pre_ln"
+    #: position embeddings counted back from the most recent item (``"recent"``: the last
+    #: item always has the same one) or forward from the first item of the window read
+    #: (``"first"``: Klenitskiy & Vasilev's code, whose sequences are padded on the right)
+    positions: str = "recent"
 
 
 class CausalSelfAttention(nn.Module):
@@ -54,12 +65,17 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden, 3 * config.hidden)
         self.out = nn.Linear(config.hidden, config.hidden)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Queries from ``x``; keys and values from ``keys`` (default: ``x`` as well)."""
         b, t, d = x.shape
-        q, k, v = (
-            z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2)
-            for z in self.qkv(x).split(d, dim=2)
-        )
+        if keys is None:
+            qkv = self.qkv(x).split(d, dim=2)
+        else:
+            w, bias = self.qkv.weight, self.qkv.bias
+            qkv = (F.linear(x, w[:d], bias[:d]), *F.linear(keys, w[d:], bias[d:]).split(d, dim=2))
+        q, k, v = (z.view(b, t, self.n_heads, d // self.n_heads).transpose(1, 2) for z in qkv)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
@@ -83,17 +99,31 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         x = x + self.drop(self.attention(self.ln_attention(x), mask))
         return x + self.drop(self.ffn(self.ln_ffn(x)))
+
+
+class ReferenceBlock(Block):
+    """The block of the reference PyTorch SASRec (pmixer/SASRec.pytorch), as Klenitskiy &
+    Vasilev's code runs it: queries from ``LN(x)`` but keys and values from ``x`` itself,
+    the attention added to ``LN(x)`` (not to ``x``), then ``h + Dropout(FFN(h))`` with
+    ``h = LN(x)``, and padded positions zeroed. The same weights as `Block`."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        q = self.ln_attention(x)
+        x = q + self.drop(self.attention(q, mask, keys=x))
+        h = self.ln_ffn(x)
+        return (h + self.drop(self.ffn(h))) * real[..., None]
 
 
 class SASRecNetwork(nn.Module):
     """Item and position embeddings, causal blocks, a final LayerNorm.
 
     ``forward`` maps left-padded item ids (B, T), T <= ``max_len``, to hidden states
-    (B, T, hidden). The T columns take the *last* T positions, so a batch trimmed of leading
-    padding gives the same states as one padded to the full ``max_len``.
+    (B, T, hidden). With ``positions = "recent"`` the T columns take the *last* T positions;
+    with ``"first"`` each row's first real item takes position 0. Either way a batch trimmed
+    of leading padding gives the same states as one padded to the full ``max_len``.
     """
 
     def __init__(self, config: SASRecConfig) -> None:
@@ -102,10 +132,16 @@ class SASRecNetwork(nn.Module):
         self.item_embedding = nn.Embedding(config.n_items + 1, config.hidden, padding_idx=0)
         self.position_embedding = nn.Embedding(config.max_len, config.hidden)
         self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_blocks))
+        for name, value, known in (
+            ("init", config.init, INITS),
+            ("block", config.block, BLOCKS),
+            ("positions", config.positions, POSITIONS),
+        ):
+            if value not in known:
+                raise ValueError(f"{name} must be one of {', '.join(known)}, not {value!r}")
+        kind = ReferenceBlock if config.block == "reference" else Block
+        self.blocks = nn.ModuleList(kind(config) for _ in range(config.n_blocks))
         self.ln_final = nn.LayerNorm(config.hidden)
-        if config.init not in INITS:
-            raise ValueError(f"init must be one of {', '.join(INITS)}, not {config.init!r}")
         for name, p in self.named_parameters():
             if p.dim() > 1 and config.init == "xavier":  # the reference PyTorch SASRec
                 nn.init.xavier_normal_(p)
@@ -113,23 +149,35 @@ class SASRecNetwork(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
+        if config.block == "reference" and config.init == "normal":
+            # the reference code's nn.MultiheadAttention keeps its own Xavier-uniform input
+            # projection: N(0, 0.02) reaches only the modules its initialiser visits
+            for block in self.blocks:
+                nn.init.xavier_uniform_(block.attention.qkv.weight)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         t = items.shape[1]
-        max_len = self.config.max_len
-        positions = torch.arange(max_len - t, max_len, device=items.device)
+        real = items != 0
+        if self.config.positions == "first":
+            # left padding: a row's first real item sits at column t - length
+            start = t - real.sum(1, keepdim=True)
+            positions = (torch.arange(t, device=items.device)[None, :] - start).clamp(min=0)
+        else:
+            max_len = self.config.max_len
+            positions = torch.arange(max_len - t, max_len, device=items.device)
         x = self.item_embedding(items) * math.sqrt(self.config.hidden)
         x = self.drop(x + self.position_embedding(positions))
         # causal, and padding is never attended to; each position sees itself, so a row of
         # pure padding (a user without history) stays finite
-        real = items != 0
         causal = torch.ones(t, t, dtype=torch.bool, device=items.device).tril()
         eye = torch.eye(t, dtype=torch.bool, device=items.device)
         mask = (causal & (real[:, None, :] | eye))[:, None]  # (B, 1, T, T)
+        if self.config.block == "reference":
+            x = x * real[..., None]  # the reference code zeroes padding after the dropout
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask, real)
         return self.ln_final(x)
 
     def item_vectors(self) -> torch.Tensor:

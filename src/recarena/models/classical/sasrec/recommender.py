@@ -54,7 +54,13 @@ from recarena.models._history import History, KeepsHistory
 from recarena.models.base import Recommender, TrainingData, is_integer, is_number, require_param
 from recarena.models.classical.sasrec import training
 from recarena.models.classical.sasrec.batching import shifted_history
-from recarena.models.classical.sasrec.network import INITS, SASRecConfig, SASRecNetwork
+from recarena.models.classical.sasrec.network import (
+    BLOCKS,
+    INITS,
+    POSITIONS,
+    SASRecConfig,
+    SASRecNetwork,
+)
 from recarena.models.classical.sasrec.training import EVAL_K
 
 logger = logging.getLogger(__name__)
@@ -100,7 +106,17 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
     init
         Initial weights: ``"xavier"`` (default; Xavier-normal on every matrix, as the
         reference PyTorch SASRec) or ``"normal"`` (N(0, 0.02) on every matrix, embeddings
-        included, as Klenitskiy & Vasilev's SASRec with cross-entropy).
+        included, as Klenitskiy & Vasilev's SASRec with cross-entropy; with
+        ``block="reference"`` the attention's input projection keeps the Xavier-uniform of
+        their code's ``nn.MultiheadAttention``).
+    block
+        ``"pre_ln"`` (default): ``x + Dropout(f(LayerNorm(x)))``, the paper's equation.
+        ``"reference"``: the block of the reference PyTorch SASRec that Klenitskiy &
+        Vasilev's code runs (queries from ``LayerNorm(x)``, keys and values from ``x``, the
+        residual added to ``LayerNorm(x)``); the same parameters.
+    positions
+        ``"recent"`` (default): position embeddings counted back from the most recent item.
+        ``"first"``: counted from the first item read, as in Klenitskiy & Vasilev's code.
     weight_decay
         Adam L2 penalty (default 0).
     lr_schedule
@@ -219,6 +235,8 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
         decay_epochs: int | None = None,
         adam_beta2: float = 0.98,
         init: Literal["xavier", "normal"] = "xavier",
+        block: Literal["pre_ln", "reference"] = "pre_ln",
+        positions: Literal["recent", "first"] = "recent",
     ) -> None:
         self.max_len = max_len
         self.hidden = hidden
@@ -248,6 +266,8 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
         self.decay_epochs = decay_epochs
         self.adam_beta2 = adam_beta2
         self.init = init
+        self.block = block
+        self.positions = positions
 
     # ------------------------------------------------------------------ fitting
     def check_params(self) -> None:
@@ -296,7 +316,9 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
             is_number(self.adam_beta2) and 0 <= self.adam_beta2 < 1,
             "in [0, 1)",
         )
-        require_param(self, "init", self.init in INITS, " or ".join(repr(i) for i in INITS))
+        for name, known in (("init", INITS), ("block", BLOCKS), ("positions", POSITIONS)):
+            value = getattr(self, name)
+            require_param(self, name, value in known, " or ".join(repr(i) for i in known))
         self._check_dp_params()
         self._check_schedule_params()
 
@@ -477,6 +499,8 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
             n_heads=self.n_heads,
             dropout=self.dropout,
             init=self.init,
+            block=self.block,
+            positions=self.positions,
         )
 
     # ------------------------------------------------------------------ scoring

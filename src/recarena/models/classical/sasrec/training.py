@@ -63,7 +63,12 @@ EVAL_K = 10
 SCHEDULE_PARAMS = ("lr_schedule", "warmup_epochs", "decay_epochs")
 #: recipe options added after checkpoints were written, at their behaviour from before
 #: (part of `SASRec.neutral_params`; `checkpoint_key` leaves them out at these values)
-NEUTRAL_RECIPE: dict[str, Any] = {"adam_beta2": 0.98, "init": "xavier"}
+NEUTRAL_RECIPE: dict[str, Any] = {
+    "adam_beta2": 0.98,
+    "init": "xavier",
+    "block": "pre_ln",
+    "positions": "recent",
+}
 
 
 @dataclass(frozen=True)

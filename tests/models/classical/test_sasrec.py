@@ -161,7 +161,12 @@ class TestSASRec(RecommenderConformance):
         explicit = tiny(epochs=2, adam_beta2=0.98, init="xavier").fit(data)
         users = np.arange(data.n_users)
         np.testing.assert_array_equal(default.score(users), explicit.score(users))
-        for changed in ({"adam_beta2": 0.999}, {"init": "normal"}):  # each reaches the fit
+        for changed in (  # each reaches the fit
+            {"adam_beta2": 0.999},
+            {"init": "normal"},
+            {"block": "reference"},
+            {"positions": "first"},
+        ):
             other = tiny(epochs=2, **changed).fit(data)
             assert not np.array_equal(default.score(users), other.score(users)), changed
         key = tiny()._checkpoint_key(data, split.valid)
@@ -177,6 +182,8 @@ class TestSASRec(RecommenderConformance):
         )
         assert tiny(init="normal")._checkpoint_key(data, split.valid) != key
         assert tiny(adam_beta2=0.999)._checkpoint_key(data, split.valid) != key
+        assert tiny(block="reference")._checkpoint_key(data, split.valid) != key
+        assert tiny(positions="first")._checkpoint_key(data, split.valid) != key
 
     def test_the_reference_block_and_first_positions_match_klenitskiy_and_vasilev(self):
         """``block="reference"`` with ``positions="first"`` computes what Klenitskiy &

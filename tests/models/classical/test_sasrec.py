@@ -185,6 +185,92 @@ class TestSASRec(RecommenderConformance):
         assert tiny(block="reference")._checkpoint_key(data, split.valid) != key
         assert tiny(positions="first")._checkpoint_key(data, split.valid) != key
 
+    # -------------------------------------------------------------- the time budget
+    @staticmethod
+    def _clock(monkeypatch, seconds_per_epoch: float) -> None:
+        """A training clock that moves ``seconds_per_epoch`` during each epoch's training
+        and not otherwise, so a time budget ends a fit at a known epoch."""
+        now = {"t": 0.0}
+
+        class Clock:
+            @staticmethod
+            def perf_counter() -> float:
+                return now["t"]
+
+        train_epoch = SASRec._train_epoch
+
+        def timed(self, *args):
+            out = train_epoch(self, *args)
+            now["t"] += seconds_per_epoch
+            return out
+
+        monkeypatch.setattr(training, "time", Clock)
+        monkeypatch.setattr(SASRec, "_train_epoch", timed)
+
+    def test_a_time_budget_ends_training_after_the_epoch_that_spends_it(self, planted, monkeypatch):
+        """10 s an epoch and a 25 s budget: epoch 3 is the last, and it is measured even
+        though ``eval_every`` would skip it; the best measurement's weights are kept."""
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        self._clock(monkeypatch, 10.0)
+        params = dict(epochs=8, eval_every=2, patience=10, lr=2e-2)
+        budget = tiny(**params, max_train_seconds=25).fit(data, valid=split.valid)
+        log = budget.training_log_
+        assert [r["epoch"] for r in log] == [1, 2, 3]
+        assert [r["valid_ndcg@10"] is not None for r in log] == [False, True, True]
+        assert [r["seconds"] for r in log] == [10.0, 20.0, 30.0]
+        measured = {r["epoch"]: r["valid_ndcg@10"] for r in log if r["valid_ndcg@10"] is not None}
+        assert budget.best_epoch_ == max(measured, key=measured.get)
+        # the same fit without the budget trains its 8 epochs and passes the same way
+        whole = tiny(**params).fit(data, valid=split.valid)
+        assert [r["epoch"] for r in whole.training_log_] == list(range(1, 9))
+        for a, b in zip(log[:2], whole.training_log_, strict=False):
+            assert (a["loss"], a["valid_ndcg@10"]) == (b["loss"], b["valid_ndcg@10"])
+        # the refit trains the best epoch's count, and no budget can cut it short
+        assert budget.refit_params() == {"epochs": budget.best_epoch_, "max_train_seconds": None}
+        # a budget is part of the checkpoint key; none keeps the key of before it existed
+        key = tiny()._checkpoint_key(data, split.valid)
+        assert tiny(max_train_seconds=None)._checkpoint_key(data, split.valid) == key
+        assert tiny(max_train_seconds=25)._checkpoint_key(data, split.valid) != key
+
+    def test_a_resumed_fit_counts_the_time_spent_before_it_stopped(
+        self, planted, tmp_path, monkeypatch
+    ):
+        """Killed in epoch 3 of a 45 s budget at 10 s an epoch, the fit resumes with the 20 s
+        its checkpoint recorded and ends after epoch 5, as the unbroken fit does."""
+        dataset, split = planted
+        data = _training_data(dataset, split.fit_interactions("valid"))
+        params = dict(epochs=8, patience=10, lr=2e-2, max_train_seconds=45)
+        self._clock(monkeypatch, 10.0)
+        whole = tiny(**params).fit(data, valid=split.valid)
+        assert [r["epoch"] for r in whole.training_log_] == [1, 2, 3, 4, 5]
+
+        data.checkpoint_dir = tmp_path / "ckpt"
+        timed = SASRec._train_epoch
+        calls = {"n": 0}
+
+        def killed_in_epoch_3(self, *args):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return timed(self, *args)
+
+        monkeypatch.setattr(SASRec, "_train_epoch", killed_in_epoch_3)
+        with pytest.raises(KeyboardInterrupt):
+            tiny(**params).fit(data, valid=split.valid)
+        monkeypatch.setattr(SASRec, "_train_epoch", timed)
+        resumed = tiny(**params).fit(data, valid=split.valid)
+        assert [r["epoch"] for r in resumed.training_log_] == [1, 2, 3, 4, 5]
+        assert [r["seconds"] for r in resumed.training_log_] == [10.0, 20.0, 30.0, 40.0, 50.0]
+        assert resumed.best_epoch_ == whole.best_epoch_
+        users = np.arange(data.n_users)
+        np.testing.assert_array_equal(resumed.score(users), whole.score(users))
+
+    @pytest.mark.parametrize("value", [0, -5, "1800"])
+    def test_a_time_budget_must_be_positive_seconds(self, value):
+        with pytest.raises(ValueError, match="parameter max_train_seconds must be"):
+            tiny(max_train_seconds=value).check_params()
+
     def test_the_reference_block_and_first_positions_match_klenitskiy_and_vasilev(self):
         """``block="reference"`` with ``positions="first"`` computes what Klenitskiy &
         Vasilev's SASRec (the reference PyTorch code, sequences padded on the right, an

@@ -141,6 +141,13 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
     patience
         Validation measurements without a gain before training stops (default 10); the
         weights of the best measurement are kept.
+    max_train_seconds
+        Budget: training ends with the first epoch that ends past this many seconds of
+        training (validation included; a resumed fit counts the time before it stopped),
+        and that epoch is measured on validation (default None: no time budget). The weights
+        of the best measurement are kept, as with early stopping. The one parameter whose
+        result depends on the machine's speed: ``training_log_`` records where it stopped,
+        and a refit (``refit_params``) trains the best epoch's count, not the seconds.
     patience_steps
         Training steps (batches) without a gain that must also pass before training stops
         (default 250). On a small data set an epoch is a few steps (671 users make 6 steps
@@ -237,6 +244,7 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
         init: Literal["xavier", "normal"] = "xavier",
         block: Literal["pre_ln", "reference"] = "pre_ln",
         positions: Literal["recent", "first"] = "recent",
+        max_train_seconds: float | None = None,
     ) -> None:
         self.max_len = max_len
         self.hidden = hidden
@@ -268,6 +276,7 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
         self.init = init
         self.block = block
         self.positions = positions
+        self.max_train_seconds = max_train_seconds
 
     # ------------------------------------------------------------------ fitting
     def check_params(self) -> None:
@@ -315,6 +324,13 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
             "adam_beta2",
             is_number(self.adam_beta2) and 0 <= self.adam_beta2 < 1,
             "in [0, 1)",
+        )
+        require_param(
+            self,
+            "max_train_seconds",
+            self.max_train_seconds is None
+            or (is_number(self.max_train_seconds) and self.max_train_seconds > 0),
+            "a positive number of seconds or None",
         )
         for name, known in (("init", INITS), ("block", BLOCKS), ("positions", POSITIONS)):
             value = getattr(self, name)
@@ -371,6 +387,7 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
             patience=self.patience,
             patience_steps=self.patience_steps,
             batch_size=self.batch_size,
+            max_seconds=self.max_train_seconds,
         )
         validation = training.validation_targets(valid, data)
         with training.seeded(device, self.seed, self.num_threads):
@@ -483,8 +500,11 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
     def refit_params(self) -> dict[str, Any]:
         """The epochs to train on train + valid without validation: the best epoch here;
         with a decaying learning rate, also the schedule's length, so that the refit's
-        rates are the validation fit's."""
+        rates are the validation fit's; without the time budget, which the epochs replace."""
         params: dict[str, Any] = {"epochs": int(self.best_epoch_)}
+        if self.max_train_seconds is not None:
+            # the epochs are the budget now: a slower refit must not be cut before them
+            params["max_train_seconds"] = None
         schedule = self._lr_schedule()
         if schedule.kind != "constant":
             params["decay_epochs"] = int(schedule.decay_epochs)

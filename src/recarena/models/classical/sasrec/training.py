@@ -8,7 +8,8 @@ random order (`run_epochs`, `train_epoch`) and minimises `next_item_loss`.
 Early stopping measures NDCG@10 on the validation users (`validation_ndcg`: full ranking,
 training items excluded) every ``eval_every`` epochs and at the last one; it stops once
 ``patience`` measurements and ``patience_steps`` training steps have passed without a gain,
-and keeps the weights of the best measurement. Without validation data it trains exactly
+or once the epoch that ends past ``max_train_seconds`` (a time budget, measured too) is
+done, and keeps the weights of the best measurement. Without validation data it trains exactly
 ``epochs`` epochs, which is how a refit retraces the best epoch.
 
 A fit is seeded inside `seeded` (torch's global RNG forked, so the caller's is untouched;
@@ -68,6 +69,7 @@ NEUTRAL_RECIPE: dict[str, Any] = {
     "init": "xavier",
     "block": "pre_ln",
     "positions": "recent",
+    "max_train_seconds": None,
 }
 
 
@@ -81,6 +83,9 @@ class Schedule:
     patience_steps: int
     #: users per step, which counts the steps of ``patience_steps``
     batch_size: int
+    #: training ends with the first epoch that ends past this many seconds since it began,
+    #: validation and time before a resume included (None: no time budget)
+    max_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -264,9 +269,13 @@ def run_epochs(
             break
         model._epoch = epoch  # the learning-rate schedule reads it
         loss = model._train_epoch(net, optimizer, train, rng.permutation(train_users))
+        # the time budget is spent: this epoch is the last, and it is measured
+        over_budget = (
+            schedule.max_seconds is not None and time.perf_counter() - start >= schedule.max_seconds
+        )
         ndcg = None
         if validation is not None and (
-            epoch % schedule.eval_every == 0 or epoch == schedule.epochs
+            epoch % schedule.eval_every == 0 or epoch == schedule.epochs or over_budget
         ):
             ndcg = model._validation_ndcg(validation.users, validation.truth, validation.seen)
         model._log_epoch(epoch, loss, ndcg, time.perf_counter() - start)
@@ -282,7 +291,16 @@ def run_epochs(
             if stale >= schedule.patience and steps >= schedule.patience_steps:
                 logger.info("SASRec: no gain in %d measurements (%d steps)", stale, steps)
                 stopped = True
-        if model._next_stage(net, optimizer, rng, epoch, stopped, best_state):
+        if over_budget:  # training ends here, and no next stage starts
+            if not stopped:
+                logger.info(
+                    "SASRec: the time budget of %s s is spent after epoch %d (%.0f s)",
+                    f"{schedule.max_seconds:g}",
+                    epoch,
+                    time.perf_counter() - start,
+                )
+            stopped = True
+        elif model._next_stage(net, optimizer, rng, epoch, stopped, best_state):
             stopped, stale = False, 0
         if checkpoint is not None:
             checkpoint.save(

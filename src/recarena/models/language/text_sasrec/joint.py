@@ -68,9 +68,10 @@ class JointTextSASRec(TextSASRec):
         the number that was best.
     max_len, hidden, n_blocks, n_heads, dropout, loss, n_negatives, lr, weight_decay,
     batch_size, epochs, eval_every, patience, patience_steps, device, mixed_precision,
-    num_threads, eval_batch_size, seed
+    num_threads, eval_batch_size, seed, max_train_seconds
         As for `recarena.models.classical.sasrec.SASRec`; ``epochs`` counts both stages, ``patience``
-        and ``patience_steps`` apply to each.
+        and ``patience_steps`` apply to each; the time budget covers both stages (spent
+        during the first, the second does not start).
 
     Attributes
     ----------
@@ -131,6 +132,7 @@ class JointTextSASRec(TextSASRec):
         num_threads: int | None = None,
         eval_batch_size: int = 256,
         seed: int = 0,
+        max_train_seconds: float | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -161,6 +163,7 @@ class JointTextSASRec(TextSASRec):
             num_threads=num_threads,
             eval_batch_size=eval_batch_size,
             seed=seed,
+            max_train_seconds=max_train_seconds,
         )
         self.tuning = tuning
         self.train_layers = train_layers

@@ -76,7 +76,8 @@ class TextSASRec(SASRec):
         Device of the text encoding (default ``"auto"``).
     max_len, hidden, n_blocks, n_heads, dropout, loss, n_negatives, lr, weight_decay,
     batch_size, epochs, eval_every, patience, patience_steps, device, mixed_precision,
-    num_threads, eval_batch_size, seed, lr_schedule, warmup_epochs, decay_epochs
+    num_threads, eval_batch_size, seed, lr_schedule, warmup_epochs, decay_epochs,
+    max_train_seconds
         As for `recarena.models.classical.sasrec.SASRec` (same defaults).
     dp_epsilon, dp_delta, dp_noise_multiplier, dp_max_grad_norm
         Differentially private training as SASRec's (`recarena.privacy.dp`): the text
@@ -139,6 +140,7 @@ class TextSASRec(SASRec):
         lr_schedule: LRSchedule = "constant",
         warmup_epochs: int = 0,
         decay_epochs: int | None = None,
+        max_train_seconds: float | None = None,
     ) -> None:
         super().__init__(
             max_len=max_len,
@@ -167,6 +169,7 @@ class TextSASRec(SASRec):
             lr_schedule=lr_schedule,
             warmup_epochs=warmup_epochs,
             decay_epochs=decay_epochs,
+            max_train_seconds=max_train_seconds,
         )
         self.model = model
         self.pooling = pooling

@@ -304,6 +304,21 @@ def test_joint_stage_trains_the_encoder(tiny_bert_dir: Path, planted_dataset):
     np.testing.assert_allclose(again.score(users), model.score(users), rtol=1e-5, atol=1e-5)
 
 
+def test_a_time_budget_spent_in_the_frozen_stage_starts_no_joint_stage(
+    tiny_bert_dir: Path, planted_dataset
+):
+    """Any budget is spent by the end of epoch 1: that epoch is measured and is the last, the
+    joint stage due after it never starts, and the refit trains the epochs, not the seconds."""
+    split = leave_one_out_split(planted_dataset)
+    data = _training_data(planted_dataset, split.fit_interactions("valid"))
+    params = dict(frozen_epochs=1, epochs=8, patience=10, eval_every=3, max_train_seconds=1e-9)
+    model = joint(tiny_bert_dir, **params).fit(data, valid=split.valid)
+    assert [r["epoch"] for r in model.training_log_] == [1]
+    assert model.training_log_[0]["valid_ndcg@10"] is not None
+    assert model.switch_epoch_ is None and model.best_epoch_ == 1
+    assert model.refit_params() == {"epochs": 1, "frozen_epochs": 1, "max_train_seconds": None}
+
+
 def test_joint_from_the_first_epoch_without_validation(tiny_bert_dir: Path, planted_dataset):
     data = _training_data(planted_dataset)
     model = joint(tiny_bert_dir, epochs=3, lm_items_per_step=8).fit(data)

@@ -498,10 +498,10 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
         )
 
     def refit_params(self) -> dict[str, Any]:
-        """The epochs to train on train + valid without validation: the best epoch here;
-        with a decaying learning rate, also the schedule's length, so that the refit's
-        rates are the validation fit's; without the time budget, which the epochs replace."""
-        params: dict[str, Any] = {"epochs": int(self.best_epoch_)}
+        """The epochs to train on train + valid without validation (`_refit_epochs`); with a
+        decaying learning rate, also the schedule's length, so that the refit's rates are
+        the validation fit's; without the time budget, which the epochs replace."""
+        params = self._refit_epochs()
         if self.max_train_seconds is not None:
             # the epochs are the budget now: a slower refit must not be cut before them
             params["max_train_seconds"] = None
@@ -509,6 +509,10 @@ class SASRec(DPSGDParams, KeepsHistory, Recommender):
         if schedule.kind != "constant":
             params["decay_epochs"] = int(schedule.decay_epochs)
         return params
+
+    def _refit_epochs(self) -> dict[str, Any]:
+        """The epoch counts a refit trains: the best epoch here."""
+        return {"epochs": int(self.best_epoch_)}
 
     def _config(self) -> SASRecConfig:
         return SASRecConfig(

@@ -420,18 +420,14 @@ class JointTextSASRec(TextSASRec):
         net.item_embedding = plain.to(device)
         net.eval()
 
-    def refit_params(self) -> dict[str, Any]:
+    def _refit_epochs(self) -> dict[str, Any]:
         """Both stages' epochs as they were best here (the joint stage's counted after the
-        best frozen epoch it starts from), without the time budget, which they replace."""
+        best frozen epoch it starts from)."""
         if self.switch_epoch_ is None or not self.joint_kept_:
-            params = {"epochs": int(self.best_epoch_), "frozen_epochs": int(self.best_epoch_)}
-        else:
-            joint = self.best_epoch_ - self.switch_epoch_
-            frozen = int(self.frozen_best_epoch_ or 0)
-            params = {"epochs": frozen + int(joint), "frozen_epochs": frozen}
-        if self.max_train_seconds is not None:
-            params["max_train_seconds"] = None
-        return params
+            return {"epochs": int(self.best_epoch_), "frozen_epochs": int(self.best_epoch_)}
+        joint = self.best_epoch_ - self.switch_epoch_
+        frozen = int(self.frozen_best_epoch_ or 0)
+        return {"epochs": frozen + int(joint), "frozen_epochs": frozen}
 
     # ------------------------------------------------------------------ cost
     def n_parameters(self) -> tuple[int, int]:

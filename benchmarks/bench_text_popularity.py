@@ -4,7 +4,8 @@ The first rung of the cross-encoder's sanity ladder (`bench_cross_encoder.py`) a
 fine-tuned cross-encoder, given no history, to reach about MostPopular's pointwise AUC:
 it must learn each item's popularity from its title and genres. This benchmark measures,
 per MovieLens data set and on the same sampled-19 test candidates as the runner draws
-(leave-one-out by time, seed 42, every test user), what that target takes:
+(leave-one-out by time, seed 42, every test user), what that target takes, as GAUC (the
+mean over users of the held-out item's AUC against its 19 negatives):
 
 ``MostPopular``
     The reference: training counts (train + validation).
@@ -50,6 +51,7 @@ from recarena.data.text import ItemTextTemplate
 from recarena.lm.encoder import encode_catalog
 from recarena.lm.loading import cpu_supports_bf16
 from recarena.lm.zoo import resolve_model
+from recarena.metrics.pointwise import per_user_auc
 from recarena.splits import leave_one_out_split
 
 TEMPLATE = "{title}. Genres: {genres}."
@@ -57,14 +59,13 @@ SEED = 42
 
 
 def candidate_auc(scores: np.ndarray, candidates: np.ndarray, positives: np.ndarray) -> float:
-    """Mean over users of the held-out item's pointwise AUC against its sampled negatives
-    (ties count half)."""
-    out = []
-    for row, pos in zip(candidates, positives, strict=True):
-        row = row[row >= 0]
-        neg = scores[row[row != pos]]
-        out.append(((neg < scores[pos]).sum() + 0.5 * (neg == scores[pos]).sum()) / len(neg))
-    return float(np.mean(out))
+    """GAUC: the mean over users of the held-out item's AUC against its sampled negatives
+    (`recarena.metrics.pointwise.per_user_auc`, ties counted half)."""
+    valid = candidates >= 0
+    users = np.broadcast_to(np.arange(len(candidates))[:, None], candidates.shape)[valid]
+    items = candidates[valid]
+    labels = (candidates == positives[:, None])[valid]
+    return float(per_user_auc(labels, np.asarray(scores, dtype=float)[items], users).mean())
 
 
 def ridge(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:

@@ -70,6 +70,7 @@ def experiment(args: argparse.Namespace) -> ExperimentConfig:
         "max_length": args.max_length,
         "n_negatives": args.n_negatives,
         "loss": args.loss,
+        "prior_passes": args.prior_passes,
         "max_train_pairs": args.max_train_pairs,
         "epochs": args.epochs,
         "max_train_seconds": args.budget_seconds,
@@ -314,6 +315,9 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--n-negatives", type=int, default=None)
     parser.add_argument("--loss", default=None)
+    parser.add_argument(
+        "--prior-passes", type=int, default=None, help="passes of the popularity prior stage"
+    )
     parser.add_argument("--max-train-pairs", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)

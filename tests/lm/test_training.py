@@ -91,6 +91,38 @@ def test_evaluation_hook_monitor_mode_max_keeps_the_best_and_restores_it():
     assert all("other" in r for r in result.log if r["valid_auc"] is not None)
 
 
+def test_start_metrics_let_the_untrained_weights_compete_as_step_0():
+    """A warm start that training only makes worse is kept as it started, and the
+    evaluations below it count toward patience; without start_metrics (or when training
+    beats them) the loop behaves as before."""
+    x, y = _regression()
+
+    def run(scripted, start):
+        values = iter(scripted)
+        with tr.seeded(0):
+            model = torch.nn.Linear(4, 1)
+            initial = model.weight.detach().clone()
+            result = tr.train_loop(
+                tr.make_accelerator("cpu"),
+                model,
+                _loader(x, y),
+                _mse,
+                tr.LoopConfig(epochs=10, eval_every=3, patience=2, lr=0.05, progress=False),
+                evaluate=lambda m: {"valid_auc": next(values)},
+                start_metrics=start,
+            )
+        return result, initial
+
+    result, initial = run([0.7, 0.6, 0.5], {"valid_auc": 0.8})
+    assert result.best_step == 0 and result.best_epoch == 0 and result.best_value == 0.8
+    assert result.stopped_early and result.steps == 6  # two evaluations below step 0
+    assert torch.equal(result.model.weight.detach(), initial)
+    result, initial = run([0.7, 0.9, 0.5, 0.4], {"valid_auc": 0.8})
+    assert result.best_step == 6 and result.best_value == 0.9 and result.steps == 12
+    result, _ = run([0.7, 0.6, 0.5, 0.4, 0.3], None)
+    assert result.best_step == 3 and result.steps == 9
+
+
 def test_mode_min_nan_and_keep_best_no():
     x, y = _regression()
     values = iter([float("nan"), 2.0, 1.0, 3.0])

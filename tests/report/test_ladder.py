@@ -104,3 +104,34 @@ def test_report_shows_the_ladder(ladder_run: Path, tmp_path: Path):
         assert "Set-up check failed" in html
     # training curves of the LM loop are drawn against optimizer steps
     assert "Training curves (every few optimizer steps)" in html
+
+
+def test_a_popularity_prior_is_named_beside_the_twin(ladder_run: Path):
+    """Where model and twin were both given the cross-encoder's popularity prior, the
+    ladder says so: rung 1 then checks what pair training kept, and a failure names it."""
+    from recarena.report.sections import ladder_table
+
+    data = load_report_data([ladder_run])
+    for m in data.done_models:
+        if m.label in ("ce", "ce-no-history"):
+            m.params["prior_passes"] = 4
+    summary = data.summary
+    twin = (
+        (summary["metric"] == "pointwise_auc")
+        & (summary["segment"] == "all")
+        & (summary["model"] == "ce-no-history")
+    )
+    summary.loc[twin, "mean"] = 0.5
+    pa = analyse_protocol(data, "sampled-9")
+    (check,) = pa.ladders
+    assert check.prior_passes == 4 and not check.learns_popularity
+    (caveat,) = ladder_caveats({"sampled-9": pa})
+    assert "after a popularity prior of 4 passes" in caveat
+    table = ladder_table(data, pa)
+    assert table.raw["prior_passes"].tolist() == [4]
+    assert "popularity prior of 4 passes" in table.rows[0][2].sub
+    # a twin without the prior is not the twin of a model with it
+    data.done_models[[m.label for m in data.done_models].index("ce-no-history")].params[
+        "prior_passes"
+    ] = 0
+    assert analyse_protocol(data, "sampled-9").ladders == []

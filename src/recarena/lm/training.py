@@ -346,6 +346,7 @@ def train_loop(
     evaluate: Callable[[torch.nn.Module], Mapping[str, float]] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    start_metrics: Mapping[str, float] | None = None,
 ) -> LoopResult:
     """Train ``model`` on ``train_loader`` with ``accelerator``.
 
@@ -372,6 +373,11 @@ def train_loop(
         the planned steps. A scheduler given here is stepped as Accelerate steps prepared
         schedulers: once per optimizer step, times the number of processes when
         ``accelerator.step_scheduler_with_optimizer`` (Accelerate's default).
+    start_metrics
+        ``evaluate``'s numbers for ``model`` as given, measured by the caller before
+        training: the untrained weights then compete as step 0, so that a model that starts
+        well (a warm start) and only gets worse is kept as it started, and an evaluation
+        below them counts toward ``patience``.
 
     Returns
     -------
@@ -405,6 +411,12 @@ def train_loop(
     result = LoopResult(model=raw_model, steps_per_epoch=steps_per_epoch)
     stopping = EarlyStopping(config.patience, mode=config.mode)
     best_state: dict[str, torch.Tensor] | None = None
+    if start_metrics is not None and evaluate is not None:
+        value = float(start_metrics[config.monitor])
+        if stopping.improves(value):
+            result.best_value, result.best_step, result.best_epoch = value, 0, 0
+            if config.keep_best != "no":
+                best_state = _copy_state(raw_model, trainable_only=config.keep_best == "trainable")
     start = time.perf_counter()
     eval_seconds = 0.0
     loss_sum = torch.zeros((), device=accelerator.device)

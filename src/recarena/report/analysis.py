@@ -106,6 +106,9 @@ class LadderCheck:
     model_auc: float
     twin_auc: float
     reference_auc: float
+    #: passes of the cross-encoder's popularity prior that both were given (0: none): rung
+    #: 1 then checks that pair training keeps the popularity the prior taught
+    prior_passes: int = 0
 
     @property
     def learns_popularity(self) -> bool:
@@ -169,6 +172,7 @@ def sanity_ladders(data: ReportData, protocol: str) -> list[LadderCheck]:
                     auc[m.label],
                     auc[twins[0].label],
                     auc[reference.label],
+                    int(m.params.get("prior_passes") or 0),
                 )
             )
     return checks

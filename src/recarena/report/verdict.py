@@ -321,7 +321,12 @@ def ladder_caveats(analyses: dict[str, ProtocolAnalysis]) -> list[str]:
             if not c.learns_popularity:
                 out.append(
                     f"Set-up check failed: without history, **{c.twin}** reached AUC "
-                    f"{c.twin_auc:.3f} against {c.reference_auc:.3f} for **{c.reference}** "
+                    + (
+                        f"(after a popularity prior of {c.prior_passes} passes) "
+                        if c.prior_passes
+                        else ""
+                    )
+                    + f"{c.twin_auc:.3f} against {c.reference_auc:.3f} for **{c.reference}** "
                     f"({where}): it does not learn even item popularity, so **{c.model}**'s "
                     "numbers measure its set-up (training budget, learning rate, pooling, "
                     "input order), not the method. Do not read them as a finding."

@@ -18,6 +18,7 @@ from recarena.models.language.cross_encoder import (
     sample_negatives,
     sample_positives,
 )
+from recarena.models.language.cross_encoder.batching import training_loader
 from tests.models.conformance import RecommenderConformance, _training_data
 from tests.privacy.accounting import assert_epsilon_is_the_accountants
 
@@ -386,8 +387,8 @@ def test_early_stopping_restores_the_best_weights(tiny_bert_dir: Path, monkeypat
     snapshots = []
     original = CrossEncoderRecommender._validation_metrics
 
-    def fake(self, net, encoder, rows, labels):
-        metrics = original(self, net, encoder, rows, labels)
+    def fake(self, net, encoder, rows, labels, items):
+        metrics = original(self, net, encoder, rows, labels, items)
         snapshots.append({k: v.detach().clone() for k, v in net.state_dict().items()})
         return {**metrics, "valid_auc": next(scripted)}
 
@@ -406,6 +407,33 @@ def test_early_stopping_restores_the_best_weights(tiny_bert_dir: Path, monkeypat
         assert torch.equal(final[name], value), name
     assert any(not torch.equal(snapshots[-1][k], v) for k, v in snapshots[2].items())
     assert model.refit_params() == {"epochs": model.best_epoch_, "max_steps": 4}
+
+
+def test_the_weights_before_training_compete_as_step_0(tiny_bert_dir: Path, monkeypatch):
+    """Where training only makes the validation AUC worse (as after a popularity prior),
+    the weights measured at step 0 are kept, and patience counts from there."""
+    import torch
+
+    data, valid = _small_data()
+    scripted = iter([0.9, 0.6, 0.7, 0.5, 0.4])  # the first: before training
+    snapshots = []
+    original = CrossEncoderRecommender._validation_metrics
+
+    def fake(self, net, encoder, rows, labels, items):
+        metrics = original(self, net, encoder, rows, labels, items)
+        snapshots.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        return {**metrics, "valid_auc": next(scripted)}
+
+    monkeypatch.setattr(CrossEncoderRecommender, "_validation_metrics", fake)
+    model = _model(
+        tiny_bert_dir, **{**QUICK, "max_steps": None, "epochs": 3, "eval_every": 2, "patience": 3}
+    )
+    model.fit(data, valid=valid)
+    assert model.best_step_ == 0 and model.best_epoch_ == 0 and model.best_valid_auc_ == 0.9
+    assert model.stopped_early_ and model.train_steps_ == 6
+    final = model.network_.state_dict()
+    assert all(torch.equal(final[name], value) for name, value in snapshots[0].items())
+    assert model.refit_params() == {"epochs": 1, "max_steps": 1}
 
 
 def test_refit_trains_as_long_as_the_best_step(tiny_bert_dir: Path):
@@ -720,3 +748,119 @@ def test_private_cross_encoder_parameters_are_checked(tiny_bert_dir: Path):
     with pytest.raises(ValueError, match="dp_max_grad_norm"):
         _model(tiny_bert_dir, dp_epsilon=8.0, dp_max_grad_norm="big").check_params()
     _model(tiny_bert_dir, dp_epsilon=8.0).check_params()
+
+
+# ---------------------------------------------------------------------- popularity prior
+def test_popularity_logits_are_the_pair_losss_optimum_without_history():
+    """The prior's target, checked against the log-odds counted out by enumeration: every
+    training position is a positive with probability 1/N, and each of its negatives is any
+    item its user never touched, with equal chance."""
+    from recarena.models.language.cross_encoder.training import popularity_logits
+
+    sequences = [np.array([0, 1, 2]), np.array([0, 3]), np.array([0, 1, 0, 4])]
+    n_items, k = 6, 4
+    seen = sp.csr_matrix(
+        (np.ones(9), (np.repeat([0, 1, 2], [3, 2, 4]), np.concatenate(sequences))),
+        shape=(3, n_items),
+    )
+    positive = np.zeros(n_items)
+    negative = np.zeros(n_items)
+    total = sum(len(s) for s in sequences)
+    for seq in sequences:
+        unseen = [i for i in range(n_items) if i not in set(seq.tolist())]
+        for item in seq:
+            positive[item] += 1 / total
+            for other in unseen:
+                negative[other] += k / total / len(unseen)
+    with np.errstate(divide="ignore"):
+        got = popularity_logits(sequences, seen, n_items, k, smoothing=0.0)
+        expected = np.log(positive) - np.log(negative)
+    # item 0 is every user's, so never a negative: its odds are unbounded
+    assert np.allclose(got[1:5], expected[1:5]) and got[5] == expected[5] == -np.inf
+    assert got[0] > got[1:].max()
+    # smoothing keeps an item no one touched finite and below every touched item
+    smoothed = popularity_logits(sequences, seen, n_items, k)
+    assert np.isfinite(smoothed).all() and smoothed[5] < smoothed[:5].min()
+
+
+def test_popularity_prior_is_a_fixed_logit_per_item_under_pair_training(
+    tiny_bert_dir: Path, tmp_path: Path
+):
+    """With ``prior_passes`` the network first learns each item's popularity from its text
+    alone; that becomes a fixed logit per item (``item_prior_``), the head restarts at
+    zero, and every score is the item's prior plus the network's: the learning curve's
+    step 0 is the prior's, far above the untrained model's, and the scores after a single
+    pair step follow training popularity. Saved and loaded, the model scores the same.
+
+    The random 2-layer encoder needs a larger learning rate than a pretrained one to fit 60
+    titles in 30 short passes (at 1e-4 its correlation stays near .2): this checks the
+    stage, not its defaults, which are measured with minilm-l6 by
+    ``benchmarks/bench_cross_encoder.py --prior-passes``."""
+    from scipy.stats import spearmanr
+
+    from recarena.models.language.cross_encoder.training import zero_head
+    from recarena.splits import leave_one_out_split
+
+    dataset = popularity_dataset()
+    popularity = np.bincount(dataset.interactions["item"], minlength=dataset.n_items)
+    split = leave_one_out_split(dataset)
+    data = _training_data(dataset, split.fit_interactions("valid"))
+    common = dict(history_len=0, max_length=32, max_steps=1, max_valid_users=100, lr=1e-3)
+    plain = _model(tiny_bert_dir, **common).fit(data, valid=split.valid)
+    primed = _model(tiny_bert_dir, prior_passes=30, **common).fit(data, valid=split.valid)
+    everything = np.arange(dataset.n_items)[None, :]
+    prior = primed.item_prior_
+    assert prior.shape == (dataset.n_items,) and spearmanr(prior, popularity).correlation > 0.8
+    scores = primed.score(np.array([0]), everything)[0]
+    rho = spearmanr(scores, popularity).correlation
+    assert rho > 0.8, rho
+    assert spearmanr(plain.score(np.array([0]), everything)[0], popularity).correlation < rho
+    start, primed_start = plain.training_log_[0], primed.training_log_[0]
+    assert primed_start["step"] == 0 and primed_start["prior_passes"] == 30
+    assert primed_start["valid_auc"] > start["valid_auc"] + 0.1, (start, primed_start)
+    curve = [r["pearson"] for r in primed.prior_log_]
+    assert len(curve) == 30 and curve[-1] > 0.7 and curve[-1] > curve[0], curve
+    assert "prior_log_" not in vars(plain) and "item_prior_" not in vars(plain)
+    assert "prior_passes" not in start
+    # the score is the prior plus the network: with the head at zero, the prior alone
+    primed.save(tmp_path / "primed")
+    loaded = Recommender.load(tmp_path / "primed")
+    assert np.allclose(loaded.score(np.array([0]), everything)[0], scores, atol=1e-5)
+    zero_head(primed.network_)
+    assert np.allclose(primed.score(np.array([0]), everything)[0], prior, atol=1e-6)
+
+
+def test_the_prior_reaches_every_training_pair_as_its_items_offset(tokenizer):
+    texts = ["alpha", "beta", "gamma", "delta"]
+    encoder = _encoder(tokenizer, texts, 32)
+    sequences = [np.array([0, 1]), np.array([2, 3, 1])]
+    positives = sample_positives(
+        sequences, history_len=2, max_pairs=None, rng=np.random.default_rng(0)
+    )
+    seen = sp.csr_matrix(
+        (np.ones(5), (np.array([0, 0, 1, 1, 1]), np.array([0, 1, 2, 3, 1]))), shape=(2, 4)
+    )
+    offsets = np.array([10.0, 20.0, 30.0, 40.0])
+    loader = training_loader(
+        positives, seen, encoder, n_negatives=2, batch_size=8, seed=0, offsets=offsets
+    )
+    for batch in loader:
+        first = batch["input_ids"][:, 1]  # the candidate's first token, after [CLS]
+        item_of = {
+            tokenizer(t, add_special_tokens=False)["input_ids"][0]: i for i, t in enumerate(texts)
+        }
+        got = np.array([offsets[item_of[int(t)]] for t in first]).reshape(batch["offset"].shape)
+        assert np.array_equal(batch["offset"].numpy(), got.astype(np.float32))
+    plain = next(
+        iter(training_loader(positives, seen, encoder, n_negatives=2, batch_size=8, seed=0))
+    )
+    assert "offset" not in plain
+
+
+def test_popularity_prior_parameters_are_checked(tiny_bert_dir: Path):
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="prior_passes"):
+            _model(tiny_bert_dir, prior_passes=bad).check_params()
+    with pytest.raises(ValueError, match="private fit"):
+        _model(tiny_bert_dir, prior_passes=2, dp_epsilon=8.0).check_params()
+    assert CrossEncoderRecommender.neutral_params["prior_passes"] == 0

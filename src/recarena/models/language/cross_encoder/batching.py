@@ -333,6 +333,7 @@ def training_loader(
     batch_size: int,
     seed: int,
     prefix_of: Callable[[int], list[int]] | None = None,
+    offsets: np.ndarray | None = None,
 ) -> Any:
     """Shuffled batches of ``batch_size`` positives, each with ``n_negatives`` negatives.
 
@@ -342,7 +343,8 @@ def training_loader(
     loss). Negatives are drawn as batches are built, afresh each epoch, from a generator of
     their own (seeded by ``seed``): the data order (the loader's generator, seeded by
     ``seed`` too) does not depend on them. ``prefix_of(user)``: the tokens put before a
-    user's history (`PairEncoder.history`).
+    user's history (`PairEncoder.history`). ``offsets``: a fixed logit per item, added to
+    the network's (``offset`` in the batch, one per pair).
     """
     import torch
 
@@ -354,13 +356,16 @@ def training_loader(
         negatives = sample_negatives(seen, users, n_negatives, negative_rng)
         items = np.concatenate([positives.item[idx][:, None], negatives], axis=1)
         rows = []
+        # a user who has every item has no negative (-1): the positive stands in, masked
+        # out of the loss
+        shown = np.where(items >= 0, items, items[:, :1])
         for r, e in enumerate(idx):
             hist = positives.flat_items[positives.start[e] : positives.stop[e]][::-1]
             tokens = encoder.history(hist, prefix_of(int(users[r])) if prefix_of else ())
-            # a user who has every item has no negative (-1): the positive stands in,
-            # masked out of the loss
-            rows.extend(encoder.pair(tokens, int(max(i, items[r, 0]))) for i in items[r])
+            rows.extend(encoder.pair(tokens, int(i)) for i in shown[r])
         batch = encoder.collate(rows)
+        if offsets is not None:
+            batch["offset"] = torch.from_numpy(offsets[shown].astype(np.float32))
         labels = np.zeros(items.shape, dtype=np.float32)
         labels[:, 0] = 1.0
         batch["labels"] = torch.from_numpy(labels)

@@ -26,6 +26,7 @@ Persistence
     ``save`` writes the fine-tuned encoder and its tokenizer to ``cross_encoder/``
     (``save_pretrained``: ``AutoModel`` loads it as is), the pooler and head beside them
     (``pair_head.pt``, a state dict, and ``pair_head.json``); no module is pickled.
+    The popularity prior's logits (``item_prior_``, an array) are in the pickled state.
 """
 
 from __future__ import annotations
@@ -107,6 +108,20 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
     loss
         ``"bce"`` (default: binary cross-entropy of every pair) or ``"softmax"``
         (cross-entropy of each positive against its own negatives).
+    prior_passes
+        Passes over the catalog of the popularity prior, a stage before pair training
+        (default 0: none). The network's logit for each item's text alone (the pair with
+        no history) is regressed on the log-odds that pair training converges to for it
+        (`training.popularity_logits`: the item's share of the training interactions
+        against how often it is drawn as a negative). Its output becomes a fixed logit per
+        item (``item_prior_``), the head is zeroed, and pair training learns what the
+        history adds to it: every logit, in training, validation and scoring, is the item's
+        prior plus the network's. Without it, pair training from sampled pairs learns an
+        item's popularity slowly on a large catalog; trained from the prior's weights
+        without the fixed offset, it forgot what the prior taught within a few hundred
+        steps (``benchmarks/bench_cross_encoder.py --prior-passes``, ML-1M). It reads the
+        training counts of every item, as MostPopular does; a private fit refuses it (the
+        counts are not protected by DP-SGD).
     max_train_pairs
         Budget: most (user, position) positives drawn for training (default 20,000; None:
         every position).
@@ -187,6 +202,10 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
         One dict per validation measurement (the first at step 0, before training) and
         per epoch: ``epoch``, ``step``, ``train_loss``, ``lr``, ``valid_auc``,
         ``valid_loss`` (None where not measured), ``examples``, ``seconds``.
+    prior_log_, item_prior_
+        With ``prior_passes``: one dict per pass of the popularity prior (``pass``,
+        ``mse``, ``pearson``, ``seconds``; the learning curve's step 0 is measured after
+        it), and the prior's fixed logit of each item (float32, one per item).
     best_step_, best_epoch_, best_valid_auc_
         Step and epoch of the kept weights and their validation AUC (None without
         validation data).
@@ -213,6 +232,7 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
         "user_text": None,
         "user_values": None,
         "train_top_layers": None,
+        "prior_passes": 0,
         **DP_SGD_OFF,
     }
     cost_attributes = (*Recommender.cost_attributes, "dp_")
@@ -228,6 +248,7 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
         separator: str = " | ",
         n_negatives: int = 4,
         loss: str = "bce",
+        prior_passes: int = 0,
         max_train_pairs: int | None = 20_000,
         epochs: int = 3,
         max_steps: int | None = None,
@@ -266,6 +287,7 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
         self.separator = separator
         self.n_negatives = n_negatives
         self.loss = loss
+        self.prior_passes = prior_passes
         self.max_train_pairs = max_train_pairs
         self.epochs = epochs
         self.max_steps = max_steps
@@ -326,6 +348,14 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
         if top is not None and (not isinstance(top, int) or isinstance(top, bool) or top < 0):
             raise ValueError(f"train_top_layers must be 0 or more, or None, got {top!r}")
         self._check_dp_params()
+        prior = vars(self).get("prior_passes", 0)
+        if not isinstance(prior, int) or isinstance(prior, bool) or prior < 0:
+            raise ValueError(f"prior_passes must be 0 or more, got {prior!r}")
+        if prior and self._private():
+            raise ValueError(
+                "prior_passes reads every item's training count, which DP-SGD does not "
+                "protect: set prior_passes = 0 for a private fit"
+            )
         for name in (*optional, "num_layers"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -384,6 +414,8 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
                 self._fit_private(network, data, encoder, validation, accelerator.device)
                 return
             seen = data.csr()
+            if vars(self).get("prior_passes", 0):
+                self._fit_prior(network, data, encoder, accelerator)
             self.train_positives_ = len(positives)
             self.train_examples_ = len(positives) * (1 + self.n_negatives)
             loader = training_loader(
@@ -394,18 +426,27 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
                 batch_size=self.batch_size,
                 seed=self.seed,
                 prefix_of=self._user_tokens,
+                offsets=self._item_prior(),
             )
             evaluate = None
             if validation is not None:
-                rows, labels = validation
+                rows, labels, items = validation
 
                 def evaluate(net: Any) -> dict[str, float]:
-                    return self._validation_metrics(net, encoder, rows, labels)
+                    return self._validation_metrics(net, encoder, rows, labels, items)
 
             config = training.loop_config(self.get_params())
             result, self.training_log_ = training.fine_tune(
                 accelerator, network, loader, config, self.loss, evaluate
             )
+            prior = vars(self).get("prior_log_")
+            if prior and self.training_log_ and self.training_log_[0]["step"] == 0:
+                # step 0 of the curve is measured after the prior stage: say so in it
+                self.training_log_[0].update(
+                    prior_passes=prior[-1]["pass"],
+                    prior_pearson=prior[-1]["pearson"],
+                    prior_seconds=prior[-1]["seconds"],
+                )
         self.network_ = result.model
         self.best_step_ = int(result.best_step)
         self.best_epoch_ = int(result.best_epoch)
@@ -416,12 +457,44 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
         self.train_examples_per_second_ = float(result.examples_per_second)
         self._encoder = encoder
 
+    def _fit_prior(
+        self, network: Any, data: TrainingData, encoder: PairEncoder, accelerator: Any
+    ) -> None:
+        """The popularity prior stage (``prior_passes``): `prior_log_` is its curve."""
+        from recarena.models.language.cross_encoder import training
+
+        target = training.popularity_logits(
+            data.sequences, data.csr(), data.n_items, self.n_negatives
+        )
+        network.to(accelerator.device)
+        self.prior_log_ = training.fit_popularity_prior(
+            network,
+            encoder,
+            target,
+            passes=int(self.prior_passes),
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            batch_size=2 * self.batch_size,
+            max_grad_norm=self.max_grad_norm,
+            autocast=lambda: self._autocast(accelerator.device),
+            seed=self.seed,
+        )
+        network.eval()
+        alone = [encoder.pair([], item) for item in range(data.n_items)]
+        self.item_prior_ = self._predict(network, encoder, alone, autocast=False, progress=False)
+        network.train()
+        training.zero_head(network)
+
+    def _item_prior(self) -> np.ndarray | None:
+        """The popularity prior's fixed logit per item (``prior_passes``), or None."""
+        return vars(self).get("item_prior_")
+
     def _fit_private(
         self,
         network: Any,
         data: TrainingData,
         encoder: PairEncoder,
-        validation: tuple[list[tuple[list[int], list[int]]], np.ndarray] | None,
+        validation: tuple[list[tuple[list[int], list[int]]], np.ndarray, np.ndarray] | None,
         device: Any,
     ) -> None:
         """User-level DP-SGD (`private.train_private`) instead of the ordinary loop."""
@@ -435,10 +508,10 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
 
         evaluate = None
         if validation is not None:
-            rows, labels = validation
+            rows, labels, items = validation
 
             def evaluate(net: Any) -> dict[str, float]:
-                return self._validation_metrics(net, encoder, rows, labels)
+                return self._validation_metrics(net, encoder, rows, labels, items)
 
         dp = {
             "epsilon": self.dp_epsilon,
@@ -508,8 +581,9 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
         valid: pd.DataFrame | None,
         encoder: PairEncoder,
         rng: np.random.Generator,
-    ) -> tuple[list[tuple[list[int], list[int]]], np.ndarray] | None:
-        """Frozen validation pairs: held-out item(s) + sampled negatives per user, labels."""
+    ) -> tuple[list[tuple[list[int], list[int]]], np.ndarray, np.ndarray] | None:
+        """Frozen validation pairs: held-out item(s) + sampled negatives per user, their
+        labels and candidate items."""
         from recarena.models.language.cross_encoder.training import validation_set
 
         return validation_set(
@@ -529,11 +603,15 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
         encoder: PairEncoder,
         rows: list[tuple[list[int], list[int]]],
         labels: np.ndarray,
+        items: np.ndarray,
     ) -> dict[str, float]:
         """ROC AUC of the validation pairs, and their binary cross-entropy."""
         from recarena.models.language.cross_encoder.training import validation_metrics
 
         logits = self._predict(net, encoder, rows, autocast=False, progress=False)
+        prior = self._item_prior()
+        if prior is not None:
+            logits = logits + prior[items]
         return validation_metrics(logits, labels)
 
     def refit_params(self) -> dict[str, Any]:
@@ -608,6 +686,9 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
                 if rows:
                     logits = self._predict(self.network_, encoder, rows)
                     out[chunk] = logits.reshape(-1, items.shape[1])
+        prior = self._item_prior()
+        if prior is not None:
+            out += prior[items]
         return out
 
     # ------------------------------------------------------------------ cost

@@ -32,6 +32,12 @@ Budget on a CPU
     trains), optionally only the bottom ``num_layers`` layers, and bfloat16 autocast where
     the CPU has bfloat16 instructions (``mixed_precision="auto"``; weights and optimizer
     state stay float32). ``max_train_seconds`` caps the training's wall time.
+Popularity prior (``prior_passes``)
+    Optionally, before pair training: the network regresses each item's training log-odds
+    (`popularity_logits`) from the item's text alone, a few passes over the catalog
+    (`fit_popularity_prior`); its outputs become a fixed logit per item, added to the
+    network's in training, validation and scoring, and the head restarts at zero, so pair
+    training learns what the history adds to the popularity the text carries.
 Early stopping and the learning curve
     With validation data (``valid`` given to ``fit``: each validation user's held-out
     item), a frozen validation set is drawn once per fit, seeded: at most
@@ -117,8 +123,9 @@ def validation_set(
     prefix_of: Callable[[int], list[int]] | None = None,
     max_users: int | None,
     n_negatives: int,
-) -> tuple[Rows, np.ndarray] | None:
-    """Frozen validation pairs: held-out item(s) + sampled negatives per user, labels.
+) -> tuple[Rows, np.ndarray, np.ndarray] | None:
+    """Frozen validation pairs: held-out item(s) + sampled negatives per user, their
+    labels and their candidate items.
 
     At most ``max_users`` users (drawn from ``rng``), each with ``n_negatives`` items they
     never interacted with (training or validation), all with the user's history
@@ -137,6 +144,7 @@ def validation_set(
     negatives = sample_negatives(exclude, users, n_negatives, rng)
     rows: Rows = []
     labels: list[int] = []
+    items: list[int] = []
     for r, user in enumerate(users):
         prefix = prefix_of(int(user)) if prefix_of is not None else ()
         history = encoder.history(history_of(int(user)), prefix)
@@ -144,7 +152,8 @@ def validation_set(
         for item, label in [(p, 1) for p in positives] + [(n, 0) for n in negatives[r] if n >= 0]:
             rows.append(encoder.pair(history, int(item)))
             labels.append(label)
-    return rows, np.asarray(labels, dtype=np.int64)
+            items.append(int(item))
+    return rows, np.asarray(labels, dtype=np.int64), np.asarray(items, dtype=np.int64)
 
 
 def validation_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -164,8 +173,10 @@ def pair_loss(loss: str) -> Callable[[Any, dict[str, Any]], torch.Tensor]:
 
     def loss_fn(net: Any, batch: dict[str, Any]) -> torch.Tensor:
         labels, keep = batch["labels"], batch["valid"]
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "valid")}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "valid", "offset")}
         logits = net(**inputs).float().view(labels.shape)
+        if "offset" in batch:  # the popularity prior's fixed logit of each pair's item
+            logits = logits + batch["offset"]
         if loss == "softmax":
             logits = logits.masked_fill(~keep, float("-inf"))
             target = torch.zeros(len(labels), dtype=torch.long, device=logits.device)
@@ -198,7 +209,8 @@ def fine_tune(
 
     With ``evaluate`` (the validation metrics of a network) the untrained network is
     measured first, as step 0 of the curve; the loop then measures it every
-    ``config.eval_every`` steps and keeps the best weights.
+    ``config.eval_every`` steps and keeps the best weights, step 0's included (after the
+    popularity prior, training may not improve on it).
     """
     start_record: dict[str, Any] | None = None
     if evaluate is not None:
@@ -209,5 +221,123 @@ def fine_tune(
         start_record.update({"examples": 0, "seconds": 0.0})
         logger.info("fine-tuning cross-encoder: before training: %s", start_record)
         network.train()
-    result = tr.train_loop(accelerator, network, loader, pair_loss(loss), config, evaluate=evaluate)
+    result = tr.train_loop(
+        accelerator,
+        network,
+        loader,
+        pair_loss(loss),
+        config,
+        evaluate=evaluate,
+        start_metrics=start_record,
+    )
     return result, ([start_record] if start_record else []) + result.log
+
+
+def popularity_logits(
+    sequences: list[np.ndarray] | tuple[np.ndarray, ...],
+    seen: Any,
+    n_items: int,
+    n_negatives: int,
+    smoothing: float = 0.5,
+) -> np.ndarray:
+    """Each item's log-odds of being a training positive rather than one of its
+    ``n_negatives`` negatives, as a pair with no history sees it.
+
+    Positives are training positions drawn uniformly (item ``i`` with probability
+    ``c_i / N``, its share of the training interactions); each comes with ``n_negatives``
+    items drawn uniformly from those its user never touched (item ``i`` with probability
+    ``q_i``, the mean over positions of ``1 / (n_items - |S_u|)`` where ``i`` is not in the
+    user's items ``S_u``). Binary cross-entropy on such pairs, with nothing to read but the
+    candidate, is minimised by the logit ``log(c_i / N) - log(n_negatives * q_i)``: this
+    function returns that value (``c_i`` smoothed by ``smoothing``, so an item never seen
+    in training gets a finite, low value). It orders items as their training counts do,
+    adjusted for how often each can be drawn as a negative.
+    """
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.float64, count=len(sequences))
+    flat = (
+        np.concatenate([np.asarray(s, dtype=np.int64) for s in sequences])
+        if len(sequences)
+        else np.empty(0, np.int64)
+    )
+    total = max(float(lengths.sum()), 1.0)
+    counts = np.bincount(flat, minlength=n_items).astype(np.float64)
+    binary = seen.tocsr().astype(bool).astype(np.float64)
+    unseen = np.maximum(n_items - np.asarray(binary.sum(axis=1)).ravel(), 1.0)
+    weight = lengths / unseen  # positions of user u, each spreading its negatives
+    q = (weight.sum() - binary.T @ weight) / total
+    q = np.maximum(q, 1e-12)
+    return np.log((counts + smoothing) / total) - np.log(n_negatives * q)
+
+
+def fit_popularity_prior(
+    network: torch.nn.Module,
+    encoder: PairEncoder,
+    target: np.ndarray,
+    *,
+    passes: int,
+    lr: float,
+    weight_decay: float,
+    batch_size: int,
+    max_grad_norm: float | None,
+    autocast: Callable[[], Any],
+    seed: int,
+) -> list[dict[str, float]]:
+    """Regress the network's logit of every item's history-free pair on ``target``
+    (`popularity_logits`), ``passes`` times over the catalog in a seeded order.
+
+    The regression runs on the standardised target; the head is then rescaled so that the
+    network outputs the target's own scale (the log-odds that the pair loss converges to
+    for a pair without history). The recommender keeps those outputs as a fixed logit per
+    item and zeroes the head (`zero_head`) before pair training. Returns one record
+    per pass: its mean squared error (standardised), the Pearson correlation of the
+    logits with the target, and the seconds since the start.
+    """
+    import time
+
+    device = next(network.parameters()).device
+    mean, std = float(target.mean()), float(target.std()) or 1.0
+    z = torch.tensor((target - mean) / std, dtype=torch.float32)
+    rows = [encoder.pair([], item) for item in range(len(target))]
+    optimizer = tr.adamw(network, lr, weight_decay)
+    generator = torch.Generator().manual_seed(int(seed))
+    trainable = [p for p in network.parameters() if p.requires_grad]
+    log: list[dict[str, float]] = []
+    start = time.perf_counter()
+    network.train()
+    for n in range(1, passes + 1):
+        order = torch.randperm(len(rows), generator=generator).tolist()
+        outputs = np.empty(len(rows), dtype=np.float64)
+        squared = 0.0
+        for begin in range(0, len(order), batch_size):
+            idx = order[begin : begin + batch_size]
+            batch = {k: v.to(device) for k, v in encoder.collate([rows[i] for i in idx]).items()}
+            with autocast():
+                out = network(**batch).float()
+            loss = torch.nn.functional.mse_loss(out, z[idx].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
+            optimizer.step()
+            squared += float(loss.detach()) * len(idx)
+            outputs[idx] = out.detach().cpu().numpy()
+        record = {
+            "pass": n,
+            "mse": squared / len(rows),
+            "pearson": float(np.corrcoef(outputs, z.numpy())[0, 1]) if len(rows) > 1 else 0.0,
+            "seconds": time.perf_counter() - start,
+        }
+        log.append(record)
+        logger.info("cross-encoder popularity prior: %s", record)
+    with torch.no_grad():  # from the standardised scale to the log-odds
+        network.head.weight.mul_(std)
+        network.head.bias.mul_(std).add_(mean)
+    return log
+
+
+def zero_head(network: torch.nn.Module) -> None:
+    """Zero the head's weights and bias: the network then adds nothing to a fixed offset
+    until pair training moves it (the gradient still reaches the head)."""
+    with torch.no_grad():
+        network.head.weight.zero_()
+        network.head.bias.zero_()

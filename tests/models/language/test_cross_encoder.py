@@ -433,7 +433,9 @@ def test_the_weights_before_training_compete_as_step_0(tiny_bert_dir: Path, monk
     assert model.stopped_early_ and model.train_steps_ == 6
     final = model.network_.state_dict()
     assert all(torch.equal(final[name], value) for name, value in snapshots[0].items())
-    assert model.refit_params() == {"epochs": 1, "max_steps": 1}
+    assert model.refit_params() == {"epochs": 1, "max_steps": 0}
+    refit = _model(tiny_bert_dir, **{**QUICK, **model.refit_params()}).fit(data)
+    assert refit.train_steps_ == 0
 
 
 def test_refit_trains_as_long_as_the_best_step(tiny_bert_dir: Path):
@@ -483,6 +485,8 @@ def test_bad_parameters_and_non_transformers_models(tiny_bert_dir: Path, tmp_pat
         _model(tiny_bert_dir, num_layers=0).fit(data)
     with pytest.raises(ValueError, match="max_train_pairs"):
         _model(tiny_bert_dir, max_train_pairs=0).fit(data)
+    with pytest.raises(ValueError, match="max_steps"):
+        _model(tiny_bert_dir, max_steps=-1).fit(data)
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"not really")
     with pytest.raises(ConfigError, match="fine-tunes"):
@@ -627,7 +631,8 @@ def test_train_top_layers_fixes_everything_below_them(tiny_bert_dir: Path):
     from recarena.errors import ConfigError
 
     data, valid = _small_data()
-    model = _model(tiny_bert_dir, **QUICK, train_top_layers=1).fit(data, valid=valid)
+    # without validation the last weights are kept (with it, the untrained step 0 may win)
+    model = _model(tiny_bert_dir, **QUICK, train_top_layers=1).fit(data)
     trained = {n for n, p in model.network_.named_parameters() if p.requires_grad}
     assert trained and all(
         n.startswith(("encoder.encoder.layer.1.", "head.", "pooler.")) for n in trained
@@ -683,8 +688,11 @@ def test_a_private_cross_encoder_spends_what_the_accountant_says(
     assert ordinary.training_log_[0]["valid_auc"] == log[0]["valid_auc"]
     assert model.refit_params() == {
         "epochs": max(1, model.best_epoch_),
-        "max_steps": max(1, model.best_step_),
+        "max_steps": model.best_step_,
     }
+    # a refit of a model whose step 0 was best trains (and spends) nothing
+    none = _model(tiny_bert_dir, **{**params, "max_steps": 0}, dp_noise_multiplier=0.5).fit(data)
+    assert none.train_steps_ == 0 and none.dp_["steps"] == 0
     # every pair the sampled users drew: positives and negatives
     assert model.train_examples_ == log[-1]["examples"] > 0
     assert model.train_examples_ % (DP_POSITIVES_PER_USER * (1 + model.n_negatives)) == 0

@@ -124,6 +124,8 @@ def train_private(
     )
     out_of_budget = False
     for epoch in range(1, params["epochs"] + 1):
+        if steps >= budget:  # max_steps 0: a refit of a model whose step 0 was best
+            break
         network.train()
         losses = []
         epoch_began = time.perf_counter()

@@ -128,7 +128,8 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
     epochs
         Most passes over the positives (default 3).
     max_steps
-        Budget: most optimizer steps (default None: ``epochs`` decides).
+        Budget: most optimizer steps (default None: ``epochs`` decides; 0: no pair
+        training, as a refit of a model whose step 0 was best).
     max_train_seconds
         Budget: training stops after the first step past this many seconds (default None).
     batch_size
@@ -343,7 +344,9 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
                 "user_values must map a user column to {value: word}, e.g. "
                 f'{{"gender": {{"M": "man", "F": "woman"}}}}; got {self.user_values!r}'
             )
-        optional = ("max_train_pairs", "max_steps", "eval_every", "max_valid_users", "patience")
+        optional = ("max_train_pairs", "eval_every", "max_valid_users", "patience")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"max_steps must be 0 or more, or None, got {self.max_steps}")
         top = vars(self).get("train_top_layers")
         if top is not None and (not isinstance(top, int) or isinstance(top, bool) or top < 0):
             raise ValueError(f"train_top_layers must be 0 or more, or None, got {top!r}")
@@ -615,8 +618,10 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
         return validation_metrics(logits, labels)
 
     def refit_params(self) -> dict[str, Any]:
-        """Train as long as the best validation measurement: its epoch and optimizer step."""
-        return {"epochs": max(1, int(self.best_epoch_)), "max_steps": max(1, int(self.best_step_))}
+        """Train as long as the best validation measurement: its epoch and optimizer step
+        (none where the weights before training were best: step 0, the popularity prior
+        alone where there is one)."""
+        return {"epochs": max(1, int(self.best_epoch_)), "max_steps": int(self.best_step_)}
 
     # ------------------------------------------------------------------ scoring
     def _history_of(self, user: int) -> np.ndarray:

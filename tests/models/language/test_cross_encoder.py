@@ -378,13 +378,11 @@ def test_same_candidate_scores_do_not_depend_on_the_batch(tiny_bert_dir: Path):
     np.testing.assert_allclose(both[1], alone[0], rtol=1e-5, atol=1e-6)
 
 
-def test_early_stopping_restores_the_best_weights(tiny_bert_dir: Path, monkeypatch):
-    """Scripted validation AUCs peak at the 2nd measurement: those weights are kept."""
-    import torch
-
-    data, valid = _small_data()
-    scripted = iter([0.5, 0.6, 0.9, 0.7, 0.65, 0.5, 0.4])  # the first: before training
-    snapshots = []
+def _script_validation(monkeypatch, values: list[float]) -> list[dict]:
+    """Make the cross-encoder's validation AUCs ``values``, in order; returns the list the
+    network's weights are copied into at each measurement."""
+    scripted = iter(values)
+    snapshots: list[dict] = []
     original = CrossEncoderRecommender._validation_metrics
 
     def fake(self, net, encoder, rows, labels, items):
@@ -393,6 +391,16 @@ def test_early_stopping_restores_the_best_weights(tiny_bert_dir: Path, monkeypat
         return {**metrics, "valid_auc": next(scripted)}
 
     monkeypatch.setattr(CrossEncoderRecommender, "_validation_metrics", fake)
+    return snapshots
+
+
+def test_early_stopping_restores_the_best_weights(tiny_bert_dir: Path, monkeypatch):
+    """Scripted validation AUCs peak at the 2nd measurement: those weights are kept."""
+    import torch
+
+    data, valid = _small_data()
+    # the first value: before training
+    snapshots = _script_validation(monkeypatch, [0.5, 0.6, 0.9, 0.7, 0.65, 0.5, 0.4])
     model = _model(
         tiny_bert_dir, **{**QUICK, "max_steps": None, "epochs": 3, "eval_every": 2, "patience": 3}
     )
@@ -415,16 +423,7 @@ def test_the_weights_before_training_compete_as_step_0(tiny_bert_dir: Path, monk
     import torch
 
     data, valid = _small_data()
-    scripted = iter([0.9, 0.6, 0.7, 0.5, 0.4])  # the first: before training
-    snapshots = []
-    original = CrossEncoderRecommender._validation_metrics
-
-    def fake(self, net, encoder, rows, labels, items):
-        metrics = original(self, net, encoder, rows, labels, items)
-        snapshots.append({k: v.detach().clone() for k, v in net.state_dict().items()})
-        return {**metrics, "valid_auc": next(scripted)}
-
-    monkeypatch.setattr(CrossEncoderRecommender, "_validation_metrics", fake)
+    snapshots = _script_validation(monkeypatch, [0.9, 0.6, 0.7, 0.5, 0.4])  # first: step 0
     model = _model(
         tiny_bert_dir, **{**QUICK, "max_steps": None, "epochs": 3, "eval_every": 2, "patience": 3}
     )

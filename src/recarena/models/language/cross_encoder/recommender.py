@@ -418,7 +418,7 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
                 return
             seen = data.csr()
             if vars(self).get("prior_passes", 0):
-                self._fit_prior(network, data, encoder, accelerator)
+                self._fit_prior(network, data, seen, encoder, accelerator)
             self.train_positives_ = len(positives)
             self.train_examples_ = len(positives) * (1 + self.n_negatives)
             loader = training_loader(
@@ -461,14 +461,17 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
         self._encoder = encoder
 
     def _fit_prior(
-        self, network: Any, data: TrainingData, encoder: PairEncoder, accelerator: Any
+        self,
+        network: Any,
+        data: TrainingData,
+        seen: Any,
+        encoder: PairEncoder,
+        accelerator: Any,
     ) -> None:
         """The popularity prior stage (``prior_passes``): `prior_log_` is its curve."""
         from recarena.models.language.cross_encoder import training
 
-        target = training.popularity_logits(
-            data.sequences, data.csr(), data.n_items, self.n_negatives
-        )
+        target = training.popularity_logits(data.sequences, seen, data.n_items, self.n_negatives)
         network.to(accelerator.device)
         self.prior_log_ = training.fit_popularity_prior(
             network,

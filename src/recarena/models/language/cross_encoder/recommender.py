@@ -473,9 +473,11 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
 
         target = training.popularity_logits(data.sequences, seen, data.n_items, self.n_negatives)
         network.to(accelerator.device)
+        alone = [encoder.pair([], item) for item in range(data.n_items)]
         self.prior_log_ = training.fit_popularity_prior(
             network,
             encoder,
+            alone,
             target,
             passes=int(self.prior_passes),
             lr=self.lr,
@@ -486,7 +488,6 @@ class CrossEncoderRecommender(DPSGDParams, KeepsHistory, Recommender):
             seed=self.seed,
         )
         network.eval()
-        alone = [encoder.pair([], item) for item in range(data.n_items)]
         self.item_prior_ = self._predict(network, encoder, alone, autocast=False, progress=False)
         network.train()
         training.zero_head(network)

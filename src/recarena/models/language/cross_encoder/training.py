@@ -272,6 +272,7 @@ def popularity_logits(
 def fit_popularity_prior(
     network: torch.nn.Module,
     encoder: PairEncoder,
+    rows: Rows,
     target: np.ndarray,
     *,
     passes: int,
@@ -282,8 +283,9 @@ def fit_popularity_prior(
     autocast: Callable[[], Any],
     seed: int,
 ) -> list[dict[str, float]]:
-    """Regress the network's logit of every item's history-free pair on ``target``
-    (`popularity_logits`), ``passes`` times over the catalog in a seeded order.
+    """Regress the network's logit of every item's history-free pair (``rows``, one per
+    item, in item order) on ``target`` (`popularity_logits`), ``passes`` times over the
+    catalog in a seeded order.
 
     The regression runs on the standardised target; the head is then rescaled so that the
     network outputs the target's own scale (the log-odds that the pair loss converges to
@@ -297,7 +299,6 @@ def fit_popularity_prior(
     device = next(network.parameters()).device
     mean, std = float(target.mean()), float(target.std()) or 1.0
     z = torch.tensor((target - mean) / std, dtype=torch.float32)
-    rows = [encoder.pair([], item) for item in range(len(target))]
     optimizer = tr.adamw(network, lr, weight_decay)
     generator = torch.Generator().manual_seed(int(seed))
     trainable = [p for p in network.parameters() if p.requires_grad]

@@ -133,6 +133,18 @@ def test_a_finished_model_measured_before_a_new_parameter_is_reused_with_a_notic
     run_experiment(cfg, cache_dir=tmp_path / "cache", on_event=events.append)
     assert "ease: done earlier, reusing its results" in events
 
+    # a default changed since: the entry resolved to another value when it was measured
+    assert record["entry_params"]["l2"] == default_l2
+    record["entry_params"]["l2"] = default_l2 * 2
+    done.write_text(json.dumps(record))
+    events.clear()
+    run_experiment(cfg, cache_dir=tmp_path / "cache", on_event=events.append)
+    notice = [e for e in events if e.startswith("ease: done earlier")]
+    assert len(notice) == 1
+    assert f"the default(s) changed: l2={default_l2 * 2!r} (now {default_l2!r})" in notice[0]
+    assert (run / "models" / "ease" / "full" / "metrics.json").read_bytes() == before
+    record["entry_params"]["l2"] = default_l2
+
     # so does one from before an option that is off at its value (EASE.neutral_params:
     # no differential privacy, float64 as before `dtype` existed, the solver chosen
     # automatically as before `solver` existed): nothing changed

@@ -226,3 +226,25 @@ def test_an_added_parameter_away_from_its_neutral_value_is_named():
     assert parameters_added_since(cosine, record) == "lr_schedule='cosine'"
     record["params"].pop("patience_steps")  # not an option that is off: always named
     assert parameters_added_since(plain, record) == "patience_steps=250"
+
+
+def test_a_changed_default_is_named_from_the_entry_or_from_an_option_left_off():
+    """`defaults_changed_since` compares the entry's parameters as resolved when the model
+    was measured (``entry_params``) with now; a record from before it did shows only the
+    options of ``neutral_params`` it ran with off (the cross-encoder's popularity prior,
+    off by default until it became auto), unless the grid or the entry sets them."""
+    from recarena.config import ModelConfig
+    from recarena.experiment.tuning import defaults_changed_since, resolved_params
+
+    entry = ModelConfig(name="lm-cross-encoder")
+    now = dict(resolved_params(entry, {}))
+    assert defaults_changed_since(entry, {"entry_params": now, "params": now}) == ""
+    then = {**now, "lr": 5e-5}
+    assert defaults_changed_since(entry, {"entry_params": then}) == "lr=5e-05 (now 0.0001)"
+    # before entry_params: the prior off (0, its neutral value) and now auto (None)
+    old = {"params": {**now, "prior_passes": 0, "lr": 5e-5, "max_steps": 800}}
+    assert defaults_changed_since(entry, old) == "prior_passes=0 (now None)"
+    gridded = ModelConfig(name="lm-cross-encoder", grid={"prior_passes": [0, 8]})
+    assert defaults_changed_since(gridded, old) == ""
+    assert defaults_changed_since(entry, {"params": {**now, "prior_passes": None}}) == ""
+    assert defaults_changed_since(entry, {}) == ""

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from recarena.models.language.cross_encoder.recommender import DEFAULT_PRIOR_PASSES
 from recarena.report import build_report
-from recarena.report.analysis import LADDER_TOLERANCE, analyse_protocol
+from recarena.report.analysis import LADDER_TOLERANCE, analyse_protocol, prior_passes
 from recarena.report.loading import load_report_data
 from recarena.report.verdict import ladder_caveats
 from tests.report.conftest import _run, experiment
@@ -114,7 +115,10 @@ def test_a_popularity_prior_is_named_beside_the_twin(ladder_run: Path):
     data = load_report_data([ladder_run])
     for m in data.done_models:
         if m.label in ("ce", "ce-no-history"):
-            m.params["prior_passes"] = 4
+            # at the default (None: auto) the fit records the passes it made
+            assert m.params["prior_passes"] is None
+            assert m.cost["prior_passes"] == DEFAULT_PRIOR_PASSES
+            m.cost["prior_passes"] = 4
     summary = data.summary
     twin = (
         (summary["metric"] == "pointwise_auc")
@@ -130,6 +134,12 @@ def test_a_popularity_prior_is_named_beside_the_twin(ladder_run: Path):
     table = ladder_table(data, pa)
     assert table.raw["prior_passes"].tolist() == [4]
     assert "popularity prior of 4 passes" in table.rows[0][2].sub
+    # a run from before the fit recorded its passes: the parameter says, else none
+    ce = data.done_models[[m.label for m in data.done_models].index("ce")]
+    del ce.cost["prior_passes"]
+    assert prior_passes(ce) == 0
+    ce.params["prior_passes"] = 3
+    assert prior_passes(ce) == 3
     # a twin without the prior is not the twin of a model with it
     data.done_models[[m.label for m in data.done_models].index("ce-no-history")].params[
         "prior_passes"

@@ -511,6 +511,9 @@ class ModelFolders:
             "fusion": job.template.fusion,
             "class": f"{type(job.template).__module__}:{type(job.template).__qualname__}",
             "params": jsonable(final.get_params()),
+            # the entry's parameters as the model resolved them, every default written
+            # out: a default changed since is named when the model is reused
+            "entry_params": jsonable(job.template.get_params()),
             "chosen_on_validation": tuning.needs_validation,
             "refit": bool(fitted.refitted),
             "history_use": type(final).history_use,

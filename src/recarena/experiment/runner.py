@@ -132,6 +132,7 @@ from recarena.experiment.seeds import seed_runs
 from recarena.experiment.stages import Fitted, Measured, ModelJob, Tuning
 from recarena.experiment.tuning import (
     Validation,
+    defaults_changed_since,
     grid_points,
     parameters_added_since,
     trial_key,
@@ -470,10 +471,16 @@ class ExperimentRunner:
         if status == "done":
             record = read_json(mdir / "DONE.json")
             added = parameters_added_since(mc, record)
-            if added:
+            changed = defaults_changed_since(mc, record)
+            if added or changed:
+                what = []
+                if added:
+                    what.append(f"before the parameter(s) {added} existed")
+                if changed:
+                    what.append(f"before the default(s) changed: {changed}")
                 self.on_event(
-                    f"{label}: done earlier, reusing its results; it was measured before "
-                    f"the parameter(s) {added} existed, so a fresh run may give other numbers "
+                    f"{label}: done earlier, reusing its results; it was measured "
+                    f"{', and '.join(what)}, so a fresh run may give other numbers "
                     f"(remove {mdir} to measure it again)"
                 )
             else:

@@ -43,6 +43,7 @@ __all__ = [
     "grid_points",
     "parameter_problems",
     "parameters_added_since",
+    "defaults_changed_since",
     "params_key",
     "resolved_params",
     "saved_trials",
@@ -134,6 +135,42 @@ def parameters_added_since(mc: ModelConfig, record: dict[str, Any]) -> str:
         if k not in recorded and not (k in neutral and neutral[k] == current[k])
     ]
     return ", ".join(f"{k}={current[k]!r}" for k in added)
+
+
+def defaults_changed_since(mc: ModelConfig, record: dict[str, Any]) -> str:
+    """The parameters that the unchanged ``[[models]]`` entry of a finished model resolves
+    to other values now than when it was measured (a default changed since), as
+    ``"prior_passes=0 (now None)"``, or ``""``.
+
+    Read from the ``entry_params`` its ``DONE.json`` records. A record from before it did
+    is checked for the options of ``neutral_params`` only: one it ran with off (its neutral
+    value) that the entry now turns on by default, unless the validation grid sets it.
+    """
+    current = resolved_params(mc, mc.params)
+    if current is None:
+        return ""
+    entry = record.get("entry_params")
+    if isinstance(entry, dict):
+        changed = [k for k in sorted(current) if k in entry and entry[k] != current[k]]
+        then = entry
+    else:
+        ran = record.get("params")
+        if not isinstance(ran, dict):
+            return ""
+        klass = get_model_class(mc.name)
+        grid = mc.grid if mc.grid is not None else klass.param_grid
+        neutral = jsonable(dict(klass.neutral_params))
+        changed = [
+            k
+            for k in sorted(neutral)
+            if k in ran
+            and k in current
+            and k not in (grid or {})
+            and k not in mc.params
+            and ran[k] == neutral[k] != current[k]
+        ]
+        then = ran
+    return ", ".join(f"{k}={then[k]!r} (now {current[k]!r})" for k in changed)
 
 
 def trial_key(

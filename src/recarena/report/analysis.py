@@ -172,10 +172,18 @@ def sanity_ladders(data: ReportData, protocol: str) -> list[LadderCheck]:
                     auc[m.label],
                     auc[twins[0].label],
                     auc[reference.label],
-                    int(m.params.get("prior_passes") or 0),
+                    prior_passes(m),
                 )
             )
     return checks
+
+
+def prior_passes(model: Any) -> int:
+    """The passes of a finished cross-encoder's popularity prior: what its fit recorded
+    (``cost.json``'s ``prior_passes``), else its ``prior_passes`` parameter (0: none; a
+    run made before the prior existed has neither)."""
+    passes = model.cost.get("prior_passes", model.params.get("prior_passes"))
+    return int(passes or 0)
 
 
 @dataclass

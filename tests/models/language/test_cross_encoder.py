@@ -19,6 +19,7 @@ from recarena.models.language.cross_encoder import (
     sample_positives,
 )
 from recarena.models.language.cross_encoder.batching import training_loader
+from recarena.models.language.cross_encoder.recommender import DEFAULT_PRIOR_PASSES
 from tests.models.conformance import RecommenderConformance, _training_data
 from tests.privacy.accounting import assert_epsilon_is_the_accountants
 
@@ -681,8 +682,12 @@ def test_a_private_cross_encoder_spends_what_the_accountant_says(
     assert epsilons[0] == 0.0 and epsilons == sorted(epsilons)
     assert epsilons[-1] == pytest.approx(record["epsilon_spent"])
     assert model.best_valid_auc_ == max(row["valid_auc"] for row in log)  # step 0 competes
-    # the same seed's ordinary fit validates the same untrained network on the same users
-    ordinary = _model(tiny_bert_dir, **params).fit(data, valid=valid)
+    # at its defaults a private fit makes no popularity prior (the counts are not private)
+    assert model.prior_passes_ == 0 and "item_prior_" not in vars(model)
+    assert model.cost_record()["prior_passes"] == 0
+    # the same seed's ordinary fit (without the prior) validates the same untrained network
+    # on the same users
+    ordinary = _model(tiny_bert_dir, **params, prior_passes=0).fit(data, valid=valid)
     assert ordinary.training_log_[0]["step"] == 0
     assert ordinary.training_log_[0]["valid_auc"] == log[0]["valid_auc"]
     assert model.refit_params() == {
@@ -813,7 +818,7 @@ def test_popularity_prior_is_a_fixed_logit_per_item_under_pair_training(
     split = leave_one_out_split(dataset)
     data = _training_data(dataset, split.fit_interactions("valid"))
     common = dict(history_len=0, max_length=32, max_steps=1, max_valid_users=100, lr=1e-3)
-    plain = _model(tiny_bert_dir, **common).fit(data, valid=split.valid)
+    plain = _model(tiny_bert_dir, prior_passes=0, **common).fit(data, valid=split.valid)
     primed = _model(tiny_bert_dir, prior_passes=30, **common).fit(data, valid=split.valid)
     everything = np.arange(dataset.n_items)[None, :]
     prior = primed.item_prior_
@@ -871,3 +876,34 @@ def test_popularity_prior_parameters_are_checked(tiny_bert_dir: Path):
     with pytest.raises(ValueError, match="private fit"):
         _model(tiny_bert_dir, prior_passes=2, dp_epsilon=8.0).check_params()
     assert CrossEncoderRecommender.neutral_params["prior_passes"] == 0
+    # None (the default) is auto: the prior for an ordinary fit, none for a private one
+    assert CrossEncoderRecommender().prior_passes is None
+    for private in ({}, {"dp_epsilon": 8.0}, {"dp_noise_multiplier": 1.0}):
+        model = _model(tiny_bert_dir, **private)
+        model.check_params()
+        assert model._prior_passes() == (0 if private else DEFAULT_PRIOR_PASSES)
+    assert _model(tiny_bert_dir, prior_passes=0)._prior_passes() == 0
+    assert _model(tiny_bert_dir, prior_passes=3, dp_epsilon=None)._prior_passes() == 3
+
+
+def test_a_default_fit_makes_the_popularity_prior_and_records_its_passes(tiny_bert_dir: Path):
+    """At its defaults the cross-encoder learns the popularity prior first (auto:
+    `DEFAULT_PRIOR_PASSES` passes) and says so: ``prior_passes_``, ``cost.json``'s
+    ``prior_passes``, the prior's curve and the learning curve's step 0; the parameter
+    stays None, so the report reads the passes from the cost record."""
+    from recarena.splits import leave_one_out_split
+
+    dataset = popularity_dataset()
+    split = leave_one_out_split(dataset)
+    data = _training_data(dataset, split.fit_interactions("valid"))
+    model = _model(tiny_bert_dir, history_len=0, max_length=32, max_steps=1, max_valid_users=50)
+    model.fit(data, valid=split.valid)
+    assert model.prior_passes is None and model.prior_passes_ == DEFAULT_PRIOR_PASSES
+    assert len(model.prior_log_) == DEFAULT_PRIOR_PASSES
+    assert model.item_prior_.shape == (dataset.n_items,)
+    assert model.cost_record()["prior_passes"] == DEFAULT_PRIOR_PASSES
+    assert model.training_log_[0]["prior_passes"] == DEFAULT_PRIOR_PASSES
+    off = _model(tiny_bert_dir, history_len=0, max_length=32, max_steps=1, prior_passes=0)
+    off.fit(data)
+    assert off.prior_passes_ == 0 and off.cost_record()["prior_passes"] == 0
+    assert "item_prior_" not in vars(off)

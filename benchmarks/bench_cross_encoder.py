@@ -316,7 +316,10 @@ def main() -> None:
     parser.add_argument("--n-negatives", type=int, default=None)
     parser.add_argument("--loss", default=None)
     parser.add_argument(
-        "--prior-passes", type=int, default=None, help="passes of the popularity prior stage"
+        "--prior-passes",
+        type=int,
+        default=None,
+        help="passes of the popularity prior stage (default: the model's, 8; 0: none)",
     )
     parser.add_argument("--max-train-pairs", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)

@@ -114,7 +114,7 @@ def resolve_dtype(dtype: str, device: str, family: Family | None) -> torch.dtype
     return torch.float16
 
 
-def _dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
+def dtype_kwarg(dtype: torch.dtype) -> dict[str, Any]:
     """``dtype=`` for transformers >= 4.56, ``torch_dtype=`` before."""
     import transformers
 
@@ -234,7 +234,7 @@ def _load_transformers_encoder(resolved: ResolvedModel, device: str, dtype: str)
     torch_dtype = resolve_dtype(dtype, dev, "encoder")
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.load_target)
-        model = AutoModel.from_pretrained(resolved.load_target, **_dtype_kwarg(torch_dtype))
+        model = AutoModel.from_pretrained(resolved.load_target, **dtype_kwarg(torch_dtype))
     except OSError as exc:
         raise _hub_error(resolved, exc) from exc
     model.eval().to(dev)
@@ -419,13 +419,13 @@ def _load_causal_lm(resolved: ResolvedModel, device: str, dtype: str) -> LoadedC
             # dequantize in float32 on the CPU, keep a copy, then move
             with gguf_conversion_bar():
                 model = AutoModelForCausalLM.from_pretrained(
-                    target, **gguf_kwargs, **_dtype_kwarg(torch.float32)
+                    target, **gguf_kwargs, **dtype_kwarg(torch.float32)
                 )
             if converted is not None:
                 _save_converted(model, tokenizer, converted, resolved)
             model = model.to(torch_dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(target, **_dtype_kwarg(torch_dtype))
+            model = AutoModelForCausalLM.from_pretrained(target, **dtype_kwarg(torch_dtype))
     except OSError as exc:
         raise _hub_error(resolved, exc) from exc
     if tokenizer.pad_token is None:

@@ -335,6 +335,49 @@ def test_logits_budgets_and_cost(tiny_bert_dir: Path):
         model.recommend(np.array([0]), 5)
 
 
+def test_a_checkpoint_stored_in_float16_trains_with_float32_weights(
+    tiny_bert_dir: Path, tmp_path: Path
+):
+    """Many checkpoints are stored in float16 or bfloat16, and transformers keeps the stored
+    dtype unless told otherwise: the head (float32) then met half-precision states and the
+    fit failed on a CPU. The backbone is loaded in float32, the saved model too."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    half = tmp_path / "tiny-bert-fp16"
+    AutoModel.from_pretrained(tiny_bert_dir).half().save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(half)
+    stored = AutoModel.from_pretrained(half)  # what a plain load gives: the stored dtype
+    assert next(stored.parameters()).dtype == torch.float16
+    data, valid = _small_data()
+    model = _model(half, **{**QUICK, "prior_passes": 1}).fit(data, valid=valid)
+    dtypes = {p.dtype for p in model.network_.parameters()}
+    assert dtypes == {torch.float32}
+    scores = model.score(np.array([0, 1]), np.array([[0, 1, 2], [3, 4, 5]]))
+    assert np.isfinite(scores).all()
+    model.save(tmp_path / "saved")
+    again = CrossEncoderRecommender.load(tmp_path / "saved")
+    assert {p.dtype for p in again.network_.parameters()} == {torch.float32}
+    np.testing.assert_allclose(
+        again.score(np.array([0, 1]), np.array([[0, 1, 2], [3, 4, 5]])), scores, rtol=1e-5
+    )
+
+
+def test_saved_language_models_load_in_float32_over_a_float16_base(
+    tiny_bert_dir: Path, tmp_path: Path
+):
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from recarena.models.language.common import load_saved_lm
+
+    half = tmp_path / "fp16"
+    AutoModel.from_pretrained(tiny_bert_dir).half().save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(half)
+    lm, tokenizer = load_saved_lm(half, "full", str(tiny_bert_dir))
+    assert tokenizer is not None and {p.dtype for p in lm.parameters()} == {torch.float32}
+
+
 def test_pooling_layers_and_frozen_embeddings_reach_the_network(tiny_bert_dir: Path):
     import torch
 

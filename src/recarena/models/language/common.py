@@ -115,17 +115,21 @@ def save_pretrained_atomically(lm: Any, tokenizer: Any, target: Path) -> None:
 
 def load_saved_lm(folder: Path, tuning: str, base: str) -> tuple[Any, Any]:
     """The saved encoder (LoRA: the adapter on its base model) and tokenizer, on the CPU."""
+    import torch
     from transformers import AutoModel, AutoTokenizer
+
+    from recarena.lm.loading import dtype_kwarg
 
     if not folder.is_dir():
         return None, None
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    as_float32 = dtype_kwarg(torch.float32)  # as trained, whatever the base was stored in
     if tuning == "full":
-        return AutoModel.from_pretrained(folder).eval(), tokenizer
+        return AutoModel.from_pretrained(folder, **as_float32).eval(), tokenizer
     from peft import PeftModel
 
     try:
-        base_model = AutoModel.from_pretrained(base)
+        base_model = AutoModel.from_pretrained(base, **as_float32)
     except OSError as exc:
         logger.warning(
             "the base encoder %s of this LoRA adapter is not available (%s): scores work, "

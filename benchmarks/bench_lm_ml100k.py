@@ -94,29 +94,37 @@ TEXT_MODELS = {
 ID_MODELS = {"ease", "sasrec"}
 
 
-def model_entries(quick: bool, threads: int | None) -> list[dict[str, Any]]:
+def model_entries(
+    quick: bool,
+    threads: int | None,
+    model: str = "minilm-l6",
+    two_tower_params: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The experiment's models; ``model`` is the encoder of every LM entry (a zoo name, a
+    local folder or a hub id), ``two_tower_params`` overrides the two-tower's budget."""
     seq = QUICK_SEQUENTIAL if quick else SEQUENTIAL
     torch_opts = {} if threads is None else {"num_threads": threads}
-    two_tower = {"model": "minilm-l6", "tuning": "lora", **TWO_TOWER, **torch_opts}
-    joint = {"model": "minilm-l6", "id_embedding": True, "tuning": "lora", **seq, **torch_opts}
+    two_tower = {"model": model, "tuning": "lora", **TWO_TOWER, **torch_opts}
+    joint = {"model": model, "id_embedding": True, "tuning": "lora", **seq, **torch_opts}
     if quick:
         two_tower.update(QUICK_TWO_TOWER)
         joint.update(QUICK_JOINT)
+    two_tower.update(two_tower_params or {})
     return [
         {"name": "most_popular"},
         {"name": "ease"},
         {"name": "sasrec", "params": {**seq, **torch_opts}, "grid": {}},
-        {"name": "lm-frozen", "params": {"model": "minilm-l6"}},
+        {"name": "lm-frozen", "params": {"model": model}},
         {
             "name": "lm-text-sasrec",
             "label": "lm-text-sasrec+id",
-            "params": {"model": "minilm-l6", "id_embedding": True, **seq, **torch_opts},
+            "params": {"model": model, "id_embedding": True, **seq, **torch_opts},
             "grid": {},
         },
         {
             "name": "lm-text-sasrec",
             "label": "lm-text-sasrec-text-only",
-            "params": {"model": "minilm-l6", "id_embedding": False, **seq, **torch_opts},
+            "params": {"model": model, "id_embedding": False, **seq, **torch_opts},
             "grid": {},
         },
         {
@@ -157,14 +165,17 @@ def experiment(
     }
 
 
-def ensure_assets(cache_dir: Path, dataset: str = "ml-100k") -> None:
-    """Fetch the data set and minilm-l6 into the cache when they are not there yet."""
+def ensure_assets(cache_dir: Path, dataset: str = "ml-100k", model: str = "minilm-l6") -> None:
+    """Fetch the data set and a zoo encoder into the cache when they are not there yet.
+
+    A ``model`` that is not a zoo name (a local folder, a hub id) is loaded as it is.
+    """
     from recarena.data.catalog import load_catalog_dataset
-    from recarena.lm.zoo import get_model, installed_path
+    from recarena.lm.zoo import ZOO, get_model, installed_path
 
     load_catalog_dataset(dataset, cache_dir, progress=False)
-    if installed_path("minilm-l6", cache_dir) is None:
-        get_model("minilm-l6", cache_dir, progress=False)
+    if model in ZOO and installed_path(model, cache_dir) is None:
+        get_model(model, cache_dir, progress=False)
 
 
 def fixed_order_null(run_dir: Path, draws: int = 1000, seed: int = 0) -> np.ndarray:
@@ -317,6 +328,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads of the models")
     parser.add_argument("--quick", action="store_true", help="tiny budgets (pipeline check)")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument(
+        "--model",
+        default="minilm-l6",
+        help="the encoder of every LM model: a zoo name, a local model folder or a hub id",
+    )
+    parser.add_argument(
+        "--two-tower-params",
+        type=json.loads,
+        default=None,
+        help="JSON overriding the two-tower's budget, e.g. '{\"max_train_pairs\": 8192}'",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
@@ -327,8 +349,8 @@ def main() -> None:
     cache_dir = resolve_cache_dir(args.cache_dir)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ensure_assets(cache_dir, args.dataset)
-    models = model_entries(args.quick, args.threads)
+    ensure_assets(cache_dir, args.dataset, args.model)
+    models = model_entries(args.quick, args.threads, args.model, args.two_tower_params)
     if args.models:
         keep = set(args.models.split(","))
         models = [m for m in models if m.get("label", m["name"]) in keep]

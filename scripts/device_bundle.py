@@ -36,7 +36,6 @@ Then, with a device machine lent to the session, one call with ``carry = [".devi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -44,7 +43,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from recarena._io import sha256_file
+
+if TYPE_CHECKING:
+    from recarena.data.dataset import Dataset
 
 #: the carry limit of a device call: working tree + carried paths
 CARRY_LIMIT = 64 * 2**20
@@ -63,14 +67,6 @@ PLATFORMS = [
     "manylinux2014_x86_64",
 ]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def folder_size(path: Path) -> int:
@@ -94,11 +90,9 @@ def working_tree_size(repo: Path, exclude: list[Path]) -> int:
     return total
 
 
-def pack_dataset(name: str, cache_dir: Path, bundle: Path) -> dict[str, Any]:
-    """Fetch the data set into the cache (when missing) and copy the cache's folder."""
-    from recarena.data.catalog import load_catalog_dataset
-
-    dataset = load_catalog_dataset(name, cache_dir, progress=False)
+def pack_dataset(dataset: Dataset, cache_dir: Path, bundle: Path) -> dict[str, Any]:
+    """Copy the cache's folder of ``dataset`` (a catalog data set loaded from ``cache_dir``)."""
+    name = dataset.name
     source = cache_dir / "datasets"
     target = bundle / "cache" / "datasets"
     target.mkdir(parents=True, exist_ok=True)
@@ -163,8 +157,8 @@ def pack_encoder(model: str, cache_dir: Path, bundle: Path, texts: list[str]) ->
     return {
         "model": model,
         "source": str(source),
-        "source_sha256": sha256(weights),
-        "sha256": sha256(target / "model.safetensors"),
+        "source_sha256": sha256_file(weights),
+        "sha256": sha256_file(target / "model.safetensors"),
         "bytes": folder_size(target),
         "weights_dtype": "float16",
         "max_abs_rounding_error": error,
@@ -202,16 +196,9 @@ def pack_wheels(bundle: Path) -> list[dict[str, Any]]:
         command += ["--platform", platform_tag]
     subprocess.run([*command, *WHEELS], check=True, capture_output=True)
     return [
-        {"file": w.name, "sha256": sha256(w), "bytes": w.stat().st_size}
+        {"file": w.name, "sha256": sha256_file(w), "bytes": w.stat().st_size}
         for w in sorted(target.glob("*.whl"))
     ]
-
-
-def item_texts(name: str, cache_dir: Path) -> list[str]:
-    from recarena.data.catalog import load_catalog_dataset
-
-    dataset = load_catalog_dataset(name, cache_dir, progress=False)
-    return dataset.item_text("{title}. Genres: {genres}.")
 
 
 def main() -> None:
@@ -222,15 +209,17 @@ def main() -> None:
     parser.add_argument("--model", default="minilm-l6", help="a zoo encoder or a local folder")
     args = parser.parse_args()
     from recarena.cache import resolve_cache_dir
+    from recarena.data.catalog import load_catalog_dataset
 
     cache_dir = resolve_cache_dir(args.cache_dir)
+    dataset = load_catalog_dataset(args.dataset, cache_dir, progress=False)  # fetched once
     repo = Path(__file__).resolve().parents[1]
     out = Path(args.out).resolve()
     staging = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
     try:
         manifest: dict[str, Any] = {"carry_limit_bytes": CARRY_LIMIT}
-        manifest["dataset"] = pack_dataset(args.dataset, cache_dir, staging)
-        texts = item_texts(args.dataset, cache_dir)
+        manifest["dataset"] = pack_dataset(dataset, cache_dir, staging)
+        texts = dataset.item_text("{title}. Genres: {genres}.")  # bench_cross_encoder's template
         manifest["encoder"] = pack_encoder(args.model, cache_dir, staging, texts)
         manifest["wheels"] = pack_wheels(staging)
         bundle_bytes = folder_size(staging)

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recarena._io import sha256_file
+
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "device_bundle.py"
 _spec = importlib.util.spec_from_file_location("device_bundle", SCRIPT)
 device_bundle = importlib.util.module_from_spec(_spec)
@@ -38,7 +40,7 @@ def test_the_encoder_travels_as_float16_and_the_rounding_is_measured(
     assert (packed / "model.safetensors").stat().st_size < 0.6 * 4 * size
     largest = max(float(p.detach().abs().max()) for p in original.parameters())
     assert 0 < record["max_abs_rounding_error"] <= largest * 2**-11
-    assert record["sha256"] == device_bundle.sha256(packed / "model.safetensors")
+    assert record["sha256"] == sha256_file(packed / "model.safetensors")
     check = record["float16_check"]
     assert check["texts"] == len(TEXTS) and check["pooled_cosine_min"] > 0.999
     # what the check measured: the packed folder encodes (in float32) as the original does

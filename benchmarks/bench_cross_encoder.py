@@ -282,7 +282,7 @@ def report(results: dict[str, Any], run_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache-dir", default=os.environ.get("RECARENA_CACHE", "/tmp/rc"))
     parser.add_argument("--output-dir", default="/tmp/recarena-bench-runs")
@@ -351,7 +351,11 @@ def main() -> None:
     parser.add_argument("--first-stage", action="store_true", help="add EASE's top 50")
     parser.add_argument("--keep", action="store_true", help="resume an earlier run directory")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.models += [private_label(e) for e in args.dp_epsilons]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

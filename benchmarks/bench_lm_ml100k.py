@@ -318,7 +318,7 @@ def curve_lines(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache-dir", default=None, help="RecArena cache (default: the usual)")
     parser.add_argument("--output-dir", default="runs/bench_lm_ml100k")
@@ -339,7 +339,11 @@ def main() -> None:
         default=None,
         help="JSON overriding the two-tower's budget, e.g. '{\"max_train_pairs\": 8192}'",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     quiet_libraries(verbose=False)  # the libraries' warnings and bars, as `recarena run`
     for noisy in ("httpx", "urllib3", "filelock", "transformers", "accelerate"):

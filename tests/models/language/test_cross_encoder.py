@@ -335,18 +335,27 @@ def test_logits_budgets_and_cost(tiny_bert_dir: Path):
         model.recommend(np.array([0]), 5)
 
 
+@pytest.fixture(scope="module")
+def tiny_bert_fp16_dir(tiny_bert_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny BERT stored in float16, as many hub checkpoints are."""
+    from transformers import AutoModel, AutoTokenizer
+
+    half = tmp_path_factory.mktemp("tiny-bert-fp16")
+    AutoModel.from_pretrained(tiny_bert_dir).half().save_pretrained(half)
+    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(half)
+    return half
+
+
 def test_a_checkpoint_stored_in_float16_trains_with_float32_weights(
-    tiny_bert_dir: Path, tmp_path: Path
+    tiny_bert_fp16_dir: Path, tmp_path: Path
 ):
     """Many checkpoints are stored in float16 or bfloat16, and transformers keeps the stored
     dtype unless told otherwise: the head (float32) then met half-precision states and the
     fit failed on a CPU. The backbone is loaded in float32, the saved model too."""
     import torch
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    half = tmp_path / "tiny-bert-fp16"
-    AutoModel.from_pretrained(tiny_bert_dir).half().save_pretrained(half)
-    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(half)
+    half = tiny_bert_fp16_dir
     stored = AutoModel.from_pretrained(half)  # what a plain load gives: the stored dtype
     assert next(stored.parameters()).dtype == torch.float16
     data, valid = _small_data()
@@ -364,18 +373,26 @@ def test_a_checkpoint_stored_in_float16_trains_with_float32_weights(
 
 
 def test_saved_language_models_load_in_float32_over_a_float16_base(
-    tiny_bert_dir: Path, tmp_path: Path
+    tiny_bert_dir: Path, tiny_bert_fp16_dir: Path, tmp_path: Path
 ):
     import torch
-    from transformers import AutoModel, AutoTokenizer
 
     from recarena.models.language.common import load_saved_lm
 
-    half = tmp_path / "fp16"
-    AutoModel.from_pretrained(tiny_bert_dir).half().save_pretrained(half)
-    AutoTokenizer.from_pretrained(tiny_bert_dir).save_pretrained(half)
-    lm, tokenizer = load_saved_lm(half, "full", str(tiny_bert_dir))
+    lm, tokenizer = load_saved_lm(tiny_bert_fp16_dir, "full", str(tiny_bert_dir))
     assert tokenizer is not None and {p.dtype for p in lm.parameters()} == {torch.float32}
+    # a LoRA adapter saved over the float16 base: the base loads in float32 too
+    from transformers import AutoModel, AutoTokenizer
+
+    from recarena.models.language.common import save_pretrained_atomically, trainable_encoder
+
+    base = AutoModel.from_pretrained(tiny_bert_dir)
+    adapter = tmp_path / "adapter"
+    save_pretrained_atomically(
+        trainable_encoder(base, "lora", 1), AutoTokenizer.from_pretrained(tiny_bert_dir), adapter
+    )
+    lm, _ = load_saved_lm(adapter, "lora", str(tiny_bert_fp16_dir))
+    assert {p.dtype for p in lm.parameters()} == {torch.float32}
 
 
 def test_pooling_layers_and_frozen_embeddings_reach_the_network(tiny_bert_dir: Path):
